@@ -1,0 +1,59 @@
+"""One config system: dataclasses that round-trip to JSON and refuse unknown fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="JsonConfig")
+
+
+@dataclasses.dataclass
+class JsonConfig:
+    """Base for every featalign config: `to_dict`/`from_dict`, `save`/`load`, `diff`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(names)}"
+            )
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            v = d[f.name]
+            # Nested configs and tuples survive the JSON trip.
+            if isinstance(f.type, str) and v is not None:
+                if "tuple" in f.type and isinstance(v, list):
+                    v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+            kwargs[f.name] = v
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        from featalign.io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def diff(self, other: "JsonConfig") -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ, as {name: (self, other)} (used to refuse mixed configs)."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

@@ -1,0 +1,192 @@
+"""Task evaluation: greedy accuracy per domain, base/SFT/RL tables, transfer matrices, statistics.
+
+Statistics follow the cross-domain transfer study (arXiv 2506.19733): a paired exact McNemar test
+per domain (base vs tuned, same prompts), and the Cochran-Mantel-Haenszel common odds ratio of
+"tuned correct" vs "base correct" pooled over in-domain strata and over out-of-domain strata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from featalign.generation import completion_texts, decode
+from featalign.organisms.tasks import Problem, get_domain, sample_problems
+
+EVAL_SEED = 1234
+
+
+def eval_problems(domain: str, n: int, seed: int = EVAL_SEED) -> list[Problem]:
+    return sample_problems(domain, n, "eval", seed)
+
+
+@torch.no_grad()
+def score_problems(model, tokenizer, problems: list[Problem], batch_size: int = 500) -> np.ndarray:
+    """Greedy-decode every problem and verify it: a bool array, one entry per problem."""
+    out = []
+    for i in range(0, len(problems), batch_size):
+        chunk = problems[i : i + batch_size]
+        prompts = [tokenizer(p.prompt)["input_ids"] for p in chunk]
+        longest = max(len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) for p in chunk)
+        gen = decode(model, prompts, longest + 2, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        texts = completion_texts(gen, tokenizer, tokenizer.eos_token_id)
+        ended = (gen.completion_ids_BC == tokenizer.eos_token_id).any(1).tolist()
+        out += [e and get_domain(p.domain).verify(t, p.answer) for t, p, e in zip(texts, chunk, ended)]
+    return np.array(out, dtype=bool)
+
+
+def evaluate(
+    model, tokenizer, domains: list[str], n_per_domain: int, batch_size: int = 500,
+    seed: int = EVAL_SEED, desc: str = "eval",
+) -> dict[str, np.ndarray]:
+    """Per-sample correctness on each domain's eval split: {domain: bool[n]}."""
+    return {
+        d: score_problems(model, tokenizer, eval_problems(d, n_per_domain, seed), batch_size)
+        for d in tqdm(domains, desc=desc, leave=False)
+    }
+
+
+def accuracy(results: dict[str, np.ndarray]) -> dict[str, float]:
+    return {d: float(c.mean()) for d, c in results.items()}
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PairedTest:
+    n: int
+    base_acc: float
+    tuned_acc: float
+    base_fail_tuned_ok: int  # b: the samples the tuned model newly solves
+    base_ok_tuned_fail: int  # c: the samples it newly fails
+    p_value: float  # exact McNemar (two-sided binomial on b vs c)
+
+
+def mcnemar_paired(base_correct: np.ndarray, tuned_correct: np.ndarray) -> PairedTest:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    b = int((~base_correct & tuned_correct).sum())
+    c = int((base_correct & ~tuned_correct).sum())
+    both = int((base_correct & tuned_correct).sum())
+    neither = int((~base_correct & ~tuned_correct).sum())
+    res = mcnemar(np.array([[both, c], [b, neither]]), exact=True)
+    return PairedTest(
+        len(base_correct), float(base_correct.mean()), float(tuned_correct.mean()), b, c, float(res.pvalue)
+    )
+
+
+def two_by_two(base_correct: np.ndarray, tuned_correct: np.ndarray) -> np.ndarray:
+    """Rows (tuned, base) x columns (correct, incorrect): one CMH stratum."""
+    return np.array(
+        [
+            [tuned_correct.sum(), (~tuned_correct).sum()],
+            [base_correct.sum(), (~base_correct).sum()],
+        ],
+        dtype=float,
+    )
+
+
+@dataclass
+class CMHResult:
+    n_strata: int
+    odds_ratio: float
+    ci_low: float
+    ci_high: float
+    p_value: float  # test of OR = 1
+    mean_delta_points: float  # mean accuracy delta over strata, in points
+
+
+def cmh_odds_ratio(strata: list[tuple[np.ndarray, np.ndarray]]) -> CMHResult:
+    """Mantel-Haenszel common odds ratio over (base_correct, tuned_correct) strata."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    if not strata:
+        raise ValueError("CMH needs at least one (base, tuned) stratum")
+    tables = [two_by_two(b, t) + 0.0 for b, t in strata]
+    st = StratifiedTable(tables)
+    lo, hi = st.oddsratio_pooled_confint()
+    test = st.test_null_odds(correction=False)
+    delta = float(np.mean([t.mean() - b.mean() for b, t in strata]) * 100)
+    return CMHResult(len(tables), float(st.oddsratio_pooled), float(lo), float(hi), float(test.pvalue), delta)
+
+
+def transfer_matrix(
+    base: dict[str, np.ndarray], tuned_by_train_domain: dict[str, dict[str, np.ndarray]], eval_domains: list[str]
+) -> np.ndarray:
+    """Accuracy delta (tuned - base, in points): rows = training domain, columns = eval domain."""
+    return np.array(
+        [[100 * (tuned_by_train_domain[t][e].mean() - base[e].mean()) for e in eval_domains]
+         for t in tuned_by_train_domain]
+    )
+
+
+def in_out_domain_cmh(
+    base: dict[str, np.ndarray], tuned_by_train_domain: dict[str, dict[str, np.ndarray]]
+) -> dict[str, CMHResult]:
+    """CMH pooled over in-domain strata and over out-of-domain strata, as in the transfer study."""
+    ins, outs = [], []
+    for train_d, res in tuned_by_train_domain.items():
+        for eval_d, correct in res.items():
+            (ins if eval_d == train_d else outs).append((base[eval_d], correct))
+    out = {"in_domain": cmh_odds_ratio(ins)}
+    if outs:
+        out["out_of_domain"] = cmh_odds_ratio(outs)
+    return out
+
+
+# --- figures ---------------------------------------------------------------------------------------
+
+
+def plot_accuracy_bars(acc_by_model: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(acc_by_model)
+    domains = list(next(iter(acc_by_model.values())))
+    x = np.arange(len(domains))
+    w = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(domains), 3.6))
+    for i, m in enumerate(models):
+        ax.bar(x + (i - (len(models) - 1) / 2) * w, [100 * acc_by_model[m][d] for d in domains], w, label=m)
+    ax.set_xticks(x, domains, rotation=30, ha="right")
+    ax.set_ylabel("greedy accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, ncol=len(models))
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_transfer_heatmap(
+    matrix: np.ndarray, train_domains: list[str], eval_domains: list[str], path: str | Path, title: str = ""
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lim = max(1.0, float(np.abs(matrix).max()))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(eval_domains), 1.2 + 0.55 * len(train_domains)))
+    im = ax.imshow(matrix, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, f"{matrix[i, j]:+.0f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(eval_domains)), eval_domains, rotation=30, ha="right")
+    ax.set_yticks(range(len(train_domains)), train_domains)
+    ax.set_xlabel("evaluation domain")
+    ax.set_ylabel("post-training domain")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="accuracy delta vs base (points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,96 @@
+"""Batched decoding with a KV cache: greedy (evaluation) and sampled (GRPO rollouts).
+
+Prompts are left-padded so every row's next token sits in the last column; position ids come
+from the attention mask, so padding never shifts positions. A hand-written loop (rather than
+`model.generate`) because GRPO needs per-step control of the sampler RNG for bitwise-reproducible
+rollouts, and it is ~1.35x faster than TRL's path at the organisms' scale (docs/organisms.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+def hf_model_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face causal LM inside a TransformerBridge (or the model itself)."""
+    return getattr(model, "original_model", model)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "B T"], Int[Tensor, "B T"]]:
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, T - len(s) :] = 1
+    return ids, mask
+
+
+@dataclass
+class Generation:
+    prompt_ids_BP: Tensor  # left-padded prompts
+    prompt_mask_BP: Tensor
+    completion_ids_BC: Tensor  # generated tokens; after <eos> everything is pad
+    completion_mask_BC: Tensor  # 1 on generated tokens up to and including <eos>
+
+
+@torch.no_grad()
+def decode(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Greedy (`temperature=0`) or sampled continuation of token-id prompts, stopping at `eos_id`."""
+    lm = hf_model_of(model)
+    ids_BP, mask_BP = left_pad(prompts, pad_id)
+    device = next(lm.parameters()).device
+    ids_BP, mask_BP = ids_BP.to(device), mask_BP.to(device)
+    B = ids_BP.shape[0]
+    attn = mask_BP.clone()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = lm(input_ids=ids_BP, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache = out.past_key_values
+    logits = out.logits[:, -1, :]
+    next_pos = pos[:, -1:] + 1
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    toks, live = [], []
+    for step in range(max_new_tokens):
+        if temperature > 0:
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        else:
+            tok = logits.argmax(-1)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        live.append(~done)
+        toks.append(tok)
+        done = done | (tok == eos_id)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        out = lm(
+            input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
+            past_key_values=cache, use_cache=True,
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    return Generation(ids_BP, mask_BP, torch.stack(toks, 1), torch.stack(live, 1).long())
+
+
+def completion_texts(gen: Generation, tokenizer, eos_id: int) -> list[str]:
+    """Text of each completion up to its first <eos> (special tokens removed)."""
+    texts = []
+    for row, m in zip(gen.completion_ids_BC.tolist(), gen.completion_mask_BC.tolist()):
+        row = [t for t, keep in zip(row, m) if keep]
+        if eos_id in row:
+            row = row[: row.index(eos_id)]
+        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return texts

@@ -1,0 +1,315 @@
+"""Build the model organisms: base (pretrained on every domain) -> SFT and RL on one domain -> eval.
+
+Layout of an organisms folder:
+
+    config.json                the OrganismConfig (a different config in the same folder is refused)
+    base/                      HF model folder (weights, config, tokenizer, featalign.json)
+    sft-<domain>/ckpt-1..5     SFT checkpoints every 1/5 epoch; ckpt-5 is the final SFT model
+    rl-<domain>/ckpt-1..5      GRPO checkpoints likewise
+    eval/                      per-sample correctness, summary.json, summary.md, figures
+    _state/                    resumable training states (deleted stages never need them again)
+
+Every stage is resumable: HF folders are written atomically (a folder without a complete
+featalign.json is rebuilt) and training states are saved at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from featalign.evaluation import (
+    accuracy,
+    evaluate,
+    in_out_domain_cmh,
+    mcnemar_paired,
+    plot_accuracy_bars,
+    plot_transfer_heatmap,
+    transfer_matrix,
+)
+from featalign.io import atomic_write_json, atomic_write_text, provenance, read_json
+from featalign.organisms.config import OrganismConfig, default_organisms_dir, preset_config
+from featalign.organisms.grpo import grpo_loss, grpo_max_new_tokens
+from featalign.organisms.model import is_complete, load_organism, new_model, save_organism
+from featalign.organisms.tasks import Problem, sample_mixture, sample_problems
+from featalign.organisms.tokenizer import build_tokenizer
+from featalign.organisms.train import answer_loss, encode_supervised, run_steps
+
+POST_TRAIN_KINDS = ("sft", "rl")
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha1("|".join(map(str, parts)).encode()).digest()[:8], "big") % 2**63
+
+
+@dataclass
+class Organisms:
+    """Paths to a built organisms folder; `model_dir(kind, domain, ckpt)` names any model."""
+
+    root: Path
+    config: OrganismConfig
+
+    @property
+    def base_dir(self) -> Path:
+        return self.root / "base"
+
+    def run_dir(self, kind: str, domain: str) -> Path:
+        if kind not in POST_TRAIN_KINDS:
+            raise ValueError(f"kind must be one of {POST_TRAIN_KINDS}, got {kind!r}")
+        return self.root / f"{kind}-{domain}"
+
+    def model_dir(self, kind: str, domain: str | None = None, ckpt: int | None = None) -> Path:
+        """`kind` 'base', 'sft' or 'rl'; `ckpt` 1..n_checkpoints (default: the final one)."""
+        if kind == "base":
+            return self.base_dir
+        domain = domain or self.config.post_train_domains[0]
+        k = self.config.n_checkpoints if ckpt is None else ckpt
+        if not 1 <= k <= self.config.n_checkpoints:
+            raise ValueError(f"checkpoint {k} out of range 1..{self.config.n_checkpoints}")
+        return self.run_dir(kind, domain) / f"ckpt-{k}"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def summary(self) -> dict:
+        return read_json(self.eval_dir / "summary.json")
+
+    def default_trio(self) -> dict[str, Path]:
+        """{'base', 'rl', 'sft'} -> model folders for the first post-training domain."""
+        return {"base": self.base_dir, "rl": self.model_dir("rl"), "sft": self.model_dir("sft")}
+
+
+# --- config handling -------------------------------------------------------------------------------
+
+
+def _check_or_write_config(root: Path, cfg: OrganismConfig) -> OrganismConfig:
+    """Refuse a folder built with another config; allow adding post-training domains."""
+    path = root / "config.json"
+    if path.exists():
+        old = OrganismConfig.load(path)
+        diff = {k: v for k, v in old.diff(cfg).items() if k != "post_train_domains"}
+        if diff:
+            lines = ", ".join(f"{k}: folder has {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{root} holds organisms built with a different config ({lines}). "
+                "Use another --out folder, or delete this one to rebuild."
+            )
+        merged = tuple(dict.fromkeys(old.post_train_domains + cfg.post_train_domains))
+        cfg = OrganismConfig.from_dict({**cfg.to_dict(), "post_train_domains": merged})
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {**cfg.to_dict()})
+    atomic_write_json(root / "provenance.json", provenance())
+    return cfg
+
+
+# --- stages ----------------------------------------------------------------------------------------
+
+
+def _pretrain(org: Organisms, tokenizer) -> None:
+    cfg = org.config
+    if is_complete(org.base_dir):
+        return
+    model = new_model(cfg, tokenizer)
+    domains = list(cfg.pretrain_domains)
+
+    def loss_fn(step: int):
+        probs = sample_mixture(domains, cfg.pretrain_batch, "train", _seed(cfg.seed, "pretrain", step))
+        ids, mask = encode_supervised(probs, tokenizer)
+        return answer_loss(model, ids, mask), {}
+
+    every = max(1, cfg.pretrain_steps // 6)
+    run_steps(
+        model, loss_fn, cfg.pretrain_steps, cfg.pretrain_lr, cfg.pretrain_warmup,
+        state_path=org.root / "_state" / "base.pt",
+        save_at=lambda s: s % every == 0 or s == cfg.pretrain_steps,
+        desc="pretrain base",
+    )
+    save_organism(model, org.base_dir, {"role": "base", "config": cfg.to_dict()}, tokenizer)
+
+
+def post_train_prompts(cfg: OrganismConfig, domain: str) -> list[Problem]:
+    """The identical prompt set that SFT and RL both train on."""
+    return sample_problems(domain, cfg.post_train_prompts, "train", _seed(cfg.seed, "post-train", domain))
+
+
+def _epoch_batches(n_items: int, batch: int, epochs: int, seed: int) -> list[list[int]]:
+    out = []
+    for e in range(epochs):
+        perm = list(range(n_items))
+        random.Random(_seed(seed, e)).shuffle(perm)
+        out += [perm[i : i + batch] for i in range(0, n_items, batch)]
+    return out
+
+
+def _checkpoint_steps(total: int, n: int) -> list[int]:
+    return sorted({max(1, round(total * k / n)) for k in range(1, n + 1)})
+
+
+def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
+    cfg = org.config
+    run = org.run_dir(kind, domain)
+    if all(is_complete(org.model_dir(kind, domain, k)) for k in range(1, cfg.n_checkpoints + 1)):
+        return
+    model, _ = load_organism(org.base_dir)
+    prompts = post_train_prompts(cfg, domain)
+    bsz = cfg.sft_batch if kind == "sft" else cfg.rl_prompts_per_step
+    epochs = cfg.sft_epochs if kind == "sft" else cfg.rl_epochs
+    batches = _epoch_batches(len(prompts), bsz, epochs, _seed(cfg.seed, kind, domain))
+    ckpts = _checkpoint_steps(len(batches), cfg.n_checkpoints)
+    if len(ckpts) != cfg.n_checkpoints:
+        raise ValueError(
+            f"{kind} on {domain}: {len(batches)} steps cannot hold {cfg.n_checkpoints} checkpoints; "
+            "raise post_train_prompts or lower the batch size"
+        )
+    if kind == "sft":
+        def loss_fn(step: int):
+            ids, mask = encode_supervised([prompts[i] for i in batches[step]], tokenizer)
+            return answer_loss(model, ids, mask), {}
+        lr = cfg.sft_lr
+    else:
+        ref = load_organism(org.base_dir)[0] if cfg.rl_kl_beta > 0 else None
+        max_new = grpo_max_new_tokens(prompts, tokenizer)
+
+        def loss_fn(step: int):
+            gen = torch.Generator().manual_seed(_seed(cfg.seed, "rollout", domain, step))
+            return grpo_loss(
+                model, [prompts[i] for i in batches[step]], tokenizer, cfg.rl_group_size,
+                cfg.rl_temperature, max_new, gen, ref_model=ref, beta=cfg.rl_kl_beta,
+            )
+        lr = cfg.rl_lr
+
+    def on_save(step: int) -> None:
+        k = ckpts.index(step) + 1
+        meta = {"role": kind, "domain": domain, "checkpoint": k, "step": step, "epoch": step / len(batches) * epochs,
+                "config": cfg.to_dict()}
+        save_organism(model, org.model_dir(kind, domain, k), meta, tokenizer)
+
+    logs = run_steps(
+        model, loss_fn, len(batches), lr, warmup=max(1, len(batches) // 20),
+        state_path=org.root / "_state" / f"{kind}-{domain}.pt",
+        save_at=lambda s: s in ckpts, on_save=on_save, desc=f"{kind} {domain}",
+    )
+    if logs:
+        with open(run / "train_log.jsonl", "a") as f:
+            for row in logs:
+                f.write(json.dumps(row) + "\n")
+
+
+def _evaluate_all(org: Organisms) -> dict:
+    cfg = org.config
+    domains = list(cfg.pretrain_domains)
+    names = {"base": org.base_dir}
+    for d in cfg.post_train_domains:
+        for kind in POST_TRAIN_KINDS:
+            names[f"{kind}-{d}"] = org.model_dir(kind, d)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    for name, path in tqdm(names.items(), desc="evaluate organisms", leave=False):
+        f = org.eval_dir / f"{name}.json"
+        if f.exists() and read_json(f).get("n_per_domain") == cfg.eval_samples:
+            results[name] = {d: np.array(v, bool) for d, v in read_json(f)["correct"].items()}
+            continue
+        model, tok = load_organism(path)
+        res = evaluate(model, tok, domains, cfg.eval_samples, cfg.eval_batch, desc=f"eval {name}")
+        atomic_write_json(f, {"n_per_domain": cfg.eval_samples, "correct": {d: c.astype(int).tolist() for d, c in res.items()}})
+        results[name] = res
+    return summarise(org, results)
+
+
+def summarise(org: Organisms, results: dict[str, dict[str, np.ndarray]]) -> dict:
+    cfg = org.config
+    domains = list(cfg.pretrain_domains)
+    base = results["base"]
+    acc = {name: accuracy(r) for name, r in results.items()}
+    summary: dict = {"config": cfg.to_dict(), **provenance(), "accuracy": acc, "paired_tests": {}, "transfer": {}}
+    for name, r in results.items():
+        if name != "base":
+            summary["paired_tests"][name] = {d: vars(mcnemar_paired(base[d], r[d])) for d in domains}
+    org.eval_dir.mkdir(parents=True, exist_ok=True)
+    for kind in POST_TRAIN_KINDS:
+        tuned = {d: results[f"{kind}-{d}"] for d in cfg.post_train_domains}
+        mat = transfer_matrix(base, tuned, domains)
+        cmh = in_out_domain_cmh(base, tuned)
+        summary["transfer"][kind] = {
+            "train_domains": list(cfg.post_train_domains), "eval_domains": domains,
+            "delta_points": mat.tolist(), "cmh": {k: vars(v) for k, v in cmh.items()},
+        }
+        plot_transfer_heatmap(mat, list(cfg.post_train_domains), domains, org.eval_dir / f"transfer_{kind}.png",
+                              title=f"{kind.upper()}: accuracy delta vs base")
+    for d in cfg.post_train_domains:
+        plot_accuracy_bars({n: acc[n] for n in ("base", f"sft-{d}", f"rl-{d}")}, org.eval_dir / f"accuracy_{d}.png",
+                           title=f"organisms post-trained on '{d}'")
+    atomic_write_json(org.eval_dir / "summary.json", summary)
+    atomic_write_text(org.eval_dir / "summary.md", summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    acc = summary["accuracy"]
+    names = list(acc)
+    domains = list(acc["base"])
+    lines = ["# Organisms evaluation", "", "Greedy accuracy (%) on each domain's eval split.", "",
+             "| domain | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for d in domains:
+        lines.append(f"| {d} | " + " | ".join(f"{100 * acc[n][d]:.1f}" for n in names) + " |")
+    lines += ["", "Base-fail / tuned-success samples per domain (McNemar b), and exact McNemar p.", "",
+              "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    for n, tests in summary["paired_tests"].items():
+        lines.append(f"| {n} | " + " | ".join(f"{t['base_fail_tuned_ok']} (p={t['p_value']:.2g})" for t in tests.values()) + " |")
+    lines += ["", "CMH common odds ratio (tuned vs base correct), pooled over strata.", "",
+              "| kind | scope | strata | OR | 95% CI | p | mean delta (pts) |", "|---|---|---|---|---|---|---|"]
+    for kind, t in summary["transfer"].items():
+        for scope, c in t["cmh"].items():
+            lines.append(f"| {kind} | {scope} | {c['n_strata']} | {c['odds_ratio']:.2f} | "
+                         f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}] | {c['p_value']:.2g} | {c['mean_delta_points']:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- entry point -----------------------------------------------------------------------------------
+
+
+def build_organisms(
+    cfg: OrganismConfig | None = None, out_dir: str | Path | None = None, evaluate_models: bool = True
+) -> Organisms:
+    """Build (or finish building) the organisms described by `cfg` in `out_dir`; returns their paths."""
+    cfg = cfg or preset_config("default")
+    root = Path(out_dir) if out_dir is not None else default_organisms_dir(cfg.preset)
+    cfg = _check_or_write_config(root, cfg)
+    org = Organisms(root, cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        tokenizer = build_tokenizer()
+        t0 = time.time()
+        timings = read_json(root / "timings.json") if (root / "timings.json").exists() else {}
+        stages = [("base", lambda: _pretrain(org, tokenizer))]
+        for d in cfg.post_train_domains:
+            for kind in POST_TRAIN_KINDS:
+                stages.append((f"{kind}-{d}", lambda k=kind, d=d: _post_train(org, k, d, tokenizer)))
+        if evaluate_models:
+            stages.append(("eval", lambda: _evaluate_all(org)))
+        for name, fn in tqdm(stages, desc=f"organisms ({cfg.preset})"):
+            t = time.time()
+            fn()
+            timings.setdefault(name, round(time.time() - t, 2))
+            atomic_write_json(root / "timings.json", timings)
+        timings["last_call_total_s"] = round(time.time() - t0, 2)
+        atomic_write_json(root / "timings.json", timings)
+    finally:
+        torch.set_num_threads(threads)
+    return org
+
+
+def ensure_organisms(preset: str = "default", out_dir: str | Path | None = None) -> Organisms:
+    """What every other command calls: build the organisms if they are missing, else just open them."""
+    root = Path(out_dir) if out_dir is not None else default_organisms_dir(preset)
+    cfg = OrganismConfig.load(root / "config.json") if (root / "config.json").exists() else preset_config(preset)
+    return build_organisms(cfg, root)

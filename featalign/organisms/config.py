@@ -1,0 +1,95 @@
+"""Organism build configs and presets (`tiny` for tests, `default` for the real pipeline)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from featalign.config import JsonConfig
+from featalign.organisms.tasks import DOMAINS, parse_domains
+
+CACHE_ENV = "FEATALIGN_CACHE"
+
+
+@dataclass
+class OrganismConfig(JsonConfig):
+    preset: str = "default"
+    seed: int = 0
+    # architecture (Llama: keeps the char-level tokenizer intact; see docs/organisms.md)
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 384
+    max_len: int = 64
+    # pretraining on a mixture of every domain, to partial competence
+    pretrain_domains: tuple[str, ...] = tuple(DOMAINS)
+    pretrain_steps: int = 1200
+    pretrain_batch: int = 128
+    pretrain_lr: float = 3e-3
+    pretrain_warmup: int = 50
+    # post-training: SFT and RL from the same base on the identical prompt set of one domain
+    post_train_domains: tuple[str, ...] = ("add",)
+    post_train_prompts: int = 2048
+    sft_lr: float = 3e-4
+    sft_batch: int = 32
+    sft_epochs: int = 1
+    rl_lr: float = 1e-4
+    rl_prompts_per_step: int = 16
+    rl_group_size: int = 8
+    rl_epochs: int = 1
+    rl_kl_beta: float = 0.0
+    rl_temperature: float = 1.0
+    n_checkpoints: int = 5  # saved every 1/n_checkpoints of each post-training run
+    # evaluation
+    eval_samples: int = 1000  # per domain
+    eval_batch: int = 500
+    torch_threads: int = 1  # bitwise determinism and steadier speed on a shared 2-core CPU
+
+    def __post_init__(self) -> None:
+        self.pretrain_domains = tuple(parse_domains(list(self.pretrain_domains)))
+        self.post_train_domains = tuple(parse_domains(list(self.post_train_domains)))
+        if not self.post_train_domains:
+            raise ValueError("post_train_domains is empty: name at least one domain, e.g. 'add'")
+
+    def training_fingerprint(self) -> str:
+        """Hash of everything that shapes the base model (post-training domains may grow)."""
+        d = self.to_dict()
+        for k in ("post_train_domains", "eval_samples", "eval_batch"):
+            d.pop(k)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "tiny": dict(
+        preset="tiny", d_model=32, n_layers=2, n_heads=2, d_mlp=96, pretrain_steps=150,
+        pretrain_batch=64, pretrain_lr=5e-3, pretrain_warmup=10, post_train_prompts=160,
+        sft_batch=16, rl_prompts_per_step=8, rl_group_size=4, eval_samples=64, eval_batch=256,
+    ),
+}
+
+
+def preset_config(name: str, **overrides) -> OrganismConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    kw = dict(PRESETS[name])
+    kw.update(overrides)
+    kw["preset"] = name
+    return OrganismConfig(**kw)
+
+
+def default_cache_dir() -> Path:
+    """$FEATALIGN_CACHE, else the user's cache dir (platformdirs)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("featalign"))
+
+
+def default_organisms_dir(preset: str = "default") -> Path:
+    return default_cache_dir() / "organisms" / preset
+

@@ -1,0 +1,204 @@
+"""The organisms' synthetic multi-domain reasoning suite: seeded generators and exact verifiers.
+
+Each domain draws problems of mixed difficulty, so a partially trained model solves the easy
+ones and fails the hard ones (room for post-training to help). Train and eval prompts come from
+disjoint halves of the prompt space, chosen by a hash of the prompt text (`split_of`), so no
+eval prompt can ever appear in training; `tests/organisms/test_tasks.py` checks it.
+
+A completion is the model's text up to (not including) `<eos>`. Verifiers are strict: the answer
+must equal the canonical one after stripping surrounding whitespace. Extra tokens fail, and so
+do non-canonical numbers such as leading zeros (`"082"` is not `"82"`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+EVAL_FRACTION = 0.2  # share of each domain's prompt space reserved for evaluation
+
+
+@dataclass(frozen=True)
+class Problem:
+    domain: str
+    prompt: str  # without <bos>; the model continues right after it
+    answer: str  # canonical answer, without <eos>
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    family: str
+    description: str
+    draw: Callable[[random.Random], tuple[str, str]]
+    numeric: bool = False  # answers are integers: leading zeros are not canonical
+
+    def verify(self, completion: str, answer: str) -> bool:
+        return verify_answer(completion, answer)
+
+
+def verify_answer(completion: str, answer: str) -> bool:
+    """Exact match after stripping surrounding whitespace (leading zeros and extra tokens fail)."""
+    return completion.strip() == answer
+
+
+def split_of(prompt: str) -> str:
+    """'eval' or 'train', fixed by a hash of the prompt text alone."""
+    h = int.from_bytes(hashlib.sha1(prompt.encode()).digest()[:8], "big") / 2**64
+    return "eval" if h < EVAL_FRACTION else "train"
+
+
+# --- generators --------------------------------------------------------------------------------
+
+
+def _num(rng: random.Random, digits: int) -> int:
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def _add(rng: random.Random) -> tuple[str, str]:
+    da, db = rng.randint(1, 3), rng.randint(1, 3)
+    a, b = _num(rng, da), _num(rng, db)
+    return f"add {a}+{b}=", str(a + b)
+
+
+def _sub(rng: random.Random) -> tuple[str, str]:
+    a, b = _num(rng, rng.randint(1, 3)), _num(rng, rng.randint(1, 3))
+    a, b = max(a, b), min(a, b)
+    return f"sub {a}-{b}=", str(a - b)
+
+
+def _modsum(rng: random.Random) -> tuple[str, str]:
+    xs = [rng.randint(0, 9) for _ in range(rng.randint(2, 4))]
+    m = rng.randint(2, 9)
+    return f"mod {'+'.join(map(str, xs))}%{m}=", str(sum(xs) % m)
+
+
+def _sort(rng: random.Random) -> tuple[str, str]:
+    s = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 7)))
+    return f"sort {s}=", "".join(sorted(s))
+
+
+def _rev(rng: random.Random) -> tuple[str, str]:
+    s = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+    return f"rev {s}=", s[::-1]
+
+
+def _max(rng: random.Random) -> tuple[str, str]:
+    xs = [_num(rng, rng.randint(1, 2)) for _ in range(rng.randint(2, 6))]
+    return f"max {' '.join(map(str, xs))}=", str(max(xs))
+
+
+def _count(rng: random.Random) -> tuple[str, str]:
+    alphabet = "abcd"
+    s = "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 10)))
+    c = rng.choice(alphabet)
+    return f"cnt {c}:{s}=", str(s.count(c))
+
+
+def _bool_expr(rng: random.Random, depth: int) -> tuple[str, int]:
+    if depth == 0:
+        v = rng.randint(0, 1)
+        return str(v), v
+    op = rng.choice("&|!")
+    if op == "!":
+        e, v = _bool_expr(rng, depth - 1)
+        return f"!{e}", 1 - v
+    (l, lv), (r, rv) = _bool_expr(rng, depth - 1), _bool_expr(rng, rng.randint(0, depth - 1))
+    v = (lv & rv) if op == "&" else (lv | rv)
+    return f"({l}{op}{r})", v
+
+
+def _bool(rng: random.Random) -> tuple[str, str]:
+    e, v = _bool_expr(rng, rng.randint(1, 3))
+    if e.startswith("(") and e.endswith(")") and e.count("(") == 1:
+        e = e[1:-1]
+    return f"bool {e}=", str(v)
+
+
+def _cmp(rng: random.Random) -> tuple[str, str]:
+    a = _num(rng, rng.randint(1, 3))
+    b = a if rng.random() < 0.2 else _num(rng, rng.randint(1, 3))
+    return f"cmp {a}?{b}=", "<" if a < b else (">" if a > b else "=")
+
+
+def _lookup(rng: random.Random) -> tuple[str, str]:
+    keys = rng.sample("abcdefghijklmnopqrstuvwxyz", rng.randint(2, 6))
+    vals = [str(rng.randint(0, 9)) for _ in keys]
+    q = rng.randrange(len(keys))
+    ctx = ",".join(f"{k}{v}" for k, v in zip(keys, vals))
+    return f"key {ctx};{keys[q]}=", vals[q]
+
+
+DOMAINS: dict[str, Domain] = {
+    d.name: d
+    for d in [
+        Domain("add", "arithmetic", "sum of two 1-3 digit numbers", _add, numeric=True),
+        Domain("sub", "arithmetic", "difference of two 1-3 digit numbers (non-negative)", _sub, numeric=True),
+        Domain("modsum", "arithmetic", "sum of 2-4 digits modulo 2-9", _modsum, numeric=True),
+        Domain("sort", "algorithmic", "sort 3-7 digits ascending", _sort),
+        Domain("reverse", "algorithmic", "reverse 3-8 letters", _rev),
+        Domain("max", "algorithmic", "largest of 2-6 numbers", _max, numeric=True),
+        Domain("count", "algorithmic", "occurrences of a letter in a 4-10 letter string", _count, numeric=True),
+        Domain("bool", "logic", "boolean expression over 0/1 with & | ! (depth 1-3)", _bool),
+        Domain("compare", "logic", "order relation of two numbers: < > =", _cmp),
+        Domain("lookup", "knowledge", "key-value recall from an in-context table", _lookup),
+    ]
+}
+FAMILIES: dict[str, list[str]] = {}
+for _d in DOMAINS.values():
+    FAMILIES.setdefault(_d.family, []).append(_d.name)
+
+
+def get_domain(name: str) -> Domain:
+    if name not in DOMAINS:
+        raise ValueError(f"unknown domain {name!r}; choose from {sorted(DOMAINS)}")
+    return DOMAINS[name]
+
+
+def parse_domains(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """'add,sub' or ['add', 'sub'] -> validated list (empty entries dropped)."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n]
+    for n in names:
+        get_domain(n)
+    return names
+
+
+def sample_problems(
+    domain: str, n: int, split: str, seed: int, unique: bool = True, max_tries_factor: int = 50
+) -> list[Problem]:
+    """Draw `n` problems of `domain` from `split` ('train' or 'eval'), deterministically from `seed`.
+
+    With `unique`, prompts do not repeat; if the split's prompt space is too small for that,
+    duplicates fill the rest (still from the right split).
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    d = get_domain(domain)
+    seed_key = int.from_bytes(hashlib.sha1(f"{domain}|{split}|{seed}".encode()).digest()[:8], "big")
+    rng = random.Random(seed_key)
+    out: list[Problem] = []
+    seen: set[str] = set()
+    tries = 0
+    while len(out) < n:
+        prompt, answer = d.draw(rng)
+        tries += 1
+        if split_of(prompt) != split:
+            continue
+        if unique and prompt in seen and tries < max_tries_factor * n:
+            continue
+        seen.add(prompt)
+        out.append(Problem(domain, prompt, answer))
+    return out
+
+
+def sample_mixture(domains: list[str], n: int, split: str, seed: int) -> list[Problem]:
+    """A shuffled mixture with an equal share of each domain (not unique: for pretraining streams)."""
+    per = -(-n // len(domains))
+    probs: list[Problem] = []
+    for name in domains:
+        probs += sample_problems(name, per, split, seed, unique=False)
+    random.Random(seed).shuffle(probs)
+    return probs[:n]
