@@ -1,0 +1,19 @@
+"""Shared fixtures: the tiny organisms are built once per test session (about 10 s on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("FEATALIGN_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def tiny_organisms(tmp_path_factory):
+    """A built `tiny` organisms folder (base, sft-add, rl-add with 5 checkpoints each, eval)."""
+    from featalign.organisms import build_organisms, preset_config
+
+    root = tmp_path_factory.mktemp("organisms") / "tiny"
+    return build_organisms(preset_config("tiny"), root)
