@@ -1,0 +1,140 @@
+"""Data sources for the crosscoder trainer: anything that yields `[B, M, H, D]` and can resume.
+
+The on-disk `ActivationStore` loader (featalign.activations) satisfies `ActivationSource`;
+`TensorSource` is the in-memory equivalent used by tests, the planted-data benchmark and the
+CLI's in-process path. `planted_data` builds synthetic activations with known ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+@runtime_checkable
+class ActivationSource(Protocol):
+    """Yields float32 batches `[B_local, M, H, D]`; `state_dict()` pins the position for bitwise resume.
+
+    Optional attributes the trainer uses when present: `models`, `hooks` (checked against the
+    crosscoder config) and `norm_scales()` -> `[M, H]` (multiply raw activations by these).
+    """
+
+    def __next__(self) -> Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TensorSource:
+    """Shuffled epochs over an in-memory `[N, M, H, D]` tensor; deterministic in (seed, epoch).
+
+    With DDP each rank takes its slice of the same global batch, so the union over ranks equals
+    the single-process batch.
+    """
+
+    def __init__(
+        self,
+        x_NMHD: Float[Tensor, "N M H D"],
+        batch_size: int,
+        seed: int = 0,
+        models: tuple[str, ...] | None = None,
+        hooks: tuple[str, ...] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        scales_MH: Tensor | None = None,
+    ):
+        if x_NMHD.ndim != 4:
+            raise ValueError(f"expected [N, M, H, D] activations, got shape {list(x_NMHD.shape)}")
+        if batch_size % world_size:
+            raise ValueError(f"global batch {batch_size} must be divisible by world size {world_size}")
+        if x_NMHD.shape[0] < batch_size:
+            raise ValueError(f"{x_NMHD.shape[0]} tokens is fewer than one batch of {batch_size}; cache more tokens")
+        self.x = x_NMHD
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.models = tuple(models) if models is not None else None
+        self.hooks = tuple(hooks) if hooks is not None else None
+        self._scales = scales_MH
+        self.epoch, self.pos = 0, 0
+        self._perm: Tensor | None = None
+
+    def norm_scales(self) -> Tensor | None:
+        return self._scales
+
+    def _epoch_perm(self) -> Tensor:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = torch.randperm(self.x.shape[0], generator=g)
+        return self._perm
+
+    def __iter__(self) -> "TensorSource":
+        return self
+
+    def __next__(self) -> Tensor:
+        B = self.batch_size
+        if (self.pos + 1) * B > self.x.shape[0]:
+            self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+        idx = self._epoch_perm()[self.pos * B : (self.pos + 1) * B]
+        b = B // self.world_size
+        self.pos += 1
+        return self.x[idx[self.rank * b : (self.rank + 1) * b]].float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.pos, self._perm = int(state["epoch"]), int(state["pos"]), None
+
+
+def estimate_norm_scales(x_NMHD: Tensor) -> Float[Tensor, "M H"]:
+    """sqrt(D) / E||x||: scales every (model, hook) block to mean norm sqrt(D) (Anthropic's convention)."""
+    D = x_NMHD.shape[-1]
+    return D**0.5 / x_NMHD.float().norm(dim=-1).mean(0).clamp_min(1e-8)
+
+
+# --- planted ground truth ---------------------------------------------------------------------
+
+
+@dataclass
+class PlantedTruth:
+    """Ground truth of `planted_data`: directions `[F, M, D]` (zero where a feature is absent)."""
+
+    directions_FMD: Tensor
+    present_FM: Tensor  # bool: which models carry each feature
+    kind: list[str]  # "shared" or "only:<model index>"
+
+
+def planted_data(
+    n_tokens: int = 40_000,
+    d_model: int = 32,
+    n_shared: int = 48,
+    n_specific: int = 24,
+    p_fire: float = 0.03,
+    noise: float = 0.01,
+    seed: int = 0,
+) -> tuple[Float[Tensor, "N 2 1 D"], PlantedTruth]:
+    """Two models' activations from known sparse features in superposition.
+
+    `n_shared` features appear in both models (with a different random direction in each),
+    `n_specific` only in model A and `n_specific` only in model B; features per model
+    (n_shared + n_specific) exceed d_model, so directions are in superposition. Each feature fires
+    independently with probability `p_fire` with magnitude ~ U(0.5, 1.5).
+    """
+    g = torch.Generator().manual_seed(seed)
+    n_feat = n_shared + 2 * n_specific
+    dirs_FMD = torch.randn(n_feat, 2, d_model, generator=g)
+    dirs_FMD /= dirs_FMD.norm(dim=-1, keepdim=True)
+    present = torch.ones(n_feat, 2, dtype=torch.bool)
+    present[n_shared : n_shared + n_specific, 1] = False  # only in A
+    present[n_shared + n_specific :, 0] = False  # only in B
+    dirs_FMD = dirs_FMD * present[..., None]
+    fires_NF = torch.rand(n_tokens, n_feat, generator=g) < p_fire
+    mags_NF = (0.5 + torch.rand(n_tokens, n_feat, generator=g)) * fires_NF
+    x_NMD = torch.einsum("nf,fmd->nmd", mags_NF, dirs_FMD)
+    x_NMD += noise * torch.randn(x_NMD.shape, generator=g)
+    kind = ["shared"] * n_shared + ["only:0"] * n_specific + ["only:1"] * n_specific
+    return x_NMD[:, :, None, :].contiguous(), PlantedTruth(dirs_FMD, present, kind)

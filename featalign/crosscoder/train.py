@@ -1,0 +1,326 @@
+"""Crosscoder trainer: Adam, lr warmup + final decay, sparsity-coefficient warmup, grad clipping,
+optional bf16 autocast, checkpoint/resume (bitwise on CPU), DDP, JSONL metrics.
+
+Output directory layout:
+
+    cfg.json, crosscoder.safetensors   the crosscoder (`Crosscoder.load(dir)`), written at the end
+    trainer_cfg.json                   the TrainerConfig (a resume with other values is refused)
+    checkpoint.pt                      resume state: model, optimizer, scheduler, RNG, data position
+    metrics.jsonl                      one JSON object per logged step (loss parts, FVU per model, L0, dead)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from featalign.crosscoder import ddp
+from featalign.crosscoder.config import FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig
+from featalign.crosscoder.data import ActivationSource
+from featalign.crosscoder.model import Crosscoder, TrainOutput, check_format_version
+from featalign.io import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance, read_json
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+TRAINER_CFG_FILE = "trainer_cfg.json"
+RUN_CFG_FILE = "run_cfg.json"
+
+
+class NaNLossError(FloatingPointError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def lr_factor(step: int, cfg: TrainerConfig) -> float:
+    """Linear warmup over warmup_steps, constant, then linear decay to 0 over the last decay_frac."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    decay_start = cfg.steps * (1 - cfg.decay_frac)
+    if cfg.decay_frac > 0 and step >= decay_start:
+        return max(0.0, (cfg.steps - step) / (cfg.steps * cfg.decay_frac))
+    return 1.0
+
+
+def sparsity_coef_at(step: int, cfg: TrainerConfig) -> float:
+    warm = cfg.sparsity_warmup_frac * cfg.steps
+    return cfg.sparsity_coef * (min(1.0, (step + 1) / warm) if warm > 0 else 1.0)
+
+
+def check_source(source: Any, cfg: CrosscoderConfig) -> None:
+    """A store whose models/hooks differ from the config is an error that names both lists."""
+    for name in ("models", "hooks"):
+        have = getattr(source, name, None)
+        if have is not None and tuple(have) != tuple(getattr(cfg, name)):
+            raise ValueError(
+                f"activation source has {name} {tuple(have)} but the crosscoder config expects "
+                f"{tuple(getattr(cfg, name))}; pass --{name} {','.join(have)} or cache the store with those {name}"
+            )
+
+
+def fvu_per_model(x_BK: torch.Tensor, x_hat_BK: torch.Tensor, cfg: CrosscoderConfig) -> torch.Tensor:
+    """Fraction of variance unexplained for each model (summed over its hooks and dims) -> [M]."""
+    B = x_BK.shape[0]
+    x = x_BK.float().view(B, cfg.n_models, -1)
+    err = (x_hat_BK.float().view(B, cfg.n_models, -1) - x).pow(2).sum((0, 2))
+    var = (x - x.mean(0, keepdim=True)).pow(2).sum((0, 2))
+    return err / var.clamp_min(1e-12)
+
+
+class _Loggers:
+    """JSONL always (rank 0); tensorboard / wandb when asked for and installed."""
+
+    def __init__(self, out_dir: Path, backends: tuple[str, ...], run_cfg: dict):
+        self.path = out_dir / METRICS_FILE
+        self.tb = self.wandb = None
+        if "tensorboard" in backends:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("tensorboard logging asked for but not installed: pip install tensorboard") from e
+            self.tb = SummaryWriter(str(out_dir / "tb"))
+        if "wandb" in backends:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("wandb logging asked for but not installed: pip install wandb") from e
+            self.wandb = wandb.init(project="featalign", config=run_cfg, dir=str(out_dir))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint (they will be logged again)."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+    def log(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(row, step=row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class Trainer:
+    """Train a `Crosscoder` on an `ActivationSource`, checkpointing into `out_dir`.
+
+    If `out_dir` holds a checkpoint the run resumes from it (configs must match, except
+    `RESUMABLE_CHANGES`). `on_step(step)` runs after each completed step (tests use it to "kill").
+    """
+
+    def __init__(
+        self,
+        cfg: CrosscoderConfig,
+        trainer_cfg: TrainerConfig,
+        source: ActivationSource,
+        out_dir: str | Path,
+        dist_info: ddp.DistInfo | None = None,
+        loggers: tuple[str, ...] = (),
+        on_step: Callable[[int], None] | None = None,
+        progress: bool = True,
+        device: str | torch.device = "cpu",
+    ):
+        self.cfg, self.tcfg, self.source = cfg, trainer_cfg, source
+        self.out_dir = Path(out_dir)
+        self.dist = dist_info or ddp.DistInfo()
+        self.on_step, self.progress, self.device = on_step, progress, torch.device(device)
+        check_source(source, cfg)
+        self.model = Crosscoder(cfg).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=trainer_cfg.lr, betas=trainer_cfg.adam_betas)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.tcfg))
+        self.step = 0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._loggers_backends = loggers
+
+    # --- checkpointing ------------------------------------------------------------------------
+
+    def _check_resume_configs(self) -> None:
+        old_cc = read_json(self.out_dir / "cfg.json")
+        check_format_version(old_cc.pop("format_version", None), self.out_dir / "cfg.json")
+        old_cc.pop("provenance", None)
+        diffs = {f"crosscoder.{k}": v for k, v in CrosscoderConfig.from_dict(old_cc).diff(self.cfg).items()}
+        old_tr = TrainerConfig.load(self.out_dir / TRAINER_CFG_FILE)
+        diffs |= {f"trainer.{k}": v for k, v in old_tr.diff(self.tcfg).items() if k not in RESUMABLE_CHANGES}
+        if diffs:
+            lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+            raise ValueError(
+                f"refusing to resume {self.out_dir} with a changed config ({lines}). "
+                "Use the original settings, or a new --out directory for a new run."
+            )
+
+    def _write_configs(self) -> None:
+        if not self.dist.is_main:
+            return
+        atomic_write_json(self.out_dir / "cfg.json",
+                          {**self.cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()})
+        self.tcfg.save(self.out_dir / TRAINER_CFG_FILE)
+
+    def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        state = {
+            "format_version": FORMAT_VERSION,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+            "data": self.source.state_dict(),
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.out_dir / CHECKPOINT_FILE, buf.getvalue())
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.out_dir / CHECKPOINT_FILE, map_location=self.device, weights_only=False)
+        check_format_version(state.get("format_version"), self.out_dir / CHECKPOINT_FILE)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        self.source.load_state_dict(state["data"])
+        self.step = int(state["step"])
+
+    # --- normalisation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _init_norm_scale(self) -> None:
+        """From the source's scalars when it has them, else from a few batches (data position restored)."""
+        scales = getattr(self.source, "norm_scales", lambda: None)()
+        if scales is None:
+            start = self.source.state_dict()
+            sums, n = torch.zeros(self.cfg.n_models, self.cfg.n_hooks, dtype=torch.float64), 0
+            for _ in range(self.tcfg.norm_batches):
+                x = next(self.source)
+                sums += x.double().norm(dim=-1).sum(0)
+                n += x.shape[0]
+            self.source.load_state_dict(start)
+            if self.dist.enabled:
+                t = torch.cat([sums.view(-1), torch.tensor([float(n)], dtype=torch.float64)])
+                ddp.all_reduce(t)
+                sums, n = t[:-1].view_as(sums), t[-1].item()
+            scales = self.cfg.d_model**0.5 / (sums / n).clamp_min(1e-8)
+        scales = torch.as_tensor(scales, dtype=torch.float32)
+        if tuple(scales.shape) != (self.cfg.n_models, self.cfg.n_hooks):
+            raise ValueError(f"norm scales have shape {list(scales.shape)}, expected [{self.cfg.n_models}, {self.cfg.n_hooks}]")
+        self.model.norm_scale.copy_(scales)
+
+    # --- training -----------------------------------------------------------------------------
+
+    def _sync(self, out: TrainOutput, n_local: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """Global firing mask, token count and threshold statistic across ranks."""
+        fired, n_tok, min_sel = out.fired_L, n_local, out.min_selected
+        if self.dist.enabled:
+            f = fired.to(torch.int32)
+            ddp.all_reduce(f, "max")
+            fired, n_tok = f.bool(), n_local * self.dist.world_size
+            if min_sel is not None:
+                t = torch.stack([min_sel.double(), torch.ones((), dtype=torch.float64)])
+                ddp.all_reduce(t)
+                min_sel = t[0] / t[1]
+        return fired, n_tok, min_sel
+
+    def train(self) -> Crosscoder:
+        ckpt = self.out_dir / CHECKPOINT_FILE
+        if ckpt.exists():
+            self._check_resume_configs()
+            self.load_checkpoint()
+        else:
+            torch.manual_seed(self.tcfg.seed)
+            self._init_norm_scale()
+            self._write_configs()
+        loggers = _Loggers(self.out_dir, self._loggers_backends, {"crosscoder": self.cfg.to_dict(), "trainer": self.tcfg.to_dict()}) if self.dist.is_main else None
+        if loggers is not None:
+            loggers.truncate_after(self.step)
+        params = list(self.model.parameters())
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.tcfg.bf16
+                    else contextlib.nullcontext())
+        pbar = tqdm(total=self.tcfg.steps, initial=self.step, desc=f"crosscoder[{self.cfg.variant}]",
+                    disable=not (self.progress and self.dist.is_main))
+        self.model.train()
+        while self.step < self.tcfg.steps:
+            x_BMHD = next(self.source).to(self.device)
+            x_BK = self.model.normalise(x_BMHD)
+            coef = sparsity_coef_at(self.step, self.tcfg)
+            with autocast:
+                out = self.model.training_forward(x_BK, coef)
+            loss_check = out.loss.detach().float().clone()
+            if self.dist.enabled:
+                ddp.all_reduce(loss_check)
+            if not torch.isfinite(loss_check):
+                raise NaNLossError(
+                    f"loss is {loss_check.item()} at step {self.step}; stopped without saving. The last good "
+                    f"checkpoint ({self.out_dir / CHECKPOINT_FILE}) is kept: lower --lr, enable --grad-clip, "
+                    "or check the activations for inf/NaN, then rerun to resume."
+                )
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if self.dist.enabled:
+                ddp.average_gradients(params, self.dist.world_size)
+            if self.tcfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.tcfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            fired, n_tok, min_sel = self._sync(out, x_BK.shape[0])
+            self.model.update_firing(fired, n_tok)
+            self.model.update_threshold(min_sel)
+            self.step += 1
+            if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps:
+                row = self._metrics_row(out, x_BK, coef)
+                if loggers is not None:
+                    loggers.log(row)
+                pbar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.3f}")
+            if self.step % self.tcfg.checkpoint_every == 0 or self.step == self.tcfg.steps:
+                self.save_checkpoint()
+            pbar.update(1)
+            if self.on_step is not None:
+                self.on_step(self.step)
+        pbar.close()
+        if loggers is not None:
+            loggers.close()
+        if self.dist.is_main:
+            self.model.save(self.out_dir)
+        return self.model
+
+    @torch.no_grad()
+    def _metrics_row(self, out: TrainOutput, x_BK: torch.Tensor, coef: float) -> dict:
+        fvu = fvu_per_model(x_BK, out.x_hat_BK.detach(), self.cfg)
+        vals = torch.cat([torch.stack([out.loss.detach().float(), out.l0.float()] +
+                                      [v.float() for v in out.parts.values()]), fvu])
+        if self.dist.enabled:
+            ddp.all_reduce(vals)
+            vals /= self.dist.world_size
+        row: dict[str, Any] = {"step": self.step, "loss": vals[0].item(), "l0": vals[1].item()}
+        for i, k in enumerate(out.parts):
+            row[k] = vals[2 + i].item()
+        for m, name in enumerate(self.cfg.models):
+            row[f"fvu/{name}"] = vals[2 + len(out.parts) + m].item()
+        row |= {"dead_frac": self.model.dead_mask().float().mean().item(), "lr": self.sched.get_last_lr()[0],
+                "sparsity_coef": coef}
+        if self.cfg.variant == "batchtopk":
+            row["threshold"] = self.model.threshold.item()
+        return row
+
+
+def train_crosscoder(
+    cfg: CrosscoderConfig, trainer_cfg: TrainerConfig, source: ActivationSource, out_dir: str | Path, **kw
+) -> Crosscoder:
+    """Convenience wrapper: `Trainer(...).train()`."""
+    return Trainer(cfg, trainer_cfg, source, out_dir, **kw).train()

@@ -1,0 +1,293 @@
+"""`python -m featalign.train_crosscoder`: train an N-model crosscoder.
+
+With no arguments: build (or reuse) the default organisms, cache the base / RL / SFT models'
+activations at a middle residual layer, train a BatchTopK crosscoder, evaluate it (FVU, L0, dead
+fraction, splice-in loss per model) and print where everything is. Rerunning the same command
+resumes from the last checkpoint. Config comes from flags and/or `--config file.{json,yaml}`
+(`{"crosscoder": {...}, "trainer": {...}, "run": {...}}`); flags win.
+
+Distributed: `torchrun --nproc_per_node=2 -m featalign.train_crosscoder ...` (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
+
+HELP = {
+    # crosscoder
+    "models": "model names, comma-separated, in the order of the activation source (default: base,rl,sft)",
+    "hooks": "hook points, comma-separated (default: the middle residual layer of the organisms, "
+             "blocks.<n_layers/2-1>.hook_resid_post)",
+    "d_model": "activation width (default: taken from the models)",
+    "n_latents": "number of crosscoder latents (default 2048 = 16x d_model of the default organisms)",
+    "variant": "sparsity mechanism: batchtopk | l1 | jumprelu",
+    "k": "batchtopk: mean active latents per token (top k*B over the batch)",
+    "sparse_decode": "batchtopk: sparse decoder + backward through active latents only (true/false)",
+    "threshold_ema": "batchtopk: EMA rate of the inference threshold",
+    "aux_k": "batchtopk: dead latents per token in the auxiliary loss",
+    "aux_coef": "batchtopk: weight of the auxiliary dead-latent loss",
+    "n_shared": "l1: number of designated shared latents (the first n_shared) with a lower penalty",
+    "shared_penalty": "l1: penalty multiplier for designated shared latents",
+    "jumprelu_init_threshold": "jumprelu: initial threshold",
+    "jumprelu_bandwidth": "jumprelu: straight-through estimator bandwidth",
+    "dec_init_norm": "initial decoder norm per (model, hook) block",
+    "dead_tokens": "a latent that has not fired for this many tokens counts as dead",
+    "seed": "seed of the crosscoder initialisation",
+    # trainer
+    "steps": "training steps",
+    "batch_size": "global batch size in tokens (split across DDP ranks)",
+    "lr": "peak Adam learning rate",
+    "adam_betas": "Adam betas, comma-separated",
+    "warmup_steps": "linear lr warmup steps",
+    "decay_frac": "lr decays linearly to 0 over this final fraction of the steps",
+    "sparsity_coef": "l1: L1 coefficient; jumprelu: L0 coefficient (batchtopk ignores it)",
+    "sparsity_warmup_frac": "fraction of steps over which the sparsity coefficient warms up linearly",
+    "grad_clip": "max gradient norm (0 disables clipping)",
+    "bf16": "bf16 autocast for the matmuls (true/false)",
+    "checkpoint_every": "write a resumable checkpoint every N steps",
+    "log_every": "log metrics every N steps",
+    "norm_batches": "batches used to estimate normalisation scalars when the source has none",
+}
+# `seed` exists in both configs; the trainer's is exposed as --train-seed.
+TRAINER_RENAMES = {"seed": "train_seed"}
+
+
+@dataclasses.dataclass
+class RunOptions:
+    out: str = "runs/crosscoder"
+    organisms_preset: str = "default"
+    organisms_dir: str | None = None
+    n_tokens: int = 400_000
+    eval_tokens: int = 20_000
+    splice_seqs: int = 256
+    activations: str | None = None
+    store: str | None = None
+    no_eval: bool = False
+    fresh: bool = False
+    log_to: str = ""
+    threads: int = 0
+    device: str = "cpu"
+    sae_baseline: bool = False
+
+
+RUN_HELP = {
+    "out": "output directory (cfg.json, crosscoder.safetensors, metrics.jsonl, eval.json, checkpoint.pt)",
+    "organisms_preset": "organisms preset to build/reuse when no --store/--activations is given: default | tiny",
+    "organisms_dir": "organisms folder (default: the featalign cache dir for the preset)",
+    "n_tokens": "tokens of activations to cache for training (in-process path)",
+    "eval_tokens": "held-out tokens (eval split) for the final FVU / L0 / dead evaluation",
+    "splice_seqs": "eval sequences for the splice-in loss (0 skips it)",
+    "activations": "a .safetensors file with an 'acts' tensor [N, M, H, D] to train on instead of caching",
+    "store": "an ActivationStore directory (featalign.activations) to train on",
+    "no_eval": "skip the final evaluation",
+    "fresh": "delete --out before starting instead of resuming",
+    "log_to": "extra metric sinks, comma-separated: tensorboard, wandb (JSONL is always written)",
+    "threads": "torch CPU threads (0 = torch default)",
+    "device": "cpu | cuda",
+    "sae_baseline": "also train the sae_lens BatchTopK SAE on the base model's activations (into <out>/sae_baseline)",
+}
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, dest: str, help_text: str, default: Any) -> None:
+    flag = "--" + dest.replace("_", "-")
+    t = str(f.type)
+    if "tuple" in t:
+        conv = float if "float" in t else str
+        p.add_argument(flag, dest=dest, type=lambda s, c=conv: tuple(c(x) for x in s.split(",") if x),
+                       default=None, help=f"{help_text} (default: {','.join(map(str, default)) if default else default})")
+    elif t == "bool":
+        p.add_argument(flag, dest=dest, type=_parse_bool, default=None, help=f"{help_text} (default: {default})")
+    else:
+        typ = {"int": int, "float": float}.get(t.split(" ")[0], str)
+        if "int | None" in t or "str | None" in t:
+            typ = int if "int" in t else str
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=f"{help_text} (default: {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m featalign.train_crosscoder",
+        description=__doc__.split("\n\n")[1] + " " + __doc__.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help="JSON or YAML file with 'crosscoder', 'trainer' and 'run' sections")
+    g = p.add_argument_group("run")
+    for f in dataclasses.fields(RunOptions):
+        if f.type == "bool":
+            g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", default=None, help=RUN_HELP[f.name])
+        else:
+            _add_field(g, f, f.name, RUN_HELP[f.name], f.default)
+    g = p.add_argument_group("crosscoder")
+    for f in dataclasses.fields(CrosscoderConfig):
+        _add_field(g, f, f.name, HELP[f.name], f.default)
+    g = p.add_argument_group("trainer")
+    for f in dataclasses.fields(TrainerConfig):
+        _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), HELP[f.name], f.default)
+    return p
+
+
+def _load_file(path: str) -> dict:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    else:
+        d = json.loads(text)
+    unknown = set(d) - {"crosscoder", "trainer", "run"}
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; use 'crosscoder', 'trainer', 'run'")
+    return d
+
+
+def resolve_configs(argv: list[str] | None = None) -> tuple[dict, dict, RunOptions]:
+    """Flags over file over defaults -> (crosscoder overrides, trainer overrides, run options)."""
+    args = build_parser().parse_args(argv)
+    file = _load_file(args.config) if args.config else {}
+    cc = dict(file.get("crosscoder", {}))
+    tr = dict(file.get("trainer", {}))
+    run = dict(file.get("run", {}))
+    for f in dataclasses.fields(CrosscoderConfig):
+        if getattr(args, f.name) is not None:
+            cc[f.name] = getattr(args, f.name)
+    for f in dataclasses.fields(TrainerConfig):
+        v = getattr(args, TRAINER_RENAMES.get(f.name, f.name))
+        if v is not None:
+            tr[f.name] = v
+    for f in dataclasses.fields(RunOptions):
+        if getattr(args, f.name) is not None:
+            run[f.name] = getattr(args, f.name)
+    return cc, tr, RunOptions(**run)
+
+
+def _middle_hook(n_layers: int) -> str:
+    return f"blocks.{max(0, n_layers // 2 - 1)}.hook_resid_post"
+
+
+def _activations(cc: dict, run: RunOptions, out: Path, dist_info) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """Training (and eval) activations [N, M, H, D] from --activations, or cached from the organisms."""
+    from safetensors.torch import load_file, save
+
+    from featalign.io import atomic_write_bytes
+
+    if run.activations:
+        t = load_file(run.activations)
+        if "acts" not in t:
+            raise ValueError(f"{run.activations} must hold an 'acts' tensor [N, M, H, D]")
+        return t["acts"], t.get("eval_acts"), {}
+    from featalign.crosscoder.hf import collect_activations
+    from featalign.organisms import ensure_organisms
+
+    org = ensure_organisms(run.organisms_preset, run.organisms_dir)
+    trio = org.default_trio()
+    model_dirs = {name: trio[name] for name in cc.get("models", ("base", "rl", "sft"))}
+    cc.setdefault("models", tuple(model_dirs))
+    cc.setdefault("hooks", (_middle_hook(org.config.n_layers),))
+    cc.setdefault("d_model", org.config.d_model)
+    path = out / "activations.safetensors"
+    if dist_info.is_main and not path.exists():
+        x = collect_activations(model_dirs, tuple(cc["hooks"]), run.n_tokens, seed=0, split="train")
+        ev = collect_activations(model_dirs, tuple(cc["hooks"]), run.eval_tokens, seed=1, split="eval")
+        atomic_write_bytes(path, save({"acts": x, "eval_acts": ev}))
+    if dist_info.enabled:
+        torch.distributed.barrier()
+    t = load_file(str(path))
+    return t["acts"], t["eval_acts"], {k: str(v) for k, v in model_dirs.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from featalign.crosscoder import ddp
+    from featalign.crosscoder.data import TensorSource
+    from featalign.crosscoder.evaluate import evaluate
+    from featalign.crosscoder.hf import splice_in_loss
+    from featalign.crosscoder.train import Trainer
+    from featalign.io import atomic_write_json
+
+    cc, tr, run = resolve_configs(argv)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    dist_info = ddp.init_distributed()
+    out = Path(run.out)
+    if run.fresh and dist_info.is_main and out.exists():
+        shutil.rmtree(out)
+    if dist_info.enabled:
+        torch.distributed.barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if run.store:
+            raise NotImplementedError("--store: the ActivationStore loader is wired in featalign.activations; "
+                                      "use --activations or the default organisms path")
+        x, x_eval, model_dirs = _activations(cc, run, out, dist_info)
+        cc.setdefault("d_model", x.shape[-1])
+        cc.setdefault("hooks", tuple(f"hook{i}" for i in range(x.shape[2])))
+        cc.setdefault("models", tuple(f"model{i}" for i in range(x.shape[1])))
+        cfg = CrosscoderConfig.from_dict(cc)
+        tcfg = TrainerConfig.from_dict(tr)
+        if tuple(x.shape[1:]) != (cfg.n_models, cfg.n_hooks, cfg.d_model):
+            raise ValueError(
+                f"activations have shape [N, {', '.join(map(str, x.shape[1:]))}] but the config expects "
+                f"[N, {cfg.n_models}, {cfg.n_hooks}, {cfg.d_model}] (models {cfg.models}, hooks {cfg.hooks}); "
+                "fix --models/--hooks/--d-model or the activations"
+            )
+        source = TensorSource(x, tcfg.batch_size, seed=tcfg.seed, models=cfg.models, hooks=cfg.hooks,
+                              rank=dist_info.rank, world_size=dist_info.world_size)
+        loggers = tuple(s for s in run.log_to.split(",") if s)
+        model = Trainer(cfg, tcfg, source, out, dist_info=dist_info, loggers=loggers, device=run.device).train()
+        report: dict = {"out": str(out)}
+        if dist_info.is_main and not run.no_eval:
+            model = model.cpu().eval()
+            ev = evaluate(model, x_eval if x_eval is not None else x[-run.eval_tokens:])
+            if model_dirs and run.splice_seqs > 0:
+                for name, r in splice_in_loss(model, model_dirs, n_seqs=run.splice_seqs).items():
+                    ev["per_model"][name]["splice"] = r
+            atomic_write_json(out / "eval.json", ev)
+            report["eval"] = ev
+        if dist_info.is_main and run.sae_baseline:
+            from featalign.crosscoder.sae_baseline import train_base_sae
+
+            base = cfg.models.index("base") if "base" in cfg.models else 0
+            train_base_sae(x[:, base, 0], out / "sae_baseline", steps=tcfg.steps, batch_size=tcfg.batch_size,
+                           k=cfg.k, d_sae=cfg.n_latents, lr=tcfg.lr)
+        if dist_info.is_main:
+            _print_report(out, report)
+        return report
+    finally:
+        ddp.cleanup()
+
+
+def _print_report(out: Path, report: dict) -> None:
+    print(f"\ncrosscoder written to {out}/ (cfg.json, crosscoder.safetensors, metrics.jsonl, checkpoint.pt)")
+    print(f"load it with: featalign.crosscoder.Crosscoder.load({str(out)!r})")
+    ev = report.get("eval")
+    if ev:
+        print(f"eval ({ev['n_tokens']} held-out tokens): L0 {ev['l0']:.1f}, dead {ev['dead_frac']:.3%}")
+        for name, r in ev["per_model"].items():
+            line = f"  {name:>6}: FVU {r['fvu']:.4f}"
+            if "splice" in r:
+                s = r["splice"]
+                line += (f"  splice-in loss {s['spliced']:.4f} (clean {s['clean']:.4f}, zero-abl {s['zero']:.4f},"
+                         f" recovered {s['loss_recovered']:.3f})")
+            print(line)
+        print(f"  -> {out / 'eval.json'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
