@@ -1,0 +1,131 @@
+"""Trainer: bitwise resume after a kill, refusal of changed configs / mismatched stores / newer
+checkpoints, NaN handling, schedules, dead-latent tracking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from featalign.crosscoder import Crosscoder, CrosscoderConfig, NaNLossError, TensorSource, Trainer, TrainerConfig
+from featalign.crosscoder.config import FORMAT_VERSION
+from featalign.crosscoder.train import CHECKPOINT_FILE, METRICS_FILE, lr_factor, sparsity_coef_at
+
+MODELS, HOOKS = ("a", "b"), ("h",)
+
+
+def _data(n=2048, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 1, d, generator=g) * torch.tensor([1.0, 5.0])[None, :, None, None]
+
+
+def _cfgs(variant="batchtopk", **tr):
+    cc = CrosscoderConfig(models=MODELS, hooks=HOOKS, d_model=16, n_latents=64, variant=variant, k=4, dead_tokens=500)
+    t = dict(steps=24, batch_size=64, lr=3e-3, warmup_steps=3, checkpoint_every=8, log_every=4, sparsity_coef=0.5)
+    return cc, TrainerConfig(**{**t, **tr})
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("variant", ["batchtopk", "l1", "jumprelu"])
+def test_killed_then_resumed_run_is_bitwise_equal(tmp_path, variant):
+    x = _data()
+    cc, tc = _cfgs(variant)
+    ref = Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "ref", progress=False).train()
+
+    def kill(step):
+        if step == 13:  # between checkpoints (8, 16): steps 9-13 are lost and redone
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "run", on_step=kill,
+                progress=False).train()
+    assert torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=False)["step"] == 8
+    resumed = Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "run", progress=False).train()
+    for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / "ref" / METRICS_FILE).read_text() == (tmp_path / "run" / METRICS_FILE).read_text()
+    loaded = Crosscoder.load(tmp_path / "run")
+    assert torch.equal(loaded.W_dec, ref.W_dec)
+
+
+def test_resume_with_changed_config_is_refused_naming_fields(tmp_path):
+    x = _data()
+    cc, tc = _cfgs(steps=8)
+    Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    cc2, tc2 = _cfgs(steps=8, lr=1e-2, log_every=2)  # log_every may change, lr may not
+    cc2.k = 5
+    with pytest.raises(ValueError, match=r"crosscoder\.k: checkpoint 4 vs now 5.*trainer\.lr") as e:
+        Trainer(cc2, tc2, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    assert "log_every" not in str(e.value)
+
+
+def test_newer_checkpoint_format_refused(tmp_path):
+    x = _data()
+    cc, tc = _cfgs(steps=8)
+    Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    state["format_version"] = FORMAT_VERSION + 1
+    torch.save(state, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match="newer than this featalign"):
+        Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+
+
+def test_store_with_other_models_or_hooks_is_refused(tmp_path):
+    cc, tc = _cfgs()
+    with pytest.raises(ValueError, match=r"models \('a', 'c'\).*expects \('a', 'b'\)"):
+        Trainer(cc, tc, TensorSource(_data(), 64, models=("a", "c"), hooks=HOOKS), tmp_path)
+    with pytest.raises(ValueError, match=r"hooks \('h2',\)"):
+        Trainer(cc, tc, TensorSource(_data(), 64, models=MODELS, hooks=("h2",)), tmp_path)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    x = _data()
+    # global batch 64 over an un-shuffled view: poison tokens that the 11th batch will contain
+    src = TensorSource(x, 64, models=MODELS, hooks=HOOKS)
+    src.load_state_dict({"epoch": 0, "pos": 0})
+    perm = src._epoch_perm()
+    x[perm[10 * 64 + 3]] = float("nan")
+    cc, tc = _cfgs()
+    with pytest.raises(NaNLossError, match="step 10.*last good checkpoint"):
+        Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    assert state["step"] == 8
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_schedules_by_hand():
+    tc = TrainerConfig(steps=100, warmup_steps=10, decay_frac=0.2, sparsity_coef=2.0, sparsity_warmup_frac=0.05)
+    assert [lr_factor(s, tc) for s in (0, 4, 9, 10, 79)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(80, tc) == pytest.approx(1.0) and lr_factor(90, tc) == pytest.approx(0.5)
+    assert lr_factor(99, tc) == pytest.approx(0.05)
+    assert [sparsity_coef_at(s, tc) for s in (0, 4, 50)] == [pytest.approx(0.4), 2.0, 2.0]
+
+
+def test_dead_latents_tracked_in_tokens(tmp_path):
+    """A latent whose encoder can never fire (huge negative bias) is dead after dead_tokens tokens."""
+    cc, tc = _cfgs(steps=10, lr=0.0, warmup_steps=1)
+    tr = Trainer(cc, tc, TensorSource(_data(), 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False)
+    with torch.no_grad():
+        tr.model.b_enc[:5] = -1e4
+    m = tr.train()
+    assert (m.tokens_since_fired[:5] == 640).all()
+    assert m.dead_mask()[:5].all()
+    rows = [json.loads(ln) for ln in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert rows[0]["dead_frac"] == 0.0  # after 4 steps = 256 tokens < 500
+    assert rows[-1]["dead_frac"] == pytest.approx(m.dead_mask().float().mean().item())
+    assert {"recon", "aux", "fvu/a", "fvu/b", "l0", "lr"} <= set(rows[-1])
+
+
+def test_norm_scale_estimated_to_mean_norm_sqrt_d(tmp_path):
+    cc, tc = _cfgs(steps=1)
+    x = _data()
+    m = Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    # 8 batches of 64 from the first epoch's permutation
+    src = TensorSource(x, 64)
+    xs = torch.cat([next(src) for _ in range(8)])
+    expected = 16**0.5 / xs.norm(dim=-1).mean(0)
+    torch.testing.assert_close(m.norm_scale, expected)
