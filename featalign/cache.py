@@ -1,0 +1,112 @@
+"""`python -m featalign.cache`: cache N models' activations into an on-disk store.
+
+With no arguments it caches the default organisms trio (base, rl, sft; built on first use) at the
+middle residual layer `blocks.{n_layers//2-1}.hook_resid_post` (blocks.1 of the 4-layer organisms)
+on the task suite's train split, 1M tokens, into $FEATALIGN_CACHE/activations/default.
+Re-running the same command resumes; a larger --n-tokens appends. Under torchrun each rank
+caches its share of the batches (gloo on CPU, nccl on GPU) and rank 0 merges the manifests.
+
+Examples:
+    python -m featalign.cache --n-tokens 200000 --out acts
+    python -m featalign.cache --model base=/ckpt/base --model rl=/ckpt/rl --hook blocks.12.hook_resid_post \\
+        --text-file corpus.txt --dtype bfloat16 --device cuda
+    torchrun --nproc-per-node 2 -m featalign.cache --out acts
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from featalign.activations.cache import CacheConfig, cache_activations
+from featalign.activations.sources import DatasetSource, TaskSuiteSource, TextSource
+from featalign.models import ROLES, ModelGroup, ModelSpec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m featalign.cache", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="a model (local HF folder or hub id); repeat for each. Default: the organisms trio")
+    p.add_argument("--preset", default="default", help="organisms preset when no --model is given (default|tiny)")
+    p.add_argument("--hook", action="append", default=[], metavar="NAME",
+                   help="hook point, e.g. blocks.1.hook_resid_post; repeat for several. Default: the middle layer")
+    p.add_argument("--out", type=Path, default=None, help="store folder (default: $FEATALIGN_CACHE/activations/<preset>)")
+    p.add_argument("--n-tokens", type=int, default=CacheConfig.n_tokens, help="rows the store holds when done")
+    p.add_argument("--batch-size", type=int, default=CacheConfig.batch_size, help="sequences per forward pass")
+    p.add_argument("--context-size", type=int, default=None, help="truncate sequences to this many tokens")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="store dtype")
+    p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--keep-bos", action="store_true", help="store BOS rows too (dropped by default)")
+    p.add_argument("--shard-mb", type=float, default=CacheConfig.shard_mb)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    src = p.add_argument_group("token source (default: the organisms' task suite, train split, all domains)")
+    src.add_argument("--domains", default=None, help="task-suite domains, comma separated")
+    src.add_argument("--seed", type=int, default=0, help="task-suite seed")
+    src.add_argument("--text-file", type=Path, default=None, help="one sequence per line")
+    src.add_argument("--dataset", default=None, help="a datasets.load_from_disk folder")
+    src.add_argument("--column", default="text", help="dataset column (text or token ids)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def _specs(args) -> tuple[list[ModelSpec], str]:
+    if not args.model:
+        from featalign.organisms import ensure_organisms
+
+        trio = ensure_organisms(args.preset).default_trio()
+        return [ModelSpec(n, str(p), role=n) for n, p in trio.items()], args.preset
+    specs = []
+    for item in args.model:
+        if "=" not in item:
+            raise SystemExit(f"--model expects NAME=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        specs.append(ModelSpec(name, path, role=name if name in ROLES else "other"))
+    return specs, "custom"
+
+
+def _source(args):
+    if args.text_file:
+        return TextSource([ln for ln in args.text_file.read_text().splitlines() if ln.strip()])
+    if args.dataset:
+        import datasets
+
+        return DatasetSource(datasets.load_from_disk(args.dataset), args.column)
+    domains = tuple(d.strip() for d in args.domains.split(",")) if args.domains else None
+    return TaskSuiteSource(domains=domains, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    specs, label = _specs(args)
+    if args.out is None:
+        from featalign.organisms.config import default_cache_dir
+
+        args.out = default_cache_dir() / "activations" / label
+    cfg = CacheConfig(hooks=tuple(args.hook) or None, n_tokens=args.n_tokens, batch_size=args.batch_size,
+                      context_size=args.context_size, dtype=args.dtype, drop_bos=not args.keep_bos,
+                      shard_mb=args.shard_mb)
+    group = ModelGroup.load(specs, dtype=args.model_dtype, device=args.device)
+    store = cache_activations(group, _source(args), out_dir=args.out, config=cfg)
+    if store is not None:
+        s = store.stats()
+        print(f"{store.root}: {len(store)} rows of [{', '.join(map(str, store.row_shape))}] ({store.layout.dtype}), "
+              f"{len(store.shards)} shards; models {list(store.models)}; hooks {list(store.hooks)}")
+        print("mean norm per (model, hook):", [[round(v, 3) for v in r] for r in s.mean_norm_MH.tolist()])
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

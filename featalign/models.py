@@ -1,0 +1,186 @@
+"""Load related causal LMs as TransformerBridges and group them so their activations line up.
+
+Alignment compares the models token by token, so a group insists on one tokenizer and one width
+per hook point; both are checked up front with errors that say what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from featalign.config import JsonConfig
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+ROLES = ("base", "rl", "sft", "checkpoint", "other")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec(JsonConfig):
+    """One model of a group: `name` labels it in stores and plots; `path` is a local dir or hub id."""
+
+    name: str
+    path: str
+    role: str = "other"  # base | rl | sft | checkpoint | other
+    step: int | None = None  # checkpoint step / index, when the model is one of a series
+
+    def __post_init__(self) -> None:
+        self.path = str(self.path)
+        if self.role not in ROLES:
+            raise ValueError(f"ModelSpec {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _explicit_tokenizer(path: Path):
+    """Organism folders carry a char-level tokenizer that AutoTokenizer may rebuild wrongly
+    for some architectures (DESIGN §5 tokenizer trap), so load it explicitly."""
+    if (path / "featalign.json").exists() and (path / "tokenizer.json").exists():
+        from featalign.organisms.tokenizer import load_tokenizer
+
+        return load_tokenizer(path)
+    return None
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    compatibility_mode: bool = False,
+    tokenizer=None,
+) -> "TransformerBridge":
+    """Load a local HF folder (or a hub id, where online) as a `TransformerBridge` in eval mode."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise FileNotFoundError(f"{local} has no config.json: point at a Hugging Face model folder")
+        tokenizer = tokenizer or _explicit_tokenizer(local)
+        name = str(local)
+    else:
+        name = str(path)
+    try:
+        bridge = TransformerBridge.boot_transformers(
+            name, device=device, dtype=torch_dtype(dtype), tokenizer=tokenizer
+        )
+    except OSError as e:
+        raise OSError(
+            f"could not load model {name!r}: not a local folder and the hub is unreachable or has no such id "
+            f"({e}). Pass a local Hugging Face folder."
+        ) from e
+    if compatibility_mode:
+        bridge.enable_compatibility_mode()
+    bridge.eval()
+    return bridge
+
+
+def _tokenizer_fingerprint(tok) -> dict:
+    """What must agree for two models to see identical token ids."""
+    vocab = tok.get_vocab()
+    probe = "The quick brown fox: 12+34=46"
+    return {
+        "vocab_size": len(vocab),
+        "vocab_hash": hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest(),
+        "bos": tok.bos_token_id,
+        "eos": tok.eos_token_id,
+        "pad": tok.pad_token_id,
+        "probe": tok(probe)["input_ids"],
+    }
+
+
+@dataclass
+class ModelGroup:
+    """N related models on the same tokens: specs[i] describes models[i]."""
+
+    specs: list[ModelSpec]
+    models: list["TransformerBridge"] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.specs) != len(self.models) or not self.specs:
+            raise ValueError("ModelGroup needs one spec per model and at least one model")
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        self.check_tokenizers()
+
+    @classmethod
+    def load(
+        cls, specs: Sequence[ModelSpec], dtype: str = "float32", device: str = "cpu", compatibility_mode: bool = False
+    ) -> "ModelGroup":
+        specs = list(specs)
+        return cls(specs, [load_model(s.path, dtype, device, compatibility_mode) for s in specs])
+
+    @classmethod
+    def from_paths(cls, paths: dict[str, str | Path], **kw) -> "ModelGroup":
+        """{'base': dir, 'rl': dir, ...}: names that are roles get that role."""
+        specs = [ModelSpec(n, str(p), role=n if n in ROLES else "other") for n, p in paths.items()]
+        return cls.load(specs, **kw)
+
+    @classmethod
+    def organisms_trio(cls, preset: str = "default", out_dir: str | Path | None = None, **kw) -> "ModelGroup":
+        """The embedded default: base, RL and SFT organisms (built on first use)."""
+        from featalign.organisms import ensure_organisms
+
+        return cls.from_paths(ensure_organisms(preset, out_dir).default_trio(), **kw)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def tokenizer(self):
+        return self.models[0].tokenizer
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def check_tokenizers(self) -> None:
+        ref = _tokenizer_fingerprint(self.models[0].tokenizer)
+        for spec, m in zip(self.specs[1:], self.models[1:]):
+            fp = _tokenizer_fingerprint(m.tokenizer)
+            bad = [k for k in ref if ref[k] != fp[k]]
+            if bad:
+                raise ValueError(
+                    f"model {spec.name!r} ({spec.path}) has a different tokenizer from {self.specs[0].name!r} "
+                    f"(differs in {bad}); every model of a group must share one tokenizer so rows align token by token"
+                )
+
+    def check_widths(self, hooks: Sequence[str]) -> dict[str, int]:
+        """Width of each hook, checked equal across models with a one-token probe forward."""
+        from featalign.activations.hooks import capture, resolve_hooks
+
+        probe = torch.tensor([[self.tokenizer.bos_token_id or 0, *self.tokenizer("1")["input_ids"][-1:]]])
+        widths: dict[str, dict[str, int]] = {}
+        for spec, m in zip(self.specs, self.models):
+            resolve_hooks(m, hooks)
+            acts = capture(m, probe.to(m.cfg.device), torch.ones_like(probe).to(m.cfg.device), hooks)
+            for h in hooks:
+                widths.setdefault(h, {})[spec.name] = int(acts[h].shape[-1])
+        for h, per_model in widths.items():
+            if len(set(per_model.values())) > 1:
+                raise ValueError(
+                    f"hook {h!r} has different widths across models: {per_model}. A crosscoder needs one d per "
+                    "hook; pick models from the same family, or hooks with matching d_model"
+                )
+        widths_set = {h: next(iter(v.values())) for h, v in widths.items()}
+        if len(set(widths_set.values())) > 1:
+            raise ValueError(
+                f"hooks have different widths {widths_set}; a store row is [n_models, n_hooks, d] so all "
+                "hooks must share d (cache them into separate stores)"
+            )
+        return widths_set
