@@ -291,7 +291,7 @@ class StoreWriter:
         self._moments = self._moments.merge(Moments.of(stored))
 
     def _check_finite(self, x_NMHD: Tensor, batch_idx: int) -> None:
-        bad_MH = (~torch.isfinite(x_NMHD)).flatten(2).any(-1).any(0) if x_NMHD.numel() else None
+        bad_MH = (~torch.isfinite(x_NMHD)).any(-1).any(0) if x_NMHD.numel() else None
         if bad_MH is None or not bad_MH.any():
             return
         m, h = (int(i) for i in bad_MH.nonzero()[0])
