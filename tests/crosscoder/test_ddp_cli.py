@@ -1,0 +1,79 @@
+"""CLI and DDP: `torchrun --nproc_per_node=2` equals one process with the same global batch;
+the CLI resumes, writes its files, and refuses mismatched activations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from featalign.crosscoder import Crosscoder
+from featalign.train_crosscoder import build_parser, main, resolve_configs
+
+COMMON = ["--models", "a,b", "--hooks", "h", "--n-latents", "64", "--steps", "20", "--batch-size", "64",
+          "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "5", "--checkpoint-every", "10", "--threads", "1"]
+
+
+@pytest.fixture()
+def acts_file(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 2, 1, 16, generator=g)
+    path = tmp_path / "acts.safetensors"
+    save_file({"acts": x, "eval_acts": x[:256].clone()}, str(path))
+    return path
+
+
+def test_ddp_two_processes_match_single_process(tmp_path, acts_file):
+    args = ["--activations", str(acts_file), "--variant", "l1", "--sparsity-coef", "0.5", "--no-eval"] + COMMON
+    main(args + ["--out", str(tmp_path / "single")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "featalign.train_crosscoder", *args, "--out", str(tmp_path / "ddp")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = Crosscoder.load(tmp_path / "single"), Crosscoder.load(tmp_path / "ddp")
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
+    assert not torch.equal(a.W_dec, Crosscoder(a.cfg).W_dec)  # it trained
+    la = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in la] == [x["step"] for x in lb]
+    for x, y in zip(la, lb):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4)
+
+
+def test_cli_writes_outputs_evaluates_and_resumes(tmp_path, acts_file):
+    out = tmp_path / "run"
+    rep = main(["--activations", str(acts_file), "--out", str(out), "--k", "4"] + COMMON)
+    assert {p.name for p in out.iterdir()} >= {"cfg.json", "crosscoder.safetensors", "metrics.jsonl",
+                                                 "checkpoint.pt", "trainer_cfg.json", "eval.json"}
+    assert set(rep["eval"]["per_model"]) == {"a", "b"}
+    m = Crosscoder.load(out)
+    assert m.cfg.models == ("a", "b") and m.cfg.k == 4
+    # rerun with more steps and a changed trainer field -> refused with the field named
+    with pytest.raises(ValueError, match=r"trainer\.steps: checkpoint 20 vs now 30"):
+        main(["--activations", str(acts_file), "--out", str(out), "--k", "4"] + COMMON + ["--steps", "30"])
+    with pytest.raises(ValueError, match=r"config expects \[N, 3, 1, 16\]"):
+        main(["--activations", str(acts_file), "--out", str(tmp_path / "x"), "--models", "a,b,c", "--hooks", "h"])
+
+
+def test_config_file_and_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("crosscoder:\n  n_latents: 99\n  variant: l1\ntrainer:\n  lr: 0.01\n  steps: 7\nrun:\n  out: here\n")
+    cc, tr, run = resolve_configs(["--config", str(cfg), "--steps", "8", "--train-seed", "3"])
+    assert cc == {"n_latents": 99, "variant": "l1"}
+    assert tr == {"lr": 0.01, "steps": 8, "seed": 3}
+    assert run.out == "here"
+
+
+def test_help_documents_every_option():
+    p = build_parser()
+    for action in p._actions:
+        assert action.help and action.help != "==SUPPRESS==", action.dest
