@@ -84,8 +84,8 @@ RUN_HELP = {
     "out": "output directory (cfg.json, crosscoder.safetensors, metrics.jsonl, eval.json, checkpoint.pt)",
     "organisms_preset": "organisms preset to build/reuse when no --store/--activations is given: default | tiny",
     "organisms_dir": "organisms folder (default: the featalign cache dir for the preset)",
-    "n_tokens": "tokens of activations to cache for training (in-process path)",
-    "eval_tokens": "held-out tokens (eval split) for the final FVU / L0 / dead evaluation",
+    "n_tokens": "tokens of activations to cache for training (organisms path; into <out>/activations)",
+    "eval_tokens": "held-out tokens (eval split, <out>/eval_activations) for the final FVU / L0 / dead evaluation",
     "splice_seqs": "eval sequences for the splice-in loss (0 skips it)",
     "activations": "a .safetensors file with an 'acts' tensor [N, M, H, D] to train on instead of caching",
     "store": "an ActivationStore directory (featalign.activations) to train on",
@@ -182,40 +182,78 @@ def _middle_hook(n_layers: int) -> str:
     return f"blocks.{max(0, n_layers // 2 - 1)}.hook_resid_post"
 
 
-def _activations(cc: dict, run: RunOptions, out: Path, dist_info) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """Training (and eval) activations [N, M, H, D] from --activations, or cached from the organisms."""
-    from safetensors.torch import load_file, save
+def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
+    """(training source, eval activations [N, M, H, D] or None, model dirs for splice-in).
 
-    from featalign.io import atomic_write_bytes
+    --activations: an in-memory tensor file; --store: an existing ActivationStore; otherwise the
+    organisms' base/RL/SFT activations are cached (resumably) into <out>/activations with
+    featalign.activations.cache_activations, plus an eval-split store for the final evaluation.
+    """
+    from safetensors.torch import load_file
 
+    from featalign.activations import ActivationStore, TaskSuiteSource, cache_activations
+    from featalign.crosscoder.data import TensorSource
+
+    batch, seed = int(tr.get("batch_size", TrainerConfig.batch_size)), int(tr.get("seed", TrainerConfig.seed))
+    r, w = dist_info.rank, dist_info.world_size
     if run.activations:
         t = load_file(run.activations)
         if "acts" not in t:
             raise ValueError(f"{run.activations} must hold an 'acts' tensor [N, M, H, D]")
-        return t["acts"], t.get("eval_acts"), {}
-    from featalign.crosscoder.hf import collect_activations
-    from featalign.organisms import ensure_organisms
+        x = t["acts"]
+        cc.setdefault("d_model", x.shape[-1])
+        cc.setdefault("hooks", tuple(f"hook{i}" for i in range(x.shape[2])))
+        cc.setdefault("models", tuple(f"model{i}" for i in range(x.shape[1])))
+        if tuple(x.shape[1:3]) != (len(cc["models"]), len(cc["hooks"])):
+            raise ValueError(
+                f"activations have shape [N, {', '.join(map(str, x.shape[1:]))}] but the config expects "
+                f"[N, {len(cc['models'])}, {len(cc['hooks'])}, {cc['d_model']}] (models {tuple(cc['models'])}, "
+                f"hooks {tuple(cc['hooks'])}); fix --models/--hooks or the activations"
+            )
+        src = TensorSource(x, batch, seed=seed, models=tuple(cc["models"]), hooks=tuple(cc["hooks"]), rank=r, world_size=w)
+        return src, t.get("eval_acts", x[-run.eval_tokens:]), {}
+    model_dirs: dict[str, str] = {}
+    eval_x = None
+    if run.store:
+        store = ActivationStore(run.store)
+        cc.setdefault("models", store.models)
+        cc.setdefault("hooks", store.hooks)
+    else:
+        from featalign.organisms import ensure_organisms
 
-    org = ensure_organisms(run.organisms_preset, run.organisms_dir)
-    trio = org.default_trio()
-    model_dirs = {name: trio[name] for name in cc.get("models", ("base", "rl", "sft"))}
-    cc.setdefault("models", tuple(model_dirs))
-    cc.setdefault("hooks", (_middle_hook(org.config.n_layers),))
-    cc.setdefault("d_model", org.config.d_model)
-    path = out / "activations.safetensors"
-    if dist_info.is_main and not path.exists():
-        x = collect_activations(model_dirs, tuple(cc["hooks"]), run.n_tokens, seed=0, split="train")
-        ev = collect_activations(model_dirs, tuple(cc["hooks"]), run.eval_tokens, seed=1, split="eval")
-        atomic_write_bytes(path, save({"acts": x, "eval_acts": ev}))
-    if dist_info.enabled:
-        torch.distributed.barrier()
-    t = load_file(str(path))
-    return t["acts"], t["eval_acts"], {k: str(v) for k, v in model_dirs.items()}
+        if dist_info.is_main:
+            org = ensure_organisms(run.organisms_preset, run.organisms_dir)
+        if dist_info.enabled:
+            torch.distributed.barrier()
+        org = ensure_organisms(run.organisms_preset, run.organisms_dir)
+        trio = org.default_trio()
+        names = tuple(cc.get("models", ("base", "rl", "sft")))
+        unknown = [n for n in names if n not in trio]
+        if unknown:
+            raise ValueError(f"unknown organism model(s) {unknown}; the organisms trio is {sorted(trio)} "
+                             "(for other models cache a store with `python -m featalign.cache` and pass --store)")
+        model_dirs = {n: str(trio[n]) for n in names}
+        cc.setdefault("models", names)
+        cc.setdefault("hooks", (_middle_hook(org.config.n_layers),))
+        if dist_info.is_main:  # resumable; a finished store is reused as is
+            cache_activations(model_dirs, TaskSuiteSource(split="train"), hooks=cc["hooks"], out_dir=out / "activations",
+                              n_tokens=run.n_tokens, rank=0, world_size=1)
+            if not run.no_eval:
+                cache_activations(model_dirs, TaskSuiteSource(split="eval", seed=1), hooks=cc["hooks"],
+                                  out_dir=out / "eval_activations", n_tokens=run.eval_tokens, rank=0, world_size=1)
+        if dist_info.enabled:
+            torch.distributed.barrier()
+        store = ActivationStore(out / "activations")
+        if not run.no_eval:
+            eval_x = ActivationStore(out / "eval_activations").read()
+    cc.setdefault("d_model", store.row_shape[-1])
+    if eval_x is None and not run.no_eval:
+        eval_x = store.read(max(0, len(store) - run.eval_tokens))  # no separate eval split: last rows
+    return store.loader(batch, seed=seed, rank=r, world_size=w), eval_x, model_dirs
 
 
 def main(argv: list[str] | None = None) -> dict:
     from featalign.crosscoder import ddp
-    from featalign.crosscoder.data import TensorSource
     from featalign.crosscoder.evaluate import evaluate
     from featalign.crosscoder.hf import splice_in_loss
     from featalign.crosscoder.train import Trainer
@@ -232,40 +270,29 @@ def main(argv: list[str] | None = None) -> dict:
         torch.distributed.barrier()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        if run.store:
-            raise NotImplementedError("--store: the ActivationStore loader is wired in featalign.activations; "
-                                      "use --activations or the default organisms path")
-        x, x_eval, model_dirs = _activations(cc, run, out, dist_info)
-        cc.setdefault("d_model", x.shape[-1])
-        cc.setdefault("hooks", tuple(f"hook{i}" for i in range(x.shape[2])))
-        cc.setdefault("models", tuple(f"model{i}" for i in range(x.shape[1])))
+        source, x_eval, model_dirs = _sources(cc, tr, run, out, dist_info)
         cfg = CrosscoderConfig.from_dict(cc)
         tcfg = TrainerConfig.from_dict(tr)
-        if tuple(x.shape[1:]) != (cfg.n_models, cfg.n_hooks, cfg.d_model):
-            raise ValueError(
-                f"activations have shape [N, {', '.join(map(str, x.shape[1:]))}] but the config expects "
-                f"[N, {cfg.n_models}, {cfg.n_hooks}, {cfg.d_model}] (models {cfg.models}, hooks {cfg.hooks}); "
-                "fix --models/--hooks/--d-model or the activations"
-            )
-        source = TensorSource(x, tcfg.batch_size, seed=tcfg.seed, models=cfg.models, hooks=cfg.hooks,
-                              rank=dist_info.rank, world_size=dist_info.world_size)
         loggers = tuple(s for s in run.log_to.split(",") if s)
         model = Trainer(cfg, tcfg, source, out, dist_info=dist_info, loggers=loggers, device=run.device).train()
         report: dict = {"out": str(out)}
         if dist_info.is_main and not run.no_eval:
             model = model.cpu().eval()
-            ev = evaluate(model, x_eval if x_eval is not None else x[-run.eval_tokens:])
+            ev = evaluate(model, x_eval)
             if model_dirs and run.splice_seqs > 0:
                 for name, r in splice_in_loss(model, model_dirs, n_seqs=run.splice_seqs).items():
                     ev["per_model"][name]["splice"] = r
             atomic_write_json(out / "eval.json", ev)
             report["eval"] = ev
         if dist_info.is_main and run.sae_baseline:
-            from featalign.crosscoder.sae_baseline import train_base_sae
+            from featalign.crosscoder.sae_baseline import sae_baseline_eval, train_base_sae
 
             base = cfg.models.index("base") if "base" in cfg.models else 0
-            train_base_sae(x[:, base, 0], out / "sae_baseline", steps=tcfg.steps, batch_size=tcfg.batch_size,
-                           k=cfg.k, d_sae=cfg.n_latents, lr=tcfg.lr)
+            sae_dir = out / "sae_baseline"
+            source.load_state_dict({"epoch": 0, "pos": 0, "seed": tcfg.seed, "batch_size": tcfg.batch_size})
+            sae = train_base_sae(source, sae_dir, model_index=base, steps=tcfg.steps, k=cfg.k,
+                                 d_sae=cfg.n_latents, lr=tcfg.lr)
+            report["sae_baseline"] = {"dir": str(sae_dir), "eval": sae_baseline_eval(sae, x_eval, cfg.models)}
         if dist_info.is_main:
             _print_report(out, report)
         return report
