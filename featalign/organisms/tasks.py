@@ -76,17 +76,17 @@ def _modsum(rng: random.Random) -> tuple[str, str]:
 
 
 def _sort(rng: random.Random) -> tuple[str, str]:
-    s = "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 7)))
+    s = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 9)))
     return f"sort {s}=", "".join(sorted(s))
 
 
 def _rev(rng: random.Random) -> tuple[str, str]:
-    s = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 8)))
+    s = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 12)))
     return f"rev {s}=", s[::-1]
 
 
 def _max(rng: random.Random) -> tuple[str, str]:
-    xs = [_num(rng, rng.randint(1, 2)) for _ in range(rng.randint(2, 6))]
+    xs = [_num(rng, rng.randint(1, 3)) for _ in range(rng.randint(3, 7))]
     return f"max {' '.join(map(str, xs))}=", str(max(xs))
 
 
@@ -111,15 +111,17 @@ def _bool_expr(rng: random.Random, depth: int) -> tuple[str, int]:
 
 
 def _bool(rng: random.Random) -> tuple[str, str]:
-    e, v = _bool_expr(rng, rng.randint(1, 3))
+    e, v = _bool_expr(rng, rng.randint(1, 4))
     if e.startswith("(") and e.endswith(")") and e.count("(") == 1:
         e = e[1:-1]
     return f"bool {e}=", str(v)
 
 
 def _cmp(rng: random.Random) -> tuple[str, str]:
-    a = _num(rng, rng.randint(1, 3))
-    b = a if rng.random() < 0.2 else _num(rng, rng.randint(1, 3))
+    a = _num(rng, rng.randint(2, 4))
+    u = rng.random()
+    # near misses (same length, small gap) make the comparison hinge on low-order digits
+    b = a if u < 0.15 else max(0, a + rng.randint(-9, 9)) if u < 0.55 else _num(rng, len(str(a)))
     return f"cmp {a}?{b}=", "<" if a < b else (">" if a > b else "=")
 
 
@@ -137,12 +139,12 @@ DOMAINS: dict[str, Domain] = {
         Domain("add", "arithmetic", "sum of two 1-3 digit numbers", _add, numeric=True),
         Domain("sub", "arithmetic", "difference of two 1-3 digit numbers (non-negative)", _sub, numeric=True),
         Domain("modsum", "arithmetic", "sum of 2-4 digits modulo 2-9", _modsum, numeric=True),
-        Domain("sort", "algorithmic", "sort 3-7 digits ascending", _sort),
-        Domain("reverse", "algorithmic", "reverse 3-8 letters", _rev),
-        Domain("max", "algorithmic", "largest of 2-6 numbers", _max, numeric=True),
+        Domain("sort", "algorithmic", "sort 4-9 digits ascending", _sort),
+        Domain("reverse", "algorithmic", "reverse 4-12 letters", _rev),
+        Domain("max", "algorithmic", "largest of 3-7 numbers of 1-3 digits", _max, numeric=True),
         Domain("count", "algorithmic", "occurrences of a letter in a 4-10 letter string", _count, numeric=True),
-        Domain("bool", "logic", "boolean expression over 0/1 with & | ! (depth 1-3)", _bool),
-        Domain("compare", "logic", "order relation of two numbers: < > =", _cmp),
+        Domain("bool", "logic", "boolean expression over 0/1 with & | ! (depth 1-4)", _bool),
+        Domain("compare", "logic", "order relation of two 2-4 digit numbers: < > =", _cmp),
         Domain("lookup", "knowledge", "key-value recall from an in-context table", _lookup),
     ]
 }

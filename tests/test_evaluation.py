@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from featalign.evaluation import (
+    cmh_odds_ratio,
+    eval_problems,
+    evaluate,
+    in_out_domain_cmh,
+    mcnemar_paired,
+    plot_accuracy_bars,
+    plot_transfer_heatmap,
+    score_problems,
+    transfer_matrix,
+)
+from featalign.organisms.model import load_organism
+from featalign.organisms.tasks import get_domain
+
+
+def _slow_greedy_correct(model, tok, problem, max_new=10) -> bool:
+    """Reference: one example at a time, full forward on the growing sequence, no KV cache."""
+    ids = tok(problem.prompt)["input_ids"]
+    out = []
+    with torch.no_grad():
+        for _ in range(max_new):
+            nxt = int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                text = tok.decode(out, skip_special_tokens=True)
+                return get_domain(problem.domain).verify(text, problem.answer)
+            out.append(nxt)
+            if len(out) > len(problem.answer) + 1:
+                return False
+    return False
+
+
+@pytest.mark.parametrize("kind", ["base", "rl"])
+def test_batched_accuracy_matches_slow_loop(tiny_organisms, kind):
+    model, tok = load_organism(tiny_organisms.model_dir(kind))
+    for domain in ("add", "count", "bool", "lookup"):
+        probs = eval_problems(domain, 40)
+        fast = score_problems(model, tok, probs, batch_size=16)
+        slow = np.array([_slow_greedy_correct(model, tok, p) for p in probs])
+        assert (fast == slow).all(), domain
+
+
+def test_evaluate_returns_per_sample_bools(tiny_organisms):
+    model, tok = load_organism(tiny_organisms.base_dir)
+    res = evaluate(model, tok, ["add", "max"], 10)
+    assert set(res) == {"add", "max"} and all(r.dtype == bool and r.shape == (10,) for r in res.values())
+
+
+def test_mcnemar_matches_binomial_reference():
+    rng = np.random.default_rng(0)
+    base = rng.random(200) < 0.4
+    tuned = np.where(rng.random(200) < 0.3, ~base, base)
+    t = mcnemar_paired(base, tuned)
+    b = int((~base & tuned).sum())
+    c = int((base & ~tuned).sum())
+    assert (t.base_fail_tuned_ok, t.base_ok_tuned_fail) == (b, c)
+    assert t.p_value == pytest.approx(binomtest(b, b + c, 0.5).pvalue, rel=1e-9)
+
+
+def test_cmh_matches_hand_formula():
+    rng = np.random.default_rng(1)
+    strata = []
+    for p_base, p_tuned, n in [(0.3, 0.5, 120), (0.6, 0.7, 80), (0.2, 0.2, 150)]:
+        strata.append((rng.random(n) < p_base, rng.random(n) < p_tuned))
+    num = den = 0.0
+    for base, tuned in strata:
+        a, b = tuned.sum(), (~tuned).sum()  # tuned correct / incorrect
+        c, d = base.sum(), (~base).sum()
+        n = len(base) + len(tuned)
+        num += a * d / n
+        den += b * c / n
+    r = cmh_odds_ratio(strata)
+    assert r.odds_ratio == pytest.approx(num / den, rel=1e-9)
+    assert r.ci_low < r.odds_ratio < r.ci_high
+    assert r.mean_delta_points == pytest.approx(np.mean([t.mean() - b.mean() for b, t in strata]) * 100)
+
+
+def test_transfer_matrix_and_in_out_split():
+    base = {"a": np.array([1, 0, 0, 0], bool), "b": np.array([1, 1, 0, 0], bool)}
+    tuned = {
+        "a": {"a": np.array([1, 1, 1, 0], bool), "b": np.array([1, 0, 0, 0], bool)},
+        "b": {"a": np.array([1, 0, 0, 0], bool), "b": np.array([1, 1, 1, 1], bool)},
+    }
+    m = transfer_matrix(base, tuned, ["a", "b"])
+    assert np.allclose(m, [[50, -25], [0, 50]])
+    cmh = in_out_domain_cmh(base, tuned)
+    assert cmh["in_domain"].n_strata == 2 and cmh["out_of_domain"].n_strata == 2
+    assert cmh["in_domain"].mean_delta_points == pytest.approx(50)
+
+
+def test_figures_are_written(tmp_path):
+    p1 = plot_accuracy_bars({"base": {"a": 0.2, "b": 0.5}, "rl": {"a": 0.4, "b": 0.5}}, tmp_path / "bars.png")
+    p2 = plot_transfer_heatmap(np.array([[10.0, -5.0]]), ["a"], ["a", "b"], tmp_path / "heat.png")
+    for p in (p1, p2):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
