@@ -67,6 +67,7 @@ class RunOptions:
     out: str = "runs/crosscoder"
     organisms_preset: str = "default"
     organisms_dir: str | None = None
+    model_dirs: str | None = None
     n_tokens: int = 400_000
     eval_tokens: int = 20_000
     splice_seqs: int = 256
@@ -84,6 +85,8 @@ RUN_HELP = {
     "out": "output directory (cfg.json, crosscoder.safetensors, metrics.jsonl, eval.json, checkpoint.pt)",
     "organisms_preset": "organisms preset to build/reuse when no --store/--activations is given: default | tiny",
     "organisms_dir": "organisms folder (default: the featalign cache dir for the preset)",
+    "model_dirs": "name=path pairs, comma-separated (e.g. base=/ckpt/base,rl=/ckpt/grpo): cache these HF models "
+                  "instead of the organisms trio",
     "n_tokens": "tokens of activations to cache for training (organisms path; into <out>/activations)",
     "eval_tokens": "held-out tokens (eval split, <out>/eval_activations) for the final FVU / L0 / dead evaluation",
     "splice_seqs": "eval sequences for the splice-in loss (0 skips it)",
@@ -219,22 +222,28 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
         cc.setdefault("models", store.models)
         cc.setdefault("hooks", store.hooks)
     else:
-        from featalign.organisms import ensure_organisms
+        if run.model_dirs:
+            trio = dict(kv.split("=", 1) for kv in run.model_dirs.split(","))
+            from featalign.crosscoder.hf import load_hf
 
-        if dist_info.is_main:
+            n_layers = load_hf(next(iter(trio.values())))[0].config.num_hidden_layers
+        else:
+            from featalign.organisms import ensure_organisms
+
+            if dist_info.is_main:
+                ensure_organisms(run.organisms_preset, run.organisms_dir)
+            if dist_info.enabled:
+                torch.distributed.barrier()
             org = ensure_organisms(run.organisms_preset, run.organisms_dir)
-        if dist_info.enabled:
-            torch.distributed.barrier()
-        org = ensure_organisms(run.organisms_preset, run.organisms_dir)
-        trio = org.default_trio()
-        names = tuple(cc.get("models", ("base", "rl", "sft")))
+            trio, n_layers = org.default_trio(), org.config.n_layers
+        names = tuple(cc.get("models", tuple(trio)))
         unknown = [n for n in names if n not in trio]
         if unknown:
-            raise ValueError(f"unknown organism model(s) {unknown}; the organisms trio is {sorted(trio)} "
-                             "(for other models cache a store with `python -m featalign.cache` and pass --store)")
+            raise ValueError(f"unknown model(s) {unknown}; available: {sorted(trio)} (name them with "
+                             "--model-dirs name=path,... or cache a store with `python -m featalign.cache` and pass --store)")
         model_dirs = {n: str(trio[n]) for n in names}
         cc.setdefault("models", names)
-        cc.setdefault("hooks", (_middle_hook(org.config.n_layers),))
+        cc.setdefault("hooks", (_middle_hook(n_layers),))
         if dist_info.is_main:  # resumable; a finished store is reused as is
             cache_activations(model_dirs, TaskSuiteSource(split="train"), hooks=cc["hooks"], out_dir=out / "activations",
                               n_tokens=run.n_tokens, rank=0, world_size=1)

@@ -217,7 +217,8 @@ class Crosscoder(nn.Module):
         if v == "l1":
             f_BL = F.relu(pre_BL)
             w_L = self._dec_norm_sum() * self.penalty
-            sparsity = (f_BL @ w_L.to(f_BL.dtype)).mean()
+            # sum over the batch first: its backward is one broadcast add, not a [B, L] outer product
+            sparsity = (f_BL.sum(0).float() @ w_L.float()) / f_BL.shape[0]
         else:
             theta_L = self.log_threshold.exp()
             eps = self.cfg.jumprelu_bandwidth
@@ -227,8 +228,8 @@ class Crosscoder(nn.Module):
         recon = (x_hat_BK.float() - x_BK.float()).pow(2).sum(-1).mean()
         loss = recon + sparsity_coef * sparsity.float()
         with torch.no_grad():
-            active_BL = f_BL > 0
-            fired_L, l0 = active_BL.any(0), active_BL.sum(-1).float().mean()
+            n_active_L = torch.count_nonzero(f_BL, dim=0)  # one pass for both firing and L0
+            fired_L, l0 = n_active_L > 0, n_active_L.sum().float() / f_BL.shape[0]
         return TrainOutput(loss, {"recon": recon.detach(), "sparsity": sparsity.detach().float()},
                            x_hat_BK, fired_L, l0)
 

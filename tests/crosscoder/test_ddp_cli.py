@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -32,12 +33,17 @@ def test_ddp_two_processes_match_single_process(tmp_path, acts_file):
     args = ["--activations", str(acts_file), "--variant", "l1", "--sparsity-coef", "0.5", "--no-eval"] + COMMON
     main(args + ["--out", str(tmp_path / "single")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "featalign.train_crosscoder", *args, "--out", str(tmp_path / "ddp")],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not only torchrun
+        raise
+    assert proc.returncode == 0, err[-3000:]
     a, b = Crosscoder.load(tmp_path / "single"), Crosscoder.load(tmp_path / "ddp")
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
