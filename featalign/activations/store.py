@@ -176,7 +176,7 @@ def to_store_array(x: Tensor, dtype: str) -> np.ndarray:
 def from_store_array(a: np.ndarray, dtype: str) -> Float[Tensor, "..."]:
     """float32 tensor from a (memmapped) store array."""
     if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16).float()
+        return torch.from_numpy(np.array(a, copy=True).view(np.int16)).view(torch.bfloat16).float()
     return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
 
