@@ -76,6 +76,21 @@ class _GatherPre(torch.autograd.Function):
         return None, None, gx, gW, gb, None, None
 
 
+def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tensor:
+    """Indices of the n largest entries of `v_flat` (exact, unordered).
+
+    `torch.topk` over all B·L entries was 50% of a BatchTopK step (measured: 237 ms of 450 ms at
+    B=2048, L=2048). With a lower bound below the n-th value (half the EMA threshold) only the
+    candidates above it go through topk; if fewer than n pass, the full topk is the fallback, so
+    the result is always the exact top n.
+    """
+    if lower_bound > 0:
+        cand = (v_flat > lower_bound).nonzero().squeeze(1)
+        if cand.numel() >= n:
+            return cand[v_flat[cand].topk(n, sorted=False).indices]
+    return v_flat.topk(n, sorted=False).indices
+
+
 def _rect(z: Tensor) -> Tensor:
     return (z.abs() < 0.5).to(z.dtype)
 
@@ -237,10 +252,11 @@ class Crosscoder(nn.Module):
         B, L = x_BK.shape[0], self.cfg.n_latents
         n_keep = min(self.cfg.k * B, B * L)
         w_L = self._dec_norm_sum().detach()
+        bound = 0.5 * self.threshold.item()  # safely below the n-th value: prunes the top-k candidates
         if sparse:
             with torch.no_grad():
                 pre_BL = torch.addmm(self.b_enc, x_BK, self.W_enc)
-                flat_idx = (F.relu(pre_BL) * w_L.to(pre_BL.dtype)).view(-1).topk(n_keep, sorted=False).indices
+                flat_idx = batch_topk_indices((F.relu(pre_BL) * w_L.to(pre_BL.dtype)).view(-1), n_keep, bound)
                 flat_idx = flat_idx.sort().values  # row-major: groups the active latents by token
                 rows, cols = flat_idx // L, flat_idx % L
                 counts_B = torch.bincount(rows, minlength=B)
@@ -258,7 +274,7 @@ class Crosscoder(nn.Module):
             pre_BL = torch.addmm(self.b_enc, x_BK, self.W_enc)
             act_BL = F.relu(pre_BL)
             with torch.no_grad():
-                flat_idx = (act_BL * w_L.to(act_BL.dtype)).view(-1).topk(n_keep, sorted=False).indices
+                flat_idx = batch_topk_indices((act_BL * w_L.to(act_BL.dtype)).view(-1), n_keep, bound)
                 mask = torch.zeros(B * L, dtype=act_BL.dtype, device=x_BK.device).index_fill_(0, flat_idx, 1)
             f_BL = act_BL * mask.view(B, L)
             x_hat_BK = torch.addmm(self.b_dec, f_BL, self.W_dec)

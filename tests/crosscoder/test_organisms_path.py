@@ -31,6 +31,12 @@ def test_cli_on_tiny_organisms_end_to_end(tmp_path, tiny_organisms):
     before = (out / "metrics.jsonl").read_text()
     main(args + ["--no-eval"])
     assert (out / "metrics.jsonl").read_text() == before
+    # the cached store trains directly with --store; models/hooks come from its manifest
+    common = ["--steps", "3", "--batch-size", "64", "--n-latents", "64", "--k", "4", "--no-eval", "--threads", "1"]
+    main(["--store", str(out / "activations"), "--out", str(tmp_path / "s")] + common)
+    assert json.loads((tmp_path / "s" / "cfg.json").read_text())["models"] == ["base", "rl", "sft"]
+    with pytest.raises(ValueError, match=r"activation source has models \('base', 'rl', 'sft'\)"):
+        main(["--store", str(out / "activations"), "--out", str(tmp_path / "s2"), "--models", "base,rl"] + common)
 
 
 def _cc(models, hooks, d):
