@@ -30,7 +30,7 @@ class CrosscoderConfig(JsonConfig):
     sparse_decode: bool = True  # batchtopk: embedding_bag decode + backward through active latents only
     threshold_ema: float = 0.01  # batchtopk: EMA rate of the inference threshold
     aux_k: int = 256  # batchtopk: latents per token used by the dead-latent auxiliary loss
-    aux_coef: float = 1 / 32
+    aux_coef: float = 1.0  # sae_lens's default; the loss is scaled by min(n_dead / aux_k, 1)
     # l1: designated shared latents (the first n_shared) get their penalty scaled by shared_penalty
     n_shared: int = 0
     shared_penalty: float = 0.15

@@ -289,7 +289,7 @@ class Crosscoder(nn.Module):
         return TrainOutput(loss, {"recon": recon.detach(), "aux": aux.detach()}, x_hat_BK, fired_L, l0, min_sel)
 
     def _aux_loss(self, x_BK: Tensor, x_hat_BK: Tensor, pre_BL: Tensor) -> Tensor:
-        """Aux-k (Gao et al. 2024): the top aux_k dead latents per token reconstruct the residual."""
+        """Aux-k (Gao et al. 2024): the top aux_k dead latents per token reconstruct the residual (no bias)."""
         dead_idx = self.dead_mask().nonzero().squeeze(-1)
         if dead_idx.numel() == 0:
             return torch.zeros((), device=x_BK.device)
@@ -300,11 +300,14 @@ class Crosscoder(nn.Module):
             cols = dead_idx[top.indices].reshape(-1)
             rows = torch.arange(B, device=x_BK.device).repeat_interleave(kk)
             flat_idx = rows * L + cols
-        vals = F.relu(_GatherPre.apply(pre_BL.reshape(-1), flat_idx, x_BK, self.W_enc, self.b_enc, rows, cols))
+        # raw pre-activations, no ReLU: a dead latent's pre is usually negative everywhere, and the
+        # gradient must still reach it (as in sae_lens / EleutherAI sparsify)
+        vals = _GatherPre.apply(pre_BL.reshape(-1), flat_idx, x_BK, self.W_enc, self.b_enc, rows, cols)
         e_hat_BK = F.embedding_bag(cols, self.W_dec, torch.arange(B, device=x_BK.device) * kk, mode="sum",
                                    per_sample_weights=vals.to(self.W_dec.dtype))
         e_BK = (x_BK - x_hat_BK).detach().float()
-        return (e_hat_BK.float() - e_BK).pow(2).sum(-1).mean() / e_BK.pow(2).sum(-1).mean().clamp_min(1e-8)
+        scale = min(dead_idx.numel() / self.cfg.aux_k, 1.0)  # weaker when few latents are dead
+        return scale * (e_hat_BK.float() - e_BK).pow(2).sum(-1).mean()
 
     @torch.no_grad()
     def update_threshold(self, min_selected: Tensor | None) -> None:
