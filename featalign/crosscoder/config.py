@@ -35,8 +35,8 @@ class CrosscoderConfig(JsonConfig):
     n_shared: int = 0
     shared_penalty: float = 0.15
     # jumprelu: straight-through threshold estimator
-    jumprelu_init_threshold: float = 0.1
-    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 1.0  # normalised space (mean input norm sqrt(d_model))
+    jumprelu_bandwidth: float = 0.2
     # init: decoder rows of norm dec_init_norm per (model, hook); encoder = decoder transpose
     dec_init_norm: float = 0.1
     dead_tokens: int = 200_000  # a latent that has not fired for this many tokens is dead

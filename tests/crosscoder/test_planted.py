@@ -26,7 +26,7 @@ def recovery(model, truth) -> tuple[torch.Tensor, torch.Tensor]:
     return best, correct
 
 
-@pytest.mark.parametrize("variant,steps,coef", [("l1", 600, 1.0), ("batchtopk", 1200, 0.0)])
+@pytest.mark.parametrize("variant,steps,coef", [("l1", 600, 1.0), ("batchtopk", 1200, 0.0), ("jumprelu", 1000, 0.3)])
 def test_planted_directions_recovered_and_attributed(tmp_path, variant, steps, coef):
     x, truth = planted_data(n_tokens=40_000, d_model=32, n_shared=48, n_specific=24, seed=0)
     assert truth.present_FM.sum(0).tolist() == [72, 72]  # 72 features per model in 32 dims: superposition
