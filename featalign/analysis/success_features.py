@@ -1,0 +1,353 @@
+"""RL-success features: latents that carry RL's out-of-domain wins (feature-level study, DESIGN §1).
+
+On each out-of-domain task, take the samples the base model fails and the RL model solves; score
+each latent by Score_k = mean over those samples of f_k(RL activations) - f_k(base activations);
+keep the latents above `frac` (default 0.2) of the task's maximum score; intersect across tasks.
+The same analysis on random sample subsets (any correctness) is the null, and a bootstrap over the
+success samples gives intervals for the set size and each feature's selection frequency.
+
+Per-model latents. The crosscoder's encoder is shared over all models' activations, so
+"f_k(model m)" is the encoding of model m's activations placed in every model slot (each slot
+normalised with model m's scale): identical activations give identical latents, and a difference
+means model m's representation drives the latent differently.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from featalign.config import JsonConfig
+
+POSITIONS = ("last", "all")
+
+
+class TooFewSamplesError(ValueError):
+    """Too few base-fail / RL-success samples for a meaningful score."""
+
+
+@dataclass
+class SuccessConfig(JsonConfig):
+    base: str = "base"  # crosscoder model names
+    rl: str = "rl"
+    positions: str = "last"  # "last": the last prompt token (predicts the answer); "all": mean over prompt tokens
+    frac: float = 0.2  # keep latents with Score_k > frac * max_k Score_k (per task)
+    min_samples: int = 8  # per task; fewer base-fail/RL-success samples -> the task is skipped (with its count)
+    min_tasks: int = 2  # tasks needed for an intersection
+    n_null: int = 50  # random-subset null repeats
+    n_boot: int = 100  # bootstrap resamples of the success samples
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if not 0 <= self.frac < 1:
+            raise ValueError(f"frac must be in [0, 1), got {self.frac}")
+
+
+# --- pure selection maths ----------------------------------------------------------------------------
+
+
+def success_mask(base_correct: np.ndarray, rl_correct: np.ndarray) -> np.ndarray:
+    """Samples where the base fails and RL succeeds."""
+    b, r = np.asarray(base_correct, bool), np.asarray(rl_correct, bool)
+    if b.shape != r.shape:
+        raise ValueError(f"base and RL correctness differ in length ({len(b)} vs {len(r)}); score the same samples")
+    return ~b & r
+
+
+def feature_scores(f_rl_SL: Tensor, f_base_SL: Tensor) -> Float[Tensor, "L"]:
+    """Score_k = mean_s f_k(RL)_s - f_k(base)_s."""
+    return (f_rl_SL.float() - f_base_SL.float()).mean(0)
+
+
+def select_features(score_L: Tensor, frac: float = 0.2) -> set[int]:
+    """Latents with a positive score above frac * max score (empty if no latent scores above 0)."""
+    mx = float(score_L.max())
+    if mx <= 0:
+        return set()
+    return set(torch.nonzero(score_L > frac * mx).flatten().tolist())
+
+
+def pairwise_overlap(sets: dict[str, set[int]]) -> dict[str, dict[str, float]]:
+    """Per pair of tasks: overlap coefficient |A∩B| / min(|A|,|B|) and Jaccard |A∩B| / |A∪B|."""
+    out = {}
+    for a, b in itertools.combinations(sets, 2):
+        A, B = sets[a], sets[b]
+        inter = len(A & B)
+        out[f"{a}|{b}"] = {"overlap": inter / max(1, min(len(A), len(B))), "jaccard": inter / max(1, len(A | B)),
+                           "intersection": inter}
+    return out
+
+
+def _intersect(sets: list[set[int]]) -> set[int]:
+    return set.intersection(*sets) if sets else set()
+
+
+@dataclass
+class SuccessResult:
+    tasks: list[str]
+    n_samples: dict[str, int]  # base-fail / RL-success samples per used task
+    skipped: dict[str, str]  # task -> why (with its count)
+    scores: dict[str, Tensor]  # task -> Score_L
+    per_task: dict[str, list[int]]
+    features: list[int]  # the intersection across tasks
+    overlap: dict[str, dict[str, float]]
+    null: dict = field(default_factory=dict)
+    bootstrap: dict = field(default_factory=dict)
+    gradient: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        ov = [v["overlap"] for v in self.overlap.values()]
+        return {"tasks": self.tasks, "n_samples": self.n_samples, "skipped": self.skipped,
+                "per_task_sizes": {t: len(v) for t, v in self.per_task.items()},
+                "features": self.features, "n_features": len(self.features),
+                "mean_pairwise_overlap": float(np.mean(ov)) if ov else None,
+                "pairwise_overlap": self.overlap, "null": self.null, "bootstrap": self.bootstrap,
+                "gradient": self.gradient}
+
+
+def rl_success_features(
+    f_rl: dict[str, Tensor], f_base: dict[str, Tensor], base_correct: dict[str, np.ndarray],
+    rl_correct: dict[str, np.ndarray], cfg: SuccessConfig = SuccessConfig(),
+) -> SuccessResult:
+    """Select RL-success features from per-sample latents `[S, L]` of each task (all of its eval samples).
+
+    Tasks with fewer than `cfg.min_samples` success samples are skipped and listed with their count;
+    if fewer than `cfg.min_tasks` remain, `TooFewSamplesError` says how many each task had.
+    """
+    counts, skipped, sel = {}, {}, {}
+    for t in f_rl:
+        m = success_mask(base_correct[t], rl_correct[t])
+        if len(m) != len(f_rl[t]) or len(m) != len(f_base[t]):
+            raise ValueError(f"task {t}: {len(m)} correctness entries but {len(f_rl[t])} / {len(f_base[t])} latent rows")
+        n = int(m.sum())
+        if n < cfg.min_samples:
+            skipped[t] = (f"only {n} base-fail/RL-success samples of {len(m)} (need >= {cfg.min_samples})")
+        else:
+            counts[t], sel[t] = n, torch.from_numpy(np.nonzero(m)[0])
+    if len(sel) < cfg.min_tasks:
+        detail = "; ".join(f"{t}: {int(success_mask(base_correct[t], rl_correct[t]).sum())}" for t in f_rl)
+        raise TooFewSamplesError(
+            f"RL-success features need >= {cfg.min_tasks} tasks with >= {cfg.min_samples} base-fail/RL-success "
+            f"samples each; got {len(sel)} ({detail}). Evaluate more samples per task, lower min_samples, "
+            "or use organisms where RL transfers out of domain")
+    tasks = list(sel)
+    scores = {t: feature_scores(f_rl[t][sel[t]], f_base[t][sel[t]]) for t in tasks}
+    per_task = {t: select_features(scores[t], cfg.frac) for t in tasks}
+    inter = _intersect([per_task[t] for t in tasks])
+    res = SuccessResult(tasks, counts, skipped, scores, {t: sorted(v) for t, v in per_task.items()}, sorted(inter),
+                        pairwise_overlap(per_task))
+    rng = np.random.default_rng(cfg.seed)
+    res.null = _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng)
+    res.bootstrap = _bootstrap(f_rl, f_base, sel, tasks, inter, cfg, rng)
+    return res
+
+
+def _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng) -> dict:
+    """Same selection on random subsets of each task's samples (same sizes, any correctness)."""
+    sizes, overlaps, jac = [], [], []
+    for _ in range(cfg.n_null):
+        sets = {}
+        for t in tasks:
+            idx = torch.from_numpy(rng.choice(len(f_rl[t]), counts[t], replace=False))
+            sets[t] = select_features(feature_scores(f_rl[t][idx], f_base[t][idx]), cfg.frac)
+        i = _intersect(list(sets.values()))
+        sizes.append(len(i))
+        overlaps.append(np.mean([v["overlap"] for v in pairwise_overlap(sets).values()]))
+        jac.append(len(i & inter) / max(1, len(i | inter)))
+    q = lambda a: [float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))]  # noqa: E731
+    return {"n": cfg.n_null, "size_mean": float(np.mean(sizes)), "size_95": q(sizes),
+            "mean_overlap_mean": float(np.mean(overlaps)), "mean_overlap_95": q(overlaps),
+            "jaccard_with_real_mean": float(np.mean(jac))}
+
+
+def _bootstrap(f_rl, f_base, sel, tasks, inter, cfg, rng) -> dict:
+    """Resample each task's success samples: interval of the set size, selection frequency per feature."""
+    sizes, freq = [], {}
+    for _ in range(cfg.n_boot):
+        sets = []
+        for t in tasks:
+            idx = sel[t][torch.from_numpy(rng.integers(0, len(sel[t]), len(sel[t])))]
+            sets.append(select_features(feature_scores(f_rl[t][idx], f_base[t][idx]), cfg.frac))
+        i = _intersect(sets)
+        sizes.append(len(i))
+        for k in i:
+            freq[k] = freq.get(k, 0) + 1
+    if not sizes:
+        return {}
+    return {"n": cfg.n_boot, "size_95": [float(np.quantile(sizes, 0.025)), float(np.quantile(sizes, 0.975))],
+            "size_mean": float(np.mean(sizes)),
+            "selection_frequency": {int(k): freq.get(k, 0) / cfg.n_boot for k in sorted(inter)},
+            "stable_features": sorted(int(k) for k, v in freq.items() if v / cfg.n_boot >= 0.8)}
+
+
+def agreement(score_L: Tensor, attr_L: Tensor, k: int) -> dict:
+    """Spearman rank correlation of two per-latent scores and the Jaccard overlap of their top-k."""
+    from scipy.stats import spearmanr
+
+    k = max(1, k)
+    a, b = set(score_L.topk(k).indices.tolist()), set(attr_L.topk(k).indices.tolist())
+    rho = spearmanr(score_L.numpy(), attr_L.numpy())
+    return {"spearman": float(rho.statistic), "spearman_p": float(rho.pvalue), "top_k": k,
+            "top_k_jaccard": len(a & b) / len(a | b)}
+
+
+# --- latents from running models ----------------------------------------------------------------------
+
+
+def encode_as_model(cc, x_BHD: Tensor, m: int) -> Float[Tensor, "B L"]:
+    """Model m's activations `[B, H, D]` in every model slot, each normalised with model m's scale."""
+    c = cc.cfg
+    x_BK = (x_BHD.float() * cc.norm_scale[m][None, :, None]).reshape(len(x_BHD), -1).repeat(1, c.n_models)
+    return cc.encode_normalised(x_BK)
+
+
+def prompt_batch(tokenizer, problems, with_answer: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Right-padded ids [S, T] (with <bos>), a prompt-position mask (no <bos>), and each prompt's last index."""
+    seqs, lens = [], []
+    for p in problems:
+        ids = tokenizer(p.prompt)["input_ids"]
+        lens.append(len(ids))
+        if with_answer:
+            ids = ids + tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        seqs.append(ids)
+    T = max(map(len, seqs))
+    ids_ST = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, (s, n) in enumerate(zip(seqs, lens)):
+        ids_ST[i, : len(s)] = torch.tensor(s)
+        mask[i, 1:n] = True
+    return ids_ST, mask, torch.tensor(lens) - 1
+
+
+def _pool(f_STL: Tensor, mask_ST: Tensor, last_S: Tensor, positions: str) -> Tensor:
+    if positions == "last":
+        return f_STL[torch.arange(len(f_STL)), last_S]
+    w = mask_ST.float()
+    return (f_STL * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+
+
+@torch.no_grad()
+def sample_latents(cc, model, tokenizer, problems, model_index: int, positions: str = "last",
+                   batch: int = 128) -> Float[Tensor, "S L"]:
+    """Per-sample latents of one HF model on prompts, pooled over `positions` (last prompt token or all)."""
+    from featalign.crosscoder.hf import capture
+
+    out = []
+    for i in range(0, len(problems), batch):
+        ids, mask, last = prompt_batch(tokenizer, problems[i : i + batch])
+        acts = capture([model], tuple(cc.cfg.hooks), ids)[:, :, 0]  # [S, T, H, D]
+        S, T = ids.shape
+        f = encode_as_model(cc, acts.reshape(S * T, *acts.shape[2:]), model_index).view(S, T, -1)
+        out.append(_pool(f, mask, last, positions))
+    return torch.cat(out)
+
+
+def gradient_attribution(cc, model, tokenizer, problems, model_index: int, positions: str = "last",
+                         batch: int = 64) -> Float[Tensor, "S L"]:
+    """Activation x gradient of log p(correct answer + <eos> | prompt) for each latent, per sample.
+
+    The model's hook activation is replaced by the crosscoder reconstruction plus the (frozen)
+    reconstruction error, so the forward pass is unchanged and only the latents carry gradient.
+    """
+    from featalign.crosscoder.hf import residual_hook
+
+    if cc.cfg.n_hooks != 1:
+        raise ValueError("gradient attribution supports one-hook crosscoders; pass a crosscoder trained on one hook")
+    out = []
+    for i in range(0, len(problems), batch):
+        chunk = problems[i : i + batch]
+        ids, mask, last = prompt_batch(tokenizer, chunk, with_answer=True)
+        S, T = ids.shape
+        ans = torch.zeros(S, T, dtype=torch.bool)
+        for s, p in enumerate(chunk):
+            n_ans = len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) + 1
+            ans[s, last[s] + 1 : last[s] + 1 + n_ans] = True
+        holder = {}
+
+        def fn(resid):
+            x = resid.detach()
+            f = encode_as_model(cc, x.reshape(S * T, 1, -1), model_index).view(S, T, -1).detach().requires_grad_(True)
+            recon = cc.decode(f.reshape(S * T, -1))[:, model_index, 0].view(S, T, -1)
+            holder["f"] = f
+            return recon + (x - recon.detach())
+
+        with residual_hook(model, cc.cfg.hooks[0], fn):
+            logits = model(input_ids=ids).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+        (logp * ans[:, 1:]).sum().backward()
+        f = holder["f"]
+        out.append(_pool((f * f.grad).detach(), mask, last, positions))
+        model.zero_grad(set_to_none=True)
+    return torch.cat(out)
+
+
+@dataclass
+class TaskData:
+    """Per task: eval problems and per-sample greedy correctness of base and RL (same order)."""
+
+    problems: list
+    base_correct: np.ndarray
+    rl_correct: np.ndarray
+
+
+def organism_tasks(org, rl_name: str | None = None, tasks: list[str] | None = None) -> dict[str, TaskData]:
+    """Out-of-domain tasks of built organisms with the correctness their build recorded (eval/<name>.json)."""
+    from featalign.evaluation import eval_problems
+    from featalign.io import read_json
+
+    dom = org.config.post_train_domains[0]
+    rl_name = rl_name or f"rl-{dom}"
+    ev = Path(org.eval_dir)
+    for n in ("base", rl_name):
+        if not (ev / f"{n}.json").exists():
+            raise FileNotFoundError(f"{ev / (n + '.json')} is missing: finish the organisms build (ensure_organisms)")
+    b, r = read_json(ev / "base.json"), read_json(ev / f"{rl_name}.json")
+    tasks = tasks or [d for d in org.config.pretrain_domains if d not in org.config.post_train_domains]
+    out = {}
+    for t in tasks:
+        probs = eval_problems(t, b["n_per_domain"])
+        out[t] = TaskData(probs, np.array(b["correct"][t], bool), np.array(r["correct"][t], bool))
+    return out
+
+
+def success_features_for_models(
+    cc, base_dir, rl_dir, tasks: dict[str, TaskData], cfg: SuccessConfig = SuccessConfig(),
+    gradient: bool = False, progress: bool = True,
+) -> SuccessResult:
+    """Run base and RL on every task's samples, encode, and select RL-success features (+ gradient score)."""
+    from featalign.crosscoder.hf import load_hf
+
+    names = tuple(cc.cfg.models)
+    for n in (cfg.base, cfg.rl):
+        if n not in names:
+            raise ValueError(f"the crosscoder's models are {names}; it has no {n!r} (set SuccessConfig.base/rl)")
+    bi, ri = names.index(cfg.base), names.index(cfg.rl)
+    (bm, tok), (rm, _) = load_hf(base_dir), load_hf(rl_dir)
+    for name, mdl in ((cfg.base, bm), (cfg.rl, rm)):
+        if mdl.config.hidden_size != cc.cfg.d_model:
+            raise ValueError(f"model {name} has width {mdl.config.hidden_size} but the crosscoder expects "
+                             f"d_model={cc.cfg.d_model}: pass the models it was trained on")
+    f_rl, f_base = {}, {}
+    for t, td in tqdm(tasks.items(), desc="success features: encode tasks", disable=not progress):
+        f_rl[t] = sample_latents(cc, rm, tok, td.problems, ri, cfg.positions)
+        f_base[t] = sample_latents(cc, bm, tok, td.problems, bi, cfg.positions)
+    res = rl_success_features(f_rl, f_base, {t: d.base_correct for t, d in tasks.items()},
+                              {t: d.rl_correct for t, d in tasks.items()}, cfg)
+    if gradient:
+        agree = {}
+        for t in res.tasks:
+            m = success_mask(tasks[t].base_correct, tasks[t].rl_correct)
+            probs = [p for p, keep in zip(tasks[t].problems, m) if keep]
+            attr = gradient_attribution(cc, rm, tok, probs, ri, cfg.positions).mean(0)
+            agree[t] = agreement(res.scores[t], attr, len(res.per_task[t]))
+        res.gradient = agree
+    return res
