@@ -1,0 +1,137 @@
+"""Static HTML feature cards: top-activating contexts per model, activation histograms, attribution numbers.
+
+    examples = card_examples(cc, model_dirs, latents)              # runs the models on eval text
+    write_cards(out_dir, latents, examples, attribution, notes)    # out_dir/index.html + cards/<l>.html
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from featalign.io import atomic_write_text
+
+
+@torch.no_grad()
+def card_examples(cc, model_dirs: dict[str, str], latents: list[int], n_seqs: int = 256, top_n: int = 8,
+                  context: tuple[int, int] = (16, 4), seed: int = 0, progress: bool = True) -> dict:
+    """{latent: {model: {"top": [(activation, left, token, right)], "acts": nonzero activations}}}.
+
+    Each model's latents are `encode_as_model` of its own activations on the organisms' eval text.
+    """
+    from featalign.analysis.success_features import encode_as_model
+    from featalign.crosscoder.hf import capture, load_hf, task_tokens
+
+    names = tuple(cc.cfg.models)
+    if tuple(model_dirs) != names:
+        raise ValueError(f"model_dirs {tuple(model_dirs)} must name the crosscoder's models {names} in order")
+    loaded = [load_hf(d) for d in model_dirs.values()]
+    tok = loaded[0][1]
+    ids, mask = task_tokens(tok, n_seqs, "eval", seed)
+    S, T = ids.shape
+    idx = torch.tensor(latents, dtype=torch.long)
+    out: dict = {l: {} for l in latents}
+    for m, (name, (model, _)) in enumerate(tqdm(list(zip(names, loaded)), desc="feature cards", disable=not progress)):
+        acts = capture([model], tuple(cc.cfg.hooks), ids)[:, :, 0]
+        f = encode_as_model(cc, acts.reshape(S * T, *acts.shape[2:]), m)[:, idx].view(S, T, -1) * mask[..., None]
+        for j, l in enumerate(latents):
+            v = f[..., j]
+            top = torch.topk(v.flatten(), min(top_n, v.numel()))
+            ex = []
+            for val, flat in zip(top.values.tolist(), top.indices.tolist()):
+                if val <= 0:
+                    break
+                s, t = divmod(flat, T)
+                row = ids[s].tolist()
+                left = tok.decode(row[max(1, t - context[0]) : t])
+                right = tok.decode([x for x in row[t + 1 : t + 1 + context[1]] if x != tok.pad_token_id])
+                ex.append((float(val), left, tok.decode([row[t]]), right))
+            out[l][name] = {"top": ex, "acts": v[v > 0].tolist()}
+    return out
+
+
+def _hist_png(acts_by_model: dict[str, list[float]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 2.4))
+    allv = [a for v in acts_by_model.values() for a in v]
+    bins = np.linspace(0, max(allv) if allv else 1, 30)
+    for name, v in acts_by_model.items():
+        ax.hist(v, bins=bins, histtype="step", lw=1.5, label=f"{name} ({len(v)} tokens)")
+    ax.set_xlabel("activation (nonzero)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+_CSS = ("body{font-family:sans-serif;max-width:60em;margin:1em auto} table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%} .tok{background:#fd8;font-weight:bold}"
+        "code{white-space:pre}")
+
+
+def _numbers_table(d: dict) -> str:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}: {b:.3g}" if isinstance(b, float) else f"{a}: {b}" for a, b in v.items()
+                          if not isinstance(b, dict))
+        elif isinstance(v, float):
+            v = f"{v:.4g}"
+        rows.append(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def render_card(latent: int, examples: dict, numbers: dict, note: str = "") -> str:
+    parts = [f"<!doctype html><meta charset='utf-8'><title>latent {latent}</title><style>{_CSS}</style>",
+             f"<p><a href='../index.html'>index</a></p><h1>Latent {latent}</h1>"]
+    if note:
+        parts.append(f"<p>{html.escape(note)}</p>")
+    parts.append("<h2>Attribution</h2>" + _numbers_table(numbers))
+    if "latent_scaling" in numbers:
+        parts.append("<h3>Latent Scaling</h3>" + _numbers_table(numbers["latent_scaling"]))
+    parts.append(f"<h2>Activation histogram per model</h2><img src='data:image/png;base64,"
+                 f"{_hist_png({m: e['acts'] for m, e in examples.items()})}'>")
+    parts.append("<h2>Top-activating examples</h2>")
+    for m, e in examples.items():
+        parts.append(f"<h3>{html.escape(m)}</h3><table><tr><th>act</th><th>context</th></tr>")
+        for val, left, tokn, right in e["top"]:
+            parts.append(f"<tr><td>{val:.3f}</td><td><code>{html.escape(left)}<span class='tok'>{html.escape(tokn)}"
+                         f"</span>{html.escape(right)}</code></td></tr>")
+        if not e["top"]:
+            parts.append("<tr><td colspan=2>never fires on this text</td></tr>")
+        parts.append("</table>")
+    return "\n".join(parts)
+
+
+def write_cards(out_dir: str | Path, latents: list[int], examples: dict, numbers: dict[int, dict],
+                notes: dict[int, str] | None = None, title: str = "Feature cards") -> Path:
+    """Write `cards/<latent>.html` for each latent and `index.html` linking them (no server needed)."""
+    out = Path(out_dir)
+    notes = notes or {}
+    rows = []
+    for l in latents:
+        atomic_write_text(out / "cards" / f"{l}.html", render_card(l, examples[l], numbers[l], notes.get(l, "")))
+        n = numbers[l]
+        mas = ", ".join(f"{k} {v:.2f}" for k, v in n.get("mas", {}).items())
+        rows.append(f"<tr><td><a href='cards/{l}.html'>{l}</a></td><td>{html.escape(str(n.get('class', '')))}</td>"
+                    f"<td>{html.escape(mas)}</td><td>{html.escape(notes.get(l, ''))}</td></tr>")
+    atomic_write_text(out / "index.html",
+                      f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
+                      f"<h1>{html.escape(title)}</h1><table><tr><th>latent</th><th>class</th><th>MAS</th><th>why listed</th></tr>"
+                      + "".join(rows) + "</table>")
+    atomic_write_text(out / "cards.json", json.dumps({str(l): numbers[l] for l in latents}, indent=1))
+    return out / "index.html"

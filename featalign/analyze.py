@@ -1,0 +1,481 @@
+"""`python -m featalign.analyze`: analyse the shared feature space of base / RL / SFT models.
+
+With no arguments: open (or build) the default organisms, cache every model's activations at the
+middle residual layer (base, 5 RL and 5 SFT checkpoints), train the crosscoders the analysis needs
+(base/RL/SFT trio, base-vs-RL and base-vs-SFT pairs, two base-vs-base controls, one joint
+crosscoder per checkpoint series), and write a report directory: report.json, report.md, PNG
+figures and HTML feature cards (cards/index.html). Everything trained is cached in --out, so a
+rerun only redoes the analysis.
+
+It answers, with intervals and next to base-vs-base nulls: are there more SFT-specific latents
+than RL-specific ones; do SFT features stabilise earlier than RL's; is there a compact RL-success
+feature set shared across out-of-domain tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featalign.config import JsonConfig
+
+STAGES = ("attribution", "controls", "drift", "success", "cards")
+
+
+@dataclass
+class AnalyzeConfig(JsonConfig):
+    out: str = "runs/analysis"
+    organisms_preset: str = "default"
+    organisms_dir: str | None = None
+    crosscoder: str | None = None  # an existing base/rl/sft crosscoder dir to analyse instead of training one
+    hook: str | None = None  # default: the middle residual layer blocks.<n_layers/2-1>.hook_resid_post
+    n_tokens: int = 60_000  # training activations (train split of the task suite), per model
+    eval_tokens: int = 10_000  # held-out activations (eval split) for attribution / Latent Scaling
+    variant: str = "batchtopk"
+    n_latents: int = 1024
+    k: int = 16
+    steps: int = 800
+    batch_size: int = 1024
+    lr: float = 1e-3
+    sparsity_coef: float = 2.0  # l1 / jumprelu only
+    drift_mode: str = "joint"  # joint | pairwise | both
+    top_k: int = 50
+    positions: str = "last"  # RL-success score positions: last prompt token | all prompt tokens
+    success_frac: float = 0.2
+    min_samples: int = 8
+    gradient: bool = True  # activation x gradient attribution score next to Score_k
+    n_null: int = 50
+    n_cards: int = 8  # per category (RL-only, SFT-only, success, drift)
+    stages: str = ",".join(STAGES)
+    threads: int = 1
+    seed: int = 0
+    progress: bool = True
+
+
+HELP = {
+    "out": "report directory (also caches activations and crosscoders; a rerun reuses them)",
+    "organisms_preset": "organisms preset to open/build: default | tiny",
+    "organisms_dir": "organisms folder (default: the featalign cache dir for the preset)",
+    "crosscoder": "analyse this trained base/rl/sft crosscoder (python -m featalign.train_crosscoder --out DIR) "
+                  "instead of training one",
+    "hook": "hook point (default: blocks.<n_layers/2-1>.hook_resid_post)",
+    "n_tokens": "tokens of training activations per model",
+    "eval_tokens": "held-out tokens for attribution statistics and Latent Scaling",
+    "variant": "crosscoder variant for the crosscoders trained here: batchtopk | l1 | jumprelu",
+    "n_latents": "latents per crosscoder", "k": "batchtopk: active latents per token",
+    "steps": "training steps per crosscoder", "batch_size": "crosscoder batch size (tokens)",
+    "lr": "crosscoder learning rate", "sparsity_coef": "l1/jumprelu sparsity coefficient",
+    "drift_mode": "checkpoint alignment: joint (one crosscoder over base + all checkpoints) | pairwise | both",
+    "top_k": "top-k model-specific features compared between successive checkpoints",
+    "positions": "RL-success score positions: last (last prompt token) | all (mean over prompt tokens)",
+    "success_frac": "keep latents above this fraction of the per-task maximum score",
+    "min_samples": "fewest base-fail/RL-success samples for a task to be scored",
+    "gradient": "also compute the activation x gradient score and its agreement (true/false)",
+    "n_null": "random-subset null repeats for the success features",
+    "n_cards": "feature cards per category",
+    "stages": f"comma-separated subset of {','.join(STAGES)}",
+    "threads": "torch CPU threads", "seed": "seed", "progress": "progress bars (true/false)",
+}
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m featalign.analyze", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON file with AnalyzeConfig fields (flags override it)")
+    for f in dataclasses.fields(AnalyzeConfig):
+        t = {"int": int, "float": float, "bool": _bool}.get(str(f.type), str)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
+                       help=f"{HELP[f.name]} (default: {f.default})")
+    return p
+
+
+def resolve_config(argv: list[str] | None) -> AnalyzeConfig:
+    args = build_parser().parse_args(argv)
+    d = AnalyzeConfig.load(args.config).to_dict() if args.config else {}
+    d |= {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    cfg = AnalyzeConfig.from_dict(d)
+    bad = set(cfg.stages.split(",")) - set(STAGES)
+    if bad:
+        raise SystemExit(f"unknown stage(s) {sorted(bad)}; choose from {STAGES}")
+    if cfg.drift_mode not in ("joint", "pairwise", "both"):
+        raise SystemExit(f"--drift-mode must be joint, pairwise or both, got {cfg.drift_mode!r}")
+    return cfg
+
+
+# --- building blocks ------------------------------------------------------------------------------------
+
+
+def open_organisms(preset: str, root: str | None):
+    """A complete organisms folder is opened read-only; otherwise it is built (ensure_organisms)."""
+    from featalign.organisms.build import Organisms, ensure_organisms
+    from featalign.organisms.config import OrganismConfig, default_organisms_dir
+
+    r = Path(root) if root else default_organisms_dir(preset)
+    if (r / "eval" / "summary.json").exists() and (r / "config.json").exists():
+        return Organisms(r, OrganismConfig.load(r / "config.json"))
+    return ensure_organisms(preset, root)
+
+
+def model_dirs_for(org) -> dict[str, str]:
+    """base, rl@1..n, sft@1..n (the final checkpoints are the trio's rl and sft)."""
+    from featalign.analysis.drift import series_from_organisms
+
+    dirs = {"base": str(org.base_dir)}
+    for kind in ("rl", "sft"):
+        dirs |= {k: v for k, v in series_from_organisms(org, kind).model_dirs().items() if k != "base"}
+    return dirs
+
+
+def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_tokens: int, split: str, seed: int,
+                       progress: bool) -> torch.Tensor:
+    """[N, M, 1, D] activations of every model on task-suite text, cached in a safetensors file."""
+    from safetensors.torch import load_file, save
+
+    from featalign.crosscoder.hf import collect_activations
+    from featalign.io import atomic_write_bytes
+
+    key = {"models": ",".join(model_dirs), "dirs": ",".join(model_dirs.values()), "hook": hook,
+           "n_tokens": str(n_tokens), "split": split, "seed": str(seed)}
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if f.metadata() == key:
+                return load_file(str(path))["acts"]
+    x = collect_activations(model_dirs, (hook,), n_tokens, seed=seed, split=split, progress=progress)
+    atomic_write_bytes(path, save({"acts": x.contiguous()}, metadata=key))
+    return x
+
+
+def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook: str, cfg: AnalyzeConfig):
+    """Train a crosscoder on in-memory activations into `out` (resumes; reuses a finished one)."""
+    from featalign.crosscoder import Crosscoder, CrosscoderConfig, TensorSource, TrainerConfig, train_crosscoder
+
+    ccfg = CrosscoderConfig(models=models, hooks=(hook,), d_model=x_NMHD.shape[-1], n_latents=cfg.n_latents,
+                            variant=cfg.variant, k=cfg.k, seed=cfg.seed)
+    tcfg = TrainerConfig(steps=cfg.steps, batch_size=min(cfg.batch_size, len(x_NMHD)), lr=cfg.lr,
+                         sparsity_coef=cfg.sparsity_coef, warmup_steps=min(100, cfg.steps // 10 + 1),
+                         checkpoint_every=max(200, cfg.steps // 2), log_every=max(50, cfg.steps // 10), seed=cfg.seed)
+    if (out / "crosscoder.safetensors").exists():
+        cc = Crosscoder.load(out)
+        if cc.cfg.to_dict() == ccfg.to_dict():
+            return cc
+    from featalign.crosscoder.data import estimate_norm_scales
+
+    src = TensorSource(x_NMHD, tcfg.batch_size, seed=cfg.seed, models=models, hooks=(hook,),
+                       scales_MH=estimate_norm_scales(x_NMHD))
+    return train_crosscoder(ccfg, tcfg, src, out, progress=cfg.progress).eval()
+
+
+def _t(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------
+
+
+def run(cfg: AnalyzeConfig) -> dict:
+    from featalign.analysis import plots
+    from featalign.analysis.attribution import AttributionConfig, attribute
+    from featalign.analysis.controls import (
+        control_activations, count_interval, difference_interval, independent_difference_interval, specific_masks,
+    )
+    from featalign.crosscoder import Crosscoder
+    from featalign.io import atomic_write_json, atomic_write_text, provenance
+
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+    stages = set(cfg.stages.split(","))
+    out = Path(cfg.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    report: dict = {"config": cfg.to_dict(), **provenance()}
+
+    def lap(name):
+        timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
+
+    org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
+    report["organisms"] = {"root": str(org.root), "preset": org.config.preset,
+                           "post_train_domain": org.config.post_train_domains[0]}
+    hook = cfg.hook or f"blocks.{max(0, org.config.n_layers // 2 - 1)}.hook_resid_post"
+    dirs = model_dirs_for(org)
+    n_ck = org.config.n_checkpoints
+    dirs_trio = {"base": dirs["base"], "rl": dirs[f"rl@{n_ck}"], "sft": dirs[f"sft@{n_ck}"]}
+    need_all = "drift" in stages
+    act_dirs = dirs if need_all else dirs_trio
+    x = cached_activations(out / "cache" / ("train_all.safetensors" if need_all else "train_trio.safetensors"),
+                           act_dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress)
+    xe = cached_activations(out / "cache" / "eval_trio.safetensors", dirs_trio, hook, cfg.eval_tokens, "eval",
+                            cfg.seed + 1, cfg.progress)
+    names = list(act_dirs)
+    col = lambda *ms: x[:, [names.index(m if m in names else {"rl": f"rl@{n_ck}", "sft": f"sft@{n_ck}"}[m]) for m in ms]]  # noqa: E731
+    ecol = lambda *ms: xe[:, [list(dirs_trio).index(m) for m in ms]]  # noqa: E731
+    lap("activations")
+
+    ccdir = out / "crosscoders"
+    if cfg.crosscoder:
+        trio = Crosscoder.load(cfg.crosscoder).eval()
+        from featalign.analysis.attribution import check_activations
+
+        check_activations(trio, xe[:, : trio.cfg.n_models], names=tuple(dirs_trio)[: trio.cfg.n_models])
+    else:
+        trio = train_or_load(ccdir / "trio", ("base", "rl", "sft"), col("base", "rl", "sft"), hook, cfg)
+    lap("train trio")
+    acfg = AttributionConfig()
+    figs = out / "figures"
+
+    # --- 1. attribution ---
+    att = attribute(trio, ecol(*trio.cfg.models))
+    alive = att.enc["firing_rate"] > 0
+    report["attribution"] = att.summary()
+    masks = {c: torch.tensor([x_ == c for x_ in att.classes]) for c in ("rl-only", "sft-only", "base-only")}
+    masks_ls = {c: torch.tensor([x_ == c for x_ in att.classes_ls]) for c in ("rl-only", "sft-only")}
+    a_alive = alive.numpy()
+    q1 = {"n_alive": int(alive.sum()),
+          "trio": {c: count_interval(_t(m)[a_alive]).as_dict() for c, m in masks.items()},
+          "trio_after_latent_scaling": {c: count_interval(_t(m)[a_alive]).as_dict() for c, m in masks_ls.items()},
+          "trio_sft_minus_rl": difference_interval(_t(masks["sft-only"])[a_alive], _t(masks["rl-only"])[a_alive]),
+          "trio_sft_minus_rl_after_ls": difference_interval(_t(masks_ls["sft-only"])[a_alive],
+                                                            _t(masks_ls["rl-only"])[a_alive])}
+    plots.mas_histograms(_t(att.mas_LM[alive]), trio.cfg.models, figs / "mas_hist.png", "trio: decoder-norm shares")
+    if trio.cfg.n_models == 3:
+        cmap = {"shared": "C0", "rl-only": "C3", "sft-only": "C2", "base-only": "C1"}
+        plots.ternary(_t(att.mas_LM[alive]), trio.cfg.models, figs / "ternary.png",
+                      [cmap.get(c, "grey") for c, a in zip(att.classes, a_alive) if a], "model attribution (alive latents)")
+    spec = np.array([c.endswith("-only") for c in att.classes]) & a_alive
+    if spec.any():
+        ls = att.ls
+        absent_nu = lambda nu: np.nanmax(np.where(_t(att.norms_LM / att.norms_LM.max(-1, keepdim=True).values) < acfg.absent_ratio,  # noqa: E731
+                                                 _t(nu), np.nan), axis=1)
+        with np.errstate(all="ignore"):
+            plots.latent_scaling_scatter(absent_nu(ls.nu_error_LM)[spec], absent_nu(ls.nu_recon_LM)[spec],
+                                         [c for c, s in zip(att.classes, spec) if s], figs / "latent_scaling.png",
+                                         (acfg.ls_error_threshold, acfg.ls_recon_threshold), "model-specific latents")
+    lap("attribution")
+
+    # --- 2. pairwise + controls ---
+    if "controls" in stages:
+        pair_specs = {"base-vs-rl": ("base", "rl"), "base-vs-sft": ("base", "sft")}
+        nrns, counts = {}, {}
+        pair_masks = {}
+        for name, (o, t) in pair_specs.items():
+            cc = train_or_load(ccdir / name, (o, t), col(o, t), hook, cfg)
+            a = attribute(cc, ecol(o, t))
+            nrns[name] = a.nrn[f"{o}|{t}"]
+            pair_masks[name] = specific_masks(nrns[name], a.enc["firing_rate"] > 0)
+        base_train, base_eval = col("base"), ecol("base")
+        for kind in ("same", "disjoint"):
+            name = f"control-{kind}"
+            cc = train_or_load(ccdir / name, ("base", "base2"), control_activations(base_train, kind, cfg.seed), hook, cfg)
+            a = attribute(cc, control_activations(base_eval, kind, cfg.seed + 1))
+            nrns[name] = a.nrn["base|base2"]
+            pair_masks[name] = specific_masks(nrns[name], a.enc["firing_rate"] > 0)
+        for name, m in pair_masks.items():
+            al = _t(m["alive"])
+            counts[name] = {"n_alive": int(al.sum()), "tuned_only": count_interval(_t(m["t_only"])[al]).as_dict(),
+                            "base_only": count_interval(_t(m["o_only"])[al]).as_dict(),
+                            "shared": count_interval(_t(m["shared"])[al]).as_dict()}
+        al_s, al_r = _t(pair_masks["base-vs-sft"]["alive"]), _t(pair_masks["base-vs-rl"]["alive"])
+        q1["pairwise"] = counts
+        q1["pairwise_sft_minus_rl_tuned_only"] = independent_difference_interval(
+            _t(pair_masks["base-vs-sft"]["t_only"])[al_s], _t(pair_masks["base-vs-rl"]["t_only"])[al_r])
+        plots.nrn_histograms({k: _t(v[pair_masks[k]["alive"]]) for k, v in nrns.items()}, figs / "nrn_hist.png",
+                             "NRN of alive latents: base-vs-tuned next to base-vs-base controls")
+        rows = [(f"{k}: tuned-only", v["tuned_only"]["count"], v["tuned_only"]["low"], v["tuned_only"]["high"])
+                for k, v in counts.items()]
+        plots.count_bars(rows, figs / "specific_counts.png", title="NRN >= 0.9 latents (95% bootstrap)")
+        lap("pairwise + controls")
+    report["q1_specific_latents"] = q1
+
+    # --- 3. drift ---
+    if "drift" in stages:
+        from featalign.analysis.drift import DriftConfig, compare_stabilisation, drift_joint, drift_pairwise, series_from_organisms
+
+        dcfg = DriftConfig(top_k=cfg.top_k)
+        res = {}
+        for kind in ("sft", "rl"):
+            s = series_from_organisms(org, kind)
+            steps = [c.step for c in s.checkpoints]
+            if cfg.drift_mode in ("joint", "both"):
+                cc = train_or_load(ccdir / f"drift-{kind}-joint", tuple(s.names), col(*s.names), hook, cfg)
+                al = attribute(cc, None).enc  # decoder-only; firing below
+                from featalign.analysis.attribution import decoder_vectors, latent_activations
+
+                fired = (latent_activations(cc, col(*s.names)[: cfg.eval_tokens]) > 0).any(0)
+                res[f"{kind}"] = drift_joint(decoder_vectors(cc), dcfg, fired, kind, steps)
+            if cfg.drift_mode in ("pairwise", "both"):
+                from featalign.analysis.attribution import decoder_vectors, latent_activations
+
+                decs, alive_l = [], []
+                for n in s.names[1:]:
+                    cc = train_or_load(ccdir / f"drift-{kind}-pair-{n.split('@')[1]}", ("base", n), col("base", n), hook, cfg)
+                    decs.append(decoder_vectors(cc))
+                    alive_l.append((latent_activations(cc, col("base", n)[: cfg.eval_tokens]) > 0).any(0))
+                res[f"{kind}" if cfg.drift_mode == "pairwise" else f"{kind}-pairwise"] = drift_pairwise(
+                    decs, dcfg, alive_l, kind, steps)
+        report["q2_drift"] = {k: v.summary() for k, v in res.items()}
+        report["q2_drift"]["sft_vs_rl"] = compare_stabilisation(res["sft"], res["rl"])
+        plots.drift_side_by_side(res, figs / "drift.png")
+        drift_res = res
+        lap("drift")
+
+    # --- 4. RL-success features ---
+    success = None
+    if "success" in stages:
+        from featalign.analysis.success_features import (
+            SuccessConfig, TooFewSamplesError, organism_tasks, success_features_for_models,
+        )
+
+        scfg = SuccessConfig(positions=cfg.positions, frac=cfg.success_frac, min_samples=cfg.min_samples,
+                             n_null=cfg.n_null, seed=cfg.seed)
+        try:
+            success = success_features_for_models(trio, dirs_trio["base"], dirs_trio["rl"], organism_tasks(org), scfg,
+                                                  gradient=cfg.gradient, progress=cfg.progress)
+            report["q3_success_features"] = success.summary()
+            s = success.summary()
+            plots.success_sets(s["per_task_sizes"], s["n_features"], s["null"].get("size_95"), figs / "success_sets.png",
+                               "RL-success features per task and their intersection")
+        except TooFewSamplesError as e:
+            report["q3_success_features"] = {"error": str(e)}
+        lap("success features")
+
+    # --- 5. feature cards ---
+    if "cards" in stages:
+        from featalign.analysis.cards import card_examples, write_cards
+
+        chosen: dict[int, str] = {}
+        for m_name in ("rl", "sft"):
+            if m_name not in trio.cfg.models:
+                continue
+            m = trio.cfg.models.index(m_name)
+            idx = [i for i in range(len(att.classes)) if a_alive[i]]
+            for i in sorted(idx, key=lambda i: -float(att.mas_LM[i, m]))[: cfg.n_cards]:
+                chosen.setdefault(i, f"top {m_name} attribution score ({att.classes[i]})")
+        if success is not None:
+            for i in success.features[: cfg.n_cards]:
+                chosen.setdefault(i, "RL-success feature (all tasks)")
+        n_l = len(chosen)
+        cards_dir = out
+        ex = card_examples(trio, {m: dirs_trio[m] for m in trio.cfg.models}, list(chosen), progress=cfg.progress)
+        write_cards(cards_dir, list(chosen), ex, {i: att.latent(i) for i in chosen}, chosen,
+                    "featalign feature cards (trio crosscoder)")
+        report["cards"] = {"index": str(out / "index.html"), "n": n_l}
+        lap("cards")
+
+    report["figures"] = sorted(p.name for p in figs.glob("*.png"))
+    timings["total"] = round(time.time() - t0, 1)
+    report["timings_s"] = timings
+    atomic_write_json(out / "report.json", _jsonable(report))
+    atomic_write_text(out / "report.md", markdown(report))
+    return report
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return o
+
+
+def _ci(d: dict) -> str:
+    return f"{d['count']} [{d['low']:.0f}, {d['high']:.0f}]"
+
+
+def markdown(r: dict) -> str:
+    """The report's Markdown summary (numbers straight from report.json)."""
+    L = ["# featalign analysis report", "",
+         f"Organisms: `{r['organisms']['root']}` (preset {r['organisms']['preset']}, post-trained on "
+         f"'{r['organisms']['post_train_domain']}'). Crosscoders: {r['config']['variant']}, "
+         f"{r['config']['n_latents']} latents, {r['config']['steps']} steps. Intervals: 95% bootstrap "
+         "(resampling latents / samples / features) unless marked.", ""]
+    q1 = r.get("q1_specific_latents", {})
+    L += ["## Q1. Are there more SFT-specific latents than RL-specific ones?", "",
+          f"Trio crosscoder (base, rl, sft), {q1.get('n_alive')} alive latents:", "",
+          "| class | count [95% CI] | after Latent Scaling |", "|---|---|---|"]
+    for c in ("rl-only", "sft-only", "base-only"):
+        after = q1.get("trio_after_latent_scaling", {}).get(c)
+        L.append(f"| {c} | {_ci(q1['trio'][c])} | {_ci(after) if after else '-'} |")
+    d = q1.get("trio_sft_minus_rl", {})
+    if d:
+        L += ["", f"SFT-only minus RL-only: {d['difference']:+.0f} [{d['low']:+.0f}, {d['high']:+.0f}] "
+              f"(share of resamples <= 0: {d['p_le_0']:.3f}); after Latent Scaling: "
+              f"{q1['trio_sft_minus_rl_after_ls']['difference']:+.0f} [{q1['trio_sft_minus_rl_after_ls']['low']:+.0f}, "
+              f"{q1['trio_sft_minus_rl_after_ls']['high']:+.0f}]."]
+    if "pairwise" in q1:
+        L += ["", "Pairwise crosscoders (NRN >= 0.9 tuned-only, <= 0.1 base-only) next to the base-vs-base nulls:", "",
+              "| crosscoder | alive | tuned-only | base-only | shared (0.4-0.6) |", "|---|---|---|---|---|"]
+        for k, v in q1["pairwise"].items():
+            L.append(f"| {k} | {v['n_alive']} | {_ci(v['tuned_only'])} | {_ci(v['base_only'])} | {_ci(v['shared'])} |")
+        dd = q1["pairwise_sft_minus_rl_tuned_only"]
+        L += ["", f"SFT-only minus RL-only (pairwise): {dd['difference']:+.0f} [{dd['low']:+.0f}, {dd['high']:+.0f}]."]
+    if "q2_drift" in r:
+        q2 = r["q2_drift"]
+        c = q2["sft_vs_rl"]
+        L += ["", "## Q2. Do SFT features stabilise earlier than RL's?", "",
+              "| series | mode | top-k overlap between successive checkpoints | mean | stabilisation checkpoint (median [95% CI]) | new specific per checkpoint |",
+              "|---|---|---|---|---|---|"]
+        for k, v in q2.items():
+            if k == "sft_vs_rl":
+                continue
+            ci = v["stabilisation_median_95"]
+            L.append(f"| {k} | {v['mode']} | {', '.join(f'{o:.2f}' for o in v['overlap'])} | {v['mean_overlap']:.2f} | "
+                     f"{v['stabilisation_median']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] | {v['new_features']} |")
+        L += ["", f"Median stabilisation SFT - RL: {c['median_diff']:+.1f} checkpoints [{c['median_diff_95'][0]:+.1f}, "
+              f"{c['median_diff_95'][1]:+.1f}]; one-sided Mann-Whitney p (SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}."]
+    if "q3_success_features" in r:
+        q3 = r["q3_success_features"]
+        L += ["", "## Q3. Is there a compact RL-success feature set shared across tasks?", ""]
+        if "error" in q3:
+            L.append(f"Not computed: {q3['error']}")
+        else:
+            b, nl = q3.get("bootstrap", {}), q3["null"]
+            L += [f"Tasks: {', '.join(f'{t} ({n} samples)' for t, n in q3['n_samples'].items())}; skipped: "
+                  f"{q3['skipped'] or 'none'}.", "",
+                  f"Per-task sets: {q3['per_task_sizes']}. Intersection: **{q3['n_features']} latents** "
+                  f"(bootstrap 95% {b.get('size_95')}); features {q3['features'][:50]}.",
+                  f"Mean pairwise overlap |A∩B|/min: {q3['mean_pairwise_overlap']:.2f}.",
+                  f"Random-subset null ({nl['n']} repeats): intersection {nl['size_mean']:.1f} "
+                  f"(95% {nl['size_95']}), mean overlap {nl['mean_overlap_mean']:.2f} (95% "
+                  f"[{nl['mean_overlap_95'][0]:.2f}, {nl['mean_overlap_95'][1]:.2f}]); Jaccard of null sets with the real "
+                  f"set {nl['jaccard_with_real_mean']:.2f}."]
+            if q3.get("gradient"):
+                L += ["", "Agreement of Score_k with activation x gradient (per task): " + "; ".join(
+                    f"{t}: Spearman {g['spearman']:.2f}, top-{g['top_k']} Jaccard {g['top_k_jaccard']:.2f}"
+                    for t, g in q3["gradient"].items())]
+    if "cards" in r:
+        L += ["", f"Feature cards: `index.html` ({r['cards']['n']} latents)."]
+    L += ["", "Figures: " + ", ".join(f"`figures/{p}`" for p in r.get("figures", [])),
+          "", f"Timings (s): {r['timings_s']}", ""]
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = resolve_config(argv)
+    report = run(cfg)
+    print(markdown(report))
+    print(f"report written to {cfg.out}/ (report.json, report.md, figures/, index.html)")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from featalign.analysis.cards import card_examples, render_card, write_cards
+
+
+def test_render_card_escapes_and_lists():
+    ex = {"base": {"top": [(1.5, "add 1<2", "+", "3=")], "acts": [1.5, 0.2]}, "rl": {"top": [], "acts": []}}
+    page = render_card(7, ex, {"class": "rl-only", "mas": {"base": 0.1, "rl": 0.9}}, note="why <b>")
+    assert "add 1&lt;2<span class='tok'>+</span>3=" in page and "why &lt;b&gt;" in page
+    assert "never fires" in page and "data:image/png;base64," in page and "rl: 0.9" in page
+
+
+def test_cards_on_tiny_organisms(tiny_organisms, tmp_path):
+    from featalign.analysis.success_features import encode_as_model
+    from featalign.crosscoder.hf import capture, load_hf, task_tokens
+    from tests.analysis.helpers import hand_crosscoder
+
+    trio = tiny_organisms.default_trio()
+    dirs = {k: str(trio[k]) for k in ("base", "rl")}
+    model, tok = load_hf(dirs["rl"])
+    D = model.config.hidden_size
+    cc = hand_crosscoder(torch.randn(6, 2, D, generator=torch.Generator().manual_seed(0)), models=("base", "rl"),
+                         hook="blocks.0.hook_resid_post")
+    ex = card_examples(cc, dirs, [2, 4], n_seqs=32, top_n=3, progress=False)
+    # independent reference: the largest activation of latent 4 in the rl model over the same text
+    ids, mask = task_tokens(tok, 32, "eval", 0)
+    acts = capture([model], cc.cfg.hooks, ids)[:, :, 0]
+    f = encode_as_model(cc, acts.reshape(-1, *acts.shape[2:]), 1)[:, 4].view(ids.shape) * mask
+    assert ex[4]["rl"]["top"][0][0] == pytest.approx(f.max().item(), rel=1e-5)
+    assert len(ex[4]["rl"]["acts"]) == int((f > 0).sum())
+    index = write_cards(tmp_path, [2, 4], ex, {2: {"class": "shared"}, 4: {"class": "rl-only"}}, {4: "test"})
+    assert "cards/4.html" in index.read_text() and (tmp_path / "cards" / "2.html").exists()
+    with pytest.raises(ValueError, match="must name the crosscoder's models"):
+        card_examples(cc, {"rl": dirs["rl"], "base": dirs["base"]}, [1])
+
+
+def test_analyze_cli_end_to_end(tiny_organisms, tmp_path, capsys):
+    from featalign.analyze import main
+
+    args = ["--organisms-dir", str(tiny_organisms.root), "--organisms-preset", "tiny", "--out", str(tmp_path / "rep"),
+            "--n-tokens", "4000", "--eval-tokens", "1000", "--n-latents", "64", "--k", "4", "--steps", "30",
+            "--batch-size", "256", "--top-k", "5", "--min-samples", "1", "--n-null", "3", "--n-cards", "2",
+            "--progress", "false", "--gradient", "true"]
+    rep = main(args)
+    out = tmp_path / "rep"
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["q1_specific_latents"]["pairwise"]["control-same"]["tuned_only"]["count"] == 0
+    assert set(saved["q2_drift"]) == {"sft", "rl", "sft_vs_rl"} and len(saved["q2_drift"]["rl"]["overlap"]) == 4
+    assert "q3_success_features" in saved  # a result or the message stating the counts
+    q3 = saved["q3_success_features"]
+    assert ("error" in q3 and "base-fail/RL-success" in q3["error"]) or q3["n_features"] >= 0
+    md = (out / "report.md").read_text()
+    assert "## Q1." in md and "## Q2." in md and "## Q3." in md
+    assert (out / "index.html").exists() and (out / "figures" / "drift.png").exists()
+    assert {"ternary.png", "nrn_hist.png", "mas_hist.png"} <= set(saved["figures"])
+    # a rerun reuses the cached activations and crosscoders
+    rep2 = main(args)
+    assert rep2["q1_specific_latents"]["trio"] == rep["q1_specific_latents"]["trio"]
+    assert rep2["timings_s"]["activations"] < 5
+
+
+def test_analyze_refuses_mismatched_crosscoder(tiny_organisms, tmp_path):
+    from featalign.analyze import main
+    from tests.analysis.helpers import hand_crosscoder
+
+    cc = hand_crosscoder(torch.randn(4, 2, 8), models=("base", "rl"), hook="blocks.0.hook_resid_post")
+    cc.save(tmp_path / "cc")
+    with pytest.raises(ValueError, match="do not match the crosscoder"):
+        main(["--organisms-dir", str(tiny_organisms.root), "--out", str(tmp_path / "rep"), "--crosscoder",
+              str(tmp_path / "cc"), "--stages", "attribution", "--n-tokens", "500", "--eval-tokens", "300",
+              "--progress", "false"])
+    with pytest.raises(SystemExit, match="unknown stage"):
+        main(["--stages", "attribution,nope"])
