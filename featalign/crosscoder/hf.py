@@ -95,6 +95,17 @@ def task_tokens(tokenizer, n_seqs: int, split: str = "eval", seed: int = 0) -> t
     return ids, mask
 
 
+def task_tokens_with_targets(tokenizer, n_seqs: int, split: str = "eval", seed: int = 0):
+    """As `task_tokens`, plus the answer-target mask of `encode_supervised`."""
+    from featalign.organisms.tasks import DOMAINS, sample_mixture
+    from featalign.organisms.train import encode_supervised
+
+    ids, target = encode_supervised(sample_mixture(list(DOMAINS), n_seqs, split, seed), tokenizer)
+    mask = ids != tokenizer.pad_token_id
+    mask[:, 0] = False
+    return ids, mask, target
+
+
 @torch.no_grad()
 def capture(models: list[nn.Module], hooks: tuple[str, ...], ids_ST: Tensor, batch: int = 256) -> Tensor:
     """Activations of every model at every hook on the same tokens -> [S, T, M, H, D]."""
@@ -144,15 +155,20 @@ def collect_activations(
     return torch.cat(xs)[:n_tokens].contiguous()
 
 
-def _next_token_loss(model: nn.Module, ids_ST: Tensor, pad_id: int) -> Tensor:
+def _answer_loss(model: nn.Module, ids_ST: Tensor, target_mask_ST: Tensor) -> Tensor:
+    """Mean next-token loss on answer (+ <eos>) targets: the loss the organisms are trained on.
+
+    Prompt tokens (random operands) are unpredictable by construction, so they are left out.
+    """
     logits = model(input_ids=ids_ST).logits[:, :-1].float()
-    tgt = ids_ST[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=pad_id)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids_ST[:, 1:].reshape(-1), reduction="none")
+    m = target_mask_ST[:, 1:].reshape(-1).float()
+    return (nll * m).sum() / m.sum().clamp_min(1)
 
 
 @torch.no_grad()
 def splice_in_loss(crosscoder, model_dirs: dict[str, str | Path], n_seqs: int = 256, seed: int = 0) -> dict[str, dict]:
-    """Next-token loss of each model with its hook activations replaced by the crosscoder's reconstruction.
+    """Answer-token loss of each model with its hook activations replaced by the crosscoder's reconstruction.
 
     Returns per model: clean, spliced, zero-ablated loss, and `loss_recovered` =
     (zero - spliced) / (zero - clean) (1 = perfect reconstruction, 0 = as bad as zeroing).
@@ -164,7 +180,7 @@ def splice_in_loss(crosscoder, model_dirs: dict[str, str | Path], n_seqs: int = 
         raise ValueError(f"model_dirs names {tuple(model_dirs)} must match the crosscoder's models {cfg.models}")
     loaded = [load_hf(d) for d in model_dirs.values()]
     tok = loaded[0][1]
-    ids, mask = task_tokens(tok, n_seqs, "eval", seed)
+    ids, mask, target = task_tokens_with_targets(tok, n_seqs, "eval", seed)
     acts = capture([m for m, _ in loaded], cfg.hooks, ids)  # [S, T, M, H, D]
     x_hat = crosscoder(acts[mask])  # [N, M, H, D]
     out = {}
@@ -179,7 +195,7 @@ def splice_in_loss(crosscoder, model_dirs: dict[str, str | Path], n_seqs: int = 
                     return resid
                 return fn
             with contextlib_stack([residual_hook(model, h, make(hi)) for hi, h in enumerate(cfg.hooks)]):
-                return _next_token_loss(model, ids, tok.pad_token_id).item()
+                return _answer_loss(model, ids, target).item()
         clean = run(None)
         spliced = run(x_hat[:, mi])
         zero = run(torch.zeros_like(x_hat[:, mi]))
