@@ -107,10 +107,12 @@ def cmh_odds_ratio(strata: list[tuple[np.ndarray, np.ndarray]]) -> CMHResult:
 
     if not strata:
         raise ValueError("CMH needs at least one (base, tuned) stratum")
-    tables = [two_by_two(b, t) + 0.0 for b, t in strata]
+    tables = [two_by_two(b, t) for b, t in strata]
     st = StratifiedTable(tables)
-    lo, hi = st.oddsratio_pooled_confint()
-    test = st.test_null_odds(correction=False)
+    # Degenerate strata (a model at 0% or 100%) make the OR undefined: report NaN, not a warning flood.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi = st.oddsratio_pooled_confint()
+        test = st.test_null_odds(correction=False)
     delta = float(np.mean([t.mean() - b.mean() for b, t in strata]) * 100)
     return CMHResult(len(tables), float(st.oddsratio_pooled), float(lo), float(hi), float(test.pvalue), delta)
 

@@ -97,3 +97,13 @@ def test_figures_are_written(tmp_path):
     p2 = plot_transfer_heatmap(np.array([[10.0, -5.0]]), ["a"], ["a", "b"], tmp_path / "heat.png")
     for p in (p1, p2):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_bridge_and_hf_model_score_identically(tiny_organisms):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    d = tiny_organisms.model_dir("rl")
+    hf, tok = load_organism(d)
+    bridge = TransformerBridge.boot_transformers(str(d), device="cpu")
+    probs = eval_problems("sub", 30) + eval_problems("compare", 30)
+    assert (score_problems(bridge, tok, probs) == score_problems(hf, tok, probs)).all()

@@ -20,6 +20,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,7 @@ def _pretrain(org: Organisms, tokenizer) -> None:
     domains = list(cfg.pretrain_domains)
 
     def loss_fn(step: int):
-        probs = sample_mixture(domains, cfg.pretrain_batch, "train", _seed(cfg.seed, "pretrain", step))
-        ids, mask = encode_supervised(probs, tokenizer)
+        ids, mask = encode_supervised(pretrain_batch(cfg, step), tokenizer)
         return answer_loss(model, ids, mask), {}
 
     every = max(1, cfg.pretrain_steps // 6)
@@ -134,6 +134,25 @@ def _pretrain(org: Organisms, tokenizer) -> None:
         desc="pretrain base",
     )
     save_organism(model, org.base_dir, {"role": "base", "config": cfg.to_dict()}, tokenizer)
+
+
+BUCKET_POOL = 8  # batches drawn together and split by length, so little compute goes to padding
+
+
+@lru_cache(maxsize=2)
+def _pretrain_pool(cfg_json: str, pool: int) -> list[list[Problem]]:
+    cfg = OrganismConfig.from_json(cfg_json)
+    probs = sample_mixture(list(cfg.pretrain_domains), cfg.pretrain_batch * BUCKET_POOL, "train",
+                           _seed(cfg.seed, "pretrain", pool))
+    probs.sort(key=lambda p: len(p.prompt) + len(p.answer))
+    batches = [probs[i * cfg.pretrain_batch:(i + 1) * cfg.pretrain_batch] for i in range(BUCKET_POOL)]
+    random.Random(_seed(cfg.seed, "pretrain-order", pool)).shuffle(batches)
+    return batches
+
+
+def pretrain_batch(cfg: OrganismConfig, step: int) -> list[Problem]:
+    """The mixture batch of `step`: a pure function of (config, step), length-bucketed."""
+    return _pretrain_pool(cfg.to_json(), step // BUCKET_POOL)[step % BUCKET_POOL]
 
 
 def post_train_prompts(cfg: OrganismConfig, domain: str) -> list[Problem]:

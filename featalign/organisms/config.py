@@ -26,17 +26,17 @@ class OrganismConfig(JsonConfig):
     max_len: int = 64
     # pretraining on a mixture of every domain, to partial competence
     pretrain_domains: tuple[str, ...] = tuple(DOMAINS)
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 1800
     pretrain_batch: int = 128
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 50
     # post-training: SFT and RL from the same base on the identical prompt set of one domain
     post_train_domains: tuple[str, ...] = ("add",)
-    post_train_prompts: int = 2048
-    sft_lr: float = 3e-4
+    post_train_prompts: int = 8192
+    sft_lr: float = 1e-3
     sft_batch: int = 32
     sft_epochs: int = 1
-    rl_lr: float = 1e-4
+    rl_lr: float = 1.5e-4
     rl_prompts_per_step: int = 16
     rl_group_size: int = 8
     rl_epochs: int = 1
@@ -65,7 +65,7 @@ class OrganismConfig(JsonConfig):
 PRESETS: dict[str, dict] = {
     "default": {},
     "tiny": dict(
-        preset="tiny", d_model=32, n_layers=2, n_heads=2, d_mlp=96, pretrain_steps=150,
+        preset="tiny", d_model=32, n_layers=2, n_heads=2, d_mlp=96, pretrain_steps=400,
         pretrain_batch=64, pretrain_lr=5e-3, pretrain_warmup=10, post_train_prompts=160,
         sft_batch=16, rl_prompts_per_step=8, rl_group_size=4, eval_samples=64, eval_batch=256,
     ),

@@ -2,7 +2,7 @@
 
 One on-policy update per rollout batch (so the PPO ratio is 1 and clipping is inactive), reward
 = the domain's exact verifier, advantages normalised within each prompt's group of G samples,
-token-level loss averaged over all completion tokens (TRL's "dapo" normalisation), and an
+token-level loss averaged over the completion tokens of informative groups (DAPO), and an
 optional k3 KL estimate to the frozen base (`beta`, default 0 as in TRL).
 """
 
@@ -69,8 +69,14 @@ def grpo_loss(
         kl_tok = torch.exp(d) - d - 1
         per_tok = per_tok + beta * kl_tok
         kl = (kl_tok * mask).sum() / mask.sum()
-    loss = (per_tok * mask).sum() / mask.sum().clamp(min=1)
-    info = {"reward": float(rewards.mean()), "kl": float(kl), "len": float(mask.sum(1).mean())}
+    # Normalise over the tokens of informative groups only (those with unequal rewards): DAPO's
+    # dynamic sampling drops all-equal groups; dropping them from the mean keeps the step size
+    # independent of how many groups happen to be informative.
+    informative = (adv != 0).float()[:, None] * mask
+    denom = informative.sum() if beta == 0 else mask.sum()
+    loss = (per_tok * mask).sum() / denom.clamp(min=1)
+    info = {"reward": float(rewards.mean()), "kl": float(kl), "len": float(mask.sum(1).mean()),
+            "informative": float((adv != 0).float().mean())}
     return loss, info
 
 
