@@ -57,6 +57,8 @@ HELP = {
     "checkpoint_every": "write a resumable checkpoint every N steps",
     "log_every": "log metrics every N steps",
     "norm_batches": "batches used to estimate normalisation scalars when the source has none",
+    "resample_every": "resample dead latents toward badly reconstructed tokens every N steps (0 = never)",
+    "resample_until": "only resample during this first fraction of the steps",
 }
 # `seed` exists in both configs; the trainer's is exposed as --train-seed.
 TRAINER_RENAMES = {"seed": "train_seed"}

@@ -88,6 +88,8 @@ class TrainerConfig(JsonConfig):
     checkpoint_every: int = 500
     log_every: int = 50
     norm_batches: int = 8  # batches used to estimate normalisation scalars when the source has none
+    resample_every: int = 0  # resample dead latents every N steps (0: never) ...
+    resample_until: float = 0.6  # ... during the first resample_until fraction of the steps
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)

@@ -326,6 +326,38 @@ class Crosscoder(nn.Module):
         self.tokens_since_fired.add_(n_tokens)
         self.tokens_since_fired[fired_L] = 0
 
+    @torch.no_grad()
+    def resample_dead(self, x_BK: Tensor, x_hat_BK: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Point dead latents at badly reconstructed tokens (Anthropic, "Towards Monosemanticity").
+
+        Each dead latent gets the normalised error of a token drawn with probability ∝ its squared
+        error as decoder direction (norm: the mean alive decoder norm per (model, hook) block) and
+        as encoder direction (scaled to 0.2x the mean alive encoder norm for l1/jumprelu, 1x for
+        batchtopk, where a resampled latent must win the top-k competition to learn); bias zeroed.
+        Returns the resampled latent indices (the caller resets their optimizer state).
+        """
+        c = self.cfg
+        dead = self.dead_mask().nonzero().squeeze(-1)
+        alive = ~self.dead_mask()
+        if dead.numel() == 0 or not alive.any():
+            return dead
+        err_BK = (x_BK - x_hat_BK).float()
+        w_B = err_BK.pow(2).sum(-1)
+        choice = torch.multinomial(w_B.clamp_min(1e-12), dead.numel(), replacement=dead.numel() > w_B.numel(),
+                                   generator=generator)
+        e_DK = err_BK[choice]
+        e_DND = e_DK.view(-1, c.n_models * c.n_hooks, c.d_model)
+        dec_norm_N = self.W_dec.view(c.n_latents, -1, c.d_model)[alive].norm(dim=-1).mean(0)
+        e_dir = e_DND / e_DND.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        self.W_dec[dead] = (e_dir * dec_norm_N[None, :, None]).reshape(dead.numel(), -1)
+        enc_norm = self.W_enc[:, alive].norm(dim=0).mean()
+        e_unit = e_DK / e_DK.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        scale = 1.0 if c.variant == "batchtopk" else 0.2
+        self.W_enc[:, dead] = (scale * enc_norm * e_unit).t()
+        self.b_enc[dead] = 0.0
+        self.tokens_since_fired[dead] = 0
+        return dead
+
     # --- save / load --------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:

@@ -284,6 +284,9 @@ class Trainer:
             self.model.update_firing(fired, n_tok)
             self.model.update_threshold(min_sel)
             self.step += 1
+            if (self.tcfg.resample_every and self.step % self.tcfg.resample_every == 0
+                    and self.step <= self.tcfg.resample_until * self.tcfg.steps):
+                self._resample(x_BK, out.x_hat_BK.detach())
             if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps:
                 row = self._metrics_row(out, x_BK, coef)
                 if loggers is not None:
@@ -300,6 +303,24 @@ class Trainer:
         if self.dist.is_main:
             self.model.save(self.out_dir)
         return self.model
+
+    @torch.no_grad()
+    def _resample(self, x_BK: torch.Tensor, x_hat_BK: torch.Tensor) -> None:
+        """Resample dead latents from this batch's errors; reset their Adam moments. Same on every rank:
+        the draw uses a generator seeded by (seed, step), the batch is rank 0's (broadcast)."""
+        if self.dist.enabled:
+            for t in (x_BK, x_hat_BK):
+                torch.distributed.broadcast(t, 0)
+        g = torch.Generator().manual_seed(self.tcfg.seed * 1_000_003 + self.step)
+        dead = self.model.resample_dead(x_BK.float(), x_hat_BK.float(), generator=g)
+        if dead.numel() == 0:
+            return
+        m = self.model
+        for p, index in ((m.W_enc, (slice(None), dead)), (m.W_dec, (dead,)), (m.b_enc, (dead,))):
+            for key in ("exp_avg", "exp_avg_sq"):
+                st = self.opt.state.get(p, {})
+                if key in st:
+                    st[key][index] = 0.0
 
     @torch.no_grad()
     def _metrics_row(self, out: TrainOutput, x_BK: torch.Tensor, coef: float) -> dict:

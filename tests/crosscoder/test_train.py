@@ -33,7 +33,7 @@ class _Kill(Exception):
 @pytest.mark.parametrize("variant", ["batchtopk", "l1", "jumprelu"])
 def test_killed_then_resumed_run_is_bitwise_equal(tmp_path, variant):
     x = _data()
-    cc, tc = _cfgs(variant)
+    cc, tc = _cfgs(variant, resample_every=6)  # resampling draws random numbers: must resume too
     ref = Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "ref", progress=False).train()
 
     def kill(step):
@@ -129,3 +129,26 @@ def test_norm_scale_estimated_to_mean_norm_sqrt_d(tmp_path):
     xs = torch.cat([next(src) for _ in range(8)])
     expected = 16**0.5 / xs.norm(dim=-1).mean(0)
     torch.testing.assert_close(m.norm_scale, expected)
+
+
+def test_resample_dead_points_them_at_errors_and_resets_adam(tmp_path):
+    cc, tc = _cfgs("l1", steps=12, resample_every=10, resample_until=1.0, lr=1e-3)
+    tr = Trainer(cc, tc, TensorSource(_data(), 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False)
+    with torch.no_grad():
+        tr.model.b_enc[:5] = -1e4  # never fire -> dead after 500 tokens (8 steps)
+    seen = {}
+
+    def spy(step):
+        if step == 10:
+            m = tr.model
+            seen["b"] = m.b_enc[:5].clone()
+            seen["since"] = m.tokens_since_fired[:5].clone()
+            seen["m"] = tr.opt.state[m.W_dec]["exp_avg"][:5].clone()
+            seen["dec"] = m.W_dec_LMHD[:5].norm(dim=-1).clone()
+            seen["alive"] = m.W_dec_LMHD[5:].norm(dim=-1).mean(0)
+
+    tr.on_step = spy
+    tr.train()
+    assert torch.equal(seen["b"], torch.zeros(5)) and torch.equal(seen["since"], torch.zeros(5, dtype=torch.long))
+    assert torch.equal(seen["m"], torch.zeros_like(seen["m"]))
+    torch.testing.assert_close(seen["dec"], seen["alive"].expand(5, -1, -1), rtol=0.05, atol=0)
