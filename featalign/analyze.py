@@ -36,17 +36,18 @@ class AnalyzeConfig(JsonConfig):
     organisms_dir: str | None = None
     crosscoder: str | None = None  # an existing base/rl/sft crosscoder dir to analyse instead of training one
     hook: str | None = None  # default: the middle residual layer blocks.<n_layers/2-1>.hook_resid_post
-    n_tokens: int = 60_000  # training activations (train split of the task suite), per model
+    n_tokens: int = 40_000  # training activations (train split of the task suite), per model
     eval_tokens: int = 10_000  # held-out activations (eval split) for attribution / Latent Scaling
     variant: str = "batchtopk"
     n_latents: int = 1024
     k: int = 16
-    steps: int = 800
+    steps: int = 600
     batch_size: int = 1024
     lr: float = 1e-3
     sparsity_coef: float = 2.0  # l1 / jumprelu only
     drift_mode: str = "joint"  # joint | pairwise | both
     top_k: int = 50
+    lean: float = 0.6  # graded pairwise counts: NRN >= lean (tuned-leaning) / <= 1 - lean
     positions: str = "last"  # RL-success score positions: last prompt token | all prompt tokens
     success_frac: float = 0.2
     min_samples: int = 8
@@ -74,6 +75,7 @@ HELP = {
     "lr": "crosscoder learning rate", "sparsity_coef": "l1/jumprelu sparsity coefficient",
     "drift_mode": "checkpoint alignment: joint (one crosscoder over base + all checkpoints) | pairwise | both",
     "top_k": "top-k model-specific features compared between successive checkpoints",
+    "lean": "graded pairwise count threshold: NRN >= lean is tuned-leaning (strict classes use 0.9)",
     "positions": "RL-success score positions: last (last prompt token) | all (mean over prompt tokens)",
     "success_frac": "keep latents above this fraction of the per-task maximum score",
     "min_samples": "fewest base-fail/RL-success samples for a task to be scored",
@@ -277,23 +279,28 @@ def run(cfg: AnalyzeConfig) -> dict:
             cc = train_or_load(ccdir / name, (o, t), col(o, t), hook, cfg)
             a = attribute(cc, ecol(o, t))
             nrns[name] = a.nrn[f"{o}|{t}"]
-            pair_masks[name] = specific_masks(nrns[name], a.enc["firing_rate"] > 0)
+            pair_masks[name] = specific_masks(nrns[name], a.enc["firing_rate"] > 0, lean=cfg.lean)
         base_train, base_eval = col("base"), ecol("base")
         for kind in ("same", "disjoint"):
             name = f"control-{kind}"
             cc = train_or_load(ccdir / name, ("base", "base2"), control_activations(base_train, kind, cfg.seed), hook, cfg)
             a = attribute(cc, control_activations(base_eval, kind, cfg.seed + 1))
             nrns[name] = a.nrn["base|base2"]
-            pair_masks[name] = specific_masks(nrns[name], a.enc["firing_rate"] > 0)
+            pair_masks[name] = specific_masks(nrns[name], a.enc["firing_rate"] > 0, lean=cfg.lean)
         for name, m in pair_masks.items():
             al = _t(m["alive"])
             counts[name] = {"n_alive": int(al.sum()), "tuned_only": count_interval(_t(m["t_only"])[al]).as_dict(),
                             "base_only": count_interval(_t(m["o_only"])[al]).as_dict(),
-                            "shared": count_interval(_t(m["shared"])[al]).as_dict()}
+                            "shared": count_interval(_t(m["shared"])[al]).as_dict(),
+                            "tuned_lean": count_interval(_t(m["t_lean"])[al]).as_dict(),
+                            "base_lean": count_interval(_t(m["o_lean"])[al]).as_dict(),
+                            "nrn_sd": float(_t(nrns[name])[al].std())}
         al_s, al_r = _t(pair_masks["base-vs-sft"]["alive"]), _t(pair_masks["base-vs-rl"]["alive"])
         q1["pairwise"] = counts
         q1["pairwise_sft_minus_rl_tuned_only"] = independent_difference_interval(
             _t(pair_masks["base-vs-sft"]["t_only"])[al_s], _t(pair_masks["base-vs-rl"]["t_only"])[al_r])
+        q1["pairwise_sft_minus_rl_tuned_lean"] = independent_difference_interval(
+            _t(pair_masks["base-vs-sft"]["t_lean"])[al_s], _t(pair_masks["base-vs-rl"]["t_lean"])[al_r])
         plots.nrn_histograms({k: _t(v[pair_masks[k]["alive"]]) for k, v in nrns.items()}, figs / "nrn_hist.png",
                              "NRN of alive latents: base-vs-tuned next to base-vs-base controls")
         rows = [(f"{k}: tuned-only", v["tuned_only"]["count"], v["tuned_only"]["low"], v["tuned_only"]["high"])
@@ -423,11 +430,14 @@ def markdown(r: dict) -> str:
               f"{q1['trio_sft_minus_rl_after_ls']['high']:+.0f}]."]
     if "pairwise" in q1:
         L += ["", "Pairwise crosscoders (NRN >= 0.9 tuned-only, <= 0.1 base-only) next to the base-vs-base nulls:", "",
-              "| crosscoder | alive | tuned-only | base-only | shared (0.4-0.6) |", "|---|---|---|---|---|"]
+              f"| crosscoder | alive | tuned-only | base-only | shared (0.4-0.6) | tuned-leaning (>= {r['config']['lean']}) "
+              f"| base-leaning | sd(NRN) |", "|---|---|---|---|---|---|---|---|"]
         for k, v in q1["pairwise"].items():
-            L.append(f"| {k} | {v['n_alive']} | {_ci(v['tuned_only'])} | {_ci(v['base_only'])} | {_ci(v['shared'])} |")
-        dd = q1["pairwise_sft_minus_rl_tuned_only"]
-        L += ["", f"SFT-only minus RL-only (pairwise): {dd['difference']:+.0f} [{dd['low']:+.0f}, {dd['high']:+.0f}]."]
+            L.append(f"| {k} | {v['n_alive']} | {_ci(v['tuned_only'])} | {_ci(v['base_only'])} | {_ci(v['shared'])} | "
+                     f"{_ci(v['tuned_lean'])} | {_ci(v['base_lean'])} | {v['nrn_sd']:.3f} |")
+        dd, dl = q1["pairwise_sft_minus_rl_tuned_only"], q1["pairwise_sft_minus_rl_tuned_lean"]
+        L += ["", f"SFT minus RL (pairwise), tuned-only: {dd['difference']:+.0f} [{dd['low']:+.0f}, {dd['high']:+.0f}]; "
+              f"tuned-leaning: {dl['difference']:+.0f} [{dl['low']:+.0f}, {dl['high']:+.0f}]."]
     if "q2_drift" in r:
         q2 = r["q2_drift"]
         c = q2["sft_vs_rl"]
@@ -452,7 +462,9 @@ def markdown(r: dict) -> str:
             L += [f"Tasks: {', '.join(f'{t} ({n} samples)' for t, n in q3['n_samples'].items())}; skipped: "
                   f"{q3['skipped'] or 'none'}.", "",
                   f"Per-task sets: {q3['per_task_sizes']}. Intersection: **{q3['n_features']} latents** "
-                  f"(bootstrap 95% {b.get('size_95')}); features {q3['features'][:50]}.",
+                  f"(bootstrap 95% {b.get('size_95')}); features {q3['features'][:50]}. Selected in at least half "
+                  f"of the tasks: {q3['n_majority']} latents (null {nl['majority_size_mean']:.1f}, 95% "
+                  f"{nl['majority_size_95']}).",
                   f"Mean pairwise overlap |A∩B|/min: {q3['mean_pairwise_overlap']:.2f}.",
                   f"Random-subset null ({nl['n']} repeats): intersection {nl['size_mean']:.1f} "
                   f"(95% {nl['size_95']}), mean overlap {nl['mean_overlap_mean']:.2f} (95% "

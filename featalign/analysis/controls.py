@@ -102,9 +102,12 @@ def independent_difference_interval(mask_a, mask_b, n_resamples: int = 2000, con
             "p_le_0": float((boots <= 0).mean()), "n_a": len(a), "n_b": len(b)}
 
 
-def specific_masks(nrn_L: Tensor, alive_L: Tensor | None = None, threshold: float = 0.9) -> dict[str, Tensor]:
+def specific_masks(nrn_L: Tensor, alive_L: Tensor | None = None, threshold: float = 0.9,
+                   lean: float = 0.6) -> dict[str, Tensor]:
     """Pairwise classes by NRN = n_t/(n_o+n_t): 't_only' NRN >= threshold, 'o_only' <= 1 - threshold,
-    'shared' in [0.4, 0.6]; dead latents (alive_L False) are in none."""
+    'shared' in [0.4, 0.6]; the graded 't_lean' / 'o_lean' use `lean` (NRN >= lean / <= 1 - lean);
+    dead latents (alive_L False) are in none."""
     alive = torch.ones_like(nrn_L, dtype=torch.bool) if alive_L is None else alive_L.bool()
     return {"t_only": (nrn_L >= threshold) & alive, "o_only": (nrn_L <= 1 - threshold) & alive,
-            "shared": (nrn_L >= 0.4) & (nrn_L <= 0.6) & alive, "alive": alive}
+            "shared": (nrn_L >= 0.4) & (nrn_L <= 0.6) & alive,
+            "t_lean": (nrn_L >= lean) & alive, "o_lean": (nrn_L <= 1 - lean) & alive, "alive": alive}

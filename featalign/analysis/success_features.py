@@ -99,6 +99,7 @@ class SuccessResult:
     scores: dict[str, Tensor]  # task -> Score_L
     per_task: dict[str, list[int]]
     features: list[int]  # the intersection across tasks
+    majority: list[int]  # selected in at least half of the tasks
     overlap: dict[str, dict[str, float]]
     null: dict = field(default_factory=dict)
     bootstrap: dict = field(default_factory=dict)
@@ -109,6 +110,7 @@ class SuccessResult:
         return {"tasks": self.tasks, "n_samples": self.n_samples, "skipped": self.skipped,
                 "per_task_sizes": {t: len(v) for t, v in self.per_task.items()},
                 "features": self.features, "n_features": len(self.features),
+                "majority_features": self.majority, "n_majority": len(self.majority),
                 "mean_pairwise_overlap": float(np.mean(ov)) if ov else None,
                 "pairwise_overlap": self.overlap, "null": self.null, "bootstrap": self.bootstrap,
                 "gradient": self.gradient}
@@ -144,16 +146,26 @@ def rl_success_features(
     per_task = {t: select_features(scores[t], cfg.frac) for t in tasks}
     inter = _intersect([per_task[t] for t in tasks])
     res = SuccessResult(tasks, counts, skipped, scores, {t: sorted(v) for t, v in per_task.items()}, sorted(inter),
-                        pairwise_overlap(per_task))
+                        sorted(_majority(list(per_task.values()))), pairwise_overlap(per_task))
     rng = np.random.default_rng(cfg.seed)
     res.null = _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng)
     res.bootstrap = _bootstrap(f_rl, f_base, sel, tasks, inter, cfg, rng)
     return res
 
 
+def _majority(sets: list[set[int]]) -> set[int]:
+    """Latents selected in at least half of the sets."""
+    need = (len(sets) + 1) // 2
+    counts: dict[int, int] = {}
+    for s in sets:
+        for k in s:
+            counts[k] = counts.get(k, 0) + 1
+    return {k for k, c in counts.items() if c >= need}
+
+
 def _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng) -> dict:
     """Same selection on random subsets of each task's samples (same sizes, any correctness)."""
-    sizes, overlaps, jac = [], [], []
+    sizes, overlaps, jac, maj = [], [], [], []
     for _ in range(cfg.n_null):
         sets = {}
         for t in tasks:
@@ -161,10 +173,12 @@ def _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng) -> dict:
             sets[t] = select_features(feature_scores(f_rl[t][idx], f_base[t][idx]), cfg.frac)
         i = _intersect(list(sets.values()))
         sizes.append(len(i))
+        maj.append(len(_majority(list(sets.values()))))
         overlaps.append(np.mean([v["overlap"] for v in pairwise_overlap(sets).values()]))
         jac.append(len(i & inter) / max(1, len(i | inter)))
     q = lambda a: [float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))]  # noqa: E731
     return {"n": cfg.n_null, "size_mean": float(np.mean(sizes)), "size_95": q(sizes),
+            "majority_size_mean": float(np.mean(maj)), "majority_size_95": q(maj),
             "mean_overlap_mean": float(np.mean(overlaps)), "mean_overlap_95": q(overlaps),
             "jaccard_with_real_mean": float(np.mean(jac))}
 

@@ -44,6 +44,7 @@ def test_specific_masks():
     assert m["t_only"].tolist() == [True, False, False, False, False]
     assert m["o_only"].tolist() == [False, True, False, False, False]
     assert m["shared"].tolist() == [False, False, True, False, False]
+    assert m["t_lean"].tolist() == [True, False, False, True, False]
 
 
 def _train(x, out, steps=300):

@@ -46,7 +46,7 @@ def test_selection_pieces_hand_computed():
 
 def test_planted_success_features_recovered():
     res = rl_success_features(*_planted(), SuccessConfig(n_null=30, n_boot=30))
-    assert res.features == SUCCESS
+    assert res.features == SUCCESS and res.majority == SUCCESS
     for t in range(3):
         assert set(res.per_task[f"task{t}"]) == set(SUCCESS) | {20 + t}
     assert all(v["overlap"] == pytest.approx(0.75) for v in res.overlap.values())
