@@ -337,6 +337,7 @@ def run(cfg: AnalyzeConfig) -> dict:
                     decs, dcfg, alive_l, kind, steps)
         report["q2_drift"] = {k: v.summary() for k, v in res.items()}
         report["q2_drift"]["sft_vs_rl"] = compare_stabilisation(res["sft"], res["rl"])
+        report["q2_drift"]["sft_vs_rl_topk_entry"] = compare_stabilisation(res["sft"], res["rl"], what="topk_entry")
         plots.drift_side_by_side(res, figs / "drift.png")
         drift_res = res
         lap("drift")
@@ -440,18 +441,21 @@ def markdown(r: dict) -> str:
               f"tuned-leaning: {dl['difference']:+.0f} [{dl['low']:+.0f}, {dl['high']:+.0f}]."]
     if "q2_drift" in r:
         q2 = r["q2_drift"]
-        c = q2["sft_vs_rl"]
         L += ["", "## Q2. Do SFT features stabilise earlier than RL's?", "",
-              "| series | mode | top-k overlap between successive checkpoints | mean | stabilisation checkpoint (median [95% CI]) | new specific per checkpoint |",
-              "|---|---|---|---|---|---|"]
+              "| series | mode | top-k overlap between successive checkpoints | mean | stabilisation checkpoint "
+              "(median [95% CI]) | top-k entry checkpoint (median [95% CI]) | new specific per checkpoint |",
+              "|---|---|---|---|---|---|---|"]
         for k, v in q2.items():
-            if k == "sft_vs_rl":
+            if k.startswith("sft_vs_rl"):
                 continue
-            ci = v["stabilisation_median_95"]
+            ci, ce = v["stabilisation_median_95"], v["topk_entry_median_95"]
             L.append(f"| {k} | {v['mode']} | {', '.join(f'{o:.2f}' for o in v['overlap'])} | {v['mean_overlap']:.2f} | "
-                     f"{v['stabilisation_median']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] | {v['new_features']} |")
-        L += ["", f"Median stabilisation SFT - RL: {c['median_diff']:+.1f} checkpoints [{c['median_diff_95'][0]:+.1f}, "
-              f"{c['median_diff_95'][1]:+.1f}]; one-sided Mann-Whitney p (SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}."]
+                     f"{v['stabilisation_median']:.1f} [{ci[0]:.1f}, {ci[1]:.1f}] | {v['topk_entry_median']:.1f} "
+                     f"[{ce[0]:.1f}, {ce[1]:.1f}] | {v['new_features']} |")
+        for key, label in (("sft_vs_rl", "stabilisation"), ("sft_vs_rl_topk_entry", "top-k entry")):
+            c = q2[key]
+            L += ["", f"Median {label} SFT - RL: {c['median_diff']:+.1f} checkpoints [{c['median_diff_95'][0]:+.1f}, "
+                  f"{c['median_diff_95'][1]:+.1f}]; one-sided Mann-Whitney p (SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}."]
     if "q3_success_features" in r:
         q3 = r["q3_success_features"]
         L += ["", "## Q3. Is there a compact RL-success feature set shared across tasks?", ""]

@@ -176,6 +176,7 @@ class DriftResult:
                 "stabilisation_median_95": median_interval(st),
                 "stabilisation_hist": {int(k): int((st == k).sum()) for k in self.indices},
                 "topk_entry_median": float(np.median(self.topk_entry)) if self.topk_entry else None,
+                "topk_entry_median_95": median_interval(self.topk_entry),
                 "n_specific": self.n_specific, "new_features": self.new_features, "steps": self.steps}
 
 
@@ -272,16 +273,21 @@ def drift_pairwise(decs: list[Tensor], cfg: DriftConfig = DriftConfig(), alive: 
                        {"nrn": s_FT.tolist(), "cos_base": cos_base.tolist()})
 
 
-def compare_stabilisation(a: DriftResult, b: DriftResult, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Does series a stabilise earlier than b? Median difference (bootstrap CI) and a one-sided Mann-Whitney U."""
+def compare_stabilisation(a: DriftResult, b: DriftResult, n_resamples: int = 2000, seed: int = 0,
+                          what: str = "stabilisation") -> dict:
+    """Does series a stabilise earlier than b? Median difference (bootstrap CI) and a one-sided Mann-Whitney U.
+
+    `what`: "stabilisation" (value-based: within tolerance of the final state) or "topk_entry"
+    (membership-based: stays in the top-k from then on; scale-free).
+    """
     from scipy.stats import mannwhitneyu
 
-    x, y = np.array(a.stabilisation, float), np.array(b.stabilisation, float)
+    x, y = np.array(getattr(a, what), float), np.array(getattr(b, what), float)
     rng = np.random.default_rng(seed)
     d = [np.median(rng.choice(x, len(x))) - np.median(rng.choice(y, len(y))) for _ in range(n_resamples)]
     p = mannwhitneyu(x, y, alternative="less").pvalue if len(x) and len(y) else float("nan")
     ov = np.array(a.overlap) - np.array(b.overlap) if len(a.overlap) == len(b.overlap) else None
-    return {"a": a.series, "b": b.series, "median_a": float(np.median(x)), "median_b": float(np.median(y)),
+    return {"what": what, "a": a.series, "b": b.series, "median_a": float(np.median(x)), "median_b": float(np.median(y)),
             "median_diff": float(np.median(x) - np.median(y)),
             "median_diff_95": [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))],
             "mannwhitney_p_a_earlier": float(p),
