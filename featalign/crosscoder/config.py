@@ -74,7 +74,7 @@ class CrosscoderConfig(JsonConfig):
 class TrainerConfig(JsonConfig):
     """Optimisation schedule (Anthropic-style: Adam, lr warmup + final linear decay, L1 warmup)."""
 
-    steps: int = 3000
+    steps: int = 2000  # the default organisms run (caching included) fits in ~10 min on 2 CPU cores
     batch_size: int = 2048  # global batch (split across DDP ranks)
     lr: float = 1e-3
     adam_betas: tuple[float, float] = (0.9, 0.999)

@@ -91,6 +91,35 @@ def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tens
     return v_flat.topk(n, sorted=False).indices
 
 
+class _ReluEncode(torch.autograd.Function):
+    """f = relu(x @ W_enc + b_enc) and its column sums, with a hand-written backward.
+
+    Autograd's path for the L1 variant spent ~30% of a dense step outside the matmuls (measured
+    at B=L=4096, K=384): three `sum(0)` reductions over [B, L] (~50 ms each), a relu copy, a
+    threshold-backward copy and a copy to accumulate the penalty's broadcast gradient. Here the
+    relu is in place, column sums are matrix-vector products, and the penalty gradient is added
+    once before masking.
+    """
+
+    @staticmethod
+    def forward(ctx, x_BK, W_enc_KL, b_enc_L):
+        f_BL = torch.addmm(b_enc_L, x_BK, W_enc_KL).relu_()
+        ones_B = torch.ones(x_BK.shape[0], dtype=f_BL.dtype, device=f_BL.device)
+        ctx.save_for_backward(x_BK, W_enc_KL, f_BL)
+        return f_BL, torch.mv(f_BL.t(), ones_B)
+
+    @staticmethod
+    def backward(ctx, g_f_BL, g_s_L):
+        x_BK, W_enc_KL, f_BL = ctx.saved_tensors
+        g_BL = g_f_BL if g_s_L is None else g_f_BL + g_s_L
+        g_BL = g_BL.masked_fill(f_BL <= 0, 0.0) if g_s_L is None else g_BL.masked_fill_(f_BL <= 0, 0.0)
+        ones_B = torch.ones(x_BK.shape[0], dtype=g_BL.dtype, device=g_BL.device)
+        gx = g_BL @ W_enc_KL.t() if ctx.needs_input_grad[0] else None
+        gW = x_BK.t().to(g_BL.dtype) @ g_BL if ctx.needs_input_grad[1] else None
+        gb = torch.mv(g_BL.t(), ones_B) if ctx.needs_input_grad[2] else None
+        return gx, gW, gb
+
+
 def _rect(z: Tensor) -> Tensor:
     return (z.abs() < 0.5).to(z.dtype)
 
@@ -228,13 +257,16 @@ class Crosscoder(nn.Module):
         if v == "batchtopk":
             use_sparse = self.cfg.sparse_decode if sparse is None else sparse
             return self._forward_batchtopk(x_BK, use_sparse)
-        pre_BL = torch.addmm(self.b_enc, x_BK, self.W_enc)
         if v == "l1":
-            f_BL = F.relu(pre_BL)
+            if torch.is_autocast_enabled(x_BK.device.type):  # the custom Function is not autocast-aware
+                dt = torch.get_autocast_dtype(x_BK.device.type)
+                f_BL, s_L = _ReluEncode.apply(x_BK.to(dt), self.W_enc.to(dt), self.b_enc.to(dt))
+            else:
+                f_BL, s_L = _ReluEncode.apply(x_BK, self.W_enc, self.b_enc)
             w_L = self._dec_norm_sum() * self.penalty
-            # sum over the batch first: its backward is one broadcast add, not a [B, L] outer product
-            sparsity = (f_BL.sum(0).float() @ w_L.float()) / f_BL.shape[0]
+            sparsity = (s_L.float() @ w_L.float()) / f_BL.shape[0]
         else:
+            pre_BL = torch.addmm(self.b_enc, x_BK, self.W_enc)
             theta_L = self.log_threshold.exp()
             eps = self.cfg.jumprelu_bandwidth
             f_BL = _JumpReLU.apply(pre_BL, theta_L.to(pre_BL.dtype), eps)
