@@ -48,7 +48,7 @@ def test_analyze_cli_end_to_end(tiny_organisms, tmp_path, capsys):
     out = tmp_path / "rep"
     saved = json.loads((out / "report.json").read_text())
     assert saved["q1_specific_latents"]["pairwise"]["control-same"]["tuned_only"]["count"] == 0
-    assert set(saved["q2_drift"]) == {"sft", "rl", "sft_vs_rl"} and len(saved["q2_drift"]["rl"]["overlap"]) == 4
+    assert set(saved["q2_drift"]) == {"sft", "rl", "sft_vs_rl", "sft_vs_rl_topk_entry"} and len(saved["q2_drift"]["rl"]["overlap"]) == 4
     assert "q3_success_features" in saved  # a result or the message stating the counts
     q3 = saved["q3_success_features"]
     assert ("error" in q3 and "base-fail/RL-success" in q3["error"]) or q3["n_features"] >= 0
