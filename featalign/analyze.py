@@ -311,6 +311,7 @@ def run(cfg: AnalyzeConfig) -> dict:
 
     # --- 3. drift ---
     if "drift" in stages:
+        from featalign.analysis.attribution import decoder_vectors, latent_activations
         from featalign.analysis.drift import DriftConfig, compare_stabilisation, drift_joint, drift_pairwise, series_from_organisms
 
         dcfg = DriftConfig(top_k=cfg.top_k)
@@ -320,14 +321,9 @@ def run(cfg: AnalyzeConfig) -> dict:
             steps = [c.step for c in s.checkpoints]
             if cfg.drift_mode in ("joint", "both"):
                 cc = train_or_load(ccdir / f"drift-{kind}-joint", tuple(s.names), col(*s.names), hook, cfg)
-                al = attribute(cc, None).enc  # decoder-only; firing below
-                from featalign.analysis.attribution import decoder_vectors, latent_activations
-
                 fired = (latent_activations(cc, col(*s.names)[: cfg.eval_tokens]) > 0).any(0)
                 res[f"{kind}"] = drift_joint(decoder_vectors(cc), dcfg, fired, kind, steps)
             if cfg.drift_mode in ("pairwise", "both"):
-                from featalign.analysis.attribution import decoder_vectors, latent_activations
-
                 decs, alive_l = [], []
                 for n in s.names[1:]:
                     cc = train_or_load(ccdir / f"drift-{kind}-pair-{n.split('@')[1]}", ("base", n), col("base", n), hook, cfg)
@@ -339,7 +335,6 @@ def run(cfg: AnalyzeConfig) -> dict:
         report["q2_drift"]["sft_vs_rl"] = compare_stabilisation(res["sft"], res["rl"])
         report["q2_drift"]["sft_vs_rl_topk_entry"] = compare_stabilisation(res["sft"], res["rl"], what="topk_entry")
         plots.drift_side_by_side(res, figs / "drift.png")
-        drift_res = res
         lap("drift")
 
     # --- 4. RL-success features ---
@@ -377,12 +372,10 @@ def run(cfg: AnalyzeConfig) -> dict:
         if success is not None:
             for i in success.features[: cfg.n_cards]:
                 chosen.setdefault(i, "RL-success feature (all tasks)")
-        n_l = len(chosen)
-        cards_dir = out
         ex = card_examples(trio, {m: dirs_trio[m] for m in trio.cfg.models}, list(chosen), progress=cfg.progress)
-        write_cards(cards_dir, list(chosen), ex, {i: att.latent(i) for i in chosen}, chosen,
+        write_cards(out, list(chosen), ex, {i: att.latent(i) for i in chosen}, chosen,
                     "featalign feature cards (trio crosscoder)")
-        report["cards"] = {"index": str(out / "index.html"), "n": n_l}
+        report["cards"] = {"index": str(out / "index.html"), "n": len(chosen)}
         lap("cards")
 
     report["figures"] = sorted(p.name for p in figs.glob("*.png"))

@@ -74,3 +74,15 @@ def test_analyze_refuses_mismatched_crosscoder(tiny_organisms, tmp_path):
               "--progress", "false"])
     with pytest.raises(SystemExit, match="unknown stage"):
         main(["--stages", "attribution,nope"])
+
+
+def test_analyze_drift_both_modes(tiny_organisms, tmp_path):
+    from featalign.analyze import main
+
+    rep = main(["--organisms-dir", str(tiny_organisms.root), "--out", str(tmp_path / "rep"), "--stages", "attribution,drift",
+                "--drift-mode", "both", "--n-tokens", "3000", "--eval-tokens", "800", "--n-latents", "48", "--k", "4",
+                "--steps", "20", "--batch-size", "256", "--top-k", "5", "--progress", "false"])
+    q2 = rep["q2_drift"]
+    assert {q2["sft"]["mode"], q2["sft-pairwise"]["mode"]} == {"joint", "pairwise"}
+    assert len(q2["rl-pairwise"]["overlap"]) == 4 and all(0 <= o <= 1 for o in q2["rl-pairwise"]["overlap"])
+    assert "q3_success_features" not in rep and "pairwise" not in rep["q1_specific_latents"]
