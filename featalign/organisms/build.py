@@ -20,7 +20,6 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -136,23 +135,14 @@ def _pretrain(org: Organisms, tokenizer) -> None:
     save_organism(model, org.base_dir, {"role": "base", "config": cfg.to_dict()}, tokenizer)
 
 
-BUCKET_POOL = 8  # batches drawn together and split by length, so little compute goes to padding
-
-
-@lru_cache(maxsize=2)
-def _pretrain_pool(cfg_json: str, pool: int) -> list[list[Problem]]:
-    cfg = OrganismConfig.from_json(cfg_json)
-    probs = sample_mixture(list(cfg.pretrain_domains), cfg.pretrain_batch * BUCKET_POOL, "train",
-                           _seed(cfg.seed, "pretrain", pool))
-    probs.sort(key=lambda p: len(p.prompt) + len(p.answer))
-    batches = [probs[i * cfg.pretrain_batch:(i + 1) * cfg.pretrain_batch] for i in range(BUCKET_POOL)]
-    random.Random(_seed(cfg.seed, "pretrain-order", pool)).shuffle(batches)
-    return batches
-
-
 def pretrain_batch(cfg: OrganismConfig, step: int) -> list[Problem]:
-    """The mixture batch of `step`: a pure function of (config, step), length-bucketed."""
-    return _pretrain_pool(cfg.to_json(), step // BUCKET_POOL)[step % BUCKET_POOL]
+    """The mixture batch of `step`: a pure function of (config, step).
+
+    Batches mix all domains and lengths. Length-bucketed batches (tried: 8 batches sorted by length
+    and split) cut padding from ~60% to ~10% of tokens but made batches domain-homogeneous, and the
+    base came out far weaker at the same step count (add 10% vs 17%, count 32% vs 89%).
+    """
+    return sample_mixture(list(cfg.pretrain_domains), cfg.pretrain_batch, "train", _seed(cfg.seed, "pretrain", step))
 
 
 def post_train_prompts(cfg: OrganismConfig, domain: str) -> list[Problem]:

@@ -26,7 +26,7 @@ class OrganismConfig(JsonConfig):
     max_len: int = 64
     # pretraining on a mixture of every domain, to partial competence
     pretrain_domains: tuple[str, ...] = tuple(DOMAINS)
-    pretrain_steps: int = 1800
+    pretrain_steps: int = 2000
     pretrain_batch: int = 128
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 50
