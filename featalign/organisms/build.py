@@ -83,6 +83,15 @@ class Organisms:
     def summary(self) -> dict:
         return read_json(self.eval_dir / "summary.json")
 
+    def is_complete(self) -> bool:
+        """Every model folder complete and the evaluation summary written."""
+        dirs = [self.base_dir] + [
+            self.model_dir(kind, d, k)
+            for d in self.config.post_train_domains for kind in POST_TRAIN_KINDS
+            for k in range(1, self.config.n_checkpoints + 1)
+        ]
+        return all(is_complete(d) for d in dirs) and (self.eval_dir / "summary.json").exists()
+
     def default_trio(self) -> dict[str, Path]:
         """{'base', 'rl', 'sft'} -> model folders for the first post-training domain."""
         return {"base": self.base_dir, "rl": self.model_dir("rl"), "sft": self.model_dir("sft")}
@@ -320,5 +329,13 @@ def build_organisms(
 def ensure_organisms(preset: str = "default", out_dir: str | Path | None = None) -> Organisms:
     """What every other command calls: build the organisms if they are missing, else just open them."""
     root = Path(out_dir) if out_dir is not None else default_organisms_dir(preset)
-    cfg = OrganismConfig.load(root / "config.json") if (root / "config.json").exists() else preset_config(preset)
+    if (root / "config.json").exists():
+        cfg = OrganismConfig.load(root / "config.json")
+        if cfg.preset != preset:
+            raise ValueError(f"{root} holds the {cfg.preset!r} preset, not {preset!r}: pass another folder")
+        org = Organisms(root, cfg)
+        if org.is_complete():  # read-only: safe for many processes at once
+            return org
+    else:
+        cfg = preset_config(preset)
     return build_organisms(cfg, root)

@@ -102,3 +102,15 @@ def test_every_organism_loads_through_transformer_bridge(tiny_organisms):
         with torch.no_grad():
             ref = hf(input_ids=toks).logits
         assert torch.allclose(logits, ref, atol=1e-4)
+
+
+def test_ensure_organisms_opens_complete_folder_without_writing(tiny_organisms):
+    from featalign.organisms import ensure_organisms
+
+    cfg_file = tiny_organisms.root / "config.json"
+    before = cfg_file.stat().st_mtime_ns
+    org = ensure_organisms("tiny", tiny_organisms.root)
+    assert org.is_complete() and org.config == tiny_organisms.config
+    assert cfg_file.stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="holds the 'tiny' preset"):
+        ensure_organisms("default", tiny_organisms.root)
