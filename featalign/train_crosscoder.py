@@ -303,7 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
             source.load_state_dict({"epoch": 0, "pos": 0, "seed": tcfg.seed, "batch_size": tcfg.batch_size})
             sae = train_base_sae(source, sae_dir, model_index=base, steps=tcfg.steps, k=cfg.k,
                                  d_sae=cfg.n_latents, lr=tcfg.lr)
-            report["sae_baseline"] = {"dir": str(sae_dir), "eval": sae_baseline_eval(sae, x_eval, cfg.models)}
+            report["sae_baseline"] = {"dir": str(sae_dir)}
+            if x_eval is not None:
+                report["sae_baseline"]["eval"] = sae_baseline_eval(sae, x_eval, cfg.models)
+                atomic_write_json(sae_dir / "featalign_eval.json", report["sae_baseline"]["eval"])
+                print(f"base SAE (sae_lens) applied to every model: "
+                      + ", ".join(f"{k} FVU {v['fvu']:.4f} L0 {v['l0']:.1f}" for k, v in report["sae_baseline"]["eval"].items()))
         if dist_info.is_main:
             _print_report(out, report)
         return report
