@@ -123,13 +123,12 @@ def resolve_config(argv: list[str] | None) -> AnalyzeConfig:
 
 
 def open_organisms(preset: str, root: str | None):
-    """A complete organisms folder is opened read-only; otherwise it is built (ensure_organisms)."""
+    """A complete organisms folder is opened read-only, whatever its preset; otherwise it is built."""
     from featalign.organisms.build import Organisms, ensure_organisms
-    from featalign.organisms.config import OrganismConfig, default_organisms_dir
 
-    r = Path(root) if root else default_organisms_dir(preset)
-    if (r / "eval" / "summary.json").exists() and (r / "config.json").exists():
-        return Organisms(r, OrganismConfig.load(r / "config.json"))
+    if root and Path(root, "config.json").exists():
+        org = Organisms.open(root)
+        return org if org.is_complete() else ensure_organisms(org.config.preset, root)
     return ensure_organisms(preset, root)
 
 

@@ -57,6 +57,17 @@ class Organisms:
     root: Path
     config: OrganismConfig
 
+    @classmethod
+    def open(cls, root: str | Path) -> "Organisms":
+        """Open an organisms folder read-only, with the config it was built with (any preset)."""
+        root = Path(root)
+        if not (root / "config.json").exists():
+            raise FileNotFoundError(
+                f"{root} is not an organisms folder (no config.json); build one with "
+                "`python -m featalign.organisms build --out DIR`"
+            )
+        return cls(root, OrganismConfig.load(root / "config.json"))
+
     @property
     def base_dir(self) -> Path:
         return self.root / "base"
@@ -330,12 +341,10 @@ def ensure_organisms(preset: str = "default", out_dir: str | Path | None = None)
     """What every other command calls: build the organisms if they are missing, else just open them."""
     root = Path(out_dir) if out_dir is not None else default_organisms_dir(preset)
     if (root / "config.json").exists():
-        cfg = OrganismConfig.load(root / "config.json")
-        if cfg.preset != preset:
-            raise ValueError(f"{root} holds the {cfg.preset!r} preset, not {preset!r}: pass another folder")
-        org = Organisms(root, cfg)
+        org = Organisms.open(root)
+        if org.config.preset != preset:
+            raise ValueError(f"{root} holds the {org.config.preset!r} preset, not {preset!r}: pass another folder")
         if org.is_complete():  # read-only: safe for many processes at once
             return org
-    else:
-        cfg = preset_config(preset)
-    return build_organisms(cfg, root)
+        return build_organisms(org.config, root)
+    return build_organisms(preset_config(preset), root)
