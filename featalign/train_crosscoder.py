@@ -1,7 +1,7 @@
 """`python -m featalign.train_crosscoder`: train an N-model crosscoder.
 
 With no arguments: build (or reuse) the default organisms, cache the base / RL / SFT models'
-activations at a middle residual layer, train a BatchTopK crosscoder, evaluate it (FVU, L0, dead
+activations at a middle residual layer, train an L1 crosscoder (2048 latents), evaluate it (FVU, L0, dead
 fraction, splice-in loss per model) and print where everything is. Rerunning the same command
 resumes from the last checkpoint. Config comes from flags and/or `--config file.{json,yaml}`
 (`{"crosscoder": {...}, "trainer": {...}, "run": {...}}`); flags win.
@@ -30,7 +30,7 @@ HELP = {
              "blocks.<n_layers/2-1>.hook_resid_post)",
     "d_model": "activation width (default: taken from the models)",
     "n_latents": "number of crosscoder latents (default 2048 = 16x d_model of the default organisms)",
-    "variant": "sparsity mechanism: batchtopk | l1 | jumprelu",
+    "variant": "sparsity mechanism: l1 | batchtopk | jumprelu",
     "k": "batchtopk: mean active latents per token (top k*B over the batch)",
     "sparse_decode": "batchtopk: sparse decoder + backward through active latents only (true/false)",
     "threshold_ema": "batchtopk: EMA rate of the inference threshold",
@@ -50,7 +50,7 @@ HELP = {
     "adam_betas": "Adam betas, comma-separated",
     "warmup_steps": "linear lr warmup steps",
     "decay_frac": "lr decays linearly to 0 over this final fraction of the steps",
-    "sparsity_coef": "l1: L1 coefficient; jumprelu: L0 coefficient (batchtopk ignores it)",
+    "sparsity_coef": "l1: L1 coefficient; jumprelu: L0 coefficient, ~0.3 (batchtopk ignores it)",
     "sparsity_warmup_frac": "fraction of steps over which the sparsity coefficient warms up linearly",
     "grad_clip": "max gradient norm (0 disables clipping)",
     "bf16": "bf16 autocast for the matmuls (true/false)",
