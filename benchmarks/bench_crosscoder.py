@@ -59,7 +59,9 @@ def main() -> dict:
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0)
+    # one thread: on a shared 2-core machine, a second torch thread stalls on the other jobs
+    # (parallel sort/matmul wait for it); 0 = torch's default
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     a = p.parse_args()
     if a.threads:

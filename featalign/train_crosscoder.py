@@ -78,7 +78,7 @@ class RunOptions:
     no_eval: bool = False
     fresh: bool = False
     log_to: str = ""
-    threads: int = 0
+    threads: int = 1
     device: str = "cpu"
     sae_baseline: bool = False
 
@@ -97,7 +97,7 @@ RUN_HELP = {
     "no_eval": "skip the final evaluation",
     "fresh": "delete --out before starting instead of resuming",
     "log_to": "extra metric sinks, comma-separated: tensorboard, wandb (JSONL is always written)",
-    "threads": "torch CPU threads (0 = torch default)",
+    "threads": "torch CPU threads (1 is steadier on a shared 2-core CPU; 0 = torch default, all cores)",
     "device": "cpu | cuda",
     "sae_baseline": "also train the sae_lens BatchTopK SAE on the base model's activations (into <out>/sae_baseline)",
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class TrainOutput:
     parts: dict[str, Tensor]  # recon / sparsity / aux (detached scalars for logging, except loss)
     x_hat_BK: Tensor
     fired_L: Tensor  # bool: latent fired at least once in this batch
-    l0: Tensor  # mean active latents per token
+    l0: Tensor | Callable[[], Tensor]  # mean active latents per token (l1: computed on demand)
     min_selected: Tensor | None = None  # batchtopk: smallest selected (norm-weighted) activation
     extra: dict = field(default_factory=dict)
 
@@ -103,20 +104,23 @@ class _ReluEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_BK, W_enc_KL, b_enc_L):
-        f_BL = torch.addmm(b_enc_L, x_BK, W_enc_KL).relu_()
-        ones_B = torch.ones(x_BK.shape[0], dtype=f_BL.dtype, device=f_BL.device)
-        ctx.save_for_backward(x_BK, W_enc_KL, f_BL)
-        return f_BL, torch.mv(f_BL.t(), ones_B)
+        # bias through the GEMM ([x, 1] @ [W; b]): no [B, L] broadcast copy, and the bias gradient
+        # comes out of the weight-gradient GEMM
+        ones_B1 = torch.ones(x_BK.shape[0], 1, dtype=x_BK.dtype, device=x_BK.device)
+        xa_BK1 = torch.cat([x_BK, ones_B1], 1)
+        f_BL = (xa_BK1 @ torch.cat([W_enc_KL, b_enc_L[None]], 0)).relu_()
+        ctx.save_for_backward(xa_BK1, W_enc_KL, f_BL)
+        return f_BL, torch.mv(f_BL.t(), ones_B1[:, 0].to(f_BL.dtype))
 
     @staticmethod
     def backward(ctx, g_f_BL, g_s_L):
-        x_BK, W_enc_KL, f_BL = ctx.saved_tensors
+        xa_BK1, W_enc_KL, f_BL = ctx.saved_tensors
         g_BL = g_f_BL if g_s_L is None else g_f_BL + g_s_L
         g_BL = g_BL.masked_fill(f_BL <= 0, 0.0) if g_s_L is None else g_BL.masked_fill_(f_BL <= 0, 0.0)
-        ones_B = torch.ones(x_BK.shape[0], dtype=g_BL.dtype, device=g_BL.device)
-        gx = g_BL @ W_enc_KL.t() if ctx.needs_input_grad[0] else None
-        gW = x_BK.t().to(g_BL.dtype) @ g_BL if ctx.needs_input_grad[1] else None
-        gb = torch.mv(g_BL.t(), ones_B) if ctx.needs_input_grad[2] else None
+        gx = g_BL @ W_enc_KL.t().to(g_BL.dtype) if ctx.needs_input_grad[0] else None
+        gWb = xa_BK1.t().to(g_BL.dtype) @ g_BL if (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]) else None
+        gW = gWb[:-1] if ctx.needs_input_grad[1] else None
+        gb = gWb[-1] if ctx.needs_input_grad[2] else None
         return gx, gW, gb
 
 
@@ -275,8 +279,12 @@ class Crosscoder(nn.Module):
         recon = (x_hat_BK.float() - x_BK.float()).pow(2).sum(-1).mean()
         loss = recon + sparsity_coef * sparsity.float()
         with torch.no_grad():
-            n_active_L = torch.count_nonzero(f_BL, dim=0)  # one pass for both firing and L0
-            fired_L, l0 = n_active_L > 0, n_active_L.sum().float() / f_BL.shape[0]
+            if v == "l1":  # fired = positive column sum (free); L0 is only counted when logged
+                fired_L, B = s_L > 0, f_BL.shape[0]
+                l0 = lambda: torch.count_nonzero(f_BL).float() / B  # noqa: E731
+            else:
+                n_active_L = torch.count_nonzero(f_BL, dim=0)  # one pass for both firing and L0
+                fired_L, l0 = n_active_L > 0, n_active_L.sum().float() / f_BL.shape[0]
         return TrainOutput(loss, {"recon": recon.detach(), "sparsity": sparsity.detach().float()},
                            x_hat_BK, fired_L, l0)
 

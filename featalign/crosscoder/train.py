@@ -325,7 +325,8 @@ class Trainer:
     @torch.no_grad()
     def _metrics_row(self, out: TrainOutput, x_BK: torch.Tensor, coef: float) -> dict:
         fvu = fvu_per_model(x_BK, out.x_hat_BK.detach(), self.cfg)
-        vals = torch.cat([torch.stack([out.loss.detach().float(), out.l0.float()] +
+        l0 = out.l0() if callable(out.l0) else out.l0
+        vals = torch.cat([torch.stack([out.loss.detach().float(), l0.float()] +
                                       [v.float() for v in out.parts.values()]), fvu])
         if self.dist.enabled:
             ddp.all_reduce(vals)
