@@ -31,7 +31,7 @@ class OrganismConfig(JsonConfig):
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 50
     # post-training: SFT and RL from the same base on the identical prompt set of one domain
-    post_train_domains: tuple[str, ...] = ("add",)
+    post_train_domains: tuple[str, ...] = ("sub",)  # where this base has most room (docs/organisms.md)
     post_train_prompts: int = 8192
     sft_lr: float = 1e-3
     sft_batch: int = 32
@@ -66,7 +66,7 @@ PRESETS: dict[str, dict] = {
     "default": {},
     "tiny": dict(
         preset="tiny", d_model=32, n_layers=2, n_heads=2, d_mlp=96, pretrain_steps=400,
-        pretrain_batch=64, pretrain_lr=5e-3, pretrain_warmup=10, post_train_prompts=160,
+        pretrain_batch=64, pretrain_lr=5e-3, pretrain_warmup=10, post_train_prompts=160, post_train_domains=("add",),
         sft_batch=16, rl_prompts_per_step=8, rl_group_size=4, eval_samples=64, eval_batch=256,
     ),
 }
