@@ -41,23 +41,23 @@ STORE_DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float1
 
 
 class StoreError(RuntimeError):
-    pass
+    """Base class of every activation-store error."""
 
 
 class IncompatibleStoreError(StoreError):
-    pass
+    """The store on disk was written with other models, hooks, dtype or options."""
 
 
 class ChecksumError(StoreError):
-    pass
+    """A shard's bytes do not match the checksum in the manifest."""
 
 
 class StoreLockedError(StoreError):
-    pass
+    """Another writer holds the store's lock."""
 
 
 class NonFiniteActivationError(FloatingPointError):
-    pass
+    """A model produced NaN or Inf activations."""
 
 
 @dataclass
