@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     if dist_info.enabled:
         torch.distributed.barrier()
     out.mkdir(parents=True, exist_ok=True)
+    finished = False
     try:
         source, x_eval, model_dirs = _sources(cc, tr, run, out, dist_info)
         cfg = CrosscoderConfig.from_dict(cc)
@@ -311,9 +312,10 @@ def main(argv: list[str] | None = None) -> dict:
                       + ", ".join(f"{k} FVU {v['fvu']:.4f} L0 {v['l0']:.1f}" for k, v in report["sae_baseline"]["eval"].items()))
         if dist_info.is_main:
             _print_report(out, report)
+        finished = True
         return report
     finally:
-        ddp.cleanup()
+        ddp.cleanup(barrier=finished)
 
 
 def _print_report(out: Path, report: dict) -> None:

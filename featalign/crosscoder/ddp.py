@@ -40,9 +40,16 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def cleanup() -> None:
+def cleanup(barrier: bool = True) -> None:
+    """Leave the process group together: a rank that tears gloo down while its peer is still
+    inside a collective or writing files can abort ("terminate called without an active exception").
+    After an error, skip the barrier (the peer may never reach it)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if barrier:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def average_gradients(params: list[torch.Tensor], world_size: int) -> None:
