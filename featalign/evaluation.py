@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import chi2
 from tqdm.auto import tqdm
 
 from featalign.generation import completion_texts, decode
@@ -114,7 +115,9 @@ def cmh_odds_ratio(strata: list[tuple[np.ndarray, np.ndarray]]) -> CMHResult:
         lo, hi = st.oddsratio_pooled_confint()
         test = st.test_null_odds(correction=False)
     delta = float(np.mean([t.mean() - b.mean() for b, t in strata]) * 100)
-    return CMHResult(len(tables), float(st.oddsratio_pooled), float(lo), float(hi), float(test.pvalue), delta)
+    # statsmodels returns 1 - cdf, which underflows to 0 past ~1e-16: take the survival function.
+    p = float(chi2.sf(test.statistic, df=1))
+    return CMHResult(len(tables), float(st.oddsratio_pooled), float(lo), float(hi), p, delta)
 
 
 def transfer_matrix(

@@ -77,6 +77,15 @@ def test_cmh_matches_hand_formula():
     assert r.odds_ratio == pytest.approx(num / den, rel=1e-9)
     assert r.ci_low < r.odds_ratio < r.ci_high
     assert r.mean_delta_points == pytest.approx(np.mean([t.mean() - b.mean() for b, t in strata]) * 100)
+    # the CMH statistic (no continuity correction) by hand, and its p-value without underflow
+    a_s = [(t.sum(), len(t), b.sum(), len(b)) for b, t in strata]
+    num = sum(a - n1 * (a + c) / (n1 + n0) for a, n1, c, n0 in a_s)
+    var = sum(n1 * n0 * (a + c) * (n1 + n0 - a - c) / ((n1 + n0) ** 2 * (n1 + n0 - 1)) for a, n1, c, n0 in a_s)
+    from scipy.stats import chi2
+
+    assert r.p_value == pytest.approx(chi2.sf(num**2 / var, 1), rel=1e-6)
+    big = cmh_odds_ratio([(np.arange(1000) < 404, np.arange(1000) < 593)])
+    assert 0 < big.p_value < 1e-15  # statsmodels alone would report exactly 0
 
 
 def test_transfer_matrix_and_in_out_split():
