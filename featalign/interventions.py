@@ -1,0 +1,312 @@
+"""Feature interventions on a live model at a crosscoder's hook point(s): ablate, clamp, scale, steer.
+
+Every edit is a change of the residual stream along crosscoder decoder directions, in raw
+(un-normalised) activation space, at the hook(s) the crosscoder was trained on:
+
+- `ablate(S)`:         x' = x - sum_{k in S} f_k(x) d_{k,m}           (the reconstruction error is kept)
+- `clamp(S, v)`:       x' = x + sum_{k in S} (v - f_k(x)) d_{k,m}
+- `scale(S, c)`:       x' = x + sum_{k in S} (c - 1) f_k(x) d_{k,m}
+- `steer(S, coef, a)`: x' = x + coef * sum_{k in S} a_k d_{k,t}     (t = `decoder`, default m)
+
+`m` is the hooked model's slot in the crosscoder (`model_name`), `d_{k,m}` latent k's decoder
+row for that model and hook, divided by the crosscoder's `norm_scale` so that it lives in raw space
+(`Crosscoder.decode` is affine: decode(f) - decode(0) = sum_k f_k d_k). `a_k` is the latent's
+typical activation (see `typical_activation`), so `coef` is in units of "how strongly the feature
+usually fires".
+
+**How f_k(x) is computed from one live model.** The crosscoder's encoder reads all models'
+(and all hooks') activations at once, but a live forward pass has only this model's activation
+at this hook. We encode with the (m, h) input slot = x and every other slot = 0, i.e. the
+single-block encoder path `act(x_norm @ W_enc[(m,h) rows] + b_enc)`. Reasons: (1) it is a function
+of the activation actually being edited, so an edit cannot depend on a model that is not running;
+(2) copying x into the other models' slots would pretend the models agree, which is exactly what
+fails for the model-specific latents one wants to ablate; (3) it is per-latent separable, so only
+the selected latents are computed (cheap at 32k latents), and with several hooks every hook is
+edited from its own activation as it arrives (later hooks' activations do not exist yet when an
+earlier hook fires). Consequence: for shared latents whose encoder weight is split over models,
+f_k is smaller than with the full input; ablation still removes exactly what is subtracted
+(`f_k d_k`), and the remainder, including the reconstruction error, is left untouched.
+
+**Positions.** `positions="all" | "prompt" | "generated"`. A forward call over more than one token
+(or the first call inside the context) starts a new sequence; its tokens are the prompt (unless
+`prompt_len` is given, then columns < `prompt_len` are the prompt). One-token calls after it are KV-
+cache generation steps, i.e. generated positions. This matches `featalign.generation.decode`
+(left-padded prompts in one call, then one token per call) and a full forward over prompt +
+completion with `prompt_len` set.
+
+The hooks are `featalign.crosscoder.hf.residual_hook`s on the Hugging Face model (the one inside a
+TransformerBridge, via `featalign.generation.hf_model_of`), so `decode`, `score_problems` and plain
+forward calls all see the edit, including KV-cache steps.
+
+Example::
+
+    with intervene(rl_model, crosscoder, "rl", ablate(rl_success_ids)):
+        correct = score_problems(rl_model, tok, problems)
+    a = typical_activation(crosscoder, acts_NMHD, ids)
+    with intervene(base_model, crosscoder, "base", steer(ids, 4.0, a, decoder="rl"), positions="prompt"):
+        ...
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from featalign.crosscoder.hf import parse_hook, residual_hook
+from featalign.crosscoder.model import Crosscoder
+from featalign.generation import hf_model_of
+
+POSITIONS = ("all", "prompt", "generated")
+KINDS = ("ablate", "clamp", "scale", "steer")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One feature edit; build it with `ablate`, `clamp`, `scale` or `steer`."""
+
+    kind: str
+    features: tuple[int, ...]
+    value: float | Tensor = 0.0  # clamp: target value(s); scale: factor(s); steer: coefficient
+    typical: Tensor | None = None  # steer: a_k per feature
+    decoder: str | None = None  # steer: whose decoder directions (default: the hooked model)
+
+    @property
+    def needs_encoding(self) -> bool:
+        return self.kind != "steer"
+
+
+def _ids(features) -> tuple[int, ...]:
+    if isinstance(features, Tensor):
+        if features.dtype == torch.bool:
+            features = features.nonzero().flatten()
+        features = features.flatten().tolist()
+    return tuple(int(k) for k in features)
+
+
+def ablate(features) -> Edit:
+    """Remove the latents' decoded contribution, keeping the reconstruction error."""
+    return Edit("ablate", _ids(features))
+
+
+def clamp(features, value: float | Tensor) -> Edit:
+    """Set the latents to `value` (a scalar or one value per feature)."""
+    return Edit("clamp", _ids(features), value)
+
+
+def scale(features, factor: float | Tensor) -> Edit:
+    """Multiply the latents by `factor` (a scalar or one factor per feature)."""
+    return Edit("scale", _ids(features), factor)
+
+
+def steer(features, coef: float, typical: Tensor | Sequence[float], decoder: str | None = None) -> Edit:
+    """Add `coef * sum_k typical_k * d_{k,decoder}`; `typical` from `typical_activation`."""
+    ids = _ids(features)
+    typical = torch.as_tensor(typical, dtype=torch.float32).flatten()
+    if typical.numel() != len(ids):
+        raise ValueError(f"steer: {len(ids)} features but {typical.numel()} typical activations")
+    if not torch.isfinite(typical).all():
+        raise ValueError("steer: typical activations must be finite (a feature that never fires has none)")
+    if not math.isfinite(float(coef)):
+        raise ValueError(f"steer: coefficient must be finite, got {coef}")
+    return Edit("steer", ids, float(coef), typical, decoder)
+
+
+@torch.no_grad()
+def typical_activation(
+    crosscoder: Crosscoder, x_NMHD: Tensor, features, batch: int = 4096
+) -> Tensor:
+    """Mean of the nonzero activations of each feature on cached activations `[N, M, H, D]`
+    (full crosscoder encoding, all models' slots filled). A feature that never fires gets NaN."""
+    ids = torch.tensor(_check_features(crosscoder, _ids(features)), dtype=torch.long)
+    s = torch.zeros(len(ids), dtype=torch.float64)
+    n = torch.zeros(len(ids), dtype=torch.float64)
+    for i in range(0, x_NMHD.shape[0], batch):
+        f = crosscoder.encode(x_NMHD[i : i + batch].to(crosscoder.W_enc.device))[:, ids.to(crosscoder.W_enc.device)]
+        s += f.sum(0).double().cpu()
+        n += (f != 0).sum(0).double().cpu()
+    return (s / n).float()  # 0/0 -> NaN for never-firing features
+
+
+def _check_features(crosscoder: Crosscoder, ids: tuple[int, ...]) -> tuple[int, ...]:
+    L = crosscoder.cfg.n_latents
+    bad = [k for k in ids if not 0 <= k < L]
+    if bad:
+        raise ValueError(f"feature ids {bad[:10]} out of range: this crosscoder has latents 0..{L - 1}")
+    return ids
+
+
+def _slot(crosscoder: Crosscoder, name: str, what: str) -> int:
+    models = crosscoder.cfg.models
+    if name not in models:
+        raise ValueError(f"{what} {name!r} is not one of the crosscoder's models {models}")
+    return models.index(name)
+
+
+class _Block:
+    """Per-(model, hook) raw-space encoder/decoder slices for the selected latents."""
+
+    @torch.no_grad()
+    def __init__(self, cc: Crosscoder, m: int, h: int, ids: Tensor, dec_m: int):
+        c = cc.cfg
+        D = c.d_model
+        row = (m * c.n_hooks + h) * D
+        self.cc, self.ids, self.variant = cc, ids, c.variant
+        self.scale_in = cc.norm_scale[m, h]
+        self.W_enc_DS = cc.W_enc[row : row + D, ids]
+        self.b_enc_S = cc.b_enc[ids]
+        if c.variant == "jumprelu":
+            self.theta_S = cc.log_threshold[ids].exp()
+        if c.variant == "batchtopk":
+            self.dec_norm_S = cc._dec_norm_sum()[ids]
+        self.d_SD = cc.W_dec_LMHD[ids, dec_m, h] / cc.norm_scale[dec_m, h]  # raw-space decoder rows
+
+    def encode(self, x_ND: Tensor) -> Tensor:
+        """Selected latents with only this (model, hook) slot filled (see the module docstring)."""
+        pre = torch.addmm(self.b_enc_S, x_ND.to(self.W_enc_DS.dtype) * self.scale_in, self.W_enc_DS)
+        if self.variant == "l1":
+            return F.relu(pre)
+        if self.variant == "jumprelu":
+            return pre * (pre > self.theta_S)
+        act = F.relu(pre)
+        return act * (act * self.dec_norm_S > self.cc.threshold.to(act.dtype))
+
+
+def _per_feature(value, n: int, device, dtype) -> Tensor:
+    v = torch.as_tensor(value, dtype=dtype, device=device).flatten()
+    if v.numel() not in (1, n):
+        raise ValueError(f"expected a scalar or {n} values (one per feature), got {v.numel()}")
+    return v
+
+
+class _EditFn:
+    """The residual-stream function for one hook: `fn(resid_BTD) -> edited resid` (hf.residual_hook)."""
+
+    @torch.no_grad()
+    def __init__(self, cc: Crosscoder, m: int, h: int, edits: list[Edit], positions: str, prompt_len: int | None):
+        self.positions, self.prompt_len = positions, prompt_len
+        dev = cc.W_dec.device
+        self.parts: list[tuple[Edit, _Block, Tensor | None]] = []
+        for e in edits:
+            ids = torch.tensor(e.features, dtype=torch.long, device=dev)
+            dec_m = m if e.decoder is None else _slot(cc, e.decoder, "steer decoder")
+            block = _Block(cc, m, h, ids, dec_m)
+            extra = None
+            if e.kind in ("clamp", "scale"):
+                extra = _per_feature(e.value, len(ids), dev, cc.W_dec.dtype)
+            elif e.kind == "steer":
+                extra = (float(e.value) * e.typical.to(dev, cc.W_dec.dtype)) @ block.d_SD  # [D]
+            self.parts.append((e, block, extra))
+        self.offset: int | None = None  # tokens of the current sequence seen so far
+        self.seq_prompt_len = 0
+
+    def _delta(self, x_ND: Tensor) -> Tensor:
+        delta = torch.zeros(x_ND.shape[0], x_ND.shape[1], dtype=self.parts[0][1].d_SD.dtype, device=x_ND.device)
+        for e, block, extra in self.parts:
+            if e.kind == "steer":
+                delta += extra
+                continue
+            f = block.encode(x_ND)
+            if e.kind == "ablate":
+                new_minus_f = -f
+            elif e.kind == "clamp":
+                new_minus_f = extra - f
+            else:
+                new_minus_f = (extra - 1) * f
+            delta += new_minus_f @ block.d_SD
+        return delta
+
+    def _position_mask(self, T: int, device) -> Tensor | None:
+        """Bool [T] of columns to edit in this call, or None for all of them."""
+        if self.offset is None or T > 1:
+            self.offset = 0
+            self.seq_prompt_len = T if self.prompt_len is None else self.prompt_len
+        cols = torch.arange(self.offset, self.offset + T, device=device)
+        self.offset += T
+        if self.positions == "all":
+            return None
+        is_prompt = cols < self.seq_prompt_len
+        return is_prompt if self.positions == "prompt" else ~is_prompt
+
+    def __call__(self, resid: Tensor) -> Tensor | None:
+        B, T, D = resid.shape
+        where = self._position_mask(T, resid.device)
+        if not self.parts or (where is not None and not bool(where.any())):
+            return None
+        x = resid.reshape(B * T, D)
+        delta = self._delta(x).to(resid.dtype).view(B, T, D)
+        if where is None:
+            return resid + delta
+        return torch.where(where[None, :, None], resid + delta, resid)
+
+
+def _check_hooks(crosscoder: Crosscoder, hooks: Sequence[str] | None) -> tuple[str, ...]:
+    trained = crosscoder.cfg.hooks
+    if hooks is None:
+        return trained
+    hooks = tuple(hooks)
+    for hk in hooks:
+        parse_hook(hk)
+        if hk not in trained:
+            raise ValueError(
+                f"hook {hk!r}: this crosscoder was trained on {trained}; it can only intervene there"
+            )
+    return hooks
+
+
+def _hidden_size(lm: torch.nn.Module) -> int | None:
+    cfg = getattr(lm, "config", None)
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        if cfg is not None and isinstance(getattr(cfg, attr, None), int):
+            return getattr(cfg, attr)
+    return None
+
+
+def hook_fns(
+    crosscoder: Crosscoder, model_name: str, edits: Edit | Sequence[Edit], positions: str = "all",
+    hooks: Sequence[str] | None = None, prompt_len: int | None = None,
+) -> dict[str, Callable[[Tensor], Tensor | None]]:
+    """Hook factory: {hook name: fn(resid [B, T, D]) -> edited resid or None}, for `residual_hook`
+    or any hook mechanism that passes the residual stream at that point. Validates every input.
+    Several edits are summed, each computed from the unedited activation."""
+    edits = [edits] if isinstance(edits, Edit) else list(edits)
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if prompt_len is not None and prompt_len < 0:
+        raise ValueError(f"prompt_len must be >= 0, got {prompt_len}")
+    m = _slot(crosscoder, model_name, "model")
+    for e in edits:
+        if not isinstance(e, Edit) or e.kind not in KINDS:
+            raise TypeError(f"edits must be built with ablate/clamp/scale/steer, got {e!r}")
+        _check_features(crosscoder, e.features)
+        if e.decoder is not None:
+            _slot(crosscoder, e.decoder, "steer decoder")
+    hooks = _check_hooks(crosscoder, hooks)
+    return {
+        hk: _EditFn(crosscoder, m, crosscoder.cfg.hooks.index(hk), edits, positions, prompt_len)
+        for hk in hooks
+    }
+
+
+@contextmanager
+def intervene(
+    model: torch.nn.Module, crosscoder: Crosscoder, model_name: str, edits: Edit | Sequence[Edit],
+    positions: str = "all", hooks: Sequence[str] | None = None, prompt_len: int | None = None,
+) -> Iterator[None]:
+    """Apply `edits` to `model` (HF causal LM or TransformerBridge) at the crosscoder's hooks
+    (or the subset `hooks`) while the context is open; `model_name` is the model's slot in the
+    crosscoder. Works for plain forwards, `featalign.generation.decode` and `score_problems`."""
+    lm = hf_model_of(model)
+    width = _hidden_size(lm)
+    if width is not None and width != crosscoder.cfg.d_model:
+        raise ValueError(f"model width {width} does not match the crosscoder's d_model {crosscoder.cfg.d_model}")
+    fns = hook_fns(crosscoder, model_name, edits, positions, hooks, prompt_len)
+    with ExitStack() as stack:
+        for hk, fn in fns.items():
+            stack.enter_context(residual_hook(lm, hk, fn))
+        yield
