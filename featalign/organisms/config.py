@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +51,6 @@ class OrganismConfig(JsonConfig):
         self.post_train_domains = tuple(parse_domains(list(self.post_train_domains)))
         if not self.post_train_domains:
             raise ValueError("post_train_domains is empty: name at least one domain, e.g. 'add'")
-
-    def training_fingerprint(self) -> str:
-        """Hash of everything that shapes the base model (post-training domains may grow)."""
-        d = self.to_dict()
-        for k in ("post_train_domains", "eval_samples", "eval_batch"):
-            d.pop(k)
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 PRESETS: dict[str, dict] = {
