@@ -165,7 +165,7 @@ def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_toke
 
 def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook: str, cfg: AnalyzeConfig):
     """Train a crosscoder on in-memory activations into `out` (resumes; reuses a finished one)."""
-    from featalign.crosscoder import Crosscoder, CrosscoderConfig, TensorSource, TrainerConfig, train_crosscoder
+    from featalign.crosscoder import Crosscoder, CrosscoderConfig, InMemoryActivations, TrainerConfig, train_crosscoder
 
     ccfg = CrosscoderConfig(models=models, hooks=(hook,), d_model=x_NMHD.shape[-1], n_latents=cfg.n_latents,
                             variant=cfg.variant, k=cfg.k, seed=cfg.seed)
@@ -178,7 +178,7 @@ def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook
             return cc
     from featalign.crosscoder.data import estimate_norm_scales
 
-    src = TensorSource(x_NMHD, tcfg.batch_size, seed=cfg.seed, models=models, hooks=(hook,),
+    src = InMemoryActivations(x_NMHD, tcfg.batch_size, seed=cfg.seed, models=models, hooks=(hook,),
                        scales_MH=estimate_norm_scales(x_NMHD))
     return train_crosscoder(ccfg, tcfg, src, out, progress=cfg.progress).eval()
 

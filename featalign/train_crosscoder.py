@@ -198,7 +198,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
     from safetensors.torch import load_file
 
     from featalign.activations import ActivationStore, TaskSuiteSource, cache_activations
-    from featalign.crosscoder.data import TensorSource
+    from featalign.crosscoder.data import InMemoryActivations
 
     batch, seed = int(tr.get("batch_size", TrainerConfig.batch_size)), int(tr.get("seed", TrainerConfig.seed))
     r, w = dist_info.rank, dist_info.world_size
@@ -216,7 +216,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
                 f"[N, {len(cc['models'])}, {len(cc['hooks'])}, {cc['d_model']}] (models {tuple(cc['models'])}, "
                 f"hooks {tuple(cc['hooks'])}); fix --models/--hooks or the activations"
             )
-        src = TensorSource(x, batch, seed=seed, models=tuple(cc["models"]), hooks=tuple(cc["hooks"]), rank=r, world_size=w)
+        src = InMemoryActivations(x, batch, seed=seed, models=tuple(cc["models"]), hooks=tuple(cc["hooks"]), rank=r, world_size=w)
         return src, t.get("eval_acts", x[-run.eval_tokens:]), {}
     model_dirs: dict[str, str] = {}
     eval_x = None

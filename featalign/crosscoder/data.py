@@ -1,7 +1,7 @@
 """Data sources for the crosscoder trainer: anything that yields `[B, M, H, D]` and can resume.
 
 The on-disk `ActivationStore` loader (featalign.activations) satisfies `ActivationSource`;
-`TensorSource` is the in-memory equivalent used by tests, the planted-data benchmark and the
+`InMemoryActivations` is the in-memory equivalent used by tests, the planted-data benchmark and the
 CLI's in-process path. `planted_data` builds synthetic activations with known ground truth.
 """
 
@@ -30,7 +30,7 @@ class ActivationSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class TensorSource:
+class InMemoryActivations:
     """Shuffled epochs over an in-memory `[N, M, H, D]` tensor; deterministic in (seed, epoch).
 
     With DDP each rank takes its slice of the same global batch, so the union over ranks equals
@@ -71,7 +71,7 @@ class TensorSource:
             self._perm = torch.randperm(self.x.shape[0], generator=g)
         return self._perm
 
-    def __iter__(self) -> "TensorSource":
+    def __iter__(self) -> "InMemoryActivations":
         return self
 
     def __next__(self) -> Tensor:

@@ -6,7 +6,7 @@ from featalign.analysis.attribution import attribute
 from featalign.analysis.controls import (
     control_activations, count_interval, difference_interval, independent_difference_interval, specific_masks,
 )
-from featalign.crosscoder import CrosscoderConfig, TensorSource, TrainerConfig, train_crosscoder, planted_data
+from featalign.crosscoder import CrosscoderConfig, InMemoryActivations, TrainerConfig, train_crosscoder, planted_data
 
 
 def test_control_activations():
@@ -51,7 +51,7 @@ def _train(x, out, steps=300):
     cfg = CrosscoderConfig(models=("a", "b"), hooks=("h",), d_model=x.shape[-1], n_latents=64, variant="l1")
     tcfg = TrainerConfig(steps=steps, batch_size=512, lr=3e-3, warmup_steps=20, sparsity_coef=0.3,
                          checkpoint_every=10_000, log_every=10_000)
-    return train_crosscoder(cfg, tcfg, TensorSource(x, 512, seed=0), out, progress=False)
+    return train_crosscoder(cfg, tcfg, InMemoryActivations(x, 512, seed=0), out, progress=False)
 
 
 def test_base_vs_base_controls_calibrate(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featalign.crosscoder import CrosscoderConfig, TensorSource, Trainer, TrainerConfig, planted_data
+from featalign.crosscoder import CrosscoderConfig, InMemoryActivations, Trainer, TrainerConfig, planted_data
 
 
 def recovery(model, truth) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def test_planted_directions_recovered_and_attributed(tmp_path, variant, steps, c
                           aux_k=16, dead_tokens=20_000)
     tc = TrainerConfig(steps=steps, batch_size=512, lr=3e-3, warmup_steps=50, sparsity_coef=coef,
                        checkpoint_every=10**9, log_every=100)
-    model = Trainer(cc, tc, TensorSource(x, 512, models=("A", "B"), hooks=("h",)), tmp_path, progress=False).train()
+    model = Trainer(cc, tc, InMemoryActivations(x, 512, models=("A", "B"), hooks=("h",)), tmp_path, progress=False).train()
     best, correct = recovery(model, truth)
     recovered = best > 0.9
     assert recovered.float().mean() >= 0.9, f"recovered {recovered.float().mean():.3f}"

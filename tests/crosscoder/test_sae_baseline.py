@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from featalign.crosscoder import TensorSource, planted_data
+from featalign.crosscoder import InMemoryActivations, planted_data
 from featalign.crosscoder.sae_baseline import apply_sae, sae_baseline_eval, train_base_sae
 
 
@@ -12,7 +12,7 @@ def test_base_sae_trains_saves_and_applies_to_every_model(tmp_path):
     from sae_lens import SAE
 
     x, _ = planted_data(n_tokens=20_000, seed=0)
-    src = TensorSource(x, 256, models=("A", "B"), hooks=("h",))
+    src = InMemoryActivations(x, 256, models=("A", "B"), hooks=("h",))
     sae = train_base_sae(src, tmp_path / "sae", steps=200, k=4, d_sae=128, lr=3e-3, warmup_steps=20)
     assert {p.name for p in (tmp_path / "sae").iterdir()} >= {"cfg.json", "sae_weights.safetensors"}
     again = SAE.load_from_disk(tmp_path / "sae")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from featalign.crosscoder import Crosscoder, CrosscoderConfig, NaNLossError, TensorSource, Trainer, TrainerConfig
+from featalign.crosscoder import Crosscoder, CrosscoderConfig, NaNLossError, InMemoryActivations, Trainer, TrainerConfig
 from featalign.crosscoder.config import FORMAT_VERSION
 from featalign.crosscoder.train import CHECKPOINT_FILE, METRICS_FILE, lr_factor, sparsity_coef_at
 
@@ -34,17 +34,17 @@ class _Kill(Exception):
 def test_killed_then_resumed_run_is_bitwise_equal(tmp_path, variant):
     x = _data()
     cc, tc = _cfgs(variant, resample_every=6)  # resampling draws random numbers: must resume too
-    ref = Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "ref", progress=False).train()
+    ref = Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "ref", progress=False).train()
 
     def kill(step):
         if step == 13:  # between checkpoints (8, 16): steps 9-13 are lost and redone
             raise _Kill
 
     with pytest.raises(_Kill):
-        Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "run", on_step=kill,
+        Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "run", on_step=kill,
                 progress=False).train()
     assert torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=False)["step"] == 8
-    resumed = Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "run", progress=False).train()
+    resumed = Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "run", progress=False).train()
     for (k, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     assert (tmp_path / "ref" / METRICS_FILE).read_text() == (tmp_path / "run" / METRICS_FILE).read_text()
@@ -55,43 +55,43 @@ def test_killed_then_resumed_run_is_bitwise_equal(tmp_path, variant):
 def test_resume_with_changed_config_is_refused_naming_fields(tmp_path):
     x = _data()
     cc, tc = _cfgs(steps=8)
-    Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     cc2, tc2 = _cfgs(steps=8, lr=1e-2, log_every=2)  # log_every may change, lr may not
     cc2.k = 5
     with pytest.raises(ValueError, match=r"crosscoder\.k: checkpoint 4 vs now 5.*trainer\.lr") as e:
-        Trainer(cc2, tc2, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+        Trainer(cc2, tc2, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     assert "log_every" not in str(e.value)
 
 
 def test_newer_checkpoint_format_refused(tmp_path):
     x = _data()
     cc, tc = _cfgs(steps=8)
-    Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
     state["format_version"] = FORMAT_VERSION + 1
     torch.save(state, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(ValueError, match="newer than this featalign"):
-        Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+        Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
 
 
 def test_store_with_other_models_or_hooks_is_refused(tmp_path):
     cc, tc = _cfgs()
     with pytest.raises(ValueError, match=r"models \('a', 'c'\).*expects \('a', 'b'\)"):
-        Trainer(cc, tc, TensorSource(_data(), 64, models=("a", "c"), hooks=HOOKS), tmp_path)
+        Trainer(cc, tc, InMemoryActivations(_data(), 64, models=("a", "c"), hooks=HOOKS), tmp_path)
     with pytest.raises(ValueError, match=r"hooks \('h2',\)"):
-        Trainer(cc, tc, TensorSource(_data(), 64, models=MODELS, hooks=("h2",)), tmp_path)
+        Trainer(cc, tc, InMemoryActivations(_data(), 64, models=MODELS, hooks=("h2",)), tmp_path)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     x = _data()
     # global batch 64 over an un-shuffled view: poison tokens that the 11th batch will contain
-    src = TensorSource(x, 64, models=MODELS, hooks=HOOKS)
+    src = InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS)
     src.load_state_dict({"epoch": 0, "pos": 0})
     perm = src._epoch_perm()
     x[perm[10 * 64 + 3]] = float("nan")
     cc, tc = _cfgs()
     with pytest.raises(NaNLossError, match="step 10.*last good checkpoint"):
-        Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+        Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
     assert state["step"] == 8
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -108,7 +108,7 @@ def test_schedules_by_hand():
 def test_dead_latents_tracked_in_tokens(tmp_path):
     """A latent whose encoder can never fire (huge negative bias) is dead after dead_tokens tokens."""
     cc, tc = _cfgs(steps=10, lr=0.0, warmup_steps=1)
-    tr = Trainer(cc, tc, TensorSource(_data(), 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False)
+    tr = Trainer(cc, tc, InMemoryActivations(_data(), 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False)
     with torch.no_grad():
         tr.model.b_enc[:5] = -1e4
     m = tr.train()
@@ -123,9 +123,9 @@ def test_dead_latents_tracked_in_tokens(tmp_path):
 def test_norm_scale_estimated_to_mean_norm_sqrt_d(tmp_path):
     cc, tc = _cfgs(steps=1)
     x = _data()
-    m = Trainer(cc, tc, TensorSource(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    m = Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     # 8 batches of 64 from the first epoch's permutation
-    src = TensorSource(x, 64)
+    src = InMemoryActivations(x, 64)
     xs = torch.cat([next(src) for _ in range(8)])
     expected = 16**0.5 / xs.norm(dim=-1).mean(0)
     torch.testing.assert_close(m.norm_scale, expected)
@@ -133,7 +133,7 @@ def test_norm_scale_estimated_to_mean_norm_sqrt_d(tmp_path):
 
 def test_resample_dead_points_them_at_errors_and_resets_adam(tmp_path):
     cc, tc = _cfgs("l1", steps=12, resample_every=10, resample_until=1.0, lr=1e-3)
-    tr = Trainer(cc, tc, TensorSource(_data(), 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False)
+    tr = Trainer(cc, tc, InMemoryActivations(_data(), 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False)
     with torch.no_grad():
         tr.model.b_enc[:5] = -1e4  # never fire -> dead after 500 tokens (8 steps)
     seen = {}
