@@ -1,0 +1,268 @@
+"""Intervention experiments: accuracy with and without a feature edit, with statistics and controls.
+
+`run_intervention` scores every task's problems (greedy decoding, `score_problems`) once without
+and once with the edit built by `edit_factory(feature_ids)` (applied with `intervene`), then:
+
+- an exact McNemar test on the paired per-sample correctness (`mcnemar_paired`);
+- a paired bootstrap 95% interval for the accuracy delta (`scipy.stats.bootstrap`, percentile);
+- a control distribution: the same edit on `n_controls` random feature sets matched on firing
+  frequency (`matched_random_features`), with the real delta's rank and an empirical two-sided
+  p-value `(1 + #{controls with |delta| >= |real delta|}) / (n_controls + 1)`.
+
+Tasks named in `held_out` (not used to select the features) are reported separately in `summary`.
+
+Example::
+
+    freq = encoder_stats(cc, acts)["firing_rate"]
+    res = run_intervention(rl_model, tok, cc, "rl", success_ids, ablate,
+                           {d: eval_problems(d, 500) for d in domains}, firing_freq_L=freq,
+                           held_out={"sort"})
+    res.save("ablate_rl.json")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import bootstrap
+
+from featalign.crosscoder.model import Crosscoder
+from featalign.evaluation import mcnemar_paired, score_problems
+from featalign.interventions import Edit, _check_features, _ids, intervene
+from featalign.organisms.tasks import Problem
+
+
+# --- matched random controls ---------------------------------------------------------------------
+
+
+def _freq_array(firing_freq_L) -> np.ndarray:
+    if isinstance(firing_freq_L, torch.Tensor):
+        firing_freq_L = firing_freq_L.detach().cpu().double().numpy()
+    f = np.asarray(firing_freq_L, dtype=np.float64).reshape(-1)
+    if f.size == 0:
+        raise ValueError("firing_freq_L is empty")
+    if not np.isfinite(f).all():
+        raise ValueError("firing_freq_L must be finite (one firing frequency per latent)")
+    return f
+
+
+def firing_bins(firing_freq_L, n_bins: int = 10) -> np.ndarray:
+    """Quantile bin (0..n_bins-1) of each latent's firing frequency. Bin edges are the quantiles
+    of the frequencies; tied frequencies always share a bin (so dead latents form one bin)."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    f = _freq_array(firing_freq_L)
+    inner = np.unique(np.quantile(f, np.linspace(0, 1, n_bins + 1))[1:-1])
+    return np.searchsorted(inner, f, side="right")
+
+
+def _check_ids(ids: tuple[int, ...], n_latents: int) -> tuple[int, ...]:
+    bad = [k for k in ids if not 0 <= k < n_latents]
+    if bad:
+        raise ValueError(f"feature ids {bad[:10]} out of range: there are latents 0..{n_latents - 1}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("feature ids must be distinct")
+    return ids
+
+
+def matched_random_features(
+    firing_freq_L, feature_ids, n_draws: int, seed: int = 0, n_bins: int = 10
+) -> list[tuple[int, ...]]:
+    """`n_draws` random feature sets matched to `feature_ids` on firing frequency: for each chosen
+    feature, a latent drawn uniformly from the same quantile bin (`firing_bins`), never a chosen
+    one and never twice in one draw. Deterministic for a given seed."""
+    f = _freq_array(firing_freq_L)
+    ids = _check_ids(_ids(feature_ids), f.size)
+    if n_draws < 0:
+        raise ValueError(f"n_draws must be >= 0, got {n_draws}")
+    bins = firing_bins(f, n_bins)
+    chosen = np.zeros(f.size, dtype=bool)
+    chosen[list(ids)] = True
+    pools = {}
+    for b in sorted({int(bins[k]) for k in ids}):
+        pool = np.flatnonzero((bins == b) & ~chosen)
+        need = sum(int(bins[k]) == b for k in ids)
+        if pool.size < need:
+            raise ValueError(
+                f"firing-frequency bin {b} has {pool.size} unchosen latents but {need} chosen features "
+                f"need matches; use fewer bins (n_bins={n_bins}) or fewer features"
+            )
+        pools[b] = pool
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_draws):
+        picked: dict[int, list[int]] = {}
+        out = []
+        for k in ids:
+            b = int(bins[k])
+            if b not in picked:
+                need = sum(int(bins[j]) == b for j in ids)
+                picked[b] = [int(x) for x in rng.choice(pools[b], size=need, replace=False)]
+            out.append(picked[b].pop())
+        draws.append(tuple(out))
+    return draws
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskResult:
+    task: str
+    held_out: bool
+    n: int
+    acc_without: float
+    acc_with: float
+    delta: float  # acc_with - acc_without
+    ci_low: float  # paired bootstrap 95% interval of delta
+    ci_high: float
+    newly_correct: int  # wrong without, right with
+    newly_wrong: int  # right without, wrong with
+    mcnemar_p: float  # exact McNemar
+    control_deltas: list[float] = field(default_factory=list)
+    control_rank: int = 0  # number of controls with delta < this delta
+    control_p: float = float("nan")  # empirical two-sided p among controls (NaN without controls)
+    correct_without: list[bool] = field(default_factory=list)
+    correct_with: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class InterventionResult:
+    model_name: str
+    features: list[int]
+    edit: str  # repr of the real edit
+    seed: int
+    control_features: list[list[int]]
+    tasks: dict[str, TaskResult]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InterventionResult":
+        d = dict(d)
+        d["tasks"] = {k: TaskResult(**v) for k, v in d["tasks"].items()}
+        return cls(**d)
+
+    def save(self, path: str | Path) -> Path:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "InterventionResult":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def summary(self) -> dict[str, dict]:
+        """Selection tasks and held-out tasks separately: per-task rows and the mean delta."""
+        out = {}
+        for group, held in (("selection", False), ("held_out", True)):
+            rows = {k: {f: getattr(t, f) for f in ("n", "acc_without", "acc_with", "delta", "ci_low",
+                                                  "ci_high", "mcnemar_p", "control_p")}
+                    for k, t in self.tasks.items() if t.held_out == held}
+            if rows:
+                out[group] = {"tasks": rows, "mean_delta": float(np.mean([r["delta"] for r in rows.values()]))}
+        return out
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def paired_bootstrap_ci(
+    without: np.ndarray, with_: np.ndarray, n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(with_) - mean(without), resampling pairs."""
+    a, b = np.asarray(without, dtype=float), np.asarray(with_, dtype=float)
+    d = b - a
+    if d.size == 0:
+        return float("nan"), float("nan")
+    if np.all(d == d[0]):  # every resample gives the same delta
+        return float(d[0]), float(d[0])
+    res = bootstrap((a, b), lambda x, y, axis: y.mean(axis) - x.mean(axis), paired=True, vectorized=True,
+                    n_resamples=n_resamples, confidence_level=level, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def control_stats(delta: float, control_deltas: Sequence[float]) -> tuple[int, float]:
+    """(rank = #controls below delta, empirical two-sided p with the +1 correction)."""
+    c = np.asarray(control_deltas, dtype=float)
+    if c.size == 0:
+        return 0, float("nan")
+    rank = int((c < delta).sum())
+    p = (1 + int((np.abs(c) >= abs(delta) - 1e-12).sum())) / (c.size + 1)
+    return rank, float(p)
+
+
+# --- the experiment ------------------------------------------------------------------------------
+
+
+def _score_tasks(model, tokenizer, tasks: dict[str, list[Problem]], batch_size: int) -> dict[str, np.ndarray]:
+    return {k: score_problems(model, tokenizer, probs, batch_size) for k, probs in tasks.items()}
+
+
+def _edit(edit_factory: Callable[[tuple[int, ...]], Edit], ids: tuple[int, ...]) -> Edit:
+    e = edit_factory(ids)
+    if not isinstance(e, Edit):
+        raise TypeError(f"edit_factory must return an Edit (ablate/clamp/scale/steer), got {type(e).__name__}")
+    return e
+
+
+@torch.no_grad()
+def run_intervention(
+    model, tokenizer, crosscoder: Crosscoder, model_name: str, features,
+    edit_factory: Callable[[tuple[int, ...]], Edit], tasks: dict[str, list[Problem]],
+    n_controls: int = 20, seed: int = 0, batch_size: int = 500, firing_freq_L=None,
+    held_out: set[str] | Sequence[str] = (), positions: str = "all", n_bins: int = 10,
+    n_resamples: int = 2000,
+) -> InterventionResult:
+    """Accuracy per task without / with `edit_factory(features)` on `model` (slot `model_name` of
+    `crosscoder`), McNemar p, paired bootstrap interval of the delta, and `n_controls` random
+    feature sets matched on `firing_freq_L` ([L], e.g. `encoder_stats(...)["firing_rate"]`)."""
+    ids = _check_features(crosscoder, _ids(features))
+    _check_ids(ids, crosscoder.cfg.n_latents)
+    if not tasks or any(len(p) == 0 for p in tasks.values()):
+        raise ValueError("tasks must map each task name to a non-empty list of problems")
+    held = set(held_out)
+    unknown = held - set(tasks)
+    if unknown:
+        raise ValueError(f"held_out tasks {sorted(unknown)} are not among the tasks {sorted(tasks)}")
+    controls: list[tuple[int, ...]] = []
+    if n_controls > 0:
+        if firing_freq_L is None:
+            raise ValueError("firing_freq_L (one firing frequency per latent) is needed for the controls")
+        if len(_freq_array(firing_freq_L)) != crosscoder.cfg.n_latents:
+            raise ValueError(f"firing_freq_L has {len(_freq_array(firing_freq_L))} entries, "
+                             f"the crosscoder has {crosscoder.cfg.n_latents} latents")
+        controls = matched_random_features(firing_freq_L, ids, n_controls, seed, n_bins)
+    real_edit = _edit(edit_factory, ids)
+    control_edits = [_edit(edit_factory, c) for c in controls]
+
+    base = _score_tasks(model, tokenizer, tasks, batch_size)
+    with intervene(model, crosscoder, model_name, real_edit, positions=positions):
+        edited = _score_tasks(model, tokenizer, tasks, batch_size)
+    ctrl_deltas: dict[str, list[float]] = {k: [] for k in tasks}
+    for e in control_edits:
+        with intervene(model, crosscoder, model_name, e, positions=positions):
+            got = _score_tasks(model, tokenizer, tasks, batch_size)
+        for k in tasks:
+            ctrl_deltas[k].append(float(got[k].mean() - base[k].mean()))
+
+    out = {}
+    for i, k in enumerate(tasks):
+        w0, w1 = base[k], edited[k]
+        test = mcnemar_paired(w0, w1)
+        delta = float(w1.mean() - w0.mean())
+        lo, hi = paired_bootstrap_ci(w0, w1, n_resamples, seed + i)
+        rank, p_ctrl = control_stats(delta, ctrl_deltas[k])
+        out[k] = TaskResult(
+            task=k, held_out=k in held, n=len(w0), acc_without=float(w0.mean()), acc_with=float(w1.mean()),
+            delta=delta, ci_low=lo, ci_high=hi, newly_correct=test.base_fail_tuned_ok,
+            newly_wrong=test.base_ok_tuned_fail, mcnemar_p=test.p_value, control_deltas=ctrl_deltas[k],
+            control_rank=rank, control_p=p_ctrl, correct_without=w0.tolist(), correct_with=w1.tolist(),
+        )
+    return InterventionResult(model_name, list(ids), repr(real_edit), seed, [list(c) for c in controls], out)

@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from featalign.crosscoder.config import CrosscoderConfig
+from featalign.crosscoder.model import Crosscoder
+from featalign.evaluation import eval_problems
+from featalign.intervention_experiments import (
+    InterventionResult, firing_bins, matched_random_features, paired_bootstrap_ci, run_intervention,
+)
+from featalign.interventions import ablate, steer
+from featalign.organisms.model import load_organism
+
+HOOK = "blocks.0.hook_resid_post"
+L = 64
+
+
+def _crosscoder() -> Crosscoder:
+    cc = Crosscoder(CrosscoderConfig(models=("base", "rl"), hooks=(HOOK,), d_model=32, n_latents=L,
+                                     variant="l1", dec_init_norm=0.3))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        cc.W_enc.add_(0.1 * torch.randn(cc.W_enc.shape, generator=g))
+        cc.b_enc.copy_(0.05 * torch.randn(L, generator=g))
+        cc.norm_scale.copy_(torch.tensor([[0.7], [1.6]]))
+    return cc
+
+
+def _freq(seed=0) -> np.ndarray:
+    f = np.random.default_rng(seed).random(L) ** 3
+    f[:6] = 0.0  # a bin of dead latents
+    return f
+
+
+@pytest.fixture(scope="module")
+def rl(tiny_organisms):
+    return load_organism(tiny_organisms.model_dir("rl"))
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return {"compare": eval_problems("compare", 12), "bool": eval_problems("bool", 12)}
+
+
+def _steer_factory(coef):
+    return lambda ids: steer(ids, coef, torch.ones(len(ids)), decoder="base")
+
+
+def test_matched_controls_share_bins_exclude_chosen_and_are_deterministic():
+    f = _freq()
+    bins = firing_bins(f, 5)
+    chosen = [1, 10, 20, 30, 40, 50]
+    draws = matched_random_features(f, chosen, 25, seed=3, n_bins=5)
+    assert len(draws) == 25
+    for d in draws:
+        assert len(d) == len(chosen) == len(set(d))
+        assert not set(d) & set(chosen)
+        assert [bins[k] for k in d] == [bins[k] for k in chosen]
+    assert draws == matched_random_features(f, chosen, 25, seed=3, n_bins=5)
+    assert draws != matched_random_features(f, chosen, 25, seed=4, n_bins=5)
+    assert len(set(bins[:6].tolist())) == 1  # tied frequencies (the dead latents) share a bin
+    assert len({d for d in draws}) > 1
+
+
+def test_matched_controls_bad_input():
+    f = _freq()
+    with pytest.raises(ValueError, match=r"out of range.*0\.\.63"):
+        matched_random_features(f, [3, 64], 2, 0)
+    with pytest.raises(ValueError, match="finite"):
+        matched_random_features(np.full(L, np.nan), [3], 2, 0)
+    with pytest.raises(ValueError, match="fewer bins"):
+        matched_random_features(f, list(range(6)), 2, 0)  # all dead latents chosen: nothing to match
+
+
+def test_bootstrap_interval_contains_delta():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(40) < 0.5, rng.random(40) < 0.7
+    lo, hi = paired_bootstrap_ci(a, b, 1000, 0)
+    d = b.mean() - a.mean()
+    assert lo <= d <= hi and lo < hi
+
+
+def test_run_intervention_statistics_and_json(rl, tasks, tmp_path):
+    model, tok = rl
+    cc = _crosscoder()
+    res = run_intervention(model, tok, cc, "rl", [4, 8, 15, 16], _steer_factory(200.0), tasks,
+                           n_controls=3, seed=1, firing_freq_L=_freq(), held_out={"bool"}, n_bins=4,
+                           n_resamples=500)
+    assert len(res.control_features) == 3
+    changed = False
+    for k, t in res.tasks.items():
+        w0, w1 = np.array(t.correct_without), np.array(t.correct_with)
+        assert len(w0) == len(w1) == t.n == 12
+        assert t.delta == pytest.approx(w1.mean() - w0.mean())
+        b, c = int((~w0 & w1).sum()), int((w0 & ~w1).sum())
+        assert (t.newly_correct, t.newly_wrong) == (b, c)
+        ref = binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
+        assert t.mcnemar_p == pytest.approx(min(ref, 1.0))
+        assert t.ci_low <= t.delta <= t.ci_high
+        assert len(t.control_deltas) == 3 and 1 / 4 <= t.control_p <= 1
+        assert t.held_out == (k == "bool")
+        changed |= b + c > 0
+    assert changed, "the steer should change some answers"
+    s = res.summary()
+    assert set(s["selection"]["tasks"]) == {"compare"} and set(s["held_out"]["tasks"]) == {"bool"}
+    back = InterventionResult.load(res.save(tmp_path / "r.json"))
+    assert back == res
+    json.loads((tmp_path / "r.json").read_text())
+
+
+def test_ablating_nothing_gives_zero_delta_everywhere(rl, tasks):
+    model, tok = rl
+    cc = _crosscoder()
+    res = run_intervention(model, tok, cc, "rl", [], ablate, tasks, n_controls=2, firing_freq_L=_freq())
+    for t in res.tasks.values():
+        assert t.delta == 0.0 and t.control_deltas == [0.0, 0.0]
+        assert t.correct_with == t.correct_without and t.mcnemar_p == 1.0
+        assert (t.ci_low, t.ci_high) == (0.0, 0.0)
+
+
+def test_run_intervention_bad_input(rl, tasks):
+    model, tok = rl
+    cc = _crosscoder()
+    with pytest.raises(ValueError, match=r"out of range.*0\.\.63"):
+        run_intervention(model, tok, cc, "rl", [2, 99], ablate, tasks, n_controls=0)
+    with pytest.raises(ValueError, match="firing_freq_L"):
+        run_intervention(model, tok, cc, "rl", [2], ablate, tasks, n_controls=2)
+    with pytest.raises(ValueError, match="entries"):
+        run_intervention(model, tok, cc, "rl", [2], ablate, tasks, n_controls=2, firing_freq_L=np.ones(10))
+    with pytest.raises(ValueError, match="held_out"):
+        run_intervention(model, tok, cc, "rl", [2], ablate, tasks, n_controls=0, held_out={"sort"})
+    with pytest.raises(TypeError, match="Edit"):
+        run_intervention(model, tok, cc, "rl", [2], lambda ids: None, tasks, n_controls=0)
