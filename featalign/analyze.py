@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featalign.config import JsonConfig
+from featalign.config import JsonConfig, parse_bool
 
 STAGES = ("attribution", "controls", "drift", "success", "cards")
 
@@ -87,20 +87,12 @@ HELP = {
 }
 
 
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m featalign.analyze", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file with AnalyzeConfig fields (flags override it)")
     for f in dataclasses.fields(AnalyzeConfig):
-        t = {"int": int, "float": float, "bool": _bool}.get(str(f.type), str)
+        t = {"int": int, "float": float, "bool": parse_bool}.get(str(f.type), str)
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
                        help=f"{HELP[f.name]} (default: {f.default})")
     return p

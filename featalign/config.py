@@ -57,3 +57,14 @@ class JsonConfig:
         """Fields whose values differ, as {name: (self, other)} (used to refuse mixed configs)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def parse_bool(s: str) -> bool:
+    """`true/false/yes/no/on/off/1/0` for CLI flags built from config fields."""
+    import argparse
+
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")

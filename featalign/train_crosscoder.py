@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from featalign.config import parse_bool
 from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
 
 HELP = {
@@ -104,14 +105,6 @@ RUN_HELP = {
 }
 
 
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
 def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, dest: str, help_text: str, default: Any) -> None:
     flag = "--" + dest.replace("_", "-")
     t = str(f.type)
@@ -120,7 +113,7 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, dest: str, help
         p.add_argument(flag, dest=dest, type=lambda s, c=conv: tuple(c(x) for x in s.split(",") if x),
                        default=None, help=f"{help_text} (default: {','.join(map(str, default)) if default else default})")
     elif t == "bool":
-        p.add_argument(flag, dest=dest, type=_parse_bool, default=None, help=f"{help_text} (default: {default})")
+        p.add_argument(flag, dest=dest, type=parse_bool, default=None, help=f"{help_text} (default: {default})")
     else:
         typ = {"int": int, "float": float}.get(t.split(" ")[0], str)
         if "int | None" in t or "str | None" in t:

@@ -126,7 +126,7 @@ def _check_or_write_config(root: Path, cfg: OrganismConfig) -> OrganismConfig:
         merged = tuple(dict.fromkeys(old.post_train_domains + cfg.post_train_domains))
         cfg = OrganismConfig.from_dict({**cfg.to_dict(), "post_train_domains": merged})
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {**cfg.to_dict()})
+    cfg.save(path)
     atomic_write_json(root / "provenance.json", provenance())
     return cfg
 
