@@ -22,6 +22,7 @@ EVAL_SEED = 1234
 
 
 def eval_problems(domain: str, n: int, seed: int = EVAL_SEED) -> list[Problem]:
+    """A domain's fixed eval-split problems (seeded), so every model is scored on the same prompts and paired tests apply."""
     return sample_problems(domain, n, "eval", seed)
 
 
@@ -52,6 +53,7 @@ def evaluate(
 
 
 def accuracy(results: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean correctness per domain (the fraction of problems solved)."""
     return {d: float(c.mean()) for d, c in results.items()}
 
 
@@ -60,6 +62,7 @@ def accuracy(results: dict[str, np.ndarray]) -> dict[str, float]:
 
 @dataclass
 class PairedTest:
+    """Two models on the same prompts: accuracies, the discordant counts and the exact McNemar p-value."""
     n: int
     base_acc: float
     tuned_acc: float
@@ -69,6 +72,8 @@ class PairedTest:
 
 
 def mcnemar_paired(base_correct: np.ndarray, tuned_correct: np.ndarray) -> PairedTest:
+    """Exact McNemar test of tuned vs base on the same prompts: only the discordant pairs (b newly solved,
+    c newly failed) carry information, so it is the paired test for two models on one problem set."""
     from statsmodels.stats.contingency_tables import mcnemar
 
     b = int((~base_correct & tuned_correct).sum())
@@ -94,6 +99,8 @@ def two_by_two(base_correct: np.ndarray, tuned_correct: np.ndarray) -> np.ndarra
 
 @dataclass
 class CMHResult:
+    """Cochran-Mantel-Haenszel common odds ratio over strata (one 2x2 table per domain), its 95% interval,
+    the p-value of OR = 1 and the mean accuracy delta: the transfer study's summary statistic."""
     n_strata: int
     odds_ratio: float
     ci_low: float
@@ -148,6 +155,7 @@ def in_out_domain_cmh(
 
 
 def plot_accuracy_bars(acc_by_model: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
+    """Grouped bars of accuracy per domain, one bar per model (PNG at `path`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,6 +182,7 @@ def plot_accuracy_bars(acc_by_model: dict[str, dict[str, float]], path: str | Pa
 def plot_transfer_heatmap(
     matrix: np.ndarray, train_domains: list[str], eval_domains: list[str], path: str | Path, title: str = ""
 ) -> Path:
+    """Heatmap of a transfer matrix (post-training domain x eval domain, accuracy delta in points; PNG at `path`)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -39,6 +39,7 @@ class ModelSpec(JsonConfig):
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from its name (float32 | bfloat16 | float16) or a dtype; anything else is refused with the valid names."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:

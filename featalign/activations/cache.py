@@ -39,6 +39,7 @@ class CacheConfig(JsonConfig):
 
 
 def as_group(models: Any) -> ModelGroup:
+    """Accept a ModelGroup, a list of ModelSpec or a {name: path} dict, so every entry point takes the same model arguments."""
     if isinstance(models, ModelGroup):
         return models
     if isinstance(models, dict):

@@ -31,6 +31,9 @@ def _gen(*key: int) -> torch.Generator:
 
 
 class ActivationLoader:
+    """Endless shuffled float32 `[B, M, H, D]` batches from a store, resumable exactly through
+    `state_dict()`, with memory bounded by `buffer_shards` (see the module docstring); it is the
+    crosscoder trainer's `ActivationSource`, and under DDP each rank reads its slice of one global batch."""
     def __init__(
         self,
         store: "ActivationStore",

@@ -18,6 +18,8 @@ from torch import Tensor
 
 @runtime_checkable
 class TokenSource(Protocol):
+    """Anything that yields token-id sequences for a tokenizer and fingerprints itself, so a resumed
+    cache can prove it continues the same stream."""
     def sequences(self, tokenizer) -> Iterator[list[int]]: ...
 
     def fingerprint(self) -> str: ...

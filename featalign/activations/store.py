@@ -156,6 +156,7 @@ class Moments:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    """Streaming SHA-256 of a shard, recorded in the manifest so a corrupted shard is detected on read."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while b := f.read(chunk):
@@ -164,10 +165,12 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
 
 
 def rank_manifest_name(rank: int) -> str:
+    """File name of one rank's manifest (`manifest.rNNN.json`): each rank commits its own, rank 0 merges them."""
     return f"manifest.r{rank:03d}.json"
 
 
 def to_store_array(x: Tensor, dtype: str) -> np.ndarray:
+    """Numpy array to write to a shard; bfloat16 has no numpy dtype, so it is stored as its raw uint16 bits."""
     tdt, _ = STORE_DTYPES[dtype]
     y = x.to(tdt).contiguous()
     return y.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else y.numpy()
@@ -391,6 +394,8 @@ def merge_manifests(root: str | Path, moments: Moments | None = None) -> dict:
 
 @dataclass
 class StoreStats:
+    """Per-(model, hook) moments of the stored rows: count, mean, population variance, mean norm and the
+    normalisation scalar sqrt(d) / E||x|| that the crosscoder uses."""
     count: int
     mean_MHD: Tensor
     var_MHD: Tensor

@@ -97,6 +97,7 @@ def classify(norms_LM: Tensor, models: tuple[str, ...], cfg: AttributionConfig =
 
 
 def class_counts(classes: list[str]) -> dict[str, int]:
+    """How many latents fall in each class (sorted by name): the numbers a report compares with its controls."""
     return {c: classes.count(c) for c in sorted(set(classes))}
 
 

@@ -96,6 +96,7 @@ def _numbers_table(d: dict) -> str:
 
 
 def render_card(latent: int, examples: dict, numbers: dict, note: str = "") -> str:
+    """One latent's self-contained HTML page (numbers, inline histogram, top examples per model), so a card opens from disk without a server."""
     parts = [f"<!doctype html><meta charset='utf-8'><title>latent {latent}</title><style>{_CSS}</style>",
              f"<p><a href='../index.html'>index</a></p><h1>Latent {latent}</h1>"]
     if note:

@@ -37,6 +37,7 @@ def control_activations(x_N1HD: Tensor, kind: str, seed: int = 0) -> Tensor:
 
 @dataclass
 class CountInterval:
+    """A latent count with its interval and how it was obtained (`bootstrap` or `clopper-pearson`), so no count is reported without its uncertainty."""
     count: int
     low: float
     high: float

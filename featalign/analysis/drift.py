@@ -33,6 +33,7 @@ class SeriesError(ValueError):
 
 @dataclass
 class Checkpoint:
+    """One checkpoint folder and its place in the series (`index` 1..n or training `step`); `CheckpointSeries.validate` orders by them."""
     index: int | None  # 1..n position in the series (None: unknown)
     step: int | None  # training step (None: unknown)
     path: str
@@ -114,6 +115,7 @@ def series_from_organisms(org, kind: str, domain: str | None = None) -> Checkpoi
 
 @dataclass
 class DriftConfig(JsonConfig):
+    """Thresholds of the drift analysis: top-k size, the NRN that counts as model-specific, the stabilisation tolerances, and the decoder cosine a pairwise match needs."""
     top_k: int = 50
     specific_threshold: float = 0.9  # NRN vs base at or above this -> model-specific (for "new features")
     stable_tol: float = 0.05  # |s_t - s_final| <= tol ...
@@ -155,6 +157,8 @@ def topk_entry_index(topk_sets: list[set[int]], feats: list[int]) -> np.ndarray:
 
 @dataclass
 class DriftResult:
+    """Drift of one checkpoint series (joint or pairwise alignment): per-checkpoint top-k, successive overlaps,
+    stabilisation and top-k entry of each final top-k feature, specific / new feature counts, and the drift curves."""
     series: str
     mode: str
     indices: list[int]  # checkpoint positions 1..n
@@ -181,6 +185,7 @@ class DriftResult:
 
 
 def median_interval(x, n_resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% percentile bootstrap interval of the median (None without data; a constant sample gets a zero-width interval)."""
     x = np.asarray(x, float)
     if len(x) < 2 or np.all(x == x[0]):
         return [float(x[0]), float(x[0])] if len(x) else None

@@ -41,6 +41,7 @@ def nrn_histograms(nrn_by_name: dict[str, np.ndarray], path, title: str = "") ->
 
 
 def mas_histograms(mas_LM: np.ndarray, models, path, title: str = "") -> Path:
+    """Histogram (log counts) of each model's attribution score: mass near 1 means latents that model owns, near 1/M shared ones."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for m, name in enumerate(models):
@@ -71,6 +72,7 @@ def ternary(mas_L3: np.ndarray, models, path, colors=None, title: str = "") -> P
 
 def latent_scaling_scatter(nu_err: np.ndarray, nu_rec: np.ndarray, labels: list[str], path, thresholds=(0.3, 0.5),
                            title: str = "") -> Path:
+    """nu_error against nu_recon with the artifact thresholds drawn, so complete-shrinkage and decoupling artifacts stand out."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4))
     for lab in sorted(set(labels)):
@@ -125,6 +127,7 @@ def drift_side_by_side(results: dict, path) -> Path:
 
 
 def success_sets(per_task_sizes: dict[str, int], n_features: int, null_95, path, title: str = "") -> Path:
+    """Per-task RL-success set sizes and their intersection, with the random-subset null's 95% interval on the intersection."""
     plt = _plt()
     labels = list(per_task_sizes) + ["∩ all"]
     vals = list(per_task_sizes.values()) + [n_features]

@@ -35,6 +35,8 @@ class TooFewSamplesError(ValueError):
 
 @dataclass
 class SuccessConfig(JsonConfig):
+    """Settings of the RL-success selection: the crosscoder slots of base and RL, the pooled positions, the
+    fraction-of-max threshold, the minimum samples and tasks, and the null / bootstrap repeats."""
     base: str = "base"  # crosscoder model names
     rl: str = "rl"
     positions: str = "last"  # "last": the last prompt token (predicts the answer); "all": mean over prompt tokens
@@ -93,6 +95,8 @@ def _intersect(sets: list[set[int]]) -> set[int]:
 
 @dataclass
 class SuccessResult:
+    """What the selection found: per-task scores and sets, the intersection and majority sets, pairwise overlaps,
+    the random-subset null, the bootstrap over success samples and (optionally) the gradient-score agreement."""
     tasks: list[str]
     n_samples: dict[str, int]  # base-fail / RL-success samples per used task
     skipped: dict[str, str]  # task -> why (with its count)
