@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,6 +34,7 @@ from scipy.stats import bootstrap
 from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import mcnemar_paired, score_problems
 from featalign.interventions import Edit, _check_features, _ids, intervene
+from featalign.io import atomic_write_json, provenance, read_json
 from featalign.organisms.tasks import Problem
 
 
@@ -124,6 +125,12 @@ class TaskResult:
     newly_correct: int  # wrong without, right with
     newly_wrong: int  # right without, wrong with
     mcnemar_p: float  # exact McNemar
+    subset_n: int = 0  # selected samples (e.g. base-fail / RL-success); 0 = no subset given
+    subset_acc_without: float | None = None  # None when no subset was given
+    subset_acc_with: float | None = None
+    subset_delta: float | None = None
+    subset_mcnemar_p: float | None = None
+    nonfinite_frac: float = 0.0  # share of output rows with NaN/inf logits under the edit
     control_deltas: list[float] = field(default_factory=list)
     control_rank: int = 0  # number of controls with delta < this delta
     control_p: float = float("nan")  # empirical two-sided p among controls (NaN without controls)
@@ -150,19 +157,23 @@ class InterventionResult:
         return cls(**d)
 
     def save(self, path: str | Path) -> Path:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_json(path, {**self.to_dict(), "provenance": provenance()})
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "InterventionResult":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        d = read_json(path)
+        d.pop("provenance", None)
+        return cls.from_dict(d)
 
     def summary(self) -> dict[str, dict]:
         """Selection tasks and held-out tasks separately: per-task rows and the mean delta."""
         out = {}
         for group, held in (("selection", False), ("held_out", True)):
             rows = {k: {f: getattr(t, f) for f in ("n", "acc_without", "acc_with", "delta", "ci_low",
-                                                  "ci_high", "mcnemar_p", "control_p")}
+                                                  "ci_high", "mcnemar_p", "control_p", "subset_n",
+                                                  "subset_acc_without", "subset_acc_with", "subset_delta",
+                                                  "nonfinite_frac")}
                     for k, t in self.tasks.items() if t.held_out == held}
             if rows:
                 out[group] = {"tasks": rows, "mean_delta": float(np.mean([r["delta"] for r in rows.values()]))}
@@ -205,11 +216,36 @@ def _score_tasks(model, tokenizer, tasks: dict[str, list[Problem]], batch_size: 
     return {k: score_problems(model, tokenizer, probs, batch_size) for k, probs in tasks.items()}
 
 
+def _score_edited(model, tokenizer, crosscoder, model_name, edit, tasks, batch_size, positions):
+    """Per-task correctness under `edit`, and per-task share of output rows with non-finite logits."""
+    got, nonfinite = {}, {}
+    for k, probs in tasks.items():
+        with intervene(model, crosscoder, model_name, edit, positions=positions) as mon:
+            got[k] = score_problems(model, tokenizer, probs, batch_size)
+        nonfinite[k] = mon.nonfinite_frac
+    return got, nonfinite
+
+
 def _edit(edit_factory: Callable[[tuple[int, ...]], Edit], ids: tuple[int, ...]) -> Edit:
     e = edit_factory(ids)
     if not isinstance(e, Edit):
         raise TypeError(f"edit_factory must return an Edit (ablate/clamp/scale/steer), got {type(e).__name__}")
     return e
+
+
+def _check_masks(masks: dict[str, np.ndarray] | None, tasks: dict[str, list[Problem]], what: str) -> dict:
+    if masks is None:
+        return {}
+    unknown = set(masks) - set(tasks)
+    if unknown:
+        raise ValueError(f"{what} names tasks {sorted(unknown)} that are not among the tasks {sorted(tasks)}")
+    out = {}
+    for k, m in masks.items():
+        m = np.asarray(m)
+        if m.shape != (len(tasks[k]),):
+            raise ValueError(f"{what}[{k!r}] has shape {m.shape}; expected ({len(tasks[k])},), one entry per problem")
+        out[k] = m.astype(bool)
+    return out
 
 
 @torch.no_grad()
@@ -218,11 +254,17 @@ def run_intervention(
     edit_factory: Callable[[tuple[int, ...]], Edit], tasks: dict[str, list[Problem]],
     n_controls: int = 20, seed: int = 0, batch_size: int = 500, firing_freq_L=None,
     held_out: set[str] | Sequence[str] = (), positions: str = "all", n_bins: int = 10,
-    n_resamples: int = 2000,
+    n_resamples: int = 2000, subset: dict[str, np.ndarray] | None = None,
+    baseline: dict[str, np.ndarray] | None = None,
 ) -> InterventionResult:
     """Accuracy per task without / with `edit_factory(features)` on `model` (slot `model_name` of
     `crosscoder`), McNemar p, paired bootstrap interval of the delta, and `n_controls` random
-    feature sets matched on `firing_freq_L` ([L], e.g. `encoder_stats(...)["firing_rate"]`)."""
+    feature sets matched on `firing_freq_L` ([L], e.g. `encoder_stats(...)["firing_rate"]`).
+
+    `subset` ({task: bool[n]}, optional) selects samples (e.g. base-fail / RL-success) whose
+    accuracy is also reported on its own. `baseline` ({task: bool[n]}) is the unedited correctness
+    if already scored (a coefficient sweep scores it once). Non-finite logits under an edit are
+    counted per task (`nonfinite_frac`) and warned about, never raised."""
     ids = _check_features(crosscoder, _ids(features))
     _check_ids(ids, crosscoder.cfg.n_latents)
     if not tasks or any(len(p) == 0 for p in tasks.values()):
@@ -231,6 +273,10 @@ def run_intervention(
     unknown = held - set(tasks)
     if unknown:
         raise ValueError(f"held_out tasks {sorted(unknown)} are not among the tasks {sorted(tasks)}")
+    subset = _check_masks(subset, tasks, "subset")
+    baseline = _check_masks(baseline, tasks, "baseline")
+    if baseline and set(baseline) != set(tasks):
+        raise ValueError(f"baseline must give every task; missing {sorted(set(tasks) - set(baseline))}")
     controls: list[tuple[int, ...]] = []
     if n_controls > 0:
         if firing_freq_L is None:
@@ -242,15 +288,18 @@ def run_intervention(
     real_edit = _edit(edit_factory, ids)
     control_edits = [_edit(edit_factory, c) for c in controls]
 
-    base = _score_tasks(model, tokenizer, tasks, batch_size)
-    with intervene(model, crosscoder, model_name, real_edit, positions=positions):
-        edited = _score_tasks(model, tokenizer, tasks, batch_size)
+    base = baseline or _score_tasks(model, tokenizer, tasks, batch_size)
+    edited, nonfinite = _score_edited(model, tokenizer, crosscoder, model_name, real_edit, tasks, batch_size,
+                                      positions)
     ctrl_deltas: dict[str, list[float]] = {k: [] for k in tasks}
     for e in control_edits:
-        with intervene(model, crosscoder, model_name, e, positions=positions):
-            got = _score_tasks(model, tokenizer, tasks, batch_size)
+        got, _ = _score_edited(model, tokenizer, crosscoder, model_name, e, tasks, batch_size, positions)
         for k in tasks:
             ctrl_deltas[k].append(float(got[k].mean() - base[k].mean()))
+    bad = {k: v for k, v in nonfinite.items() if v > 0}
+    if bad:
+        warnings.warn(f"{real_edit!r} gave NaN/inf logits on {', '.join(f'{k}: {v:.1%} of rows' for k, v in bad.items())}"
+                      " (its decoded answers count as wrong); lower the coefficient", RuntimeWarning, stacklevel=2)
 
     out = {}
     for i, k in enumerate(tasks):
@@ -259,10 +308,134 @@ def run_intervention(
         delta = float(w1.mean() - w0.mean())
         lo, hi = paired_bootstrap_ci(w0, w1, n_resamples, seed + i)
         rank, p_ctrl = control_stats(delta, ctrl_deltas[k])
+        sub = {}
+        if k in subset and subset[k].any():
+            s0, s1 = w0[subset[k]], w1[subset[k]]
+            sub = dict(subset_n=int(subset[k].sum()), subset_acc_without=float(s0.mean()),
+                       subset_acc_with=float(s1.mean()), subset_delta=float(s1.mean() - s0.mean()),
+                       subset_mcnemar_p=mcnemar_paired(s0, s1).p_value)
         out[k] = TaskResult(
             task=k, held_out=k in held, n=len(w0), acc_without=float(w0.mean()), acc_with=float(w1.mean()),
             delta=delta, ci_low=lo, ci_high=hi, newly_correct=test.base_fail_tuned_ok,
-            newly_wrong=test.base_ok_tuned_fail, mcnemar_p=test.p_value, control_deltas=ctrl_deltas[k],
-            control_rank=rank, control_p=p_ctrl, correct_without=w0.tolist(), correct_with=w1.tolist(),
+            newly_wrong=test.base_ok_tuned_fail, mcnemar_p=test.p_value, **sub, nonfinite_frac=nonfinite[k],
+            control_deltas=ctrl_deltas[k], control_rank=rank, control_p=p_ctrl, correct_without=w0.tolist(),
+            correct_with=w1.tolist(),
         )
     return InterventionResult(model_name, list(ids), repr(real_edit), seed, [list(c) for c in controls], out)
+
+
+# --- coefficient sweeps --------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    """`run_intervention` at each coefficient; `results[i]` belongs to `coefs[i]`."""
+
+    coefs: list[float]
+    results: list[InterventionResult]
+    provenance: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"coefs": self.coefs, "results": [r.to_dict() for r in self.results], "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SweepResult":
+        return cls(list(d["coefs"]), [InterventionResult.from_dict(r) for r in d["results"]], d.get("provenance", {}))
+
+    def save(self, path: str | Path) -> Path:
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepResult":
+        return cls.from_dict(read_json(path))
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.results[0].tasks) if self.results else []
+
+    def rows(self) -> list[dict]:
+        """One row per (coefficient, task): accuracy with the edit, its delta and interval, the
+        control band (5th/95th percentile of control deltas) and the non-finite-logit share."""
+        out = []
+        for c, r in zip(self.coefs, self.results):
+            for k, t in r.tasks.items():
+                cd = np.asarray(t.control_deltas, dtype=float)
+                out.append(dict(
+                    coef=c, task=k, held_out=t.held_out, acc_without=t.acc_without, acc_with=t.acc_with,
+                    delta=t.delta, ci_low=t.ci_low, ci_high=t.ci_high, mcnemar_p=t.mcnemar_p,
+                    subset_acc_with=t.subset_acc_with, control_p=t.control_p,
+                    control_lo=float(np.percentile(cd, 5)) if cd.size else float("nan"),
+                    control_hi=float(np.percentile(cd, 95)) if cd.size else float("nan"),
+                    nonfinite_frac=t.nonfinite_frac,
+                ))
+        return out
+
+    def nonfinite_coefs(self) -> list[float]:
+        """Coefficients at which some task saw NaN/inf logits."""
+        return [c for c, r in zip(self.coefs, self.results) if any(t.nonfinite_frac > 0 for t in r.tasks.values())]
+
+    def plot(self, path: str | Path, title: str = "") -> Path:
+        """Accuracy against the coefficient, one panel per task: the edit (with its bootstrap
+        interval), the matched-control band (baseline + 5th..95th percentile of control deltas),
+        and coefficients with non-finite logits marked with a red x."""
+        from featalign.analysis.plots import _plt, _save
+
+        plt = _plt()
+        rows, tasks = self.rows(), self.tasks
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False, sharey=True)
+        for ax, k in zip(axes[0], tasks):
+            rs = [r for r in rows if r["task"] == k]
+            x = np.array([r["coef"] for r in rs])
+            y = np.array([r["acc_with"] for r in rs])
+            base = rs[0]["acc_without"]
+            ax.errorbar(x, y, yerr=[y - (base + np.array([r["ci_low"] for r in rs])),
+                                    (base + np.array([r["ci_high"] for r in rs])) - y],
+                        marker="o", capsize=3, label="features")
+            lo = np.array([r["control_lo"] for r in rs])
+            if np.isfinite(lo).any():
+                ax.fill_between(x, base + lo, base + np.array([r["control_hi"] for r in rs]), alpha=0.25,
+                                color="gray", label="matched controls (5-95%)")
+            ax.axhline(base, color="k", lw=0.8, ls="--", label="no edit")
+            bad = [r["coef"] for r in rs if r["nonfinite_frac"] > 0]
+            if bad:
+                ax.scatter(bad, [0.0] * len(bad), marker="x", color="red", s=60, label="NaN/inf logits")
+            ax.set_title(k + (" (held out)" if rs[0]["held_out"] else ""))
+            ax.set_xlabel("coefficient")
+        axes[0][0].set_ylabel("accuracy")
+        axes[0][0].legend(fontsize=7)
+        if title:
+            fig.suptitle(title)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return _save(fig, path)
+
+
+@torch.no_grad()
+def coefficient_sweep(
+    model, tokenizer, crosscoder: Crosscoder, model_name: str, features,
+    edit_at: Callable[[tuple[int, ...], float], Edit], coefs: Sequence[float], tasks: dict[str, list[Problem]],
+    n_controls: int = 20, progress: bool = True, **kwargs,
+) -> SweepResult:
+    """`run_intervention` with `edit_at(ids, coef)` for each coefficient (e.g.
+    `lambda ids, c: steer(ids, c, typical, decoder="rl")` or `lambda ids, c: scale(ids, c)`), with
+    the unedited baseline scored once and the same matched controls at every coefficient.
+    Coefficients that give NaN/inf logits are kept in the result (see `SweepResult.nonfinite_coefs`)."""
+    from tqdm.auto import tqdm
+
+    coefs = [float(c) for c in coefs]
+    if not coefs:
+        raise ValueError("coefs is empty: give at least one coefficient")
+    baseline = kwargs.pop("baseline", None) or _score_tasks(model, tokenizer, tasks, kwargs.get("batch_size", 500))
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # summarised once below
+        for c in tqdm(coefs, desc="coefficient sweep", disable=not progress):
+            results.append(run_intervention(model, tokenizer, crosscoder, model_name, features,
+                                            lambda ids, c=c: edit_at(ids, c), tasks, n_controls=n_controls,
+                                            baseline=baseline, **kwargs))
+    out = SweepResult(coefs, results, provenance())
+    bad = out.nonfinite_coefs()
+    if bad:
+        warnings.warn(f"coefficient sweep: NaN/inf logits at coefficients {bad} (their answers count as wrong)",
+                      RuntimeWarning, stacklevel=2)
+    return out

@@ -293,20 +293,46 @@ def hook_fns(
     }
 
 
+@dataclass
+class LogitMonitor:
+    """Counts of the model's output rows (one per sequence and position) seen while an
+    `intervene` context was open, and how many of them held a NaN or infinite logit. A large
+    steering coefficient can overflow the residual stream; greedy decoding would then silently
+    emit garbage, so callers report `nonfinite_frac` instead."""
+
+    rows: int = 0
+    nonfinite_rows: int = 0
+
+    @property
+    def nonfinite_frac(self) -> float:
+        return self.nonfinite_rows / self.rows if self.rows else 0.0
+
+    def __call__(self, module, args, output) -> None:
+        logits = output.logits if hasattr(output, "logits") else output[0] if isinstance(output, tuple) else output
+        if not isinstance(logits, Tensor):
+            return
+        self.rows += logits.shape[0] * logits.shape[1]
+        self.nonfinite_rows += int((~torch.isfinite(logits)).any(-1).sum())
+
+
 @contextmanager
 def intervene(
     model: torch.nn.Module, crosscoder: Crosscoder, model_name: str, edits: Edit | Sequence[Edit],
     positions: str = "all", hooks: Sequence[str] | None = None, prompt_len: int | None = None,
-) -> Iterator[None]:
+) -> Iterator[LogitMonitor]:
     """Apply `edits` to `model` (HF causal LM or TransformerBridge) at the crosscoder's hooks
     (or the subset `hooks`) while the context is open; `model_name` is the model's slot in the
-    crosscoder. Works for plain forwards, `featalign.generation.decode` and `score_problems`."""
+    crosscoder. Works for plain forwards, `featalign.generation.decode` and `score_problems`.
+    Yields a `LogitMonitor` that counts output rows with non-finite logits."""
     lm = hf_model_of(model)
     width = _hidden_size(lm)
     if width is not None and width != crosscoder.cfg.d_model:
         raise ValueError(f"model width {width} does not match the crosscoder's d_model {crosscoder.cfg.d_model}")
     fns = hook_fns(crosscoder, model_name, edits, positions, hooks, prompt_len)
+    monitor = LogitMonitor()
     with ExitStack() as stack:
         for hk, fn in fns.items():
             stack.enter_context(residual_hook(lm, hk, fn))
-        yield
+        handle = lm.register_forward_hook(monitor)
+        stack.callback(handle.remove)
+        yield monitor

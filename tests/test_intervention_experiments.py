@@ -9,7 +9,8 @@ from featalign.crosscoder.config import CrosscoderConfig
 from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import eval_problems
 from featalign.intervention_experiments import (
-    InterventionResult, firing_bins, matched_random_features, paired_bootstrap_ci, run_intervention,
+    InterventionResult, SweepResult, coefficient_sweep, firing_bins, matched_random_features, paired_bootstrap_ci,
+    run_intervention,
 )
 from featalign.interventions import ablate, steer
 from featalign.organisms.model import load_organism
@@ -134,3 +135,55 @@ def test_run_intervention_bad_input(rl, tasks):
         run_intervention(model, tok, cc, "rl", [2], ablate, tasks, n_controls=0, held_out={"sort"})
     with pytest.raises(TypeError, match="Edit"):
         run_intervention(model, tok, cc, "rl", [2], lambda ids: None, tasks, n_controls=0)
+
+
+def test_subset_accuracy_matches_the_masked_per_sample_arrays(rl, tasks):
+    model, tok = rl
+    cc = _crosscoder()
+    mask = np.arange(12) % 3 == 0
+    res = run_intervention(model, tok, cc, "rl", [4, 8], _steer_factory(200.0), tasks, n_controls=0,
+                           subset={"compare": mask})
+    t = res.tasks["compare"]
+    w0, w1 = np.array(t.correct_without), np.array(t.correct_with)
+    assert t.subset_n == 4
+    assert t.subset_acc_without == pytest.approx(w0[mask].mean())
+    assert t.subset_acc_with == pytest.approx(w1[mask].mean())
+    assert t.subset_delta == pytest.approx(w1[mask].mean() - w0[mask].mean())
+    b, c = int((~w0[mask] & w1[mask]).sum()), int((w0[mask] & ~w1[mask]).sum())
+    assert t.subset_mcnemar_p == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0)
+    u = res.tasks["bool"]  # no subset given for this task
+    assert u.subset_n == 0 and u.subset_acc_with is None
+    with pytest.raises(ValueError, match="one entry per problem"):
+        run_intervention(model, tok, cc, "rl", [4], ablate, tasks, n_controls=0, subset={"compare": mask[:5]})
+    with pytest.raises(ValueError, match="not among the tasks"):
+        run_intervention(model, tok, cc, "rl", [4], ablate, tasks, n_controls=0, subset={"sort": mask})
+
+
+def test_sweep_matches_single_runs_and_reports_nonfinite_logits(rl, tasks, tmp_path):
+    model, tok = rl
+    cc = _crosscoder()
+    f = _freq()
+    ids = [4, 8, 15, 16]
+    edit_at = lambda ids, c: steer(ids, c, torch.ones(len(ids)), decoder="base")  # noqa: E731
+    # 1e39 is a finite float but overflows float32: the residual stream becomes inf, the logits NaN
+    with pytest.warns(RuntimeWarning, match=r"NaN/inf logits at coefficients \[1e\+39\]"):
+        sw = coefficient_sweep(model, tok, cc, "rl", ids, edit_at, [0.0, 200.0, 1e39], tasks,
+                               n_controls=2, firing_freq_L=f, n_bins=4, n_resamples=200, seed=1, progress=False)
+    assert sw.coefs == [0.0, 200.0, 1e39]
+    for t in sw.results[0].tasks.values():  # coefficient 0: a no-op, controls too
+        assert t.delta == 0.0 and t.control_deltas == [0.0, 0.0] and t.nonfinite_frac == 0.0
+    single = run_intervention(model, tok, cc, "rl", ids, _steer_factory(200.0), tasks, n_controls=2,
+                              firing_freq_L=f, n_bins=4, n_resamples=200, seed=1)
+    assert sw.results[1] == single  # the sweep's shared baseline changes nothing
+    assert sw.nonfinite_coefs() == [1e39]
+    for t in sw.results[2].tasks.values():
+        assert t.nonfinite_frac == 1.0 and t.acc_with == 0.0  # every row NaN: every answer wrong
+    rows = sw.rows()
+    assert len(rows) == 3 * len(tasks)
+    assert all(r["control_lo"] <= r["control_hi"] for r in rows)
+    assert sw.plot(tmp_path / "sweep.png").stat().st_size > 1000
+    back = SweepResult.load(sw.save(tmp_path / "sweep.json"))
+    assert back.coefs == sw.coefs and back.results[1] == sw.results[1]
+    assert back.provenance["featalign_version"]
+    with pytest.raises(ValueError, match="coefs is empty"):
+        coefficient_sweep(model, tok, cc, "rl", ids, edit_at, [], tasks, n_controls=0)
