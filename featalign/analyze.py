@@ -15,7 +15,6 @@ feature set shared across out-of-domain tasks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featalign.config import JsonConfig, parse_bool
+from featalign.config import JsonConfig, config_from_args, config_parser
 
 STAGES = ("attribution", "controls", "drift", "success", "cards")
 
@@ -88,21 +87,11 @@ HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m featalign.analyze", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="JSON file with AnalyzeConfig fields (flags override it)")
-    for f in dataclasses.fields(AnalyzeConfig):
-        t = {"int": int, "float": float, "bool": parse_bool}.get(str(f.type), str)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
-                       help=f"{HELP[f.name]} (default: {f.default})")
-    return p
+    return config_parser(AnalyzeConfig, HELP, "python -m featalign.analyze", __doc__)
 
 
 def resolve_config(argv: list[str] | None) -> AnalyzeConfig:
-    args = build_parser().parse_args(argv)
-    d = AnalyzeConfig.load(args.config).to_dict() if args.config else {}
-    d |= {k: v for k, v in vars(args).items() if k != "config" and v is not None}
-    cfg = AnalyzeConfig.from_dict(d)
+    cfg = config_from_args(AnalyzeConfig, build_parser().parse_args(argv))
     bad = set(cfg.stages.split(",")) - set(STAGES)
     if bad:
         raise SystemExit(f"unknown stage(s) {sorted(bad)}; choose from {STAGES}")

@@ -68,3 +68,26 @@ def parse_bool(s: str) -> bool:
     if s.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def config_parser(cls: type[JsonConfig], help: dict[str, str], prog: str, description: str | None = None):
+    """An argparse parser with `--config FILE.json` and one `--field-name` flag per field of `cls`
+    (int/float/bool/str by the field's annotation); `config_from_args` turns its result into `cls`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help=f"JSON file with {cls.__name__} fields (flags override it)")
+    for f in dataclasses.fields(cls):
+        name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        t = {"int": int, "float": float, "bool": parse_bool}.get(name, str)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
+                       help=f"{help.get(f.name, '')} (default: {f.default})")
+    return p
+
+
+def config_from_args(cls: type[T], args) -> T:
+    """`cls` from a `config_parser` namespace: the `--config` file's fields, then the given flags."""
+    d = cls.load(args.config).to_dict() if getattr(args, "config", None) else {}
+    d |= {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    return cls.from_dict(d)
