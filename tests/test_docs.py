@@ -61,7 +61,7 @@ def test_known_public_names_are_documented(api_dir, page, name):
 #: Modules whose public functions and classes must all carry a docstring.
 DOCSTRING_MODULES = (
     "featalign.interventions", "featalign.intervention_experiments", "featalign.evaluation", "featalign.models",
-    "featalign.analysis.*", "featalign.crosscoder.*", "featalign.activations.*",
+    "featalign.analysis.*", "featalign.crosscoder.*", "featalign.activations.*", "featalign.organisms.*",
 )
 
 #: Known gaps in files the documentation pass did not own (they were being edited elsewhere at the

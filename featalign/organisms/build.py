@@ -254,6 +254,9 @@ def _evaluate_all(org: Organisms) -> dict:
 
 
 def summarise(org: Organisms, results: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Everything the build's evaluation found, as JSON: accuracy per model and domain, exact McNemar per
+    domain, transfer matrices and in-/out-of-domain CMH odds ratios (written to `eval/summary.json`, with
+    `summary.md` and the accuracy / transfer figures)."""
     cfg = org.config
     domains = list(cfg.pretrain_domains)
     base = results["base"]
@@ -286,6 +289,7 @@ def _p(p: float) -> str:
 
 
 def summary_markdown(summary: dict) -> str:
+    """The human-readable `eval/summary.md`: accuracy table, paired tests and CMH odds ratios."""
     acc = summary["accuracy"]
     names = list(acc)
     domains = list(acc["base"])

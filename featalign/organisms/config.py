@@ -14,6 +14,8 @@ CACHE_ENV = "FEATALIGN_CACHE"
 
 @dataclass
 class OrganismConfig(JsonConfig):
+    """Everything that determines an organisms build (architecture, pretraining, post-training, checkpoints,
+    evaluation); a folder built with other values is refused with the differing fields named."""
     preset: str = "default"
     seed: int = 0
     # architecture (Llama: keeps the char-level tokenizer intact; see docs/organisms.md)
@@ -64,6 +66,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_config(name: str, **overrides) -> OrganismConfig:
+    """A preset (`tiny` for tests, `default` for the pipeline) with optional field overrides; unknown presets are refused."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     kw = dict(PRESETS[name])
@@ -82,5 +85,6 @@ def default_cache_dir() -> Path:
 
 
 def default_organisms_dir(preset: str = "default") -> Path:
+    """Where a preset is built and looked for: `<default_cache_dir()>/organisms/<preset>`."""
     return default_cache_dir() / "organisms" / preset
 

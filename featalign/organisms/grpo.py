@@ -44,6 +44,10 @@ def grpo_loss(
     ref_model=None,
     beta: float = 0.0,
 ) -> tuple[Tensor, dict]:
+    """Sample `group_size` completions per problem, reward them with the domain's verifier, and return the
+    GRPO loss (group-normalised advantages, token-level mean over informative groups, optional k3 KL
+    to `ref_model`) and rollout statistics. Sampling uses `generator`, so a step is a pure function
+    of its seed, which is what makes a resumed build bitwise identical."""
     prompts = [tokenizer(p.prompt)["input_ids"] for p in problems for _ in range(group_size)]
     model.eval()
     gen = decode(
@@ -81,6 +85,7 @@ def grpo_loss(
 
 
 def grpo_max_new_tokens(problems: list[Problem], tokenizer) -> int:
+    """Generation budget for a batch: the longest reference answer plus room for `<eos>` and one wrong extra token."""
     longest = max(len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) for p in problems)
     return longest + 2  # room for <eos> and one wrong extra token
 

@@ -17,6 +17,8 @@ META_FILE = "featalign.json"
 
 
 def new_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A freshly initialised (seeded) Llama model of the config's size; Llama rather than Qwen2 so that
+    `AutoTokenizer` keeps the saved char-level tokenizer (DESIGN §5 tokenizer trap)."""
     torch.manual_seed(cfg.seed)
     hf_cfg = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -48,6 +50,7 @@ def save_organism(
 
 
 def is_complete(directory: str | Path) -> bool:
+    """Whether a model folder was fully written (its `featalign.json` says `complete`); anything else is rebuilt."""
     p = Path(directory) / META_FILE
     if not p.exists():
         return False
@@ -58,10 +61,13 @@ def is_complete(directory: str | Path) -> bool:
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The folder's `featalign.json` (build metadata: role, domain, checkpoint index, step, config, completeness)."""
     return json.loads((Path(directory) / META_FILE).read_text())
 
 
 def load_organism(directory: str | Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """(model, tokenizer) of a complete organism folder, the tokenizer loaded explicitly; an incomplete
+    folder is refused with the command that rebuilds it."""
     directory = Path(directory)
     if not is_complete(directory):
         raise FileNotFoundError(

@@ -22,6 +22,7 @@ EVAL_FRACTION = 0.2  # share of each domain's prompt space reserved for evaluati
 
 @dataclass(frozen=True)
 class Problem:
+    """One task instance: the prompt the model continues and the canonical answer the verifier compares with."""
     domain: str
     prompt: str  # without <bos>; the model continues right after it
     answer: str  # canonical answer, without <eos>
@@ -29,6 +30,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class Domain:
+    """A task domain: a seeded generator of (prompt, answer) pairs of mixed difficulty and an exact verifier."""
     name: str
     family: str
     description: str
@@ -154,6 +156,7 @@ for _d in DOMAINS.values():
 
 
 def get_domain(name: str) -> Domain:
+    """The `Domain` named `name`; an unknown name is refused with the valid ones."""
     if name not in DOMAINS:
         raise ValueError(f"unknown domain {name!r}; choose from {sorted(DOMAINS)}")
     return DOMAINS[name]

@@ -18,6 +18,8 @@ CHARS = "0123456789abcdefghijklmnopqrstuvwxyz +-*=%()<>&|!?:,.;#"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The organisms' character-level tokenizer: a WordLevel model with a `<bos>`-prepending post-processor
+    and a `Fuse` decoder, so `decode` does not insert spaces and every loading path gives the same ids."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for c in CHARS:
         vocab[c] = len(vocab)
@@ -41,6 +43,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def save_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
+    """Build the tokenizer and save it into a model folder (so the folder is self-contained)."""
     tok = build_tokenizer()
     tok.save_pretrained(str(directory))
     return tok

@@ -60,6 +60,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def save_state(path: Path, model, opt, step: int) -> None:
+    """Atomically save weights, optimizer state and step, so a killed build resumes exactly."""
     import io
 
     buf = io.BytesIO()
@@ -68,6 +69,7 @@ def save_state(path: Path, model, opt, step: int) -> None:
 
 
 def load_state(path: Path, model, opt) -> int:
+    """Restore what `save_state` wrote; returns the step to continue from."""
     st = torch.load(path, weights_only=False)
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
@@ -75,6 +77,7 @@ def load_state(path: Path, model, opt) -> int:
 
 
 def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
+    """AdamW (betas 0.9/0.98, no weight decay), the optimizer of every organisms training stage."""
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
 
 
