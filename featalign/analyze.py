@@ -168,6 +168,35 @@ def _t(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def drift_study(series: dict, col, hook: str, cfg: AnalyzeConfig, ccdir: Path) -> tuple[dict, dict]:
+    """Feature drift over each checkpoint series ({"sft": CheckpointSeries, "rl": ...}) with joint and/or
+    pairwise crosscoders trained on `col(*names)` ([N, M, 1, D] activations of those models), plus the
+    SFT-vs-RL stabilisation comparisons: ({result name: DriftResult}, summary dict)."""
+    from featalign.analysis.attribution import decoder_vectors, latent_activations
+    from featalign.analysis.drift import DriftConfig, compare_stabilisation, drift_joint, drift_pairwise
+
+    dcfg = DriftConfig(top_k=cfg.top_k)
+    res = {}
+    for kind, s in series.items():
+        steps = [c.step for c in s.checkpoints]
+        if cfg.drift_mode in ("joint", "both"):
+            cc = train_or_load(ccdir / f"drift-{kind}-joint", tuple(s.names), col(*s.names), hook, cfg)
+            fired = (latent_activations(cc, col(*s.names)[: cfg.eval_tokens]) > 0).any(0)
+            res[kind] = drift_joint(decoder_vectors(cc), dcfg, fired, kind, steps)
+        if cfg.drift_mode in ("pairwise", "both"):
+            decs, alive_l = [], []
+            for n in s.names[1:]:
+                cc = train_or_load(ccdir / f"drift-{kind}-pair-{n.split('@')[1]}", ("base", n), col("base", n), hook, cfg)
+                decs.append(decoder_vectors(cc))
+                alive_l.append((latent_activations(cc, col("base", n)[: cfg.eval_tokens]) > 0).any(0))
+            res[kind if cfg.drift_mode == "pairwise" else f"{kind}-pairwise"] = drift_pairwise(decs, dcfg, alive_l, kind, steps)
+    summary = {k: v.summary() for k, v in res.items()}
+    if "sft" in res and "rl" in res:
+        summary["sft_vs_rl"] = compare_stabilisation(res["sft"], res["rl"])
+        summary["sft_vs_rl_topk_entry"] = compare_stabilisation(res["sft"], res["rl"], what="topk_entry")
+    return res, summary
+
+
 # --- the pipeline ----------------------------------------------------------------------------------------
 
 
@@ -291,29 +320,10 @@ def run(cfg: AnalyzeConfig) -> dict:
 
     # --- 3. drift ---
     if "drift" in stages:
-        from featalign.analysis.attribution import decoder_vectors, latent_activations
-        from featalign.analysis.drift import DriftConfig, compare_stabilisation, drift_joint, drift_pairwise, series_from_organisms
+        from featalign.analysis.drift import series_from_organisms
 
-        dcfg = DriftConfig(top_k=cfg.top_k)
-        res = {}
-        for kind in ("sft", "rl"):
-            s = series_from_organisms(org, kind)
-            steps = [c.step for c in s.checkpoints]
-            if cfg.drift_mode in ("joint", "both"):
-                cc = train_or_load(ccdir / f"drift-{kind}-joint", tuple(s.names), col(*s.names), hook, cfg)
-                fired = (latent_activations(cc, col(*s.names)[: cfg.eval_tokens]) > 0).any(0)
-                res[f"{kind}"] = drift_joint(decoder_vectors(cc), dcfg, fired, kind, steps)
-            if cfg.drift_mode in ("pairwise", "both"):
-                decs, alive_l = [], []
-                for n in s.names[1:]:
-                    cc = train_or_load(ccdir / f"drift-{kind}-pair-{n.split('@')[1]}", ("base", n), col("base", n), hook, cfg)
-                    decs.append(decoder_vectors(cc))
-                    alive_l.append((latent_activations(cc, col("base", n)[: cfg.eval_tokens]) > 0).any(0))
-                res[f"{kind}" if cfg.drift_mode == "pairwise" else f"{kind}-pairwise"] = drift_pairwise(
-                    decs, dcfg, alive_l, kind, steps)
-        report["q2_drift"] = {k: v.summary() for k, v in res.items()}
-        report["q2_drift"]["sft_vs_rl"] = compare_stabilisation(res["sft"], res["rl"])
-        report["q2_drift"]["sft_vs_rl_topk_entry"] = compare_stabilisation(res["sft"], res["rl"], what="topk_entry")
+        series = {kind: series_from_organisms(org, kind) for kind in ("sft", "rl")}
+        res, report["q2_drift"] = drift_study(series, col, hook, cfg, ccdir)
         plots.drift_side_by_side(res, figs / "drift.png")
         lap("drift")
 
