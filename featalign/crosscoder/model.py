@@ -208,6 +208,9 @@ class _DenseL1(torch.autograd.Function):
         ctx.dtypes = (x_BK.dtype, W_enc_KL.dtype, b_enc_L.dtype, W_dec_LK.dtype, b_dec_K.dtype)
         lease.append(ctx.lease)
         ctx.mark_non_differentiable(s_L, f_BL)
+        # unused output gradients arrive as None: by default autograd materialises zeros for them,
+        # a [B, L] fill for f (12-22 ms per bf16 step, measured)
+        ctx.set_materialize_grads(False)
         return recon, sparsity, x_hat_BK, s_L, f_BL
 
     @staticmethod
@@ -228,6 +231,8 @@ class _DenseL1(torch.autograd.Function):
         g_BL, g_BKp = scratch["g_BL"], scratch["g_BKp"]
         # d recon / d x_hat = 2 err g / B; the penalty column's gradient is g_sparsity / B per token
         scale = (2.0 / B) * (g_recon if g_recon is not None else torch.zeros((), device=dev))
+        if dev.type == "cpu":  # a Python scalar: 0.35 ms vs 2.5 ms for a 0-d tensor into the bf16 view (measured)
+            scale = scale.item()
         torch.mul(err_BK, scale, out=g_BKp[:, :K])
         gb_dec_K = err_BK.sum(0) * scale
         if g_xhat_BK is not None:
@@ -244,17 +249,23 @@ class _DenseL1(torch.autograd.Function):
             c_LN = (gWd_LKp[:, K].to(norms_LN.dtype) * ctx.penalty_L)[:, None] / norms_LN
             c_LN = c_LN.masked_fill_(norms_LN == 0, 0.0)
             n = norms_LN.shape[1]
-            gWd = torch.addcmul(gWd_LKp[:, :K].view(L, n, -1).to(dWd), W_dec_LK.view(L, n, -1), c_LN[:, :, None])
-            gWd = gWd.view(L, K)
+            gWd = torch.addcmul(gWd_LKp[:, :K].view(L, n, -1), W_dec_LK.view(L, n, -1), c_LN[:, :, None])
+            gWd = gWd.to(dWd).view(L, K)
         if need[4]:
             gbd = gb_dec_K.to(dbd)
         if need[0] or need[1] or need[2]:
             torch.mm(g_BKp, Wd_LKp.t(), out=g_BL)
             torch.ops.aten.threshold_backward.grad_input(g_BL, f_BL, 0, grad_input=g_BL)  # ReLU mask, in place
-            if need[1] or need[2]:
+            if (need[1] or need[2]) and cdt == dWe:
                 gWa_KpL = torch.mm(xa_BKp.t(), g_BL)
-                gWe = gWa_KpL[:K].to(dWe) if need[1] else None
+                gWe = gWa_KpL[:K] if need[1] else None
                 gbe = gWa_KpL[K].to(dbe) if need[2] else None
+            elif need[1] or need[2]:
+                # reduced precision: the [L, Kp] orientation of this GEMM is ~5% faster in bf16, and the
+                # cast to the weights' dtype has to copy anyway (measured 33.3 vs 35.0 ms with the copy)
+                gWa_LKp = torch.mm(g_BL.t(), xa_BKp)
+                gWe = torch.empty(K, L, dtype=dWe, device=dev).copy_(gWa_LKp[:, :K].t()) if need[1] else None
+                gbe = gWa_LKp[:, K].to(dbe) if need[2] else None
             if need[0]:  # through the encoder, and directly through the error (x_hat - x)
                 gx = torch.mm(g_BL, Wa_KpL[:K].t()).to(edt).sub_(err_BK * scale).to(dx)
         if ctx.ws is not None:
