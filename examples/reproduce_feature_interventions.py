@@ -71,6 +71,7 @@ class FeatureInterventionConfig(JsonConfig):
     min_features: int = 8
     steer_coef: float = 1.0
     n_controls: int = 20
+    n_bins: int = 10  # firing-frequency quantile bins for matching the controls
     sweep_coefs: str = "0.25,0.5,1,2,4"
     sweep_controls: int = 5
     seed: int = 0
@@ -89,7 +90,8 @@ HELP = {
     "min_samples": "fewest base-fail/RL-success samples for a selection task to count",
     "min_features": "fewest features to intervene on (fallback rules below this)",
     "steer_coef": "steering coefficient in units of each feature's typical activation",
-    "n_controls": "matched random feature sets per edit", "sweep_coefs": "comma-separated steering coefficients",
+    "n_controls": "matched random feature sets per edit",
+    "n_bins": "firing-frequency quantile bins the controls are matched in", "sweep_coefs": "comma-separated steering coefficients",
     "sweep_controls": "controls per sweep point", "seed": "seed", "threads": "torch threads",
     "progress": "progress bars",
 }
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 4. ablate in RL, steer the base
     common = dict(n_controls=cfg.n_controls, seed=cfg.seed, firing_freq_L=freq, held_out=held_names,
-                  subset=subset)
+                  subset=subset, n_bins=cfg.n_bins)
     abl = run_intervention(rm, tok, cc, "rl", feats, ablate, tasks, baseline={t: d.rl_correct for t, d in data.items()},
                            **common)
     def steer_at(ids, coef):  # each (control) set in units of its own typical activations
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 5. steering sweep
     sweep = coefficient_sweep(bm, tok, cc, "base", feats, steer_at, [float(c) for c in _split(cfg.sweep_coefs)],
-                              tasks, n_controls=cfg.sweep_controls, seed=cfg.seed, firing_freq_L=freq,
+                              tasks, n_controls=cfg.sweep_controls, seed=cfg.seed, firing_freq_L=freq, n_bins=cfg.n_bins,
                               held_out=held_names, subset=subset, progress=cfg.progress,
                               baseline={t: d.base_correct for t, d in data.items()})
     sweep.save(out / "steer_sweep.json")
