@@ -34,7 +34,8 @@ class TrainOutput:
     loss: Tensor
     parts: dict[str, Tensor]  # recon / sparsity / aux (detached scalars for logging, except loss)
     x_hat_BK: Tensor
-    fired_L: Tensor  # bool: latent fired at least once in this batch
+    # bool [L]: latent fired at least once in this batch (l1: a callable, free once backward has run)
+    fired_L: Tensor | Callable[[], Tensor]
     l0: Tensor | Callable[[], Tensor]  # mean active latents per token (l1: computed on demand)
     min_selected: Tensor | None = None  # batchtopk: smallest selected (norm-weighted) activation
     extra: dict = field(default_factory=dict)
@@ -132,8 +133,8 @@ class _Scratch:
         self._free = {}
 
 
-def _check_stamp(lease: tuple[list, int], what: str) -> None:
-    stamp, n = lease
+def _check_stamp(lease: tuple, what: str) -> None:
+    stamp, n = lease[:2]
     if stamp[0] != n:
         raise RuntimeError(f"{what} of an l1 training_forward whose buffers a later training_forward has reused; "
                            "run backward (and read l0) before the next training_forward")
@@ -171,7 +172,7 @@ class _DenseL1(torch.autograd.Function):
     def forward(ctx, x_BK, W_enc_KL, b_enc_L, W_dec_LK, b_dec_K, penalty_L, n_blocks: int, cdt, ws, lease: list):
         B, K = x_BK.shape
         L = W_enc_KL.shape[1]
-        Kp = -(-(K + 1) // _PAD) * _PAD
+        Kp = -(-(K + 2) // _PAD) * _PAD  # >= 1 padding column (the backward's column sums)
         dev = x_BK.device
         edt = torch.promote_types(torch.promote_types(x_BK.dtype, cdt), torch.float32)  # error dtype
         key = (B, K, L, cdt, edt, dev)
@@ -192,8 +193,6 @@ class _DenseL1(torch.autograd.Function):
             Wa_KpL[:K] = W_enc_KL
             Wa_KpL[K] = b_enc_L
             torch.mm(xa_BKp, Wa_KpL, out=f_BL).relu_()
-            # column sums (firing): a GEMV in fp32; in bf16 sum(0) is faster than the GEMV (measured)
-            s_L = torch.mv(f_BL.t(), xa_BKp[:, K]) if cdt == torch.float32 else f_BL.sum(0)
             norms_LN = W_dec_LK.view(L, n_blocks, -1).norm(dim=-1)
             Wd_LKp[:, :K] = W_dec_LK
             Wd_LKp[:, K] = norms_LN.sum(-1) * penalty_L
@@ -206,15 +205,15 @@ class _DenseL1(torch.autograd.Function):
         ctx.bufs, ctx.key, ctx.ws, ctx.lease = bufs, key, ws, (bufs["stamp"], bufs["stamp"][0])
         ctx.norms_LN, ctx.penalty_L = norms_LN, penalty_L
         ctx.dtypes = (x_BK.dtype, W_enc_KL.dtype, b_enc_L.dtype, W_dec_LK.dtype, b_dec_K.dtype)
-        lease.append(ctx.lease)
-        ctx.mark_non_differentiable(s_L, f_BL)
+        lease.append((*ctx.lease, bufs))
+        ctx.mark_non_differentiable(f_BL)
         # unused output gradients arrive as None: by default autograd materialises zeros for them,
         # a [B, L] fill for f (12-22 ms per bf16 step, measured)
         ctx.set_materialize_grads(False)
-        return recon, sparsity, x_hat_BK, s_L, f_BL
+        return recon, sparsity, x_hat_BK, f_BL
 
     @staticmethod
-    def backward(ctx, g_recon, g_sparsity, g_xhat_BK, _g_s, _g_f):
+    def backward(ctx, g_recon, g_sparsity, g_xhat_BK, _g_f):
         _check_stamp(ctx.lease, "backward")
         (W_dec_LK,) = ctx.saved_tensors
         bufs = ctx.bufs
@@ -224,7 +223,9 @@ class _DenseL1(torch.autograd.Function):
         K, edt = err_BK.shape[1], err_BK.dtype
 
         def make() -> dict:
-            return {"g_BL": torch.empty(B, L, dtype=cdt, device=dev), "g_BKp": torch.zeros(B, Kp, dtype=cdt, device=dev)}
+            g_BKp = torch.zeros(B, Kp, dtype=cdt, device=dev)
+            g_BKp[:, K + 1] = 1  # f^T @ this column = the column sums of f, i.e. firing (W_dec's row is 0)
+            return {"g_BL": torch.empty(B, L, dtype=cdt, device=dev), "g_BKp": g_BKp}
 
         # taken out of the workspace while in use (a concurrent backward allocates its own)
         scratch = ctx.ws.take(("bwd", ctx.key), make) if ctx.ws is not None else make()
@@ -243,6 +244,8 @@ class _DenseL1(torch.autograd.Function):
         gx = gWe = gbe = gWd = gbd = None
         if need[3]:
             gWd_LKp = torch.mm(f_BL.t(), g_BKp)
+            # firing for free: a separate column-sum pass over f took 3-5 ms (2-3% of a bf16 step)
+            bufs["fired"] = (ctx.lease[1], gWd_LKp[:, K + 1] > 0)
             # the penalty weight w_l = penalty_l · sum_n ||W_dec[l, n]||: its gradient reaches W_dec as
             # g_w,l · penalty_l · W_dec[l, n] / ||W_dec[l, n]|| (0 where a norm is 0, as torch's norm backward)
             norms_LN = ctx.norms_LN
@@ -433,19 +436,22 @@ class Crosscoder(nn.Module):
         dev = x_BK.device.type
         cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.W_enc.dtype
         lease: list = []
-        recon, sparsity, x_hat_BK, s_L, f_BL = _DenseL1.apply(
+        recon, sparsity, x_hat_BK, f_BL = _DenseL1.apply(
             x_BK, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.penalty, self.cfg.n_models * self.cfg.n_hooks,
             cdt, self._scratch, lease)
         loss = recon + sparsity_coef * sparsity
         B = x_BK.shape[0]
 
         def l0() -> Tensor:  # counted only when logged (a full pass over [B, L])
-            if lease:
-                _check_stamp(lease[0], "l0()")
+            _check_stamp(lease[0], "l0()")
             return torch.count_nonzero(f_BL).float() / B
 
-        # fired = positive column sum (free)
-        return TrainOutput(loss, {"recon": recon.detach(), "sparsity": sparsity.detach()}, x_hat_BK, s_L > 0, l0)
+        def fired_L() -> Tensor:  # from the backward's GEMM once it has run, else one pass over f
+            _check_stamp(lease[0], "fired_L()")
+            got = lease[0][2].get("fired")
+            return got[1] if got is not None and got[0] == lease[0][1] else f_BL.sum(0) > 0
+
+        return TrainOutput(loss, {"recon": recon.detach(), "sparsity": sparsity.detach()}, x_hat_BK, fired_L, l0)
 
     def _forward_batchtopk(self, x_BK: Tensor, sparse: bool) -> TrainOutput:
         B, L = x_BK.shape[0], self.cfg.n_latents

@@ -228,7 +228,8 @@ class Trainer:
 
     def _sync(self, out: TrainOutput, n_local: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
         """Global firing mask, token count and threshold statistic across ranks."""
-        fired, n_tok, min_sel = out.fired_L, n_local, out.min_selected
+        fired = out.fired_L() if callable(out.fired_L) else out.fired_L
+        n_tok, min_sel = n_local, out.min_selected
         if self.dist.enabled:
             f = fired.to(torch.int32)
             ddp.all_reduce(f, "max")

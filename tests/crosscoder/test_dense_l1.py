@@ -76,10 +76,10 @@ def test_fp32_loss_and_grads_match_reference_over_repeated_steps(B):
             x_hat = f @ m.W_dec + m.b_dec
         torch.testing.assert_close(out.x_hat_BK, x_hat, rtol=1e-5, atol=1e-5)
         assert out.parts["recon"].item() == pytest.approx((x_hat - x).pow(2).sum(-1).mean().item(), rel=1e-5)
-        assert torch.equal(out.fired_L, (f > 0).any(0))
-        assert not out.fired_L[-4:].any()
+        assert torch.equal(out.fired_L(), (f > 0).any(0))  # from the backward's GEMM
+        assert not out.fired_L()[-4:].any() and out.fired_L()[:-4].any()
         assert out.l0().item() == pytest.approx((f > 0).sum().item() / B)
-        m.update_firing(out.fired_L, B)
+        m.update_firing(out.fired_L(), B)
         with torch.no_grad():  # move the weights, as an optimizer step would
             for p in m.parameters():
                 p.sub_(0.01 * p.grad)
@@ -111,7 +111,7 @@ def test_dense_l1_function_gradcheck_float64():
 
     for ws in (None, _Scratch()):
         def fn(x, W_enc, b_enc, W_dec, b_dec, ws=ws):
-            recon, sparsity, x_hat, _, _ = _DenseL1.apply(x, W_enc, b_enc, W_dec, b_dec, penalty, 3,
+            recon, sparsity, x_hat, _ = _DenseL1.apply(x, W_enc, b_enc, W_dec, b_dec, penalty, 3,
                                                           torch.float64, ws, [])
             return recon, sparsity, x_hat
 
@@ -129,8 +129,10 @@ def test_stale_buffers_raise_instead_of_reading_reused_memory():
         out1.loss.backward()
     with pytest.raises(RuntimeError, match="reused"):
         out1.l0()
+    with pytest.raises(RuntimeError, match="reused"):
+        out1.fired_L()
     out2.loss.backward()
-    out2.l0()
+    out2.l0(), out2.fired_L()
 
 
 def test_two_forwards_before_backward_get_separate_buffers():
@@ -144,5 +146,9 @@ def test_two_forwards_before_backward_get_separate_buffers():
     out_a.loss.backward()
     for g, r in zip([m.W_enc.grad, m.b_enc.grad, m.W_dec.grad, m.b_dec.grad], ref_a):
         torch.testing.assert_close(g, r)
+    fired_b = out_b.fired_L()  # before its backward: counted from f
     out_b.loss.backward()
     assert out_a.l0().item() > 0 and out_b.l0().item() > 0
+    assert torch.equal(fired_b, out_b.fired_L())
+    with torch.no_grad():
+        torch.testing.assert_close(out_b.fired_L(), (torch.relu(xb @ m.W_enc + m.b_enc) > 0).any(0))
