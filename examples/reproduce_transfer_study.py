@@ -23,6 +23,7 @@ Outputs in `--out`: config.json, results.json, report.md, figures/ (transfer hea
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -90,15 +91,20 @@ CMH_HEAD = ["| strata | n | mean delta (pts) | CMH OR [95% CI] | p | published |
 
 
 def organisms_part(cfg: TransferConfig, out: Path, lines: list[str]) -> dict:
-    org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
+    src = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
     domains = parse_domains(cfg.domains)
-    org = build_organisms(dataclasses.replace(org.config, post_train_domains=tuple(domains)), org.root)
+    # The extra runs go into a copy (same base, the runs already built are reused): the source folder,
+    # which the other commands read, keeps its post-training domains.
+    root = out / "organisms"
+    if not (root / "config.json").exists():
+        shutil.copytree(src.root, root, ignore=shutil.ignore_patterns("_state"), dirs_exist_ok=True)
+    org = build_organisms(dataclasses.replace(src.config, post_train_domains=tuple(domains)), root)
     ev = org.eval_dir
     eval_domains = list(org.config.pretrain_domains)
     load = lambda n: {d: np.array(v, bool) for d, v in read_json(ev / f"{n}.json")["correct"].items()}  # noqa: E731
     base = load("base")
-    res = {"organisms": str(org.root), "domains": domains}
-    lines += [f"## Single-domain post-training on the organisms (`{org.root}`)", "",
+    res = {"organisms": str(src.root), "runs": str(org.root), "domains": domains}
+    lines += [f"## Single-domain post-training on the organisms (`{src.root}`, runs in `{org.root}`)", "",
               f"One base; SFT and GRPO on each of {domains}; {org.config.eval_samples} eval prompts per domain.", ""]
     for kind in ("rl", "sft"):
         tuned = {d: load(f"{kind}-{d}") for d in domains}

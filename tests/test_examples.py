@@ -3,7 +3,6 @@ independent computations of the same numbers."""
 
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -65,14 +64,16 @@ def test_drift_example(tiny_organisms, tmp_path):
 
 def test_transfer_example(tiny_organisms, tmp_path):
     mod = _load("reproduce_transfer_study")
-    root = tmp_path / "org"
-    shutil.copytree(tiny_organisms.root, root)  # the example adds post-training runs to the folder
+    src = tiny_organisms.root
+    before = (src / "config.json").read_text()
     out = tmp_path / "tr"
-    base, rl = root / "base", root / "rl-add" / "ckpt-5"
-    r = mod.main(["--organisms-dir", str(root), "--out", str(out), "--domains", "add,count",
+    root = out / "organisms"  # the example's copy, with the extra runs
+    base, rl = src / "base", src / "rl-add" / "ckpt-5"
+    r = mod.main(["--organisms-dir", str(src), "--out", str(out), "--domains", "add,count",
                   "--pairs", f"{base}:{rl}:add", "--eval-domains", "add,bool", "--n-prompts", "40"])
     o = r["organisms"]
     assert o["domains"] == ["add", "count"] and (root / "rl-count" / "ckpt-5").exists()
+    assert (src / "config.json").read_text() == before and not (src / "rl-count").exists()
     # the transfer matrix agrees with the per-sample evaluation the build saved
     ev = lambda n: json.loads((root / "eval" / f"{n}.json").read_text())["correct"]  # noqa: E731
     b, t = ev("base"), ev("rl-count")
