@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
     if run.threads:
         torch.set_num_threads(run.threads)
     dist_info = ddp.init_distributed()
+    device = run.device
+    if dist_info.enabled and device == "cuda":  # one GPU per rank under torchrun
+        device = f"cuda:{dist_info.local_rank}"
+        torch.cuda.set_device(device)
     out = Path(run.out)
     if run.fresh and dist_info.is_main and out.exists():
         shutil.rmtree(out)
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = CrosscoderConfig.from_dict(cc)
         tcfg = TrainerConfig.from_dict(tr)
         loggers = tuple(s for s in run.log_to.split(",") if s)
-        model = Trainer(cfg, tcfg, source, out, dist_info=dist_info, loggers=loggers, device=run.device).train()
+        model = Trainer(cfg, tcfg, source, out, dist_info=dist_info, loggers=loggers, device=device).train()
         report: dict = {"out": str(out)}
         if dist_info.is_main and not run.no_eval:
             model = model.cpu().eval()
