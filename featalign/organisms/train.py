@@ -111,7 +111,7 @@ def run_steps(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        info = {"step": step + 1, "loss": float(loss), **info}
+        info = {"step": step + 1, "loss": float(loss.detach()), **info}
         logs.append(info)
         bar.set_postfix({k: f"{v:.3g}" for k, v in info.items() if k != "step"})
         if save_at(step + 1):
