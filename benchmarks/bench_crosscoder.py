@@ -3,8 +3,9 @@
     python benchmarks/bench_crosscoder.py [--batch 4096 --latents 4096 --d 128 --models 3 --k 32 --json out.json]
 
 Prints, for one full training step (forward, backward, Adam):
-  * dense (L1/ReLU) variant, fp32 and bf16 autocast: achieved FLOP/s over the FLOP/s of a 2048^3
-    torch matmul of the same dtype measured in the same rounds (target >= 0.8); a dense step is
+  * dense (L1/ReLU) variant, fp32 and bf16 autocast: achieved FLOP/s over the FLOP/s of 2048^3
+    torch matmuls of the same dtype (as many FLOPs as a step), timed in the same rounds; median of
+    the per-round ratios (target >= 0.8). A dense step is
     10·B·K·L matmul FLOPs (encoder fwd + weight grad, decoder fwd + weight grad + input grad; the
     input needs no gradient). Also printed: the step's five GEMMs alone, as plain `torch.mm` calls of
     its shapes, over the whole step (how much of the step is not GEMM);
@@ -79,10 +80,13 @@ def main() -> dict:
         n = 2048
         a_mm, b_mm, c_mm = (torch.randn(n, n, dtype=dtype) for _ in range(3))
 
-        def mm_time() -> float:  # one n^3 matmul into a kept output, scaled below to the step's FLOPs
+        n_mm = max(1, round(flops / (2 * n**3)))  # as many FLOPs as a step: both see the same load
+
+        def mm_time() -> float:  # n_mm n^3 matmuls into a kept output; time per matmul
             t = time.perf_counter()
-            torch.mm(a_mm, b_mm, out=c_mm)
-            return time.perf_counter() - t
+            for _ in range(n_mm):
+                torch.mm(a_mm, b_mm, out=c_mm)
+            return (time.perf_counter() - t) / n_mm
 
         # the step's own five GEMMs as plain torch.mm calls (the shapes and transposes autograd would
         # issue, unpadded K, kept outputs): x W_enc, f W_dec, g_xhat W_dec^T, x^T g_pre, f^T g_xhat
