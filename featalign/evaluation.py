@@ -156,10 +156,9 @@ def in_out_domain_cmh(
 
 def plot_accuracy_bars(acc_by_model: dict[str, dict[str, float]], path: str | Path, title: str = "") -> Path:
     """Grouped bars of accuracy per domain, one bar per model (PNG at `path`)."""
-    import matplotlib
+    from featalign.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = list(acc_by_model)
     domains = list(next(iter(acc_by_model.values())))
@@ -183,10 +182,9 @@ def plot_transfer_heatmap(
     matrix: np.ndarray, train_domains: list[str], eval_domains: list[str], path: str | Path, title: str = ""
 ) -> Path:
     """Heatmap of a transfer matrix (post-training domain x eval domain, accuracy delta in points; PNG at `path`)."""
-    import matplotlib
+    from featalign.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lim = max(1.0, float(np.abs(matrix).max()))
     fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(eval_domains), 1.2 + 0.55 * len(train_domains)))

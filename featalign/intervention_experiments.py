@@ -53,13 +53,19 @@ def _freq_array(firing_freq_L) -> np.ndarray:
 
 
 def firing_bins(firing_freq_L, n_bins: int = 10) -> np.ndarray:
-    """Quantile bin (0..n_bins-1) of each latent's firing frequency. Bin edges are the quantiles
-    of the frequencies; tied frequencies always share a bin (so dead latents form one bin)."""
+    """Firing-frequency bin of each latent: 0 for latents that never fire, 1..n_bins for quantile
+    bins of the alive latents' frequencies. Dead latents get a bin of their own so that a rarely
+    firing feature is never matched with latents whose edit does nothing; tied frequencies always
+    share a bin."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     f = _freq_array(firing_freq_L)
-    inner = np.unique(np.quantile(f, np.linspace(0, 1, n_bins + 1))[1:-1])
-    return np.searchsorted(inner, f, side="right")
+    bins = np.zeros(f.size, dtype=np.int64)
+    alive = f > 0
+    if alive.any():
+        inner = np.unique(np.quantile(f[alive], np.linspace(0, 1, n_bins + 1))[1:-1])
+        bins[alive] = 1 + np.searchsorted(inner, f[alive], side="right")
+    return bins
 
 
 def _check_ids(ids: tuple[int, ...], n_latents: int) -> tuple[int, ...]:
@@ -379,9 +385,9 @@ class SweepResult:
         """Accuracy against the coefficient, one panel per task: the edit (with its bootstrap
         interval), the matched-control band (baseline + 5th..95th percentile of control deltas),
         and coefficients with non-finite logits marked with a red x."""
-        from featalign.analysis.plots import _plt, _save
+        from featalign.plotting import pyplot, save_figure
 
-        plt = _plt()
+        plt = pyplot()
         rows, tasks = self.rows(), self.tasks
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False, sharey=True)
         for ax, k in zip(axes[0], tasks):
@@ -406,8 +412,7 @@ class SweepResult:
         axes[0][0].legend(fontsize=7)
         if title:
             fig.suptitle(title)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return _save(fig, path)
+        return save_figure(fig, path)
 
 
 @torch.no_grad()

@@ -66,6 +66,17 @@ def test_matched_controls_share_bins_exclude_chosen_and_are_deterministic():
     assert len({d for d in draws}) > 1
 
 
+def test_dead_latents_have_their_own_bin_and_never_match_alive_features():
+    f = np.r_[np.zeros(45), np.linspace(0.01, 0.5, 55)]  # dead latents fill several quantiles
+    bins = firing_bins(f)
+    assert set(bins[:45].tolist()) == {0} and (bins[45:] >= 1).all()
+    draws = matched_random_features(f, [45, 60], 50, seed=0)
+    assert all(f[k] > 0 for d in draws for k in d)
+    # alive bins are quantiles of the alive frequencies: about equal sizes
+    sizes = np.bincount(bins[45:])[1:]
+    assert sizes.sum() == 55 and sizes.max() - sizes.min() <= 2
+
+
 def test_matched_controls_bad_input():
     f = _freq()
     with pytest.raises(ValueError, match=r"out of range.*0\.\.63"):

@@ -58,10 +58,9 @@ def card_examples(cc, model_dirs: dict[str, str], latents: list[int], n_seqs: in
 
 
 def _hist_png(acts_by_model: dict[str, list[float]]) -> str:
-    import matplotlib
+    from featalign.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 2.4))
     allv = [a for v in acts_by_model.values() for a in v]

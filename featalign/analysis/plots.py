@@ -6,21 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from featalign.plotting import pyplot, save_figure
+
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig, path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def nrn_histograms(nrn_by_name: dict[str, np.ndarray], path, title: str = "") -> Path:
