@@ -107,8 +107,8 @@ class _Scratch:
     forward's buffers (saved for the backward) are lent to one forward at a time and handed back
     by its backward; a forward that finds them lent (two forwards before a backward) allocates its
     own. Each lending bumps a stamp, so a use of stale buffers (a second backward through a graph
-    whose buffers have been lent again; `l0()` of an earlier step) raises instead of reading
-    overwritten memory.
+    whose buffers have been lent again; `l0()` / `fired_L()` of an earlier step) raises instead of
+    reading overwritten memory.
     """
 
     def __init__(self) -> None:
@@ -146,8 +146,8 @@ class _DenseL1(torch.autograd.Function):
         f = relu(x W_enc + b_enc),  x_hat = f W_dec + b_dec,
         recon = sum((x_hat - x)^2) / B,  sparsity = sum(f · w) / B,  w_l = penalty_l · sum_n ||W_dec[l, n]||
 
-    (n: the (model, hook) blocks), plus the column sums of f (firing) and f itself (L0 when
-    logged). Inputs are cast once to the compute dtype `cdt` (bf16 under autocast, fp32 master
+    (n: the (model, hook) blocks), plus f itself (L0 when logged); which latents fired comes out
+    of the backward (see `fired` below). Inputs are cast once to the compute dtype `cdt` (bf16 under autocast, fp32 master
     weights; gradients come back in the inputs' dtypes). It replaces autograd's graph, which spent
     ~half of a bf16 step outside the GEMMs (measured at B = L = 4096, K = 384). Each [B, L] piece
     of work is one GEMM or one elementwise pass:
@@ -345,6 +345,10 @@ class Crosscoder(nn.Module):
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
         self.register_buffer("tokens_since_fired", torch.zeros(L, dtype=torch.int64))
         self._scratch = _Scratch()  # reused buffers of the dense L1 step (not state)
+
+    def _apply(self, *args, **kwargs):  # .to() / .float() / ...: drop buffers of the old device or dtype
+        self._scratch = _Scratch()
+        return super()._apply(*args, **kwargs)
 
     # --- shapes and norms ---------------------------------------------------------------------
 
