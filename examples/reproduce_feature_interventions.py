@@ -57,8 +57,8 @@ class FeatureInterventionConfig(JsonConfig):
     base_dir: str | None = None  # any HF folder; default: the organisms' base
     rl_dir: str | None = None  # default: the organisms' final RL checkpoint
     hook: str | None = None  # default: blocks.<n_layers/2-1>.hook_resid_post
-    selection_tasks: str = "modsum,lookup,count,compare,max"
-    held_out_tasks: str = "add,bool,sub"
+    selection_tasks: str = "modsum,lookup,count,compare"
+    held_out_tasks: str = "max,sub"
     n_prompts: int = 500
     n_tokens: int = 40_000
     eval_tokens: int = 10_000
@@ -72,8 +72,8 @@ class FeatureInterventionConfig(JsonConfig):
     steer_coef: float = 1.0
     n_controls: int = 20
     n_bins: int = 10  # firing-frequency quantile bins for matching the controls
-    sweep_coefs: str = "0.25,0.5,1,2,4"
-    sweep_controls: int = 5
+    sweep_coefs: str = "0.25,0.5,1,2"
+    sweep_controls: int = 3
     seed: int = 0
     threads: int = 1
     progress: bool = True
@@ -115,7 +115,8 @@ def choose_features(res, min_features: int) -> tuple[list[int], str]:
 
 
 def fmt_row(name: str, t, published: str) -> str:
-    sub = f"{100 * t.subset_acc_without:.1f} -> {100 * t.subset_acc_with:.1f} (n={t.subset_n})" if t.subset_n else "-"
+    sub = (f"{100 * t.subset_acc_without:.0f} -> {100 * t.subset_acc_with:.0f} (n={t.subset_n}; control p "
+           f"{t.subset_control_p:.2g})" if t.subset_n else "-")
     return (f"| {name} | {100 * t.acc_without:.1f} | {100 * t.acc_with:.1f} | {100 * t.delta:+.1f} "
             f"[{100 * t.ci_low:+.1f}, {100 * t.ci_high:+.1f}] | {t.mcnemar_p:.2g} | {t.control_p:.2g} | {sub} | "
             f"{published} |")
@@ -199,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
              f"RL-success features ({rule}): **{len(feats)}** — {feats}.",
              f"Selection tasks and their base-fail/RL-success samples: {succ.n_samples}; skipped: {succ.skipped}.",
              "", f"{cfg.n_prompts} prompts per task; {cfg.n_controls} matched random controls per edit; "
-             "delta with a paired bootstrap 95% CI; control p = empirical two-sided p among the controls.", ""]
+             "delta with a paired bootstrap 95% CI; control p = empirical two-sided p among the controls. "
+             "The subset (base fails, RL succeeds) is selected on the models' own correctness, so it regresses "
+             "under any edit: read its change against the controls' subset changes (its control p).", ""]
     head = ("| task | acc before | acc after | delta [95% CI] (pts) | McNemar p | control p | "
             "base-fail/RL-success subset | published |\n|---|---|---|---|---|---|---|---|")
     for title, res, pub in (("Ablate the features in the RL model", abl, PUBLISHED["ablate_rl"]),

@@ -136,6 +136,9 @@ class TaskResult:
     subset_acc_with: float | None = None
     subset_delta: float | None = None
     subset_mcnemar_p: float | None = None
+    subset_control_deltas: list[float] = field(default_factory=list)  # the controls' deltas on the subset
+    subset_control_p: float | None = None  # a subset selected on the unedited model's correctness regresses
+    # under any edit, so its delta means something only next to the controls' subset deltas
     nonfinite_frac: float = 0.0  # share of output rows with NaN/inf logits under the edit
     control_deltas: list[float] = field(default_factory=list)
     control_rank: int = 0  # number of controls with delta < this delta
@@ -179,7 +182,7 @@ class InterventionResult:
             rows = {k: {f: getattr(t, f) for f in ("n", "acc_without", "acc_with", "delta", "ci_low",
                                                   "ci_high", "mcnemar_p", "control_p", "subset_n",
                                                   "subset_acc_without", "subset_acc_with", "subset_delta",
-                                                  "nonfinite_frac")}
+                                                  "subset_control_p", "nonfinite_frac")}
                     for k, t in self.tasks.items() if t.held_out == held}
             if rows:
                 out[group] = {"tasks": rows, "mean_delta": float(np.mean([r["delta"] for r in rows.values()]))}
@@ -298,10 +301,14 @@ def run_intervention(
     edited, nonfinite = _score_edited(model, tokenizer, crosscoder, model_name, real_edit, tasks, batch_size,
                                       positions)
     ctrl_deltas: dict[str, list[float]] = {k: [] for k in tasks}
+    ctrl_sub: dict[str, list[float]] = {k: [] for k in tasks}
     for e in control_edits:
         got, _ = _score_edited(model, tokenizer, crosscoder, model_name, e, tasks, batch_size, positions)
         for k in tasks:
             ctrl_deltas[k].append(float(got[k].mean() - base[k].mean()))
+            if k in subset and subset[k].any():
+                m = subset[k]
+                ctrl_sub[k].append(float(got[k][m].mean() - base[k][m].mean()))
     bad = {k: v for k, v in nonfinite.items() if v > 0}
     if bad:
         warnings.warn(f"{real_edit!r} gave NaN/inf logits on {', '.join(f'{k}: {v:.1%} of rows' for k, v in bad.items())}"
@@ -319,7 +326,8 @@ def run_intervention(
             s0, s1 = w0[subset[k]], w1[subset[k]]
             sub = dict(subset_n=int(subset[k].sum()), subset_acc_without=float(s0.mean()),
                        subset_acc_with=float(s1.mean()), subset_delta=float(s1.mean() - s0.mean()),
-                       subset_mcnemar_p=mcnemar_paired(s0, s1).p_value)
+                       subset_mcnemar_p=mcnemar_paired(s0, s1).p_value, subset_control_deltas=ctrl_sub[k],
+                       subset_control_p=control_stats(float(s1.mean() - s0.mean()), ctrl_sub[k])[1] if controls else None)
         out[k] = TaskResult(
             task=k, held_out=k in held, n=len(w0), acc_without=float(w0.mean()), acc_with=float(w1.mean()),
             delta=delta, ci_low=lo, ci_high=hi, newly_correct=test.base_fail_tuned_ok,

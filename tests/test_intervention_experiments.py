@@ -7,7 +7,7 @@ from scipy.stats import binomtest
 
 from featalign.crosscoder.config import CrosscoderConfig
 from featalign.crosscoder.model import Crosscoder
-from featalign.evaluation import eval_problems
+from featalign.evaluation import eval_problems, score_problems
 from featalign.intervention_experiments import (
     InterventionResult, SweepResult, coefficient_sweep, firing_bins, matched_random_features, paired_bootstrap_ci,
     run_intervention,
@@ -152,8 +152,8 @@ def test_subset_accuracy_matches_the_masked_per_sample_arrays(rl, tasks):
     model, tok = rl
     cc = _crosscoder()
     mask = np.arange(12) % 3 == 0
-    res = run_intervention(model, tok, cc, "rl", [4, 8], _steer_factory(200.0), tasks, n_controls=0,
-                           subset={"compare": mask})
+    res = run_intervention(model, tok, cc, "rl", [4, 8], _steer_factory(200.0), tasks, n_controls=2,
+                           subset={"compare": mask}, firing_freq_L=_freq(), n_bins=4, seed=2)
     t = res.tasks["compare"]
     w0, w1 = np.array(t.correct_without), np.array(t.correct_with)
     assert t.subset_n == 4
@@ -162,6 +162,14 @@ def test_subset_accuracy_matches_the_masked_per_sample_arrays(rl, tasks):
     assert t.subset_delta == pytest.approx(w1[mask].mean() - w0[mask].mean())
     b, c = int((~w0[mask] & w1[mask]).sum()), int((w0[mask] & ~w1[mask]).sum())
     assert t.subset_mcnemar_p == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0)
+    # the controls' subset deltas: replay each control edit and mask by hand
+    from featalign.interventions import intervene
+    for ids, d_all, d_sub in zip(res.control_features, t.control_deltas, t.subset_control_deltas):
+        with intervene(model, cc, "rl", _steer_factory(200.0)(tuple(ids))):
+            got = score_problems(model, tok, tasks["compare"])
+        assert d_all == pytest.approx(got.mean() - w0.mean())
+        assert d_sub == pytest.approx(got[mask].mean() - w0[mask].mean())
+    assert len(t.subset_control_deltas) == 2 and 1 / 3 <= t.subset_control_p <= 1
     u = res.tasks["bool"]  # no subset given for this task
     assert u.subset_n == 0 and u.subset_acc_with is None
     with pytest.raises(ValueError, match="one entry per problem"):
