@@ -57,8 +57,8 @@ class FeatureInterventionConfig(JsonConfig):
     base_dir: str | None = None  # any HF folder; default: the organisms' base
     rl_dir: str | None = None  # default: the organisms' final RL checkpoint
     hook: str | None = None  # default: blocks.<n_layers/2-1>.hook_resid_post
-    selection_tasks: str = "modsum,lookup,count,compare"
-    held_out_tasks: str = "max,sub"
+    selection_tasks: str = "modsum,bool,sub,lookup"
+    held_out_tasks: str = "compare,max"
     n_prompts: int = 500
     n_tokens: int = 40_000
     eval_tokens: int = 10_000

@@ -13,7 +13,7 @@ their bases, each scored on every domain; per pair the deltas, and the CMH odds 
 Published (real models, math RL): in-domain +2.9 points, CMH OR 3.10; out-of-domain -3.2 points,
 OR 1.32; gains transfer between structurally similar domains.
 
-    python examples/reproduce_transfer_study.py                         # default organisms, --domains sub,count
+    python examples/reproduce_transfer_study.py                         # default organisms, --domains count,sub
     python examples/reproduce_transfer_study.py --domains sub,add,count,bool
     python examples/reproduce_transfer_study.py --pairs base_dir:rl_dir:sub,base_dir:other_dir --skip-build true
 
@@ -50,7 +50,7 @@ class TransferConfig(JsonConfig):
     out: str = "runs/examples/transfer"
     organisms_preset: str = "default"
     organisms_dir: str | None = None
-    domains: str = "sub,count"  # single-domain post-training runs (the first is the organisms' default)
+    domains: str = "count,sub"  # single-domain post-training runs (the first is the organisms' default)
     skip_build: bool = False  # only the observational part
     pairs: str | None = None  # base:tuned[:train_domain],... (HF folders)
     eval_domains: str | None = None  # default: all domains

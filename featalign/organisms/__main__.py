@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default=None,
                    help=f"output folder (default: ${CACHE_ENV} or the user cache dir, /organisms/<preset>)")
     b.add_argument("--post-train-domains", default=None,
-                   help=f"comma-separated domains for single-domain SFT+RL runs (default: the preset's, sub for default, add for tiny); from {sorted(DOMAINS)}")
+                   help=f"comma-separated domains for single-domain SFT+RL runs (default: the preset's, count for default, add for tiny); from {sorted(DOMAINS)}")
     b.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     b.add_argument("--no-eval", action="store_true", help="skip evaluating the models")
     sub.add_parser("domains", help="list the task domains")
