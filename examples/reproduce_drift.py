@@ -26,14 +26,13 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from featalign.analysis import plots
 from featalign.analysis.drift import series_from_dirs, series_from_organisms
 from featalign.analyze import AnalyzeConfig, _jsonable, cached_activations, drift_study, open_organisms
-from featalign.config import JsonConfig, config_from_args, config_parser
+from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder.hf import load_hf
 from featalign.io import atomic_write_json, atomic_write_text, provenance
 
@@ -76,13 +75,10 @@ HELP = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(DriftExampleConfig, config_parser(DriftExampleConfig, HELP, "reproduce_drift.py",
-                                                             __doc__).parse_args(argv))
+    cfg = cli_config(DriftExampleConfig, HELP, "reproduce_drift.py", __doc__, argv)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    out = Path(cfg.out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
+    out = start_run(cfg, cfg.out)
 
     if cfg.base_dir:
         if not (cfg.rl_dirs and cfg.sft_dirs):

@@ -29,9 +29,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from featalign.analysis.attribution import encoder_stats
@@ -39,7 +37,7 @@ from featalign.analysis.success_features import (
     SuccessConfig, TaskData, success_features_for_models, success_mask,
 )
 from featalign.analyze import AnalyzeConfig, cached_activations, open_organisms, train_or_load
-from featalign.config import JsonConfig, config_from_args, config_parser
+from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder.hf import load_hf
 from featalign.evaluation import eval_problems, score_problems
 from featalign.intervention_experiments import coefficient_sweep, run_intervention
@@ -123,14 +121,10 @@ def fmt_row(name: str, t, published: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(FeatureInterventionConfig,
-                           config_parser(FeatureInterventionConfig, HELP, "reproduce_feature_interventions.py",
-                                         __doc__).parse_args(argv))
+    cfg = cli_config(FeatureInterventionConfig, HELP, "reproduce_feature_interventions.py", __doc__, argv)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    out = Path(cfg.out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
+    out = start_run(cfg, cfg.out)
 
     if cfg.base_dir and cfg.rl_dir:
         dirs = {"base": cfg.base_dir, "rl": cfg.rl_dir}

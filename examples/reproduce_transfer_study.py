@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from featalign.analyze import _jsonable, open_organisms
-from featalign.config import JsonConfig, config_from_args, config_parser
+from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder.hf import load_hf
 from featalign.evaluation import (
     cmh_odds_ratio, evaluate, in_out_domain_cmh, mcnemar_paired, plot_transfer_heatmap, transfer_matrix,
@@ -168,13 +168,10 @@ def pairs_part(cfg: TransferConfig, lines: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_args(TransferConfig, config_parser(TransferConfig, HELP, "reproduce_transfer_study.py",
-                                                         __doc__).parse_args(argv))
+    cfg = cli_config(TransferConfig, HELP, "reproduce_transfer_study.py", __doc__, argv)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    out = Path(cfg.out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
+    out = start_run(cfg, cfg.out)
     lines = ["# Cross-domain transfer (reproduction of arXiv 2506.19733)", ""]
     results: dict = {"config": cfg.to_dict(), **provenance()}
     if not cfg.skip_build:

@@ -91,3 +91,17 @@ def config_from_args(cls: type[T], args) -> T:
     d = cls.load(args.config).to_dict() if getattr(args, "config", None) else {}
     d |= {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     return cls.from_dict(d)
+
+
+def cli_config(cls: type[T], help: dict[str, str], prog: str, description: str | None = None,
+               argv: list[str] | None = None) -> T:
+    """Parse `argv` with `config_parser` into `cls` (the whole CLI of a script built on one config)."""
+    return config_from_args(cls, config_parser(cls, help, prog, description).parse_args(argv))
+
+
+def start_run(cfg: JsonConfig, out: str | Path) -> Path:
+    """Create `out` and `out/figures` and save `cfg` as `out/config.json` next to the results."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.json")
+    return out
