@@ -397,8 +397,12 @@ class SweepResult:
 
         plt = pyplot()
         rows, tasks = self.rows(), self.tasks
-        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False, sharey=True)
-        for ax, k in zip(axes[0], tasks):
+        cols = min(4, len(tasks))
+        rows_n = -(-len(tasks) // cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.2 * rows_n), squeeze=False, sharey=True)
+        for ax in axes.flat[len(tasks):]:
+            ax.set_visible(False)
+        for ax, k in zip(axes.flat, tasks):
             rs = [r for r in rows if r["task"] == k]
             x = np.array([r["coef"] for r in rs])
             y = np.array([r["acc_with"] for r in rs])
@@ -416,7 +420,8 @@ class SweepResult:
                 ax.scatter(bad, [0.0] * len(bad), marker="x", color="red", s=60, label="NaN/inf logits")
             ax.set_title(k + (" (held out)" if rs[0]["held_out"] else ""))
             ax.set_xlabel("coefficient")
-        axes[0][0].set_ylabel("accuracy")
+        for row in axes:
+            row[0].set_ylabel("accuracy")
         axes[0][0].legend(fontsize=7)
         if title:
             fig.suptitle(title)
