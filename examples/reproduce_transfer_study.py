@@ -36,7 +36,7 @@ from featalign.analyze import _jsonable, open_organisms
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder.hf import load_hf
 from featalign.evaluation import (
-    cmh_odds_ratio, evaluate, in_out_domain_cmh, mcnemar_paired, plot_transfer_heatmap, transfer_matrix,
+    cmh_odds_ratio, evaluate, format_p, in_out_domain_cmh, mcnemar_paired, plot_transfer_heatmap, transfer_matrix,
 )
 from featalign.io import atomic_write_json, atomic_write_text, provenance, read_json
 from featalign.organisms import build_organisms
@@ -82,7 +82,7 @@ def cmh_rows(cmh: dict) -> list[str]:
     for k, v in cmh.items():
         pub = PUBLISHED.get(k)
         rows.append(f"| {k.replace('_', ' ')} | {v.n_strata} | {v.mean_delta_points:+.1f} | {v.odds_ratio:.2f} "
-                    f"[{v.ci_low:.2f}, {v.ci_high:.2f}] | {v.p_value:.2g} | "
+                    f"[{v.ci_low:.2f}, {v.ci_high:.2f}] | {format_p(v.p_value)} | "
                     + (f"{pub[0]:+.1f} pts, OR {pub[1]:.2f}" if pub else "-") + " |")
     return rows
 

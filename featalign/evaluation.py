@@ -127,6 +127,11 @@ def cmh_odds_ratio(strata: list[tuple[np.ndarray, np.ndarray]]) -> CMHResult:
     return CMHResult(len(tables), float(st.oddsratio_pooled), float(lo), float(hi), p, delta)
 
 
+def format_p(p: float) -> str:
+    """A p-value for a table; an exact 0 is floating-point underflow, shown as <1e-300."""
+    return "<1e-300" if p == 0 else f"{p:.2g}"
+
+
 def transfer_matrix(
     base: dict[str, np.ndarray], tuned_by_train_domain: dict[str, dict[str, np.ndarray]], eval_domains: list[str]
 ) -> np.ndarray:

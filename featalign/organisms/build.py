@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from featalign.evaluation import (
     accuracy,
     evaluate,
+    format_p,
     in_out_domain_cmh,
     mcnemar_paired,
     plot_accuracy_bars,
@@ -284,10 +285,6 @@ def summarise(org: Organisms, results: dict[str, dict[str, np.ndarray]]) -> dict
     return summary
 
 
-def _p(p: float) -> str:
-    return "<1e-300" if p == 0 else f"{p:.2g}"  # an exact 0 is floating-point underflow
-
-
 def summary_markdown(summary: dict) -> str:
     """The human-readable `eval/summary.md`: accuracy table, paired tests and CMH odds ratios."""
     acc = summary["accuracy"]
@@ -300,13 +297,13 @@ def summary_markdown(summary: dict) -> str:
     lines += ["", "Base-fail / tuned-success samples per domain (McNemar b), and exact McNemar p.", "",
               "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
     for n, tests in summary["paired_tests"].items():
-        lines.append(f"| {n} | " + " | ".join(f"{t['base_fail_tuned_ok']} (p={_p(t['p_value'])})" for t in tests.values()) + " |")
+        lines.append(f"| {n} | " + " | ".join(f"{t['base_fail_tuned_ok']} (p={format_p(t['p_value'])})" for t in tests.values()) + " |")
     lines += ["", "CMH common odds ratio (tuned vs base correct), pooled over strata.", "",
               "| kind | scope | strata | OR | 95% CI | p | mean delta (pts) |", "|---|---|---|---|---|---|---|"]
     for kind, t in summary["transfer"].items():
         for scope, c in t["cmh"].items():
             lines.append(f"| {kind} | {scope} | {c['n_strata']} | {c['odds_ratio']:.2f} | "
-                         f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}] | {_p(c['p_value'])} | {c['mean_delta_points']:+.1f} |")
+                         f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}] | {format_p(c['p_value'])} | {c['mean_delta_points']:+.1f} |")
     return "\n".join(lines) + "\n"
 
 
