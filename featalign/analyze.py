@@ -355,12 +355,13 @@ def run(cfg: AnalyzeConfig) -> dict:
         for m_name in ("rl", "sft"):
             if m_name not in trio.cfg.models:
                 continue
-            key = f"base|{m_name}" if f"base|{m_name}" in att.nrn else None
+            # Rank by the model's decoder-norm share over *all* models: NRN(base|rl) alone ignores the
+            # SFT decoder and can rank SFT-owned latents as RL-leaning.
             m = trio.cfg.models.index(m_name)
-            score = att.nrn[key] if key else att.mas_LM[:, m]
+            share = att.mas_LM[:, m]
             idx = [i for i in range(len(att.classes)) if a_alive[i]]
-            for i in sorted(idx, key=lambda i: -float(score[i]))[: cfg.n_cards]:
-                chosen.setdefault(i, f"most {m_name}-leaning vs base (NRN {float(score[i]):.2f}, {att.classes[i]})")
+            for i in sorted(idx, key=lambda i: -float(share[i]))[: cfg.n_cards]:
+                chosen.setdefault(i, f"largest {m_name} decoder-norm share ({float(share[i]):.2f}, {att.classes[i]})")
         if success is not None:
             for i in success.features[: cfg.n_cards]:
                 chosen.setdefault(i, "RL-success feature (all tasks)")

@@ -56,6 +56,18 @@ def test_analyze_cli_end_to_end(tiny_organisms, tmp_path, capsys):
     assert "## Q1." in md and "## Q2." in md and "## Q3." in md
     assert (out / "index.html").exists() and (out / "figures" / "drift.png").exists()
     assert {"ternary.png", "nrn_hist.png", "mas_hist.png"} <= set(saved["figures"])
+    # the cards include, per tuned model, the alive latents with its largest decoder-norm share
+    from safetensors.torch import load_file
+
+    from featalign.analysis.attribution import attribute
+    from featalign.crosscoder import Crosscoder
+
+    att = attribute(Crosscoder.load(out / "crosscoders" / "trio"), load_file(str(out / "cache" / "eval_trio.safetensors"))["acts"])
+    alive = [i for i in range(len(att.classes)) if float(att.enc["firing_rate"][i]) > 0]
+    carded = {int(k) for k in json.loads((out / "cards.json").read_text())}
+    for m in (1, 2):  # rl, sft
+        top = sorted(alive, key=lambda i: -float(att.mas_LM[i, m]))[:2]
+        assert set(top) <= carded
     # a rerun reuses the cached activations and crosscoders
     rep2 = main(args)
     assert rep2["q1_specific_latents"]["trio"] == rep["q1_specific_latents"]["trio"]
