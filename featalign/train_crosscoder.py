@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class RunOptions:
     splice_seqs: int = 256
     activations: str | None = None
     store: str | None = None
+    eval_store: str | None = None
     no_eval: bool = False
     fresh: bool = False
     log_to: str = ""
@@ -96,6 +98,8 @@ RUN_HELP = {
     "splice_seqs": "eval sequences for the splice-in loss (0 skips it)",
     "activations": "a .safetensors file with an 'acts' tensor [N, M, H, D] to train on instead of caching",
     "store": "an ActivationStore directory (featalign.activations) to train on",
+    "eval_store": "a held-out ActivationStore (same models and hooks, other text) for the final evaluation with "
+                  "--store; without it the last --eval-tokens rows of the training store are used (in-sample)",
     "no_eval": "skip the final evaluation",
     "fresh": "delete --out before starting instead of resuming",
     "log_to": "extra metric sinks, comma-separated: tensorboard, wandb (JSONL is always written)",
@@ -253,7 +257,18 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
             eval_x = ActivationStore(out / "eval_activations").read()
     cc.setdefault("d_model", store.row_shape[-1])
     if eval_x is None and not run.no_eval:
-        eval_x = store.read(max(0, len(store) - run.eval_tokens))  # no separate eval split: last rows
+        if run.eval_store:
+            held = ActivationStore(run.eval_store)
+            if (held.models, held.hooks, held.row_shape) != (store.models, store.hooks, store.row_shape):
+                raise ValueError(f"--eval-store holds models {held.models}, hooks {held.hooks}, rows {held.row_shape}; "
+                                 f"the training store has {store.models}, {store.hooks}, {store.row_shape}: "
+                                 "cache the held-out text with the same models and hooks")
+            eval_x = held.read(0, run.eval_tokens)
+        else:
+            warnings.warn(f"evaluating on the last {run.eval_tokens} rows of the training store, which the crosscoder "
+                          "also trains on (in-sample FVU); pass --eval-store with activations of held-out text",
+                          stacklevel=2)
+            eval_x = store.read(max(0, len(store) - run.eval_tokens))
     return store.loader(batch, seed=seed, rank=r, world_size=w), eval_x, model_dirs
 
 
@@ -289,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
         if dist_info.is_main and not run.no_eval:
             model = model.cpu().eval()
             ev = evaluate(model, x_eval)
+            ev["in_sample"] = bool(run.store and not run.eval_store)  # evaluated on training rows
             if model_dirs and run.splice_seqs > 0:
                 for name, r in splice_in_loss(model, model_dirs, n_seqs=run.splice_seqs).items():
                     ev["per_model"][name]["splice"] = r
@@ -321,7 +337,7 @@ def _print_report(out: Path, report: dict) -> None:
     print(f"load it with: featalign.crosscoder.Crosscoder.load({str(out)!r})")
     ev = report.get("eval")
     if ev:
-        print(f"eval ({ev['n_tokens']} held-out tokens): L0 {ev['l0']:.1f}, dead {ev['dead_frac']:.3%}")
+        print(f"eval ({ev['n_tokens']} {'in-sample' if ev.get('in_sample') else 'held-out'} tokens): L0 {ev['l0']:.1f}, dead {ev['dead_frac']:.3%}")
         for name, r in ev["per_model"].items():
             line = f"  {name:>6}: FVU {r['fvu']:.4f}"
             if "splice" in r:

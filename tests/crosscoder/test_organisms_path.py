@@ -35,6 +35,24 @@ def test_cli_on_tiny_organisms_end_to_end(tmp_path, tiny_organisms):
     common = ["--steps", "3", "--batch-size", "64", "--n-latents", "64", "--k", "4", "--no-eval", "--threads", "1"]
     main(["--store", str(out / "activations"), "--out", str(tmp_path / "s")] + common)
     assert json.loads((tmp_path / "s" / "cfg.json").read_text())["models"] == ["base", "rl", "sft"]
+    # evaluation with --store: the held-out --eval-store, or (with a warning) the training store's last rows
+    ev_args = ["--steps", "3", "--batch-size", "64", "--n-latents", "64", "--k", "4", "--threads", "1",
+               "--splice-seqs", "0", "--eval-tokens", "500"]
+    held = main(["--store", str(out / "activations"), "--eval-store", str(out / "eval_activations"),
+                 "--out", str(tmp_path / "h")] + ev_args)["eval"]
+    assert held["in_sample"] is False and held["n_tokens"] == 500
+    with pytest.warns(UserWarning, match="in-sample"):
+        ins = main(["--store", str(out / "activations"), "--out", str(tmp_path / "i")] + ev_args)["eval"]
+    assert ins["in_sample"] is True
+    assert held["per_model"]["base"]["fvu"] != ins["per_model"]["base"]["fvu"]  # other rows were scored
+    from featalign.activations import TaskSuiteSource, cache_activations
+
+    two = {k: str(v) for k, v in tiny_organisms.default_trio().items() if k != "sft"}
+    cache_activations(two, TaskSuiteSource(split="eval", seed=1), hooks=("blocks.0.hook_resid_post",),
+                      out_dir=tmp_path / "two", n_tokens=300)
+    with pytest.raises(ValueError, match="--eval-store holds models"):
+        main(["--store", str(out / "activations"), "--eval-store", str(tmp_path / "two"),
+              "--out", str(tmp_path / "bad")] + ev_args)
     with pytest.raises(ValueError, match=r"activation source has models \('base', 'rl', 'sft'\)"):
         main(["--store", str(out / "activations"), "--out", str(tmp_path / "s2"), "--models", "base,rl"] + common)
 
