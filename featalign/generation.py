@@ -8,6 +8,7 @@ rollouts, and it is ~1.35x faster than TRL's path at the organisms' scale (docs/
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,16 @@ from torch import Tensor
 def hf_model_of(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face causal LM inside a TransformerBridge (or the model itself)."""
     return getattr(model, "original_model", model)
+
+
+def _cache_kwarg(lm: torch.nn.Module) -> str:
+    """The name `lm.forward` takes its KV cache under: `cache` from transformers 5.24, else `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def _cache_of(out) -> object:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "B T"], Int[Tensor, "B T"]]:
@@ -49,7 +60,10 @@ def decode(
     generator: torch.Generator | None = None,
 ) -> Generation:
     """Greedy (`temperature=0`) or sampled continuation of token-id prompts, stopping at `eos_id`."""
-    lm = hf_model_of(model)
+    from featalign.models import ensure_kv_cache_compat
+
+    lm = ensure_kv_cache_compat(hf_model_of(model))
+    cache_kwarg = _cache_kwarg(lm)
     ids_BP, mask_BP = left_pad(prompts, pad_id)
     device = next(lm.parameters()).device
     ids_BP, mask_BP = ids_BP.to(device), mask_BP.to(device)
@@ -57,7 +71,7 @@ def decode(
     attn = mask_BP.clone()
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     out = lm(input_ids=ids_BP, attention_mask=attn, position_ids=pos, use_cache=True)
-    cache = out.past_key_values
+    cache = _cache_of(out)
     logits = out.logits[:, -1, :]
     next_pos = pos[:, -1:] + 1
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -77,9 +91,9 @@ def decode(
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         out = lm(
             input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-            past_key_values=cache, use_cache=True,
+            use_cache=True, **{cache_kwarg: cache},
         )
-        cache = out.past_key_values
+        cache = _cache_of(out)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
     return Generation(ids_BP, mask_BP, torch.stack(toks, 1), torch.stack(live, 1).long())

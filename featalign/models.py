@@ -87,7 +87,40 @@ def load_model(
     if compatibility_mode:
         bridge.enable_compatibility_mode()
     bridge.eval()
-    return bridge
+    return ensure_kv_cache_compat(bridge)
+
+
+_KV_COMPAT_FLAG = "_featalign_kv_cache_compat"
+
+
+def _cache_kwarg_to_past_key_values(_module, args, kwargs):
+    if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+        return args, {**kwargs, "past_key_values": kwargs["cache"]}
+    return None
+
+
+def ensure_kv_cache_compat(model: torch.nn.Module) -> torch.nn.Module:
+    """Make a TransformerBridge's attention see the KV cache under every transformers version.
+
+    transformers 5.24 renamed the cache argument that decoder layers pass to attention from
+    `past_key_values` to `cache`; TransformerLens 3.9's attention bridges read only
+    `past_key_values` (or `layer_past`), so on 5.24 they never update the cache and each decoding
+    step attends to itself alone: a full forward is still exact, incremental decoding is silently
+    wrong. A forward pre-hook on each attention bridge hands the cache over under the old name.
+    Idempotent; a model that is not a bridge (or has no attention bridges) is returned unchanged.
+    """
+    lm = getattr(model, "original_model", model)  # the hooks live on the HF model the bridge wraps
+    if getattr(lm, _KV_COMPAT_FLAG, False):
+        return model
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    except ImportError:  # a TransformerLens without the bridge: nothing to patch
+        return model
+    for module in lm.modules():
+        if isinstance(module, AttentionBridge):
+            module.register_forward_pre_hook(_cache_kwarg_to_past_key_values, with_kwargs=True)
+    setattr(lm, _KV_COMPAT_FLAG, True)
+    return model
 
 
 def _tokenizer_fingerprint(tok) -> dict:
