@@ -7,6 +7,7 @@ per domain (base vs tuned, same prompts), and the Cochran-Mantel-Haenszel common
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from scipy.stats import chi2
 from tqdm.auto import tqdm
 
 from featalign.generation import completion_texts, decode
-from featalign.organisms.tasks import Problem, get_domain, sample_problems
+from featalign.organisms.tasks import Problem, sample_problems
+from featalign.tasks import ORGANISMS_EVAL_SEED, Task, TaskSet, organisms_task
 
-EVAL_SEED = 1234
+EVAL_SEED = ORGANISMS_EVAL_SEED
 
 
 def eval_problems(domain: str, n: int, seed: int = EVAL_SEED) -> list[Problem]:
@@ -26,30 +28,91 @@ def eval_problems(domain: str, n: int, seed: int = EVAL_SEED) -> list[Problem]:
     return sample_problems(domain, n, "eval", seed)
 
 
+def encode_prompt(tokenizer, prompt: str, chat_template: bool = False) -> list[int]:
+    """Token ids of a prompt as the model sees it: the tokenizer's own special tokens (the organisms'
+    `<bos>`), or one user turn of its chat template followed by the assistant's generation prompt."""
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat_template=True but the tokenizer has no chat template; set it to False "
+                             "(or give the tokenizer one)")
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+    return tokenizer(prompt)["input_ids"]
+
+
+def _stop_at_strings(tokenizer, stop_strings: tuple[str, ...]):
+    """A `decode` stop rule: a row ends once its text contains one of `stop_strings`."""
+
+    def stop(completion_ids_BT: torch.Tensor) -> torch.Tensor:
+        texts = tokenizer.batch_decode(completion_ids_BT.tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in stop_strings) for t in texts])
+
+    return stop
+
+
+def _cut_at_stop(text: str, stop_strings: tuple[str, ...]) -> tuple[str, bool]:
+    cuts = [text.index(s) for s in stop_strings if s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def _token_ids(tokenizer) -> tuple[int, int]:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: greedy evaluation needs one to end completions")
+    pad = tokenizer.pad_token_id
+    return eos, (eos if pad is None else pad)
+
+
 @torch.no_grad()
-def score_problems(model, tokenizer, problems: list[Problem], batch_size: int = 500) -> np.ndarray:
-    """Greedy-decode every problem and verify it: a bool array, one entry per problem."""
-    out = []
-    for i in range(0, len(problems), batch_size):
-        chunk = problems[i : i + batch_size]
-        prompts = [tokenizer(p.prompt)["input_ids"] for p in chunk]
-        longest = max(len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) for p in chunk)
-        gen = decode(model, prompts, longest + 2, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        texts = completion_texts(gen, tokenizer, tokenizer.eos_token_id)
-        ended = (gen.completion_ids_BC == tokenizer.eos_token_id).any(1).tolist()
-        out += [e and get_domain(p.domain).verify(t, p.answer) for t, p, e in zip(texts, chunk, ended)]
+def score_task(model, tokenizer, task: Task, batch_size: int | None = None) -> np.ndarray:
+    """Greedy-decode every problem of `task` with its generation settings and verify it: bool[n]."""
+    gen_cfg = task.generation
+    eos, pad = _token_ids(tokenizer)
+    stop = _stop_at_strings(tokenizer, gen_cfg.stop_strings) if gen_cfg.stop_strings else None
+    bs = batch_size or gen_cfg.batch_size
+    out: list[bool] = []
+    for i in range(0, len(task.problems), bs):
+        chunk = task.problems[i : i + bs]
+        prompts = [encode_prompt(tokenizer, p.prompt, gen_cfg.chat_template) for p in chunk]
+        budget = gen_cfg.max_new_tokens
+        if budget is None:
+            budget = 2 + max(len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) for p in chunk)
+        gen = decode(model, prompts, budget, eos, pad, stop=stop)
+        texts = completion_texts(gen, tokenizer, eos)
+        eos_seen = (gen.completion_ids_BC == eos).any(1).tolist()
+        for text, p, ended in zip(texts, chunk, eos_seen):
+            text, stopped = _cut_at_stop(text, gen_cfg.stop_strings)
+            out.append((ended or stopped or not gen_cfg.require_eos) and task.verify(text, p.answer))
     return np.array(out, dtype=bool)
+
+
+def score_problems(model, tokenizer, problems: list[Problem], batch_size: int = 500) -> np.ndarray:
+    """Organisms' problems (any mix of domains), each verified by its domain: bool[n] in input order."""
+    if not problems:
+        return np.zeros(0, dtype=bool)
+    by_domain: dict[str, list[int]] = {}
+    for i, p in enumerate(problems):
+        by_domain.setdefault(p.domain, []).append(i)
+    out = np.zeros(len(problems), dtype=bool)
+    for domain, idx in by_domain.items():
+        out[idx] = score_task(model, tokenizer, organisms_task(domain, [problems[i] for i in idx]), batch_size)
+    return out
+
+
+def evaluate_tasks(
+    model, tokenizer, tasks: TaskSet, desc: str = "eval", batch_size: int | None = None
+) -> dict[str, np.ndarray]:
+    """Per-sample correctness on every task of a task set: {task: bool[n]}."""
+    return {t.name: score_task(model, tokenizer, t, batch_size) for t in tqdm(list(tasks), desc=desc, leave=False)}
 
 
 def evaluate(
     model, tokenizer, domains: list[str], n_per_domain: int, batch_size: int = 500,
     seed: int = EVAL_SEED, desc: str = "eval",
 ) -> dict[str, np.ndarray]:
-    """Per-sample correctness on each domain's eval split: {domain: bool[n]}."""
-    return {
-        d: score_problems(model, tokenizer, eval_problems(d, n_per_domain, seed), batch_size)
-        for d in tqdm(domains, desc=desc, leave=False)
-    }
+    """Per-sample correctness on each organisms domain's eval split: {domain: bool[n]}."""
+    return evaluate_tasks(model, tokenizer, TaskSet.organisms(domains, n_per_domain, seed), desc, batch_size)
 
 
 def accuracy(results: dict[str, np.ndarray]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from jaxtyping import Int
@@ -58,8 +59,12 @@ def decode(
     pad_id: int,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    stop: Callable[[Tensor], Tensor] | None = None,
 ) -> Generation:
-    """Greedy (`temperature=0`) or sampled continuation of token-id prompts, stopping at `eos_id`."""
+    """Greedy (`temperature=0`) or sampled continuation of token-id prompts, stopping at `eos_id`.
+
+    `stop(completion_ids_BT) -> bool[B]` ends rows early (e.g. at a stop string); their later tokens are pad.
+    """
     from featalign.models import ensure_kv_cache_compat
 
     lm = ensure_kv_cache_compat(hf_model_of(model))
@@ -86,6 +91,8 @@ def decode(
         live.append(~done)
         toks.append(tok)
         done = done | (tok == eos_id)
+        if stop is not None:
+            done = done | stop(torch.stack(toks, 1)).to(device)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
