@@ -29,6 +29,17 @@ pip check
 pip freeze --exclude-editable | grep -v '^featalign' | sed -E 's/^([^=]+==[^+]+)\+.*/\1/' > "$work/freeze.txt"
 echo "newest allowed versions (key packages):"
 grep -iE '^(torch|transformers|transformer[-_]lens|sae[-_]lens|tokenizers|numpy|scipy|safetensors|datasets)==' "$work/freeze.txt" | sed 's/^/  /'
+write_lock() {
+    { echo "# featalign's tested lock: pip install -c constraints.txt -e '.[dev,notebooks]'"
+      echo "# written by tools/check_newest.sh --update-lock on $(date -u +%Y-%m-%d) (Python $(python -c 'import platform; print(platform.python_version())'), suite green)"
+      cat "$work/freeze.txt"; } > constraints.txt
+}
+if [[ $update_lock -eq 1 ]]; then
+    # The suite checks the lock against the installed tree (tests/test_install.py), so the candidate
+    # lock is in place while it runs; a red run puts the old one back.
+    [[ -f constraints.txt ]] && cp constraints.txt "$work/constraints.old"
+    write_lock
+fi
 export FEATALIGN_CACHE="$work/cache"
 start=$(date +%s)
 set +e
@@ -36,10 +47,13 @@ python -m pytest -q -p no:cacheprovider --timeout=900
 rc=$?
 set -e
 echo "tests: exit $rc in $(( $(date +%s) - start )) s; full list of versions: $work/freeze.txt"
-if [[ $rc -eq 0 && $update_lock -eq 1 ]]; then
-    { echo "# featalign's tested lock: pip install -c constraints.txt -e '.[dev,notebooks]'"
-      echo "# written by tools/check_newest.sh --update-lock on $(date -u +%Y-%m-%d) (Python $(python -c 'import platform; print(platform.python_version())'), suite green)"
-      cat "$work/freeze.txt"; } > constraints.txt
-    echo "constraints.txt updated"
+if [[ $update_lock -eq 1 ]]; then
+    if [[ $rc -eq 0 ]]; then
+        echo "constraints.txt updated"
+    elif [[ -f "$work/constraints.old" ]]; then
+        cp "$work/constraints.old" constraints.txt; echo "suite red: constraints.txt left as it was"
+    else
+        rm -f constraints.txt; echo "suite red: no lock written"
+    fi
 fi
 exit $rc
