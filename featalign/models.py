@@ -31,6 +31,7 @@ class ModelSpec(JsonConfig):
     path: str
     role: str = "other"  # base | rl | sft | checkpoint | other
     step: int | None = None  # checkpoint step / index, when the model is one of a series
+    revision: str | None = None  # hub revision (branch, tag or commit) of a hub id
 
     def __post_init__(self) -> None:
         self.path = str(self.path)
@@ -63,6 +64,7 @@ def load_model(
     device: str | torch.device = "cpu",
     compatibility_mode: bool = False,
     tokenizer=None,
+    revision: str | None = None,
 ) -> "TransformerBridge":
     """Load a local HF folder (or a hub id, where online) as a `TransformerBridge` in eval mode."""
     from transformer_lens.model_bridge import TransformerBridge
@@ -77,7 +79,7 @@ def load_model(
         name = str(path)
     try:
         bridge = TransformerBridge.boot_transformers(
-            name, device=device, dtype=torch_dtype(dtype), tokenizer=tokenizer
+            name, device=device, dtype=torch_dtype(dtype), tokenizer=tokenizer, revision=revision
         )
     except OSError as e:
         raise OSError(
@@ -157,7 +159,7 @@ class ModelGroup:
         cls, specs: Sequence[ModelSpec], dtype: str = "float32", device: str = "cpu", compatibility_mode: bool = False
     ) -> "ModelGroup":
         specs = list(specs)
-        return cls(specs, [load_model(s.path, dtype, device, compatibility_mode) for s in specs])
+        return cls(specs, [load_model(s.path, dtype, device, compatibility_mode, revision=s.revision) for s in specs])
 
     @classmethod
     def from_paths(cls, paths: dict[str, str | Path], **kw) -> "ModelGroup":
