@@ -26,7 +26,7 @@ pip install -q "$torch_spec"
 pip install -q --upgrade --upgrade-strategy eager -c "$work/torch-constraint.txt" -e ".[dev,notebooks]"
 pip check
 # A local label (torch==2.13.0+cpu) would pin one build; `==2.13.0` accepts the CPU and the CUDA build alike.
-pip freeze --exclude-editable | grep -v '^featalign' | sed -E 's/^([^=]+==[^+]+)\+.*/\1/' > "$work/freeze.txt"
+pip freeze --all --exclude-editable | grep -vE '^(featalign|pip)==' | sed -E 's/^([^=]+==[^+]+)\+.*/\1/' > "$work/freeze.txt"
 echo "newest allowed versions (key packages):"
 grep -iE '^(torch|transformers|transformer[-_]lens|sae[-_]lens|tokenizers|numpy|scipy|safetensors|datasets)==' "$work/freeze.txt" | sed 's/^/  /'
 write_lock() {
