@@ -33,6 +33,7 @@ def _cache_of(out) -> object:
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "B T"], Int[Tensor, "B T"]]:
+    """Ids and attention mask with every row right-aligned, so each row's next token is the last column."""
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -44,6 +45,8 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "B T"], In
 
 @dataclass
 class Generation:
+    """A batch of decoded completions, kept as ids so callers can score, mask or re-forward them."""
+
     prompt_ids_BP: Tensor  # left-padded prompts
     prompt_mask_BP: Tensor
     completion_ids_BC: Tensor  # generated tokens; after <eos> everything is pad

@@ -61,6 +61,7 @@ def test_known_public_names_are_documented(api_dir, page, name):
 #: Modules whose public functions and classes must all carry a docstring.
 DOCSTRING_MODULES = (
     "featalign.interventions", "featalign.intervention_experiments", "featalign.evaluation", "featalign.models",
+    "featalign.tasks", "featalign.model_set", "featalign.generation",
     "featalign.analysis.*", "featalign.crosscoder.*", "featalign.activations.*", "featalign.organisms.*",
 )
 
