@@ -255,18 +255,20 @@ def plot_transfer_heatmap(
     plt = pyplot()
 
     lim = max(1.0, float(np.abs(matrix).max()))
-    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * len(eval_domains), 1.2 + 0.55 * len(train_domains)))
+    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * len(eval_domains), 1.9 + 0.5 * len(train_domains)),
+                           layout="constrained")
     im = ax.imshow(matrix, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, f"{matrix[i, j]:+.0f}", ha="center", va="center", fontsize=8)
+            dark = abs(matrix[i, j]) > 0.55 * lim  # the colormap's ends are dark: white text there
+            ax.text(j, i, f"{matrix[i, j]:+.0f}", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
     ax.set_xticks(range(len(eval_domains)), eval_domains, rotation=30, ha="right")
     ax.set_yticks(range(len(train_domains)), train_domains)
     ax.set_xlabel("evaluation domain")
-    ax.set_ylabel("post-training domain")
+    ax.set_ylabel("post-trained on")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="accuracy delta vs base (points)")
-    fig.tight_layout()
+    fig.colorbar(im, ax=ax, label="Δ accuracy (points)", shrink=0.9)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
