@@ -82,7 +82,21 @@ class _AtomicDir:
 
 
 def provenance() -> dict[str, str]:
-    """Stamp for every saved artifact."""
+    """Stamp for every saved artifact: the versions and the CPU kernel set that produced it.
+
+    Training is bitwise reproducible on one stack, not across them: the organisms' default build on an
+    AVX512 machine with transformers 5.24 differs from one made earlier elsewhere, so a number is only
+    comparable to another with the same stamp.
+    """
+    import importlib.metadata as md
+
     import torch
 
-    return {"featalign_version": featalign.__version__, "torch_version": torch.__version__}
+    stamp = {"featalign_version": featalign.__version__, "torch_version": torch.__version__,
+             "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+    for dist in ("transformers", "transformer-lens"):
+        try:
+            stamp[dist.replace("-", "_") + "_version"] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return stamp
