@@ -84,7 +84,7 @@ def test_analyze_refuses_mismatched_crosscoder(tiny_organisms, tmp_path):
         main(["--organisms-dir", str(tiny_organisms.root), "--out", str(tmp_path / "rep"), "--crosscoder",
               str(tmp_path / "cc"), "--stages", "attribution", "--n-tokens", "500", "--eval-tokens", "300",
               "--progress", "false"])
-    with pytest.raises(SystemExit, match="unknown stage"):
+    with pytest.raises(ValueError, match="unknown stage"):
         main(["--stages", "attribution,nope"])
 
 
