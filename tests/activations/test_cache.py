@@ -155,9 +155,14 @@ def test_append_to_compatible_store_and_refuse_incompatible(trio, small_cfg, ref
         with pytest.raises(IncompatibleStoreError, match="different layout"):
             cache_activations(trio, None, out_dir=tmp_path / "s", config=CacheConfig.from_dict({**small_cfg.to_dict(), **bad}),
                               progress=False)
-    # a different source appends after the existing rows
-    more = cache_activations(trio, TEXTS, out_dir=tmp_path / "s",
-                             config=CacheConfig.from_dict({**small_cfg.to_dict(), "n_tokens": 7000}), progress=False)
+    # a different source is refused unless asked for (it would mix two token streams) ...
+    bigger = CacheConfig.from_dict({**small_cfg.to_dict(), "n_tokens": 7000})
+    for other in (TaskSuiteSource(seed=1), TaskSuiteSource(domains=("add",)), TEXTS):
+        with pytest.raises(IncompatibleStoreError, match="another token source.*--allow-new-source"):
+            cache_activations(trio, other, out_dir=tmp_path / "s", config=bigger, progress=False)
+    assert len(ActivationStore(tmp_path / "s")) == 6000  # nothing appended
+    # ... and then appends after the existing rows
+    more = cache_activations(trio, TEXTS, out_dir=tmp_path / "s", config=bigger, progress=False, allow_new_source=True)
     assert len(more) == 6000 + sum(len(trio.tokenizer(t)["input_ids"]) - 1 for t in TEXTS)
 
 
