@@ -101,9 +101,7 @@ class TrainerConfig(JsonConfig):
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "norm_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("warmup_steps", "sparsity_coef", "grad_clip", "resample_every"):
+        for name in ("lr", "warmup_steps", "sparsity_coef", "grad_clip", "resample_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.decay_frac <= 1:

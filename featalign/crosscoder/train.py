@@ -268,10 +268,13 @@ class Trainer:
             if self.dist.enabled:
                 ddp.all_reduce(loss_check)
             if not torch.isfinite(loss_check):
+                ckpt = self.out_dir / CHECKPOINT_FILE
+                kept = (f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else
+                        f"no checkpoint was written yet (the first comes at step {self.tcfg.checkpoint_every})")
                 raise NaNLossError(
-                    f"loss is {loss_check.item()} at step {self.step}; stopped without saving. The last good "
-                    f"checkpoint ({self.out_dir / CHECKPOINT_FILE}) is kept: lower --lr, enable --grad-clip, "
-                    "or check the activations for inf/NaN, then rerun to resume."
+                    f"loss is {loss_check.item()} at step {self.step}; stopped without saving, {kept}. If the "
+                    f"activations hold NaN/inf, fix them and rerun{' to resume' if ckpt.exists() else ''}; otherwise "
+                    "train with a lower --lr or a --grad-clip into a new --out (a resume refuses changed settings)."
                 )
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()

@@ -90,7 +90,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     perm = src._epoch_perm()
     x[perm[10 * 64 + 3]] = float("nan")
     cc, tc = _cfgs()
-    with pytest.raises(NaNLossError, match="step 10.*last good checkpoint"):
+    with pytest.raises(NaNLossError, match="step 10.*last good checkpoint .*checkpoint.pt. is kept"):
         Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
     assert state["step"] == 8
