@@ -89,6 +89,15 @@ class AnalyzeConfig(JsonConfig):
             raise UsageError(f"invalid setting: {e}") from e
 
 
+def check_shared_settings(cfg: JsonConfig) -> None:
+    """Check the fields another config (an example's) shares with AnalyzeConfig by AnalyzeConfig's own rules,
+    so every script refuses a bad --variant, --positions, --k ... the same way and before any work."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(AnalyzeConfig)}
+    AnalyzeConfig(**{k: v for k, v in cfg.to_dict().items() if k in names})
+
+
 HELP = {
     "out": "report directory (also caches activations and crosscoders; a rerun reuses them)",
     "organisms_preset": "organisms preset to open/build: default | tiny",
