@@ -216,9 +216,10 @@ def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook
             if (out / "crosscoder.safetensors").exists():
                 return Crosscoder.load(out).eval()
         else:
-            changed = [f"{sec}.{k}: {a!r} -> {b!r}" for sec in ("crosscoder", "trainer")
+            changed = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {trained_on[sec].get(k)!r}"
+                       for sec in ("crosscoder", "trainer")
                        for k in sorted(set(old.get(sec, {})) | set(trained_on[sec]))
-                       if old.get(sec, {}).get(k) != trained_on[sec][k]]
+                       if old.get(sec, {}).get(k) != trained_on[sec].get(k)]
             if old.get("activations_sha256") != trained_on["activations_sha256"]:
                 changed.append("training activations (--n-tokens / --seed / --hook / the models)")
             warnings.warn(f"{out} was trained with other settings ({'; '.join(changed[:8])}); retraining it",

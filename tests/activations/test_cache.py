@@ -259,3 +259,31 @@ def test_task_suite_source_is_deterministic_and_has_answers(trio):
 
     firsts = {trio.tokenizer.decode(s[1:], skip_special_tokens=True).split(" ")[0] for s in seqs[: len(DOMAINS)]}
     assert len(firsts) > 1  # domains are interleaved
+
+
+def test_rerun_on_a_corrupted_store_refuses_to_append_or_report_it_healthy(ref_store, trio, small_cfg, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(ref_store.root, root)
+    f = root / ref_store.shards[2]["file"]
+    b = bytearray(f.read_bytes())
+    b[7] ^= 0x01
+    f.write_bytes(bytes(b))
+    before = sorted(p.name for p in (root / "shards").iterdir())
+    bigger = CacheConfig.from_dict({**small_cfg.to_dict(), "n_tokens": 8000})
+    for cfg in (small_cfg, bigger):  # the finished store (nothing to append) and one that would grow
+        with pytest.raises(ChecksumError, match=ref_store.shards[2]["file"]):
+            cache_activations(trio, None, out_dir=root, config=cfg, progress=False)
+    assert sorted(p.name for p in (root / "shards").iterdir()) == before  # nothing appended
+
+
+def test_sizes_that_would_hang_or_write_nothing_are_refused(trio, tmp_path):
+    for bad in ({"batch_size": 0}, {"n_tokens": 0}, {"n_tokens": -3}, {"context_size": 0}, {"shard_mb": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CacheConfig(**bad)
+    with pytest.raises(ValueError, match="at least one text"):
+        cache_activations(trio, TextSource([]), out_dir=tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match="unknown domain 'chess'"):
+        TaskSuiteSource(domains=("add", "chess"))
+    assert not (tmp_path / "s").exists()
