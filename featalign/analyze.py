@@ -169,10 +169,10 @@ def model_dirs_for(org) -> dict[str, str]:
 def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_tokens: int, split: str, seed: int,
                        progress: bool) -> torch.Tensor:
     """[N, M, 1, D] activations of every model on task-suite text, cached in a safetensors file."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     from featalign.crosscoder.hf import collect_activations
-    from featalign.io import atomic_write_bytes
+    from featalign.io import atomic_write_bytes, safetensors_bytes
 
     key = {"models": ",".join(model_dirs), "dirs": ",".join(model_dirs.values()), "hook": hook,
            "n_tokens": str(n_tokens), "split": split, "seed": str(seed)}
@@ -183,7 +183,7 @@ def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_toke
             if f.metadata() == key:
                 return load_file(str(path))["acts"]
     x = collect_activations(model_dirs, (hook,), n_tokens, seed=seed, split=split, progress=progress)
-    atomic_write_bytes(path, save({"acts": x.contiguous()}, metadata=key))
+    atomic_write_bytes(path, safetensors_bytes({"acts": x.contiguous()}, metadata=key))
     return x
 
 

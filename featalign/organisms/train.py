@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featalign.io import atomic_write_bytes
+from featalign.io import atomic_write_bytes, canonical_for_pickle
 from featalign.organisms.tasks import Problem
 
 
@@ -65,7 +65,8 @@ def save_state(path: Path, model, opt, step: int, logs: list[dict] | None = None
     import io
 
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "logs": list(logs or [])}, buf)
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "logs": list(logs or [])}
+    torch.save(canonical_for_pickle(state), buf)  # a resumed build writes the uninterrupted build's bytes
     atomic_write_bytes(path, buf.getvalue())
 
 
