@@ -93,7 +93,7 @@ def _kept_by_transformer_lens(tok, model: str):
     """`tok` in the form TransformerLens keeps (its `get_tokenizer_with_bos` reloads any other through
     AutoTokenizer): loaded from its folder with add_bos_token=True."""
     src = getattr(tok, "name_or_path", "") or ""
-    if not Path(src).is_dir():
+    if not src or not Path(src).is_dir():
         raise ValueError(
             f"model {model}: TransformerLens replaced the tokenizer passed to load_model by an AutoTokenizer that "
             "tokenizes differently, and this tokenizer was never saved to a folder, so it cannot be kept: save it "
@@ -138,6 +138,10 @@ def load_model(
     def boot(tok):
         try:
             return TransformerBridge.boot_transformers(name, device=device, dtype=torch_dtype(dtype), tokenizer=tok)
+        except KeyError as e:  # TransformerLens reloads a tokenizer by its folder name, which an unsaved one lacks
+            if tok is None or "name_or_path" not in str(e):
+                raise
+            return boot(_kept_by_transformer_lens(tok, name))  # refuses a tokenizer with no folder, naming the fix
         except OSError as e:
             raise OSError(
                 f"could not load model {name!r}: not a local folder and the hub is unreachable or has no such id "

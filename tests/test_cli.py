@@ -77,6 +77,7 @@ def test_device_cuda_on_a_cpu_only_torch_is_refused(capsys, monkeypatch, tmp_pat
     (["--tokenizer", "/nonexistent/tok"], ["--tokenizer /nonexistent/tok does not exist"]),
     (["--text-file", "/nonexistent.txt"], ["--text-file /nonexistent.txt does not exist"]),
     (["--preset", "huge"], ["--preset must be one of"]),
+    (["--dataset", "/nonexistent/ds"], ["--dataset /nonexistent/ds does not exist"]),
 ])
 def test_cache_refuses_bad_arguments_before_loading_models(argv, words, capsys, tmp_path):
     _fails(cache.main, argv + ["--out", str(tmp_path / "store")], capsys, *words)
@@ -87,6 +88,10 @@ def test_cache_refuses_an_empty_text_file_and_an_out_that_is_a_file(capsys, tmp_
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
     _fails(cache.main, ["--text-file", str(empty), "--out", str(tmp_path / "s")], capsys, "no non-empty lines")
+    text = tmp_path / "t.txt"
+    text.write_text("add 1+2=3\n")
+    _fails(cache.main, ["--text-file", str(text), "--seed", "3", "--out", str(tmp_path / "s")], capsys,
+           "--domains and --seed choose the task suite", "drop them")
     assert not (tmp_path / "s").exists()
     f = tmp_path / "afile"
     f.write_text("x")
@@ -115,6 +120,9 @@ def test_train_crosscoder_refuses_bad_settings_before_caching(capsys, tmp_path):
     _fails(train_crosscoder.main, base + ["--config", str(cfg)], capsys, "is not valid JSON")
     _fails(train_crosscoder.main, base + ["--store", str(tmp_path / "nope")], capsys, "--store", "does not exist")
     assert not out.exists() and not org.exists()
+    f = tmp_path / "afile"
+    f.write_text("")
+    _fails(train_crosscoder.main, ["--out", str(f)], capsys, f"--out {f} is a file")
 
 
 # --- python -m featalign.analyze --------------------------------------------------------------------

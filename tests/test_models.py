@@ -129,3 +129,18 @@ def test_folder_without_tokenizer_is_named_and_tokenizer_option_fixes_it(qwen2_c
     assert f"model folder {bare} has no tokenizer" in err and "--tokenizer DIR" in err
     assert run_cli(main, "cache", argv + ["--tokenizer", str(qwen2_char_folder)]) == 0
     assert len(ActivationStore(tmp_path / "s")) == sum(len(_own_ids(qwen2_char_folder, t)) for t in TRAP_TEXTS)
+
+
+def test_a_passed_tokenizer_survives_transformer_lens_or_is_refused(qwen2_char_folder):
+    """docs/real_models.md's workaround `load_model(path, tokenizer=tok)` used to be undone by TransformerLens."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    probe = TRAP_TEXTS[1]
+    tok = PreTrainedTokenizerFast.from_pretrained(str(qwen2_char_folder))  # as a user would, no add_bos_token
+    bridge = load_model(qwen2_char_folder, tokenizer=tok)
+    assert bridge.tokenizer(probe, add_special_tokens=False)["input_ids"] == _own_ids(qwen2_char_folder, probe)
+    in_memory = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(qwen2_char_folder / "tokenizer.json")),
+                                        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    with pytest.raises(ValueError, match="never saved to a folder.*save_pretrained"):
+        load_model(qwen2_char_folder, tokenizer=in_memory)

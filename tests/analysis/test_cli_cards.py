@@ -143,6 +143,10 @@ def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organ
     with safe_open(str(tmp_path / "rep" / "cache" / "eval_trio.safetensors"), "pt") as f:
         assert f.metadata()["hook"] == hook  # the activations analysed are the crosscoder's layer
     assert f"trio loaded from `{tmp_path / 'cc'}`" in (tmp_path / "rep" / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"--hook blocks.9.hook_resid_post: the organisms have layers 0..1"):
+        main(["--organisms-dir", str(tiny_organisms.root), "--hook", "blocks.9.hook_resid_post",
+              "--out", str(tmp_path / "bad9")] + SMALL)
+    assert not (tmp_path / "bad9").exists()
 
 
 def test_report_marks_clopper_pearson_intervals():
