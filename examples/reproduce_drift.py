@@ -31,7 +31,10 @@ import torch
 
 from featalign.analysis import plots
 from featalign.analysis.drift import series_from_dirs, series_from_organisms
-from featalign.analyze import AnalyzeConfig, _jsonable, cached_activations, drift_study, open_organisms
+from featalign.analyze import (
+    AnalyzeConfig, _jsonable, cached_activations, check_shared_settings, drift_study, open_organisms,
+)
+from featalign.cli import UsageError, check_exists, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder.hf import load_hf
 from featalign.io import atomic_write_json, atomic_write_text, provenance
@@ -61,6 +64,16 @@ class DriftExampleConfig(JsonConfig):
     threads: int = 1
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        check_shared_settings(self)
+        if self.base_dir and not (self.rl_dirs and self.sft_dirs):
+            raise UsageError("--base-dir needs --rl-dirs and --sft-dirs (comma-separated checkpoint folders)")
+        if (self.rl_dirs or self.sft_dirs) and not self.base_dir:
+            raise UsageError("--rl-dirs / --sft-dirs need --base-dir (the checkpoints' base model)")
+        for d in [self.base_dir, *(self.rl_dirs or "").split(","), *(self.sft_dirs or "").split(",")]:
+            if d:
+                check_exists(d, "model folder", "folder")
+
 
 HELP = {
     "out": "output folder", "organisms_preset": "organisms preset to open/build when no dirs are given",
@@ -76,13 +89,12 @@ HELP = {
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = cli_config(DriftExampleConfig, HELP, "reproduce_drift.py", __doc__, argv)
+    check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     out = start_run(cfg, cfg.out)
 
     if cfg.base_dir:
-        if not (cfg.rl_dirs and cfg.sft_dirs):
-            raise SystemExit("--base-dir needs --rl-dirs and --sft-dirs (comma-separated checkpoint folders)")
         series = {"sft": series_from_dirs("sft", cfg.base_dir, cfg.sft_dirs.split(",")),
                   "rl": series_from_dirs("rl", cfg.base_dir, cfg.rl_dirs.split(","))}
         n_layers = load_hf(cfg.base_dir)[0].config.num_hidden_layers
@@ -132,4 +144,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, "reproduce_drift.py", sys.argv[1:]))

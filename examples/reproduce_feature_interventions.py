@@ -26,6 +26,7 @@ cached activations and the trained crosscoder.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -36,13 +37,15 @@ from featalign.analysis.attribution import encoder_stats
 from featalign.analysis.success_features import (
     SuccessConfig, TaskData, success_features_for_models, success_mask,
 )
-from featalign.analyze import AnalyzeConfig, cached_activations, open_organisms, train_or_load
+from featalign.analyze import AnalyzeConfig, cached_activations, check_shared_settings, open_organisms, train_or_load
+from featalign.cli import UsageError, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder.hf import load_hf
 from featalign.evaluation import eval_problems, score_problems
 from featalign.intervention_experiments import coefficient_sweep, run_intervention
 from featalign.interventions import ablate, steer, typical_activation
 from featalign.io import atomic_write_json, atomic_write_text, provenance
+from featalign.organisms.tasks import parse_domains
 
 PUBLISHED = {"ablate_rl": "-14 to -46 pts", "steer_base": "+12 to +56 pts"}
 
@@ -75,6 +78,29 @@ class FeatureInterventionConfig(JsonConfig):
     seed: int = 0
     threads: int = 1
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_shared_settings(self)
+        if bool(self.base_dir) != bool(self.rl_dir):
+            raise UsageError("--base-dir and --rl-dir go together (or pass neither for the organisms)")
+        for name in ("base_dir", "rl_dir"):
+            if getattr(self, name):
+                check_exists(getattr(self, name), f"--{name.replace('_', '-')}", "folder")
+        try:
+            sel, held = parse_domains(self.selection_tasks), parse_domains(self.held_out_tasks)
+            coefs = [float(c) for c in _split(self.sweep_coefs)]
+        except ValueError as e:
+            raise UsageError(f"--selection-tasks / --held-out-tasks / --sweep-coefs: {e}") from e
+        if not sel:
+            raise UsageError("--selection-tasks names no task")
+        if set(sel) & set(held):
+            raise UsageError(f"tasks {sorted(set(sel) & set(held))} are both selection and held-out tasks: pick one")
+        if not all(math.isfinite(c) for c in coefs + [self.steer_coef]):
+            raise UsageError("--steer-coef and --sweep-coefs must be finite numbers")
+        for name in ("n_prompts", "min_features", "n_bins"):
+            check_positive(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("n_controls", "sweep_controls"):
+            check_positive(f"--{name.replace('_', '-')}", getattr(self, name), allow_zero=True)
 
 
 HELP = {
@@ -122,6 +148,7 @@ def fmt_row(name: str, t, published: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = cli_config(FeatureInterventionConfig, HELP, "reproduce_feature_interventions.py", __doc__, argv)
+    check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     out = start_run(cfg, cfg.out)
@@ -226,4 +253,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, "reproduce_feature_interventions.py", sys.argv[1:]))

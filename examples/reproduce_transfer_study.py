@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from featalign.analyze import _jsonable, open_organisms
+from featalign.cli import UsageError, check_choice, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder.hf import load_hf
 from featalign.evaluation import (
@@ -56,6 +57,33 @@ class TransferConfig(JsonConfig):
     eval_domains: str | None = None  # default: all domains
     n_prompts: int = 1000  # per domain, for --pairs (the organisms use their build's evaluation)
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        from featalign.organisms.config import PRESETS
+
+        check_choice("--organisms-preset", self.organisms_preset, sorted(PRESETS))
+        check_positive("--n-prompts", self.n_prompts)
+        check_positive("--threads", self.threads)
+        try:
+            if not parse_domains(self.domains) and not self.skip_build:
+                raise ValueError("--domains names no domain")
+            if self.eval_domains:
+                parse_domains(self.eval_domains)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        if self.skip_build and not self.pairs:
+            raise UsageError("nothing to do: --skip-build true needs --pairs")
+        for spec in filter(None, (self.pairs or "").split(",")):
+            parts = spec.split(":")
+            if len(parts) not in (2, 3):
+                raise UsageError(f"--pairs entries must be base:tuned or base:tuned:train_domain, got {spec!r}")
+            for d in parts[:2]:
+                check_exists(d, "--pairs model folder", "folder")
+            if len(parts) == 3:
+                try:
+                    parse_domains(parts[2])
+                except ValueError as e:
+                    raise UsageError(f"--pairs {spec!r}: {e}") from e
 
 
 HELP = {
@@ -130,10 +158,7 @@ def organisms_part(cfg: TransferConfig, out: Path, lines: list[str]) -> dict:
 
 def pairs_part(cfg: TransferConfig, lines: list[str]) -> dict:
     eval_domains = parse_domains(cfg.eval_domains) if cfg.eval_domains else list(DOMAINS)
-    specs = [p.split(":") for p in cfg.pairs.split(",") if p]
-    bad = [":".join(s) for s in specs if len(s) not in (2, 3)]
-    if bad:
-        raise SystemExit(f"--pairs entries must be base:tuned or base:tuned:train_domain, got {bad}")
+    specs = [p.split(":") for p in cfg.pairs.split(",") if p]  # checked in TransferConfig
     scored: dict[str, dict] = {}
 
     def score(path):
@@ -169,6 +194,7 @@ def pairs_part(cfg: TransferConfig, lines: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = cli_config(TransferConfig, HELP, "reproduce_transfer_study.py", __doc__, argv)
+    check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     out = start_run(cfg, cfg.out)
@@ -178,8 +204,6 @@ def main(argv: list[str] | None = None) -> dict:
         results["organisms"] = organisms_part(cfg, out, lines)
     if cfg.pairs:
         results["pairs"] = pairs_part(cfg, lines)
-    if cfg.skip_build and not cfg.pairs:
-        raise SystemExit("nothing to do: --skip-build true needs --pairs")
     lines.append(f"Total time: {time.time() - t0:.0f} s.")
     report = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", report)
@@ -190,4 +214,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, "reproduce_transfer_study.py", sys.argv[1:]))

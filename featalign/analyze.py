@@ -4,8 +4,9 @@ With no arguments: open (or build) the default organisms, cache every model's ac
 middle residual layer (base, 5 RL and 5 SFT checkpoints), train the crosscoders the analysis needs
 (base/RL/SFT trio, base-vs-RL and base-vs-SFT pairs, two base-vs-base controls, one joint
 crosscoder per checkpoint series), and write a report directory: report.json, report.md, PNG
-figures and HTML feature cards (cards/index.html). Everything trained is cached in --out, so a
-rerun only redoes the analysis.
+figures and HTML feature cards (index.html, one page per latent in cards/). Everything trained is
+cached in --out, so a rerun only redoes the analysis; a rerun with other settings retrains exactly the
+crosscoders (and recaches the activations) those settings change, and says so.
 
 It answers, with intervals and next to base-vs-base nulls: are there more SFT-specific latents
 than RL-specific ones; do SFT features stabilise earlier than RL's; is there a compact RL-success
@@ -15,14 +16,18 @@ feature set shared across out-of-domain tasks.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from featalign.cli import UsageError, check_choice, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, config_from_args, config_parser
 
 STAGES = ("attribution", "controls", "drift", "success", "cards")
@@ -58,6 +63,40 @@ class AnalyzeConfig(JsonConfig):
     seed: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        """Every setting is checked here, before anything is cached or trained."""
+        from featalign.analysis.success_features import SuccessConfig
+        from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
+        from featalign.organisms.config import PRESETS
+
+        bad = sorted(set(self.stages.split(",")) - set(STAGES))
+        if bad:
+            raise UsageError(f"unknown stage(s) {bad} in --stages; choose from {','.join(STAGES)}")
+        check_choice("--drift-mode", self.drift_mode, ("joint", "pairwise", "both"))
+        check_choice("--organisms-preset", self.organisms_preset, sorted(PRESETS))
+        for name in ("n_tokens", "eval_tokens", "threads", "top_k", "min_samples"):
+            check_positive(f"--{name.replace('_', '-')}", getattr(self, name))
+        for name in ("n_null", "n_cards"):
+            check_positive(f"--{name.replace('_', '-')}", getattr(self, name), allow_zero=True)
+        if not 0.5 < self.lean <= 1:
+            raise UsageError(f"--lean must be in (0.5, 1], got {self.lean}")
+        try:  # the sub-configs' own checks (variant, k <= n_latents, lr > 0, positions, ...)
+            CrosscoderConfig(n_latents=self.n_latents, variant=self.variant, k=self.k, seed=self.seed)
+            TrainerConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, sparsity_coef=self.sparsity_coef)
+            SuccessConfig(positions=self.positions, frac=self.success_frac, min_samples=self.min_samples,
+                          n_null=self.n_null)
+        except ValueError as e:
+            raise UsageError(f"invalid setting: {e}") from e
+
+
+def check_shared_settings(cfg: JsonConfig) -> None:
+    """Check the fields another config (an example's) shares with AnalyzeConfig by AnalyzeConfig's own rules,
+    so every script refuses a bad --variant, --positions, --k ... the same way and before any work."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(AnalyzeConfig)}
+    AnalyzeConfig(**{k: v for k, v in cfg.to_dict().items() if k in names})
+
 
 HELP = {
     "out": "report directory (also caches activations and crosscoders; a rerun reuses them)",
@@ -91,12 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(argv: list[str] | None) -> AnalyzeConfig:
-    cfg = config_from_args(AnalyzeConfig, build_parser().parse_args(argv))
-    bad = set(cfg.stages.split(",")) - set(STAGES)
-    if bad:
-        raise SystemExit(f"unknown stage(s) {sorted(bad)}; choose from {STAGES}")
-    if cfg.drift_mode not in ("joint", "pairwise", "both"):
-        raise SystemExit(f"--drift-mode must be joint, pairwise or both, got {cfg.drift_mode!r}")
+    """Flags over `--config` over defaults; every value checked (AnalyzeConfig) and every path too."""
+    args = build_parser().parse_args(argv)
+    if args.config:
+        check_exists(args.config, "--config")
+    cfg = config_from_args(AnalyzeConfig, args)
+    check_out_dir(cfg.out)
+    if cfg.crosscoder:
+        check_exists(Path(cfg.crosscoder) / "cfg.json", "--crosscoder", "file (a trained crosscoder folder's cfg.json)")
+    if cfg.organisms_dir and Path(cfg.organisms_dir).exists():
+        check_exists(cfg.organisms_dir, "--organisms-dir", "folder")
     return cfg
 
 
@@ -126,10 +169,10 @@ def model_dirs_for(org) -> dict[str, str]:
 def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_tokens: int, split: str, seed: int,
                        progress: bool) -> torch.Tensor:
     """[N, M, 1, D] activations of every model on task-suite text, cached in a safetensors file."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
     from featalign.crosscoder.hf import collect_activations
-    from featalign.io import atomic_write_bytes
+    from featalign.io import atomic_write_bytes, safetensors_bytes
 
     key = {"models": ",".join(model_dirs), "dirs": ",".join(model_dirs.values()), "hook": hook,
            "n_tokens": str(n_tokens), "split": split, "seed": str(seed)}
@@ -140,23 +183,49 @@ def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_toke
             if f.metadata() == key:
                 return load_file(str(path))["acts"]
     x = collect_activations(model_dirs, (hook,), n_tokens, seed=seed, split=split, progress=progress)
-    atomic_write_bytes(path, save({"acts": x.contiguous()}, metadata=key))
+    atomic_write_bytes(path, safetensors_bytes({"acts": x.contiguous()}, metadata=key))
     return x
 
 
+TRAINED_ON_FILE = "trained_on.json"
+
+
+def _sha256(x: torch.Tensor) -> str:
+    return hashlib.sha256(memoryview(x.detach().cpu().contiguous().numpy()).cast("B")).hexdigest()
+
+
 def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook: str, cfg: AnalyzeConfig):
-    """Train a crosscoder on in-memory activations into `out` (resumes; reuses a finished one)."""
+    """Train a crosscoder on in-memory activations into `out` (resumes; reuses a finished one).
+
+    `out/trained_on.json` records everything the result depends on (crosscoder and trainer configs, a
+    SHA-256 of the training activations); a folder trained (or half-trained) on anything else is
+    retrained from scratch with a warning naming what changed, so a rerun with other settings never
+    reports crosscoders that were trained with the old ones."""
     from featalign.crosscoder import Crosscoder, CrosscoderConfig, InMemoryActivations, TrainerConfig, train_crosscoder
+    from featalign.io import atomic_write_json, read_json
 
     ccfg = CrosscoderConfig(models=models, hooks=(hook,), d_model=x_NMHD.shape[-1], n_latents=cfg.n_latents,
                             variant=cfg.variant, k=cfg.k, seed=cfg.seed)
     tcfg = TrainerConfig(steps=cfg.steps, batch_size=min(cfg.batch_size, len(x_NMHD)), lr=cfg.lr,
                          sparsity_coef=cfg.sparsity_coef, warmup_steps=min(100, cfg.steps // 10 + 1),
                          checkpoint_every=max(200, cfg.steps // 2), log_every=max(50, cfg.steps // 10), seed=cfg.seed)
-    if (out / "crosscoder.safetensors").exists():
-        cc = Crosscoder.load(out)
-        if cc.cfg.to_dict() == ccfg.to_dict():
-            return cc
+    trained_on = _jsonable({"crosscoder": ccfg.to_dict(), "trainer": tcfg.to_dict(), "activations_sha256": _sha256(x_NMHD)})
+    if out.exists():
+        old = read_json(out / TRAINED_ON_FILE) if (out / TRAINED_ON_FILE).exists() else {}
+        if old == trained_on:
+            if (out / "crosscoder.safetensors").exists():
+                return Crosscoder.load(out).eval()
+        else:
+            changed = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {trained_on[sec].get(k)!r}"
+                       for sec in ("crosscoder", "trainer")
+                       for k in sorted(set(old.get(sec, {})) | set(trained_on[sec]))
+                       if old.get(sec, {}).get(k) != trained_on[sec].get(k)]
+            if old.get("activations_sha256") != trained_on["activations_sha256"]:
+                changed.append("training activations (--n-tokens / --seed / --hook / the models)")
+            warnings.warn(f"{out} was trained with other settings ({'; '.join(changed[:8])}); retraining it",
+                          stacklevel=2)
+            shutil.rmtree(out)
+    atomic_write_json(out / TRAINED_ON_FILE, trained_on)
     from featalign.crosscoder.data import estimate_norm_scales
 
     src = InMemoryActivations(x_NMHD, tcfg.batch_size, seed=cfg.seed, models=models, hooks=(hook,),
@@ -214,16 +283,39 @@ def run(cfg: AnalyzeConfig) -> dict:
     timings: dict[str, float] = {}
     stages = set(cfg.stages.split(","))
     out = Path(cfg.out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     report: dict = {"config": cfg.to_dict(), **provenance()}
 
     def lap(name):
         timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
 
+    given = Crosscoder.load(cfg.crosscoder).eval() if cfg.crosscoder else None
+    if given is not None and len(given.cfg.hooks) != 1:
+        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on {len(given.cfg.hooks)} hooks {given.cfg.hooks}; "
+                         "analyze reads one hook: pass a single-hook crosscoder")
+    if given is not None and cfg.hook and cfg.hook != given.cfg.hooks[0]:
+        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on hook {given.cfg.hooks[0]!r}, not --hook {cfg.hook!r}: "
+                         "drop --hook (the crosscoder's own hook is used) or pass a crosscoder trained there")
+    if given is not None and given.cfg.models != ("base", "rl", "sft")[: given.cfg.n_models]:
+        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on models {given.cfg.models}; analyze needs "
+                         "('base', 'rl', 'sft') or ('base', 'rl'), in that order")
     org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
     report["organisms"] = {"root": str(org.root), "preset": org.config.preset,
                            "post_train_domain": org.config.post_train_domains[0]}
-    hook = cfg.hook or f"blocks.{max(0, org.config.n_layers // 2 - 1)}.hook_resid_post"
+    if given is not None and given.cfg.d_model != org.config.d_model:
+        raise UsageError(f"--crosscoder {cfg.crosscoder} has d_model {given.cfg.d_model} but the organisms' width is "
+                         f"{org.config.d_model}: its activations do not match the crosscoder; pass one trained on these organisms")
+    hook = given.cfg.hooks[0] if given is not None else (
+        cfg.hook or f"blocks.{max(0, org.config.n_layers // 2 - 1)}.hook_resid_post")
+    from featalign.crosscoder.hf import parse_hook
+
+    try:
+        layer = parse_hook(hook)[0]
+    except ValueError as e:
+        raise UsageError(f"--hook: {e}") from e
+    if layer >= org.config.n_layers:
+        raise UsageError(f"--hook {hook}: the organisms have layers 0..{org.config.n_layers - 1}")
+    report["hook"] = hook
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     dirs = model_dirs_for(org)
     n_ck = org.config.n_checkpoints
     dirs_trio = {"base": dirs["base"], "rl": dirs[f"rl@{n_ck}"], "sft": dirs[f"sft@{n_ck}"]}
@@ -239,8 +331,10 @@ def run(cfg: AnalyzeConfig) -> dict:
     lap("activations")
 
     ccdir = out / "crosscoders"
-    if cfg.crosscoder:
-        trio = Crosscoder.load(cfg.crosscoder).eval()
+    if given is not None:
+        trio = given
+        report["crosscoder"] = {"dir": str(cfg.crosscoder), **{k: v for k, v in trio.cfg.to_dict().items()
+                                                               if k in ("variant", "n_latents", "k", "hooks")}}
         from featalign.analysis.attribution import check_activations
 
         check_activations(trio, xe[:, : trio.cfg.n_models], names=tuple(dirs_trio)[: trio.cfg.n_models])
@@ -314,7 +408,7 @@ def run(cfg: AnalyzeConfig) -> dict:
                              "NRN of alive latents: base-vs-tuned next to base-vs-base controls")
         rows = [(f"{k}: tuned-only", v["tuned_only"]["count"], v["tuned_only"]["low"], v["tuned_only"]["high"])
                 for k, v in counts.items()]
-        plots.count_bars(rows, figs / "specific_counts.png", title="NRN >= 0.9 latents (95% bootstrap)")
+        plots.count_bars(rows, figs / "specific_counts.png", title="NRN >= 0.9 latents (95% CI; Clopper-Pearson where the count is 0)")
         lap("pairwise + controls")
     report["q1_specific_latents"] = q1
 
@@ -391,17 +485,30 @@ def _jsonable(o):
     return o
 
 
+CP_MARK = "†"  # marks an exact Clopper-Pearson interval (a count of 0 or n has no bootstrap variation)
+
+
 def _ci(d: dict) -> str:
-    return f"{d['count']} [{d['low']:.0f}, {d['high']:.0f}]"
+    mark = CP_MARK if d.get("method") == "clopper-pearson" else ""
+    return f"{d['count']} [{d['low']:.0f}, {d['high']:.0f}]{mark}"
 
 
 def markdown(r: dict) -> str:
     """The report's Markdown summary (numbers straight from report.json)."""
+    conf = r["config"]
+    trained = (f"{conf['variant']}, {conf['n_latents']} latents, {conf['steps']} steps, lr {conf['lr']:g}, batch {conf['batch_size']}, "
+               f"trained on {conf['n_tokens']} tokens per model")
+    if "crosscoder" in r:
+        g = r["crosscoder"]
+        crosscoders = (f"trio loaded from `{g['dir']}` ({g['variant']}, {g['n_latents']} latents); the others "
+                       f"trained here: {trained}")
+    else:
+        crosscoders = trained
     L = ["# featalign analysis report", "",
          f"Organisms: `{r['organisms']['root']}` (preset {r['organisms']['preset']}, post-trained on "
-         f"'{r['organisms']['post_train_domain']}'). Crosscoders: {r['config']['variant']}, "
-         f"{r['config']['n_latents']} latents, {r['config']['steps']} steps. Intervals: 95% bootstrap "
-         "(resampling latents / samples / features) unless marked.", ""]
+         f"'{r['organisms']['post_train_domain']}'), hook `{r.get('hook', conf.get('hook'))}`. Crosscoders: {crosscoders}; "
+         f"{conf['eval_tokens']} held-out tokens for attribution. Intervals: 95% percentile bootstrap (resampling latents / "
+         f"samples / features) unless marked {CP_MARK} (exact Clopper-Pearson, for a count of 0 or of all latents).", ""]
     q1 = r.get("q1_specific_latents", {})
     L += ["## Q1. Are there more SFT-specific latents than RL-specific ones?", "",
           f"Trio crosscoder (base, rl, sft), {q1.get('n_alive')} alive latents:", "",
@@ -480,4 +587,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, "python -m featalign.analyze", sys.argv[1:]))

@@ -3,8 +3,10 @@
 With no arguments it caches the default organisms trio (base, rl, sft; built on first use) at the
 middle residual layer `blocks.{n_layers//2-1}.hook_resid_post` (blocks.1 of the 4-layer organisms)
 on the task suite's train split, 1M tokens, into $FEATALIGN_CACHE/activations/default.
-Re-running the same command resumes; a larger --n-tokens appends. Under torchrun each rank
-caches its share of the batches (gloo on CPU, nccl on GPU) and rank 0 merges the manifests.
+Re-running the same command resumes; a larger --n-tokens appends. Another token source (other
+--seed, --domains, --text-file) into the same --out is refused unless --allow-new-source. Under
+torchrun each rank caches its share of the batches (gloo on CPU, nccl on GPU) and rank 0 merges
+the manifests. Every argument is checked before any model is loaded.
 
 Examples:
     python -m featalign.cache --n-tokens 200000 --out acts
@@ -24,7 +26,8 @@ import torch
 
 from featalign.activations.cache import CacheConfig, cache_activations
 from featalign.activations.sources import DatasetSource, TaskSuiteSource, TextSource
-from featalign.models import ROLES, ModelGroup, ModelSpec
+from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
+from featalign.models import ROLES, ModelGroup, ModelSpec, tokenizer_from_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--keep-bos", action="store_true", help="store BOS rows too (dropped by default)")
     p.add_argument("--shard-mb", type=float, default=CacheConfig.shard_mb)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                   help="a folder whose saved tokenizer every model uses instead of its own (e.g. for a model folder "
+                        "without one); loaded as saved, never rebuilt by AutoTokenizer")
+    p.add_argument("--allow-new-source", action="store_true",
+                   help="append rows of another token source to an existing store (refused by default: it mixes sources)")
     src = p.add_argument_group("token source (default: the organisms' task suite, train split, all domains)")
     src.add_argument("--domains", default=None, help="task-suite domains, comma separated")
     src.add_argument("--seed", type=int, default=0, help="task-suite seed")
@@ -54,6 +63,51 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args) -> None:
+    """Everything that can be refused before a model is loaded or a file written."""
+    from featalign.organisms.config import PRESETS
+
+    check_positive("--n-tokens", args.n_tokens)
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--context-size", args.context_size)
+    check_positive("--shard-mb", args.shard_mb)
+    check_positive("--threads", args.threads)
+    check_device(args.device)
+    if args.out is not None:
+        check_out_dir(args.out)
+    if not args.model:
+        check_choice("--preset", args.preset, sorted(PRESETS))
+    if args.tokenizer is not None:
+        check_exists(args.tokenizer, "--tokenizer", "folder")
+    given = [f for f, v in (("--text-file", args.text_file), ("--dataset", args.dataset)) if v]
+    if len(given) > 1:
+        raise UsageError("--text-file and --dataset are alternatives: pass one token source")
+    if given and (args.domains or args.seed != 0):
+        raise UsageError(f"--domains and --seed choose the task suite; they do nothing with {given[0]}: drop them")
+    if args.text_file is not None:
+        check_exists(args.text_file, "--text-file")
+    if args.dataset is not None:
+        check_exists(args.dataset, "--dataset", "folder")
+    if args.domains is not None:
+        from featalign.organisms.tasks import parse_domains
+
+        try:
+            if not parse_domains(args.domains):
+                raise ValueError("no domain named")
+        except (KeyError, ValueError) as e:
+            raise UsageError(f"--domains {args.domains!r}: {e}; list them with `python -m featalign.organisms domains`") from e
+    names = []
+    for item in args.model:
+        if "=" not in item:
+            raise UsageError(f"--model expects NAME=PATH, got {item!r}")
+        name, path = item.split("=", 1)
+        names.append(name)
+        if Path(path).exists() and not Path(path, "config.json").exists():
+            raise UsageError(f"--model {item}: {path} is not a Hugging Face model folder (no config.json)")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--model names must be unique, got {names}")
+
+
 def _specs(args) -> tuple[list[ModelSpec], str]:
     if not args.model:
         from featalign.organisms import ensure_organisms
@@ -62,8 +116,6 @@ def _specs(args) -> tuple[list[ModelSpec], str]:
         return [ModelSpec(n, str(p), role=n) for n, p in trio.items()], args.preset
     specs = []
     for item in args.model:
-        if "=" not in item:
-            raise SystemExit(f"--model expects NAME=PATH, got {item!r}")
         name, path = item.split("=", 1)
         specs.append(ModelSpec(name, path, role=name if name in ROLES else "other"))
     return specs, "custom"
@@ -71,7 +123,10 @@ def _specs(args) -> tuple[list[ModelSpec], str]:
 
 def _source(args):
     if args.text_file:
-        return TextSource([ln for ln in args.text_file.read_text().splitlines() if ln.strip()])
+        lines = [ln for ln in args.text_file.read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise UsageError(f"--text-file {args.text_file} has no non-empty lines: nothing to cache")
+        return TextSource(lines)
     if args.dataset:
         import datasets
 
@@ -82,6 +137,12 @@ def _source(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args)
+    source = _source(args)  # reads and checks the text / dataset before any model is loaded
+    cfg = CacheConfig(hooks=tuple(args.hook) or None, n_tokens=args.n_tokens, batch_size=args.batch_size,
+                      context_size=args.context_size, dtype=args.dtype, drop_bos=not args.keep_bos,
+                      shard_mb=args.shard_mb)
+    tokenizer = tokenizer_from_folder(args.tokenizer) if args.tokenizer is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
@@ -93,11 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         from featalign.organisms.config import default_cache_dir
 
         args.out = default_cache_dir() / "activations" / label
-    cfg = CacheConfig(hooks=tuple(args.hook) or None, n_tokens=args.n_tokens, batch_size=args.batch_size,
-                      context_size=args.context_size, dtype=args.dtype, drop_bos=not args.keep_bos,
-                      shard_mb=args.shard_mb)
-    group = ModelGroup.load(specs, dtype=args.model_dtype, device=args.device)
-    store = cache_activations(group, _source(args), out_dir=args.out, config=cfg)
+        check_out_dir(args.out)
+    group = ModelGroup.load(specs, dtype=args.model_dtype, device=args.device, tokenizer=tokenizer)
+    store = cache_activations(group, source, out_dir=args.out, config=cfg, allow_new_source=args.allow_new_source)
     if store is not None:
         s = store.stats()
         print(f"{store.root}: {len(store)} rows of [{', '.join(map(str, store.row_shape))}] ({store.layout.dtype}), "
@@ -109,4 +168,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m featalign.cache"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +35,7 @@ class JsonConfig:
             if isinstance(f.type, str) and v is not None:
                 if "tuple" in f.type and isinstance(v, list):
                     v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-            kwargs[f.name] = v
+            kwargs[f.name] = _check_type(cls.__name__, f, v)
         return cls(**kwargs)
 
     def to_json(self) -> str:
@@ -57,6 +58,41 @@ class JsonConfig:
         """Fields whose values differ, as {name: (self, other)} (used to refuse mixed configs)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _check_type(owner: str, f: dataclasses.Field, v: Any) -> Any:
+    """`v` if it fits the field's annotation (an int is accepted for a float), else a ValueError naming
+    the field, the expected type and the value: a config file with `"steps": "600"` fails here, at load
+    time, and not deep inside a run. Annotations this does not understand are not checked."""
+    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    options = [a.strip() for a in ann.split("|")]
+    kinds = {a.split("[")[0] for a in options}
+    if v is None:
+        if "None" in kinds:
+            return v
+    elif isinstance(v, bool):
+        if "bool" in kinds:
+            return v
+    elif isinstance(v, numbers.Integral):
+        if "int" in kinds:
+            return int(v)
+        if "float" in kinds:
+            return float(v)
+    elif isinstance(v, numbers.Real):
+        if "float" in kinds:
+            return float(v)
+    elif isinstance(v, str):
+        if "str" in kinds:
+            return v
+    elif isinstance(v, (list, tuple)):
+        if kinds & {"tuple", "list", "Sequence"}:
+            return v
+    elif isinstance(v, dict):
+        if kinds & {"dict", "Mapping"}:
+            return v
+    if not kinds <= {"None", "bool", "int", "float", "str", "tuple", "list", "dict", "Sequence", "Mapping"}:
+        return v  # a type this check does not model (e.g. a Tensor field)
+    raise ValueError(f"{owner}: field {f.name!r} must be {ann}, got {v!r} ({type(v).__name__})")
 
 
 def parse_bool(s: str) -> bool:

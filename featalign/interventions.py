@@ -50,6 +50,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -82,11 +83,34 @@ class Edit:
 
 
 def _ids(features) -> tuple[int, ...]:
+    """Feature ids from a list / tensor of integers or a bool mask, each id once.
+
+    The one validation of every entry point that takes features: a float id (1.7) is refused rather
+    than truncated, a repeated id rather than edited twice (ablate([3, 3]) would subtract latent 3
+    twice), a list of bools rather than read as ids 0/1 (pass a bool tensor for a mask)."""
     if isinstance(features, Tensor):
         if features.dtype == torch.bool:
             features = features.nonzero().flatten()
         features = features.flatten().tolist()
-    return tuple(int(k) for k in features)
+    elif isinstance(features, (int, float)) or not hasattr(features, "__iter__"):
+        features = [features]
+    ids = []
+    for k in features:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise ValueError(f"feature ids must be integers, got {k!r} ({type(k).__name__}); "
+                             "pass latent indices (or a bool tensor mask)")
+        ids.append(int(k))
+    dup = sorted({k for k in ids if ids.count(k) > 1})
+    if dup:
+        raise ValueError(f"feature ids {dup[:10]} are given more than once; each latent can be edited once")
+    return tuple(ids)
+
+
+def _finite(value: float | Tensor, what: str) -> float | Tensor:
+    """`value` (a scalar or per-feature values) if every entry is finite; NaN/inf would make every logit NaN."""
+    if not torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).all():
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return value
 
 
 def ablate(features) -> Edit:
@@ -96,12 +120,12 @@ def ablate(features) -> Edit:
 
 def clamp(features, value: float | Tensor) -> Edit:
     """Set the latents to `value` (a scalar or one value per feature)."""
-    return Edit("clamp", _ids(features), value)
+    return Edit("clamp", _ids(features), _finite(value, "clamp value"))
 
 
 def scale(features, factor: float | Tensor) -> Edit:
     """Multiply the latents by `factor` (a scalar or one factor per feature)."""
-    return Edit("scale", _ids(features), factor)
+    return Edit("scale", _ids(features), _finite(factor, "scale factor"))
 
 
 def steer(features, coef: float, typical: Tensor | Sequence[float], decoder: str | None = None) -> Edit:
@@ -283,7 +307,9 @@ def hook_fns(
     for e in edits:
         if not isinstance(e, Edit) or e.kind not in KINDS:
             raise TypeError(f"edits must be built with ablate/clamp/scale/steer, got {e!r}")
-        _check_features(crosscoder, e.features)
+        _check_features(crosscoder, _ids(e.features))  # an Edit built by hand is checked like ablate/clamp/...
+        if e.kind in ("clamp", "scale"):
+            _finite(e.value, f"{e.kind} value")
         if e.decoder is not None:
             _slot(crosscoder, e.decoder, "steer decoder")
     hooks = _check_hooks(crosscoder, hooks)

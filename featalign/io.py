@@ -36,6 +36,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # a failed write/fsync names no file: name the one being written (a full disk)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -47,6 +52,36 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """`safetensors.torch.save` with its JSON header's keys sorted: the library writes the metadata in a
+    random (hash map) order, so two runs of one command would write different bytes for equal data."""
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    if len(header) > n:  # cannot happen (same keys and values, compact separators); keep the library's bytes
+        return raw
+    return raw[:8] + header.ljust(n) + raw[8 + n :]
+
+
+def canonical_for_pickle(obj: Any) -> Any:
+    """`obj` with containers rebuilt and strings interned, so that its pickle (which memoizes by object
+    identity) does not depend on where the objects came from: a resumed run's training state (keys
+    unpickled from the checkpoint) then pickles to the same bytes as an uninterrupted run's."""
+    import sys
+
+    if isinstance(obj, dict):
+        return {canonical_for_pickle(k): canonical_for_pickle(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [canonical_for_pickle(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(canonical_for_pickle(v) for v in obj)
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    return obj
 
 
 def read_json(path: str | Path) -> Any:

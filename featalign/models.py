@@ -48,6 +48,11 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+#: Spaces, digits, punctuation and words: a tokenizer rebuilt wrongly (DESIGN §7 tokenizer trap) differs here.
+TOKENIZER_PROBE = "The quick brown fox: max 3 9 4 = 9, 12+34=46; sort 9313=1339."
+
+
 def _explicit_tokenizer(path: Path):
     """Organism folders carry a char-level tokenizer that AutoTokenizer may rebuild wrongly
     for some architectures (DESIGN §5 tokenizer trap), so load it explicitly."""
@@ -58,6 +63,45 @@ def _explicit_tokenizer(path: Path):
     return None
 
 
+def tokenizer_from_folder(path: str | Path, add_bos_token: bool = False):
+    """The tokenizer saved in `path` exactly as saved: its `tokenizer.json` through `PreTrainedTokenizerFast`
+    (AutoTokenizer may rebuild it as the architecture's class, DESIGN §7), else `AutoTokenizer`.
+    `add_bos_token=True` is the form TransformerLens keeps instead of reloading it through AutoTokenizer."""
+    path = Path(path)
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                                "save one there with tokenizer.save_pretrained(folder)")
+    kw = {"add_bos_token": True} if add_bos_token else {}
+    if (path / "tokenizer.json").exists():
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path), **kw)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path), **kw)
+    return tok
+
+
+def _tokenizes_like(tok, reference) -> bool:
+    """Same ids for the probe (special tokens aside) and the same BOS/EOS/pad ids."""
+    ids = lambda t: t(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return ids(tok) == ids(reference) and all(
+        getattr(tok, a) == getattr(reference, a) for a in ("bos_token_id", "eos_token_id"))
+
+
+def _kept_by_transformer_lens(tok, model: str):
+    """`tok` in the form TransformerLens keeps (its `get_tokenizer_with_bos` reloads any other through
+    AutoTokenizer): loaded from its folder with add_bos_token=True."""
+    src = getattr(tok, "name_or_path", "") or ""
+    if not src or not Path(src).is_dir():
+        raise ValueError(
+            f"model {model}: TransformerLens replaced the tokenizer passed to load_model by an AutoTokenizer that "
+            "tokenizes differently, and this tokenizer was never saved to a folder, so it cannot be kept: save it "
+            "(tok.save_pretrained(dir)) and pass tokenizer_from_folder(dir) (CLI: --tokenizer dir)")
+    return tokenizer_from_folder(src, add_bos_token=True)
+
+
 def load_model(
     path: str | Path,
     dtype: str | torch.dtype = "float32",
@@ -66,26 +110,54 @@ def load_model(
     tokenizer=None,
     revision: str | None = None,
 ) -> "TransformerBridge":
-    """Load a local HF folder (or a hub id, where online) as a `TransformerBridge` in eval mode."""
+    """Load a local HF folder (or a hub id, where online) as a `TransformerBridge` in eval mode.
+
+    The bridge's tokenizer is checked against the reference one (`tokenizer` if given, else the folder's
+    own `tokenizer.json`) on a probe string: TransformerLens may swap in an AutoTokenizer that tokenizes
+    differently (DESIGN §7 tokenizer trap: a char-level tokenizer in a `qwen2` folder loses its spaces),
+    in which case the reference is passed again in the form TransformerLens keeps; if even that fails the
+    load is refused, so activations are never cached with wrong tokens. A local folder without a
+    tokenizer (and no `tokenizer` given) is refused naming the folder."""
     from transformer_lens.model_bridge import TransformerBridge
 
     local = Path(path).expanduser()
+    reference = tokenizer
     if local.exists():
         if not (local / "config.json").exists():
             raise FileNotFoundError(f"{local} has no config.json: point at a Hugging Face model folder")
+        if tokenizer is None and not any((local / f).exists() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"model folder {local} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
+                f"into it (tokenizer.save_pretrained('{local}')), or pass one (load_model(path, tokenizer=...); "
+                "CLI: --tokenizer DIR)")
         tokenizer = tokenizer or _explicit_tokenizer(local)
+        if reference is None and (local / "tokenizer.json").exists():
+            reference = tokenizer or tokenizer_from_folder(local)
         name = str(local)
     else:
         name = str(path)
-    try:
-        bridge = TransformerBridge.boot_transformers(
-            name, device=device, dtype=torch_dtype(dtype), tokenizer=tokenizer, revision=revision
-        )
-    except OSError as e:
-        raise OSError(
-            f"could not load model {name!r}: not a local folder and the hub is unreachable or has no such id "
-            f"({e}). Pass a local Hugging Face folder."
-        ) from e
+
+    def boot(tok):
+        try:
+            return TransformerBridge.boot_transformers(name, device=device, dtype=torch_dtype(dtype), tokenizer=tok,
+                                                      revision=revision)
+        except KeyError as e:  # TransformerLens reloads a tokenizer by its folder name, which an unsaved one lacks
+            if tok is None or "name_or_path" not in str(e):
+                raise
+            return boot(_kept_by_transformer_lens(tok, name))  # refuses a tokenizer with no folder, naming the fix
+        except OSError as e:
+            raise OSError(
+                f"could not load model {name!r}: not a local folder and the hub is unreachable or has no such id "
+                f"({e}). Pass a local Hugging Face folder."
+            ) from e
+
+    bridge = boot(tokenizer)
+    if reference is not None and not _tokenizes_like(bridge.tokenizer, reference):
+        bridge = boot(_kept_by_transformer_lens(reference, name))
+        if not _tokenizes_like(bridge.tokenizer, reference):
+            raise ValueError(f"model {name}: the bridge's tokenizer ({type(bridge.tokenizer).__name__}) tokenizes "
+                             f"{TOKENIZER_PROBE!r} differently from the folder's own tokenizer even when it is passed "
+                             "explicitly; pass the right one with --tokenizer DIR / load_model(path, tokenizer=...)")
     if compatibility_mode:
         bridge.enable_compatibility_mode()
     bridge.eval()
@@ -156,10 +228,13 @@ class ModelGroup:
 
     @classmethod
     def load(
-        cls, specs: Sequence[ModelSpec], dtype: str = "float32", device: str = "cpu", compatibility_mode: bool = False
+        cls, specs: Sequence[ModelSpec], dtype: str = "float32", device: str = "cpu", compatibility_mode: bool = False,
+        tokenizer=None,
     ) -> "ModelGroup":
+        """Load every spec's model; `tokenizer` (one for all, e.g. `tokenizer_from_folder(dir)`) overrides theirs."""
         specs = list(specs)
-        return cls(specs, [load_model(s.path, dtype, device, compatibility_mode, revision=s.revision) for s in specs])
+        return cls(specs, [load_model(s.path, dtype, device, compatibility_mode, tokenizer, revision=s.revision)
+                           for s in specs])
 
     @classmethod
     def from_paths(cls, paths: dict[str, str | Path], **kw) -> "ModelGroup":

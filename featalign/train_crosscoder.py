@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
-from featalign.config import parse_bool
+from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
+from featalign.config import JsonConfig, parse_bool
 from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
 
 HELP = {
     # crosscoder
-    "models": "model names, comma-separated, in the order of the activation source (default: base,rl,sft)",
-    "hooks": "hook points, comma-separated (default: the middle residual layer of the organisms, "
-             "blocks.<n_layers/2-1>.hook_resid_post)",
-    "d_model": "activation width (default: taken from the models)",
-    "n_latents": "number of crosscoder latents (default 2048 = 16x d_model of the default organisms)",
+    "models": "model names, comma-separated, in the order of the activation source",
+    "hooks": "hook points, comma-separated",
+    "d_model": "activation width",
+    "n_latents": "number of crosscoder latents (2048 = 16x d_model of the default organisms)",
     "variant": "sparsity mechanism: l1 | batchtopk | jumprelu",
     "k": "batchtopk: mean active latents per token (top k*B over the batch)",
     "sparse_decode": "batchtopk: sparse decoder + backward through active latents only (true/false)",
@@ -45,7 +45,7 @@ HELP = {
     "jumprelu_bandwidth": "jumprelu: straight-through estimator bandwidth",
     "dec_init_norm": "initial decoder norm per (model, hook) block",
     "dead_tokens": "a latent that has not fired for this many tokens counts as dead",
-    "seed": "seed of the crosscoder initialisation",
+    "seed": "seed of the crosscoder's weight initialisation",
     # trainer
     "steps": "training steps",
     "batch_size": "global batch size in tokens (split across DDP ranks)",
@@ -65,10 +65,21 @@ HELP = {
 }
 # `seed` exists in both configs; the trainer's is exposed as --train-seed.
 TRAINER_RENAMES = {"seed": "train_seed"}
+TRAINER_HELP = {"seed": "seed of the training data order (batch shuffling), the normalisation estimate and "
+                        "dead-latent resampling (--seed seeds the weight initialisation)"}
+# Crosscoder fields whose default is resolved at run time from the activation source, not the dataclass default.
+RUNTIME_DEFAULTS = {
+    "models": "the store's / file's models; for the organisms base,rl,sft",
+    "hooks": "the store's / file's hooks; for the organisms the middle residual layer "
+             "blocks.<n_layers/2-1>.hook_resid_post",
+    "d_model": "the activations' width",
+}
 
 
 @dataclasses.dataclass
-class RunOptions:
+class RunOptions(JsonConfig):
+    """Where the activations come from and where the run goes (the `run` section of a config file)."""
+
     out: str = "runs/crosscoder"
     organisms_preset: str = "default"
     organisms_dir: str | None = None
@@ -86,6 +97,25 @@ class RunOptions:
     device: str = "cpu"
     sae_baseline: bool = False
 
+    def __post_init__(self) -> None:
+        from featalign.organisms.config import PRESETS
+
+        check_positive("--n-tokens", self.n_tokens)
+        if not self.no_eval:
+            check_positive("--eval-tokens", self.eval_tokens)
+        check_positive("--splice-seqs", self.splice_seqs, allow_zero=True)
+        check_positive("--threads", self.threads, allow_zero=True)
+        check_choice("--organisms-preset", self.organisms_preset, sorted(PRESETS))
+        for sink in filter(None, self.log_to.split(",")):
+            check_choice("--log-to", sink, LOG_SINKS)
+        given = [f"--{n.replace('_', '-')}" for n in ("activations", "store", "model_dirs") if getattr(self, n)]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(given)} are alternatives (the activation source): pass one of them")
+        if self.eval_store and not self.store:
+            raise UsageError("--eval-store is the held-out partner of --store: pass --store too")
+
+
+LOG_SINKS = ("tensorboard", "wandb")
 
 RUN_HELP = {
     "out": "output directory (cfg.json, crosscoder.safetensors, metrics.jsonl, eval.json, checkpoint.pt)",
@@ -110,12 +140,15 @@ RUN_HELP = {
 
 
 def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, dest: str, help_text: str, default: Any) -> None:
+    """`default`: the value shown in --help, or a `str` describing a default resolved at run time."""
     flag = "--" + dest.replace("_", "-")
     t = str(f.type)
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
     if "tuple" in t:
         conv = float if "float" in t else str
         p.add_argument(flag, dest=dest, type=lambda s, c=conv: tuple(c(x) for x in s.split(",") if x),
-                       default=None, help=f"{help_text} (default: {','.join(map(str, default)) if default else default})")
+                       default=None, help=f"{help_text} (default: {default})")
     elif t == "bool":
         p.add_argument(flag, dest=dest, type=parse_bool, default=None, help=f"{help_text} (default: {default})")
     else:
@@ -140,24 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
             _add_field(g, f, f.name, RUN_HELP[f.name], f.default)
     g = p.add_argument_group("crosscoder")
     for f in dataclasses.fields(CrosscoderConfig):
-        _add_field(g, f, f.name, HELP[f.name], f.default)
+        _add_field(g, f, f.name, HELP[f.name], RUNTIME_DEFAULTS.get(f.name, f.default))
     g = p.add_argument_group("trainer")
     for f in dataclasses.fields(TrainerConfig):
-        _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), HELP[f.name], f.default)
+        _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), TRAINER_HELP.get(f.name, HELP[f.name]), f.default)
     return p
 
 
 def _load_file(path: str) -> dict:
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+    text = check_exists(path, "--config").read_text()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
 
-        d = yaml.safe_load(text) or {}
-    else:
-        d = json.loads(text)
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+    except ValueError as e:  # json.JSONDecodeError and yaml.YAMLError's message name the line
+        raise UsageError(f"--config {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {e}") from e
+    except Exception as e:  # yaml.YAMLError is not a ValueError
+        raise UsageError(f"--config {path} is not valid YAML: {e}") from e
+    if not isinstance(d, dict):
+        raise UsageError(f"--config {path} must hold a mapping with 'crosscoder', 'trainer' and 'run' sections")
     unknown = set(d) - {"crosscoder", "trainer", "run"}
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; use 'crosscoder', 'trainer', 'run'")
+        raise UsageError(f"{path}: unknown section(s) {sorted(unknown)}; use 'crosscoder', 'trainer', 'run'")
+    for section, v in d.items():
+        if not isinstance(v, dict):
+            raise UsageError(f"{path}: section {section!r} must be a mapping of field: value, got {v!r}")
     return d
 
 
@@ -178,52 +221,135 @@ def resolve_configs(argv: list[str] | None = None) -> tuple[dict, dict, RunOptio
     for f in dataclasses.fields(RunOptions):
         if getattr(args, f.name) is not None:
             run[f.name] = getattr(args, f.name)
-    return cc, tr, RunOptions(**run)
+    try:
+        run_opts = RunOptions.from_dict(run)
+        # Refuse a bad crosscoder / trainer field now, before any caching: the fields resolved from the
+        # activation source later (models, hooks, d_model) are checked here at their defaults.
+        CrosscoderConfig.from_dict(cc)
+        TrainerConfig.from_dict(tr)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{e} (in --config {args.config} or the flags)" if args.config else str(e)) from e
+    return cc, tr, run_opts
+
+
+def check_run(run: RunOptions) -> None:
+    """Every check on the paths and the device that can run before anything is loaded or written."""
+    check_device(run.device)
+    check_out_dir(run.out)
+    for name in ("activations", "store", "eval_store"):
+        if getattr(run, name):
+            check_exists(getattr(run, name), f"--{name.replace('_', '-')}", "file" if name == "activations" else "folder")
+    if run.organisms_dir and Path(run.organisms_dir).exists():
+        check_exists(run.organisms_dir, "--organisms-dir", "folder")
+    if run.model_dirs:
+        _parse_model_dirs(run.model_dirs)
+
+
+def _check_organism_names(cc: dict, run: RunOptions) -> None:
+    """On the organisms path the models are the trio: a typo in --models is refused before any build."""
+    if run.activations or run.store or run.model_dirs or "models" not in cc:
+        return
+    unknown = [n for n in cc["models"] if n not in ("base", "rl", "sft")]
+    if unknown:
+        raise UsageError(f"unknown model(s) {unknown} for the organisms: choose from base, rl, sft (or name other "
+                         "models with --model-dirs name=path,... or train on a --store)")
+
+
+def _parse_model_dirs(spec: str) -> dict[str, str]:
+    """`name=path,...` -> {name: path}, each path an existing model folder."""
+    out: dict[str, str] = {}
+    for item in filter(None, spec.split(",")):
+        if "=" not in item:
+            raise UsageError(f"--model-dirs expects name=path pairs, comma-separated; got {item!r}")
+        name, path = item.split("=", 1)
+        if name in out:
+            raise UsageError(f"--model-dirs names {name!r} twice")
+        if not Path(path, "config.json").exists():
+            raise UsageError(f"--model-dirs {name}={path}: not a Hugging Face model folder (no config.json)")
+        out[name] = path
+    if not out:
+        raise UsageError("--model-dirs is empty: pass name=path pairs")
+    return out
 
 
 def _middle_hook(n_layers: int) -> str:
     return f"blocks.{max(0, n_layers // 2 - 1)}.hook_resid_post"
 
 
+def _activations_file(path: str, cc: dict, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(training rows, eval rows, in_sample) of an `--activations` file; names its models and hooks in `cc`.
+
+    The file's safetensors metadata may name them (`models`, `hooks` or `hook`, comma-separated, as
+    `featalign.analyze` writes); --models / --hooks win. A file that names neither needs the flags, so
+    no run is ever labelled with invented names. Without an `eval_acts` tensor the evaluation uses the
+    last rows of the training tensor, which is in-sample and is reported as such."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        t = load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise UsageError(f"--activations {path} is not a readable .safetensors file ({e})") from e
+    if "acts" not in t:
+        raise UsageError(f"--activations {path} must hold an 'acts' tensor [N, M, H, D]; it has {sorted(t)}")
+    x = t["acts"]
+    if x.ndim != 4:
+        raise UsageError(f"--activations {path}: 'acts' has shape {list(x.shape)}, expected [N, M, H, D]")
+    named = {"models": meta.get("models"), "hooks": meta.get("hooks") or meta.get("hook")}
+    for key, flag in (("models", "--models"), ("hooks", "--hooks")):
+        if key not in cc and named[key]:
+            cc[key] = tuple(named[key].split(","))
+        if key not in cc:
+            raise UsageError(
+                f"--activations {path} does not name its {key} (no '{key}' in the file's safetensors metadata): "
+                f"pass {flag} a,b,... in the order of the tensor's {'model' if key == 'models' else 'hook'} axis")
+    cc.setdefault("d_model", x.shape[-1])
+    if tuple(x.shape[1:3]) != (len(cc["models"]), len(cc["hooks"])):
+        raise UsageError(
+            f"activations have shape [N, {', '.join(map(str, x.shape[1:]))}] but the config expects "
+            f"[N, {len(cc['models'])}, {len(cc['hooks'])}, {cc['d_model']}] (models {tuple(cc['models'])}, "
+            f"hooks {tuple(cc['hooks'])}); fix --models/--hooks or the activations"
+        )
+    if "eval_acts" in t:
+        return x, t["eval_acts"], False
+    return x, x[-eval_tokens:], True
+
+
 def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
-    """(training source, eval activations [N, M, H, D] or None, model dirs for splice-in).
+    """(training source, eval activations [N, M, H, D] or None, model dirs for splice-in, in_sample).
 
     --activations: an in-memory tensor file; --store: an existing ActivationStore; otherwise the
     organisms' base/RL/SFT activations are cached (resumably) into <out>/activations with
     featalign.activations.cache_activations, plus an eval-split store for the final evaluation.
+    `in_sample` says whether the eval rows are rows the crosscoder also trains on.
     """
-    from safetensors.torch import load_file
-
     from featalign.activations import ActivationStore, TaskSuiteSource, cache_activations
     from featalign.crosscoder.data import InMemoryActivations
 
     batch, seed = int(tr.get("batch_size", TrainerConfig.batch_size)), int(tr.get("seed", TrainerConfig.seed))
     r, w = dist_info.rank, dist_info.world_size
     if run.activations:
-        t = load_file(run.activations)
-        if "acts" not in t:
-            raise ValueError(f"{run.activations} must hold an 'acts' tensor [N, M, H, D]")
-        x = t["acts"]
-        cc.setdefault("d_model", x.shape[-1])
-        cc.setdefault("hooks", tuple(f"hook{i}" for i in range(x.shape[2])))
-        cc.setdefault("models", tuple(f"model{i}" for i in range(x.shape[1])))
-        if tuple(x.shape[1:3]) != (len(cc["models"]), len(cc["hooks"])):
-            raise ValueError(
-                f"activations have shape [N, {', '.join(map(str, x.shape[1:]))}] but the config expects "
-                f"[N, {len(cc['models'])}, {len(cc['hooks'])}, {cc['d_model']}] (models {tuple(cc['models'])}, "
-                f"hooks {tuple(cc['hooks'])}); fix --models/--hooks or the activations"
-            )
+        x, x_eval, in_sample = _activations_file(run.activations, cc, run.eval_tokens)
+        if in_sample and not run.no_eval:
+            warnings.warn(f"{run.activations} has no 'eval_acts' tensor: evaluating on its last {len(x_eval)} rows, "
+                          "which the crosscoder also trains on (in-sample FVU); add held-out rows as 'eval_acts'",
+                          stacklevel=2)
         src = InMemoryActivations(x, batch, seed=seed, models=tuple(cc["models"]), hooks=tuple(cc["hooks"]), rank=r, world_size=w)
-        return src, t.get("eval_acts", x[-run.eval_tokens:]), {}
+        return src, x_eval, {}, in_sample
     model_dirs: dict[str, str] = {}
     eval_x = None
+    in_sample = False
     if run.store:
         store = ActivationStore(run.store)
         cc.setdefault("models", store.models)
         cc.setdefault("hooks", store.hooks)
     else:
         if run.model_dirs:
-            trio = dict(kv.split("=", 1) for kv in run.model_dirs.split(","))
+            trio = _parse_model_dirs(run.model_dirs)
             from featalign.crosscoder.hf import load_hf
 
             n_layers = load_hf(next(iter(trio.values())))[0].config.num_hidden_layers
@@ -239,7 +365,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
         names = tuple(cc.get("models", tuple(trio)))
         unknown = [n for n in names if n not in trio]
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; available: {sorted(trio)} (name them with "
+            raise UsageError(f"unknown model(s) {unknown}; available: {sorted(trio)} (name them with "
                              "--model-dirs name=path,... or cache a store with `python -m featalign.cache` and pass --store)")
         model_dirs = {n: str(trio[n]) for n in names}
         cc.setdefault("models", names)
@@ -260,16 +386,17 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
         if run.eval_store:
             held = ActivationStore(run.eval_store)
             if (held.models, held.hooks, held.row_shape) != (store.models, store.hooks, store.row_shape):
-                raise ValueError(f"--eval-store holds models {held.models}, hooks {held.hooks}, rows {held.row_shape}; "
+                raise UsageError(f"--eval-store holds models {held.models}, hooks {held.hooks}, rows {held.row_shape}; "
                                  f"the training store has {store.models}, {store.hooks}, {store.row_shape}: "
                                  "cache the held-out text with the same models and hooks")
             eval_x = held.read(0, run.eval_tokens)
         else:
-            warnings.warn(f"evaluating on the last {run.eval_tokens} rows of the training store, which the crosscoder "
+            eval_x = store.read(max(0, len(store) - run.eval_tokens))
+            in_sample = True
+            warnings.warn(f"evaluating on the last {len(eval_x)} rows of the training store, which the crosscoder "
                           "also trains on (in-sample FVU); pass --eval-store with activations of held-out text",
                           stacklevel=2)
-            eval_x = store.read(max(0, len(store) - run.eval_tokens))
-    return store.loader(batch, seed=seed, rank=r, world_size=w), eval_x, model_dirs
+    return store.loader(batch, seed=seed, rank=r, world_size=w), eval_x, model_dirs, in_sample
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -280,6 +407,8 @@ def main(argv: list[str] | None = None) -> dict:
     from featalign.io import atomic_write_json
 
     cc, tr, run = resolve_configs(argv)
+    check_run(run)
+    _check_organism_names(cc, run)
     if run.threads:
         torch.set_num_threads(run.threads)
     dist_info = ddp.init_distributed()
@@ -292,10 +421,11 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(out)
     if dist_info.enabled:
         torch.distributed.barrier()
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     finished = False
     try:
-        source, x_eval, model_dirs = _sources(cc, tr, run, out, dist_info)
+        source, x_eval, model_dirs, in_sample = _sources(cc, tr, run, out, dist_info)
         cfg = CrosscoderConfig.from_dict(cc)
         tcfg = TrainerConfig.from_dict(tr)
         loggers = tuple(s for s in run.log_to.split(",") if s)
@@ -304,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
         if dist_info.is_main and not run.no_eval:
             model = model.cpu().eval()
             ev = evaluate(model, x_eval)
-            ev["in_sample"] = bool(run.store and not run.eval_store)  # evaluated on training rows
+            ev["in_sample"] = in_sample  # evaluated on rows the crosscoder trained on
             if model_dirs and run.splice_seqs > 0:
                 for name, r in splice_in_loss(model, model_dirs, n_seqs=run.splice_seqs).items():
                     ev["per_model"][name]["splice"] = r
@@ -328,6 +458,10 @@ def main(argv: list[str] | None = None) -> dict:
             _print_report(out, report)
         finished = True
         return report
+    except BaseException:
+        if created and dist_info.is_main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # failed before writing anything: leave no half-made --out
+        raise
     finally:
         ddp.cleanup(barrier=finished)
 
@@ -349,11 +483,12 @@ def _print_report(out: Path, report: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    rc = run_cli(main, "python -m featalign.train_crosscoder", sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, skip interpreter finalisation: gloo worker threads still alive there
         # intermittently abort the process ("terminate called without an active exception")
         # after all results are written. Everything is flushed and the process group destroyed.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(rc)
+    sys.exit(rc)

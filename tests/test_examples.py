@@ -58,8 +58,9 @@ def test_drift_example(tiny_organisms, tmp_path):
         assert len(ov) == tiny_organisms.config.n_checkpoints - 1 and all(0 <= v <= 1 for v in ov)
     assert r["drift"]["sft_vs_rl"]["mean_overlap_a"] == pytest.approx(np.mean(r["drift"]["sft"]["overlap"]))
     assert (out / "figures" / "drift.png").exists() and "| sft |" in (out / "report.md").read_text()
-    with pytest.raises(SystemExit, match="--rl-dirs"):
+    with pytest.raises(ValueError, match="--rl-dirs"):
         mod.main(["--base-dir", "x", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()  # refused before any work: no half-made --out
 
 
 def test_transfer_example(tiny_organisms, tmp_path):
@@ -88,5 +89,5 @@ def test_transfer_example(tiny_organisms, tmp_path):
     assert pair["delta_points"]["bool"] == pytest.approx(
         100 * (score_problems(rm, tok, p).mean() - score_problems(bm, tok, p).mean()))
     assert (out / "figures" / "transfer_rl.png").exists()
-    with pytest.raises(SystemExit, match="base:tuned"):
+    with pytest.raises(ValueError, match="base:tuned"):
         mod.main(["--skip-build", "true", "--pairs", "onlyone", "--out", str(tmp_path / "bad")])

@@ -217,3 +217,28 @@ def test_prompt_len_splits_a_full_forward(rl):
             prompt_only = _acts_at(model, ids)
     assert torch.equal(gen_only[:, :5], x[:, :5]) and not torch.allclose(gen_only[:, 5:], x[:, 5:])
     assert torch.equal(prompt_only[:, 5:], x[:, 5:]) and not torch.allclose(prompt_only[:, :5], x[:, :5])
+
+
+def test_feature_ids_and_values_are_validated_at_every_entry_point():
+    """ablate([3,3,3]) used to subtract latent 3 three times, ablate([1.7]) to edit latent 1, clamp(inf)
+    to make every logit NaN."""
+    from featalign.interventions import Edit
+
+    for bad, match in (([3, 3, 3], r"\[3\] are given more than once"), ([1.7], "must be integers, got 1.7"),
+                       (torch.tensor([0.0, 2.0]), "must be integers"), ([True, False], "must be integers")):
+        with pytest.raises(ValueError, match=match):
+            ablate(bad)
+    for make in (lambda v: clamp([0], v), lambda v: scale([0], v), lambda v: clamp([0, 1], torch.tensor([1.0, v]))):
+        for v in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(ValueError, match="must be finite"):
+                make(v)
+    assert ablate(torch.tensor([2, 5])).features == ablate([2, 5]).features == (2, 5)
+    assert ablate(torch.tensor([False, True, True])).features == (1, 2)
+    import numpy as np
+
+    assert clamp(np.array([4, 1], dtype=np.int64), 2.0).features == (4, 1)
+    cc = _crosscoder()
+    with pytest.raises(ValueError, match="more than once"):  # an Edit built by hand is checked too
+        hook_fns(cc, "base", Edit("ablate", (3, 3)))
+    with pytest.raises(ValueError, match="must be finite"):
+        hook_fns(cc, "base", Edit("scale", (3,), float("nan")))

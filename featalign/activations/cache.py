@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 
 from featalign.activations.hooks import capture, default_hook, resolve_hooks
 from featalign.activations.sources import TokenSource, as_source
-from featalign.activations.store import ActivationStore, StoreLayout, StoreWriter, merge_manifests
+from featalign.activations.store import (
+    STORE_DTYPES, ActivationStore, IncompatibleStoreError, StoreError, StoreLayout, StoreWriter, merge_manifests,
+)
 from featalign.config import JsonConfig
 from featalign.models import ModelGroup, ModelSpec
 
@@ -36,6 +38,19 @@ class CacheConfig(JsonConfig):
     dtype: str = "float32"  # store dtype: float32 | bfloat16 | float16
     drop_bos: bool = True  # BOS rows are identical for every sequence (and huge-norm in real LMs)
     shard_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        """Sizes that would hang (batch 0), write an empty store (0 tokens) or silently mean another value
+        (context 0 used to fall back to n_ctx) are refused here, before any model is loaded."""
+        for name in ("n_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.context_size is not None and self.context_size < 1:
+            raise ValueError(f"context_size must be >= 1 (or None for the model's n_ctx), got {self.context_size}")
+        if not self.shard_mb > 0:
+            raise ValueError(f"shard_mb must be > 0, got {self.shard_mb}")
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(STORE_DTYPES)}, got {self.dtype!r}")
 
 
 def as_group(models: Any) -> ModelGroup:
@@ -113,13 +128,16 @@ def cache_activations(
     world_size: int | None = None,
     on_commit: Callable[[dict], None] | None = None,
     progress: bool = True,
+    allow_new_source: bool = False,
 ) -> ActivationStore | None:
     """Cache activations of every model in `models` at `hooks` on `token_source` into `out_dir`.
 
     Resumes where an interrupted run with the same source stopped, appends to a compatible store
-    (refuses an incompatible one), and stops when the store holds `n_tokens` rows. Under torchrun
-    each rank writes its own shards and rank 0 merges the manifests. Returns the store (None on
-    ranks other than 0 under torchrun).
+    (refuses an incompatible one), and stops when the store holds `n_tokens` rows. A store that holds
+    rows of another token source (another seed, domains or text) is refused unless `allow_new_source`,
+    so two sources are never mixed by accident. The shards appended to are verified against their
+    checksums first. Under torchrun each rank writes its own shards and rank 0 merges the manifests.
+    Returns the store (None on ranks other than 0 under torchrun).
     """
     cfg = config or CacheConfig()
     if hooks is not None:
@@ -140,6 +158,12 @@ def cache_activations(
     fp = source.fingerprint()
 
     with StoreWriter(out_dir, layout, rank, world, cfg.shard_mb, on_commit) as w:
+        others = [k for k in w.part["progress"] if k != fp]
+        if others and fp not in w.part["progress"] and w.rows and not allow_new_source:
+            raise IncompatibleStoreError(
+                f"{out_dir} already holds {w.rows} rows from another token source ({', '.join(others)}; this run's is "
+                f"{fp}: another --seed, --domains, --text-file or --dataset?). Appending would mix two sources in one "
+                "store: cache into a new --out, or pass --allow-new-source (allow_new_source=True) to append on purpose")
         start = w.next_batch(fp)
         next_batch = start
         bar = tqdm(total=target, initial=min(w.rows, target), unit="tok", unit_scale=True,
@@ -153,6 +177,9 @@ def cache_activations(
             bar.update(rows.shape[0])
             next_batch = k + world
         else:
+            if w.rows == 0:
+                raise StoreError(f"the token source gave no tokens to cache (rank {rank}): pass a source with text "
+                                 "(a non-empty --text-file / dataset); nothing was written")
             if w.rows < target:
                 warnings.warn(f"token source ran out after {w.rows} rows of the {target} asked (rank {rank})")
         w.commit(next_batch, fp)

@@ -49,6 +49,14 @@ class TaskSuiteSource:
     append_eos: bool = True
     chunk: int = 256
 
+    def __post_init__(self) -> None:
+        from featalign.organisms.tasks import parse_domains
+
+        if self.domains is not None:
+            self.domains = tuple(parse_domains(self.domains))
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+
     def sequences(self, tokenizer) -> Iterator[list[int]]:
         from featalign.organisms.tasks import DOMAINS, sample_problems
 
@@ -75,6 +83,10 @@ class TextSource:
     """A list of strings, each one sequence (tokenized with the group's tokenizer)."""
 
     texts: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            raise ValueError("TextSource needs at least one text (the file or list given is empty)")
 
     def sequences(self, tokenizer) -> Iterator[list[int]]:
         for t in self.texts:

@@ -164,6 +164,16 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+def verify_shard(root: Path, entry: dict) -> None:
+    """Refuse a shard whose bytes do not match the SHA-256 its manifest entry recorded, naming the file."""
+    got = sha256_file(root / entry["file"])
+    if got != entry["sha256"]:
+        raise ChecksumError(
+            f"shard {entry['file']} of {root} is corrupted (sha256 {got[:12]}… != manifest {entry['sha256'][:12]}…); "
+            "delete the store and re-cache, or restore the file from a backup"
+        )
+
+
 def rank_manifest_name(rank: int) -> str:
     """File name of one rank's manifest (`manifest.rNNN.json`): each rank commits its own, rank 0 merges them."""
     return f"manifest.r{rank:03d}.json"
@@ -209,6 +219,8 @@ class StoreWriter:
             self._check_compatible()
             self.part = self._load_part()
             self._remove_orphans()
+            for entry in self.part["shards"]:  # never append to (or report as healthy) a corrupted store
+                verify_shard(self.root, entry)
         except BaseException:
             self.close()
             raise
@@ -440,13 +452,7 @@ class ActivationStore:
         return self.layout.row_shape
 
     def check_shard(self, i: int) -> None:
-        s = self.shards[i]
-        got = sha256_file(self.root / s["file"])
-        if got != s["sha256"]:
-            raise ChecksumError(
-                f"shard {s['file']} of {self.root} is corrupted (sha256 {got[:12]}… != manifest {s['sha256'][:12]}…); "
-                "delete the store and re-cache, or restore the file from a backup"
-            )
+        verify_shard(self.root, self.shards[i])
         self._verified.add(i)
 
     def check(self) -> None:

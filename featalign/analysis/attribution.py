@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from featalign.config import JsonConfig
+from featalign.crosscoder.data import check_finite
 
 
 @dataclass
@@ -290,3 +291,4 @@ def check_activations(cc, x_NMHD: Tensor, names: tuple[str, ...] | None = None) 
         raise ValueError(f"activations of shape {list(x_NMHD.shape)} do not match the crosscoder "
                          f"[N, {want[0]}, {want[1]}, {want[2]}] (models {c.models}, hooks {c.hooks}); "
                          "cache the same models at the same hooks (and the same d_model)")
+    check_finite(x_NMHD, c.models, c.hooks)

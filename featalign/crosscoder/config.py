@@ -53,6 +53,9 @@ class CrosscoderConfig(JsonConfig):
             raise ValueError("name at least one model and one hook (e.g. models=('base','rl'))")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"model names must be unique, got {self.models}")
+        for name in ("d_model", "n_latents", "dead_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.n_shared <= self.n_latents:
             raise ValueError(f"n_shared={self.n_shared} must be in 0..n_latents={self.n_latents}")
         if self.variant == "batchtopk" and not 0 < self.k <= self.n_latents:
@@ -95,8 +98,12 @@ class TrainerConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "norm_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "warmup_steps", "sparsity_coef", "grad_clip", "resample_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.decay_frac <= 1:
             raise ValueError(f"decay_frac must be in [0, 1], got {self.decay_frac}")
 

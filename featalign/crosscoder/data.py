@@ -15,6 +15,25 @@ from jaxtyping import Float
 from torch import Tensor
 
 
+def check_finite(x_NMHD: Tensor, models: tuple[str, ...] | None = None, hooks: tuple[str, ...] | None = None,
+                 what: str = "activations") -> None:
+    """Refuse activations with NaN/inf entries, naming how many rows and the first (model, hook) holding them.
+
+    One NaN row makes every statistic computed over the rows NaN (FVU, Latent Scaling betas, firing
+    counts), and a NaN comparison is False, so thresholds would silently report "0 artifacts"."""
+    if x_NMHD.ndim != 4:
+        raise ValueError(f"expected {what} [N, M, H, D], got shape {list(x_NMHD.shape)}")
+    bad_NMH = ~torch.isfinite(x_NMHD).all(-1)
+    if not bad_NMH.any():
+        return
+    rows = int(bad_NMH.flatten(1).any(1).sum())
+    m, h = (int(i) for i in bad_NMH.any(0).nonzero()[0])
+    where = (f"model {models[m]!r}" if models else f"model slot {m}") + (f", hook {hooks[h]!r}" if hooks else f", hook slot {h}")
+    raise ValueError(
+        f"{what} hold NaN/inf in {rows} of {x_NMHD.shape[0]} rows (first at {where}); drop those rows, e.g. "
+        "x[torch.isfinite(x).flatten(1).all(1)], or re-cache them (a fp16 store overflows above 65504)")
+
+
 @runtime_checkable
 class ActivationSource(Protocol):
     """Yields float32 batches `[B_local, M, H, D]`; `state_dict()` pins the position for bitwise resume.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from featalign.crosscoder.data import check_finite
+
 
 @torch.no_grad()
 def evaluate(crosscoder, x_NMHD: Tensor, batch: int = 4096) -> dict:
@@ -14,6 +16,9 @@ def evaluate(crosscoder, x_NMHD: Tensor, batch: int = 4096) -> dict:
     numbers are what a single-token user gets.
     """
     cfg = crosscoder.cfg
+    check_finite(x_NMHD, cfg.models, cfg.hooks, "evaluation activations")
+    if len(x_NMHD) == 0:
+        raise ValueError("no evaluation rows: pass at least one row of activations")
     M = cfg.n_models
     err = torch.zeros(M, dtype=torch.float64)
     sq = torch.zeros(M, dtype=torch.float64)

@@ -26,7 +26,9 @@ from featalign.crosscoder import ddp
 from featalign.crosscoder.config import FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig
 from featalign.crosscoder.data import ActivationSource
 from featalign.crosscoder.model import Crosscoder, TrainOutput, check_format_version
-from featalign.io import atomic_write_bytes, atomic_write_json, atomic_write_text, provenance, read_json
+from featalign.io import (
+    atomic_write_bytes, atomic_write_json, atomic_write_text, canonical_for_pickle, provenance, read_json,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -185,7 +187,7 @@ class Trainer:
             "data": self.source.state_dict(),
         }
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save(canonical_for_pickle(state), buf)  # a resumed run writes the uninterrupted run's bytes
         atomic_write_bytes(self.out_dir / CHECKPOINT_FILE, buf.getvalue())
 
     def load_checkpoint(self) -> None:
@@ -247,6 +249,10 @@ class Trainer:
             self.load_checkpoint()
         else:
             torch.manual_seed(self.tcfg.seed)
+            # checkpoint.pt saves the Python and NumPy RNG states too: seed them so that two runs of one
+            # command (or a killed run and its resume) write byte-identical files.
+            random.seed(self.tcfg.seed)
+            np.random.seed(self.tcfg.seed)
             self._init_norm_scale()
             self._write_configs()
         loggers = _Loggers(self.out_dir, self._loggers_backends, {"crosscoder": self.cfg.to_dict(), "trainer": self.tcfg.to_dict()}) if self.dist.is_main else None
@@ -268,10 +274,13 @@ class Trainer:
             if self.dist.enabled:
                 ddp.all_reduce(loss_check)
             if not torch.isfinite(loss_check):
+                ckpt = self.out_dir / CHECKPOINT_FILE
+                kept = (f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else
+                        f"no checkpoint was written yet (the first comes at step {self.tcfg.checkpoint_every})")
                 raise NaNLossError(
-                    f"loss is {loss_check.item()} at step {self.step}; stopped without saving. The last good "
-                    f"checkpoint ({self.out_dir / CHECKPOINT_FILE}) is kept: lower --lr, enable --grad-clip, "
-                    "or check the activations for inf/NaN, then rerun to resume."
+                    f"loss is {loss_check.item()} at step {self.step}; stopped without saving, {kept}. If the "
+                    f"activations hold NaN/inf, fix them and rerun{' to resume' if ckpt.exists() else ''}; otherwise "
+                    "train with a lower --lr or a --grad-clip into a new --out (a resume refuses changed settings)."
                 )
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from featalign.cli import UsageError, check_out_dir, run_cli
 from featalign.organisms.config import CACHE_ENV, PRESETS, default_organisms_dir, preset_config
 from featalign.organisms.tasks import DOMAINS, parse_domains
 
@@ -36,11 +37,16 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {}
     if args.post_train_domains:
-        overrides["post_train_domains"] = tuple(parse_domains(args.post_train_domains))
+        try:
+            overrides["post_train_domains"] = tuple(parse_domains(args.post_train_domains))
+        except ValueError as e:
+            raise UsageError(f"--post-train-domains: {e}") from e
+        if not overrides["post_train_domains"]:
+            raise UsageError("--post-train-domains names no domain; list them with `python -m featalign.organisms domains`")
     if args.seed is not None:
         overrides["seed"] = args.seed
     cfg = preset_config(args.preset, **overrides)
-    out = args.out or default_organisms_dir(args.preset)
+    out = check_out_dir(args.out or default_organisms_dir(args.preset))
     org = build_organisms(cfg, out, evaluate_models=not args.no_eval)
     print(f"organisms ready in {org.root}")
     if not args.no_eval:
@@ -51,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m featalign.organisms"))

@@ -45,6 +45,7 @@ from featalign.organisms.tokenizer import build_tokenizer
 from featalign.organisms.train import answer_loss, encode_supervised, run_steps
 
 POST_TRAIN_KINDS = ("sft", "rl")
+TRAIN_LOG = "train_log.jsonl"
 
 
 def _seed(*parts) -> int:
@@ -187,7 +188,8 @@ def _checkpoint_steps(total: int, n: int) -> list[int]:
 def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
     cfg = org.config
     run = org.run_dir(kind, domain)
-    if all(is_complete(org.model_dir(kind, domain, k)) for k in range(1, cfg.n_checkpoints + 1)):
+    if (all(is_complete(org.model_dir(kind, domain, k)) for k in range(1, cfg.n_checkpoints + 1))
+            and (run / TRAIN_LOG).exists()):
         return
     model, _ = load_organism(org.base_dir)
     prompts = post_train_prompts(cfg, domain)
@@ -228,10 +230,8 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
         state_path=org.root / "_state" / f"{kind}-{domain}.pt",
         save_at=lambda s: s in ckpts, on_save=on_save, desc=f"{kind} {domain}",
     )
-    if logs:
-        with open(run / "train_log.jsonl", "a") as f:
-            for row in logs:
-                f.write(json.dumps(row) + "\n")
+    # every step's row (the state carries the rows of the steps before a resume), written whole
+    atomic_write_text(run / TRAIN_LOG, "".join(json.dumps(row) + "\n" for row in logs))
 
 
 def _evaluate_all(org: Organisms) -> dict:
@@ -245,7 +245,8 @@ def _evaluate_all(org: Organisms) -> dict:
     for name, path in tqdm(names.items(), desc="evaluate organisms", leave=False):
         f = org.eval_dir / f"{name}.json"
         if f.exists() and read_json(f).get("n_per_domain") == cfg.eval_samples:
-            results[name] = {d: np.array(v, bool) for d, v in read_json(f)["correct"].items()}
+            saved = read_json(f)["correct"]  # JSON keys are sorted: restore the config's domain order
+            results[name] = {d: np.array(saved[d], bool) for d in domains}
             continue
         model, tok = load_organism(path)
         res = evaluate(model, tok, domains, cfg.eval_samples, cfg.eval_batch, desc=f"eval {name}")

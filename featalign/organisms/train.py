@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featalign.io import atomic_write_bytes
+from featalign.io import atomic_write_bytes, canonical_for_pickle
 from featalign.organisms.tasks import Problem
 
 
@@ -59,21 +59,23 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def save_state(path: Path, model, opt, step: int) -> None:
-    """Atomically save weights, optimizer state and step, so a killed build resumes exactly."""
+def save_state(path: Path, model, opt, step: int, logs: list[dict] | None = None) -> None:
+    """Atomically save weights, optimizer state, step and the log rows so far, so a killed build resumes
+    exactly and its log is the uninterrupted run's."""
     import io
 
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, buf)
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "logs": list(logs or [])}
+    torch.save(canonical_for_pickle(state), buf)  # a resumed build writes the uninterrupted build's bytes
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_state(path: Path, model, opt) -> int:
-    """Restore what `save_state` wrote; returns the step to continue from."""
+def load_state(path: Path, model, opt) -> tuple[int, list[dict]]:
+    """Restore what `save_state` wrote; returns the step to continue from and the log rows up to it."""
     st = torch.load(path, weights_only=False)
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
-    return int(st["step"])
+    return int(st["step"]), list(st.get("logs", []))
 
 
 def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
@@ -97,11 +99,11 @@ def run_steps(
 
     At every step where `save_at(step + 1)` holds, `on_save(step + 1)` runs (e.g. writes an HF
     checkpoint) and the training state is written atomically. A rerun continues from the last state.
+    Returns the log rows of every step, including those run before a resume.
     """
     opt = make_optimizer(model, peak_lr)
-    start = load_state(state_path, model, opt) if state_path.exists() else 0
+    start, logs = load_state(state_path, model, opt) if state_path.exists() else (0, [])
     model.train()
-    logs: list[dict] = []
     bar = tqdm(range(start, total_steps), desc=desc, initial=start, total=total_steps, leave=False)
     for step in bar:
         for g in opt.param_groups:
@@ -118,7 +120,7 @@ def run_steps(
             # Checkpoint first, state second: a kill in between redoes (identically) the steps.
             if on_save is not None:
                 on_save(step + 1)
-            save_state(state_path, model, opt, step + 1)
+            save_state(state_path, model, opt, step + 1, logs)
     model.eval()
     return logs
 

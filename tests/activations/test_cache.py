@@ -155,9 +155,14 @@ def test_append_to_compatible_store_and_refuse_incompatible(trio, small_cfg, ref
         with pytest.raises(IncompatibleStoreError, match="different layout"):
             cache_activations(trio, None, out_dir=tmp_path / "s", config=CacheConfig.from_dict({**small_cfg.to_dict(), **bad}),
                               progress=False)
-    # a different source appends after the existing rows
-    more = cache_activations(trio, TEXTS, out_dir=tmp_path / "s",
-                             config=CacheConfig.from_dict({**small_cfg.to_dict(), "n_tokens": 7000}), progress=False)
+    # a different source is refused unless asked for (it would mix two token streams) ...
+    bigger = CacheConfig.from_dict({**small_cfg.to_dict(), "n_tokens": 7000})
+    for other in (TaskSuiteSource(seed=1), TaskSuiteSource(domains=("add",)), TEXTS):
+        with pytest.raises(IncompatibleStoreError, match="another token source.*--allow-new-source"):
+            cache_activations(trio, other, out_dir=tmp_path / "s", config=bigger, progress=False)
+    assert len(ActivationStore(tmp_path / "s")) == 6000  # nothing appended
+    # ... and then appends after the existing rows
+    more = cache_activations(trio, TEXTS, out_dir=tmp_path / "s", config=bigger, progress=False, allow_new_source=True)
     assert len(more) == 6000 + sum(len(trio.tokenizer(t)["input_ids"]) - 1 for t in TEXTS)
 
 
@@ -254,3 +259,31 @@ def test_task_suite_source_is_deterministic_and_has_answers(trio):
 
     firsts = {trio.tokenizer.decode(s[1:], skip_special_tokens=True).split(" ")[0] for s in seqs[: len(DOMAINS)]}
     assert len(firsts) > 1  # domains are interleaved
+
+
+def test_rerun_on_a_corrupted_store_refuses_to_append_or_report_it_healthy(ref_store, trio, small_cfg, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(ref_store.root, root)
+    f = root / ref_store.shards[2]["file"]
+    b = bytearray(f.read_bytes())
+    b[7] ^= 0x01
+    f.write_bytes(bytes(b))
+    before = sorted(p.name for p in (root / "shards").iterdir())
+    bigger = CacheConfig.from_dict({**small_cfg.to_dict(), "n_tokens": 8000})
+    for cfg in (small_cfg, bigger):  # the finished store (nothing to append) and one that would grow
+        with pytest.raises(ChecksumError, match=ref_store.shards[2]["file"]):
+            cache_activations(trio, None, out_dir=root, config=cfg, progress=False)
+    assert sorted(p.name for p in (root / "shards").iterdir()) == before  # nothing appended
+
+
+def test_sizes_that_would_hang_or_write_nothing_are_refused(trio, tmp_path):
+    for bad in ({"batch_size": 0}, {"n_tokens": 0}, {"n_tokens": -3}, {"context_size": 0}, {"shard_mb": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CacheConfig(**bad)
+    with pytest.raises(ValueError, match="at least one text"):
+        cache_activations(trio, TextSource([]), out_dir=tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match="unknown domain 'chess'"):
+        TaskSuiteSource(domains=("add", "chess"))
+    assert not (tmp_path / "s").exists()

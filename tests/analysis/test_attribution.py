@@ -122,3 +122,17 @@ def test_mismatched_activations_refused():
 
     with pytest.raises(ValueError, match="trained on models"):
         check_activations(cc, x, names=("b", "a"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_inputs_are_refused_naming_rows_and_model(bad):
+    """One NaN row used to give NaN betas, '0 artifacts' and NaN FVU without a word."""
+    from featalign.crosscoder import evaluate
+
+    cc = _two_model_cc()
+    x = torch.randn(50, 2, 1, 2, generator=torch.Generator().manual_seed(0))
+    attribute(cc, x), evaluate(cc, x)  # finite inputs pass
+    x[[3, 17], 1, 0, 0] = bad
+    for fn in (attribute, evaluate):
+        with pytest.raises(ValueError, match=r"NaN/inf in 2 of 50 rows \(first at model 'b', hook 'h'\)"):
+            fn(cc, x)

@@ -84,7 +84,7 @@ def test_analyze_refuses_mismatched_crosscoder(tiny_organisms, tmp_path):
         main(["--organisms-dir", str(tiny_organisms.root), "--out", str(tmp_path / "rep"), "--crosscoder",
               str(tmp_path / "cc"), "--stages", "attribution", "--n-tokens", "500", "--eval-tokens", "300",
               "--progress", "false"])
-    with pytest.raises(SystemExit, match="unknown stage"):
+    with pytest.raises(ValueError, match="unknown stage"):
         main(["--stages", "attribution,nope"])
 
 
@@ -98,3 +98,60 @@ def test_analyze_drift_both_modes(tiny_organisms, tmp_path):
     assert {q2["sft"]["mode"], q2["sft-pairwise"]["mode"]} == {"joint", "pairwise"}
     assert len(q2["rl-pairwise"]["overlap"]) == 4 and all(0 <= o <= 1 for o in q2["rl-pairwise"]["overlap"])
     assert "q3_success_features" not in rep and "pairwise" not in rep["q1_specific_latents"]
+
+
+SMALL = ["--n-tokens", "2000", "--eval-tokens", "600", "--n-latents", "32", "--k", "4", "--batch-size", "256",
+         "--stages", "attribution", "--progress", "false"]
+
+
+def test_analyze_rerun_with_other_settings_retrains_and_reports_them(tiny_organisms, tmp_path):
+    """A rerun in the same --out with other --steps/--lr/--n-tokens must not reuse the old crosscoders."""
+    from safetensors.torch import load_file
+
+    from featalign.analyze import main
+
+    base = ["--organisms-dir", str(tiny_organisms.root)] + SMALL
+    main(base + ["--out", str(tmp_path / "rep"), "--steps", "10"])
+    changed = ["--steps", "25", "--lr", "0.002", "--n-tokens", "2500"]
+    with pytest.warns(UserWarning, match=r"trainer\.lr: 0.001 -> 0.002; trainer\.steps: 10 -> 25.*training activations"):
+        rep = main(base + ["--out", str(tmp_path / "rep")] + changed)
+    fresh = main(base + ["--out", str(tmp_path / "fresh")] + changed)  # the reference: never saw the old settings
+    a = load_file(str(tmp_path / "rep" / "crosscoders" / "trio" / "crosscoder.safetensors"))
+    b = load_file(str(tmp_path / "fresh" / "crosscoders" / "trio" / "crosscoder.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert rep["q1_specific_latents"]["trio"] == fresh["q1_specific_latents"]["trio"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "25 steps, lr 0.002" in md and "trained on 2500 tokens per model" in md
+
+
+def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organisms, tmp_path):
+    from safetensors import safe_open
+
+    from featalign.analyze import main
+    from tests.analysis.helpers import hand_crosscoder
+
+    hook = "blocks.1.hook_resid_post"  # not the default (blocks.0 for the 2-layer tiny organisms)
+    cc = hand_crosscoder(torch.randn(16, 3, 32, generator=torch.Generator().manual_seed(0)),
+                         models=("base", "rl", "sft"), hook=hook)
+    cc.save(tmp_path / "cc")
+    base = ["--organisms-dir", str(tiny_organisms.root), "--crosscoder", str(tmp_path / "cc")] + SMALL
+    with pytest.raises(ValueError, match=f"trained on hook '{hook}', not --hook 'blocks.0.hook_resid_post'"):
+        main(base + ["--out", str(tmp_path / "bad"), "--hook", "blocks.0.hook_resid_post"])
+    assert not (tmp_path / "bad").exists()
+    rep = main(base + ["--out", str(tmp_path / "rep")])
+    assert rep["hook"] == hook
+    with safe_open(str(tmp_path / "rep" / "cache" / "eval_trio.safetensors"), "pt") as f:
+        assert f.metadata()["hook"] == hook  # the activations analysed are the crosscoder's layer
+    assert f"trio loaded from `{tmp_path / 'cc'}`" in (tmp_path / "rep" / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"--hook blocks.9.hook_resid_post: the organisms have layers 0..1"):
+        main(["--organisms-dir", str(tiny_organisms.root), "--hook", "blocks.9.hook_resid_post",
+              "--out", str(tmp_path / "bad9")] + SMALL)
+    assert not (tmp_path / "bad9").exists()
+
+
+def test_report_marks_clopper_pearson_intervals():
+    from featalign.analyze import CP_MARK, _ci
+
+    boot = {"count": 5, "low": 2.0, "high": 9.0, "method": "bootstrap"}
+    exact = {"count": 0, "low": 0.0, "high": 3.2, "method": "clopper-pearson"}
+    assert _ci(boot) == "5 [2, 9]" and _ci(exact) == f"0 [0, 3]{CP_MARK}"

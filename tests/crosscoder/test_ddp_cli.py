@@ -85,3 +85,52 @@ def test_help_documents_every_option():
     p = build_parser()
     for action in p._actions:
         assert action.help and action.help != "==SUPPRESS==", action.dest
+
+
+def test_activations_without_eval_rows_is_in_sample_and_names_come_from_the_file(tmp_path, capsys):
+    x = torch.randn(1024, 2, 1, 16, generator=torch.Generator().manual_seed(1))
+    plain, named = tmp_path / "plain.safetensors", tmp_path / "named.safetensors"
+    save_file({"acts": x}, str(plain))
+    save_file({"acts": x}, str(named), metadata={"models": "base,rl", "hooks": "blocks.3.hook_resid_post"})
+    small = ["--n-latents", "32", "--steps", "10", "--batch-size", "64", "--threads", "1", "--eval-tokens", "300"]
+    # no names in the file and none given: refused (it used to invent model0/model1 and hook0)
+    with pytest.raises(ValueError, match="does not name its models.*pass --models"):
+        main(["--activations", str(plain), "--out", str(tmp_path / "a")] + small)
+    assert not (tmp_path / "a").exists()
+    with pytest.warns(UserWarning, match="last 300 rows"):
+        rep = main(["--activations", str(named), "--out", str(tmp_path / "b")] + small)
+    cc = Crosscoder.load(tmp_path / "b")
+    assert cc.cfg.models == ("base", "rl") and cc.cfg.hooks == ("blocks.3.hook_resid_post",)
+    ev = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert ev["in_sample"] is True and ev["n_tokens"] == 300 and rep["eval"]["in_sample"] is True
+    assert "300 in-sample tokens" in capsys.readouterr().out
+    # flags win over the file's names
+    main(["--activations", str(named), "--out", str(tmp_path / "c"), "--models", "p,q", "--hooks", "h"] + small)
+    assert Crosscoder.load(tmp_path / "c").cfg.models == ("p", "q")
+
+
+def test_store_eval_warning_states_the_rows_it_really_uses(tmp_path, ref_store_small):
+    with pytest.warns(UserWarning, match=f"last {len(ref_store_small)} rows of the training store"):
+        rep = main(["--store", str(ref_store_small.root), "--out", str(tmp_path / "r"), "--n-latents", "32",
+                    "--steps", "5", "--batch-size", "64", "--eval-tokens", "100000", "--threads", "1"])
+    assert rep["eval"]["in_sample"] is True and rep["eval"]["n_tokens"] == len(ref_store_small)
+
+
+@pytest.fixture()
+def ref_store_small(tmp_path):
+    """A 500-row store written by the store writer itself (no models needed)."""
+    from featalign.activations import ActivationStore, StoreLayout, StoreWriter
+
+    layout = StoreLayout([{"name": "a", "path": "a"}, {"name": "b", "path": "b"}], ["h"], 16)
+    with StoreWriter(tmp_path / "store", layout) as w:
+        w.add(torch.randn(500, 2, 1, 16, generator=torch.Generator().manual_seed(2)), 0, "test")
+        w.commit(1, "test")
+    return ActivationStore(tmp_path / "store")
+
+
+def test_help_says_which_defaults_are_resolved_at_run_time():
+    text = " ".join(build_parser().format_help().split())
+    assert "activation width (default: the activations' width)" in text
+    assert "(default: 128)" not in text and "default: blocks.1.hook_resid_post" not in text
+    helps = {a.dest: a.help for a in build_parser()._actions}
+    assert helps["seed"] != helps["train_seed"] and "data order" in helps["train_seed"]

@@ -4,6 +4,7 @@ checkpoints, NaN handling, schedules, dead-latent tracking."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -90,7 +91,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     perm = src._epoch_perm()
     x[perm[10 * 64 + 3]] = float("nan")
     cc, tc = _cfgs()
-    with pytest.raises(NaNLossError, match="step 10.*last good checkpoint"):
+    with pytest.raises(NaNLossError, match="step 10.*last good checkpoint .*checkpoint.pt. is kept"):
         Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
     assert state["step"] == 8
@@ -152,3 +153,57 @@ def test_resample_dead_points_them_at_errors_and_resets_adam(tmp_path):
     assert torch.equal(seen["b"], torch.zeros(5)) and torch.equal(seen["since"], torch.zeros(5, dtype=torch.long))
     assert torch.equal(seen["m"], torch.zeros_like(seen["m"]))
     torch.testing.assert_close(seen["dec"], seen["alive"].expand(5, -1, -1), rtol=0.05, atol=0)
+
+
+def test_nan_loss_before_any_checkpoint_does_not_point_at_a_missing_file(tmp_path):
+    x = _data()
+    src = InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS)
+    src.load_state_dict({"epoch": 0, "pos": 0})
+    x[src._epoch_perm()[2 * 64]] = float("nan")  # in the 3rd batch, before the first checkpoint (step 8)
+    cc, tc = _cfgs()
+    with pytest.raises(NaNLossError, match=r"at step \d+; .*no checkpoint was written yet") as e:
+        Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
+    assert "is kept" not in str(e.value) and not (tmp_path / CHECKPOINT_FILE).exists()
+
+
+def test_full_disk_while_checkpointing_names_the_file_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """ENOSPC from the OS in the middle of a checkpoint write, through the CLI: one line with the path and
+    "rerun the same command to resume"; the rerun ends with the uninterrupted run's crosscoder."""
+    import errno
+    import os
+
+    import featalign.io as io_mod
+    from featalign.cli import run_cli
+    from featalign.train_crosscoder import main
+    from safetensors.torch import load_file, save_file
+
+    acts = tmp_path / "acts.safetensors"
+    save_file({"acts": _data(), "eval_acts": _data(256, seed=1)}, str(acts), metadata={"models": "a,b", "hooks": "h"})
+    args = ["--activations", str(acts), "--n-latents", "64", "--k", "4", "--steps", "24", "--batch-size", "64",
+            "--checkpoint-every", "8", "--threads", "1"]
+
+    class FullDisk:  # featalign.io's view of `os`: fsync of the second checkpoint write fails like a full disk
+        writes = 0
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def fsync(self, fd):
+            if ".checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+                FullDisk.writes += 1
+                if FullDisk.writes == 2:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return os.fsync(fd)
+
+    monkeypatch.setattr(io_mod, "os", FullDisk())
+    assert run_cli(main, "train_crosscoder", args + ["--out", str(tmp_path / "run")]) == 1
+    err = [ln for ln in re.split(r"[\r\n]", capsys.readouterr().err) if "error:" in ln][-1]  # after tqdm's bar
+    assert f"no space left on device while writing {tmp_path / 'run' / CHECKPOINT_FILE}" in err
+    assert "rerun the same command to resume" in err
+    assert torch.load(tmp_path / "run" / CHECKPOINT_FILE, weights_only=False)["step"] == 8  # the last good one
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(io_mod, "os", os)
+    main(args + ["--out", str(tmp_path / "run")])
+    main(args + ["--out", str(tmp_path / "ref")])
+    a, b = (load_file(str(tmp_path / d / "crosscoder.safetensors")) for d in ("run", "ref"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
