@@ -27,14 +27,18 @@ import torch
 from featalign.activations.cache import CacheConfig, cache_activations
 from featalign.activations.sources import DatasetSource, TaskSuiteSource, TextSource
 from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
-from featalign.models import ROLES, ModelGroup, ModelSpec, tokenizer_from_folder
+from featalign.model_set import ModelSet
+from featalign.models import ModelGroup, ModelSpec, tokenizer_from_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m featalign.cache", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                   help="a model (local HF folder or hub id); repeat for each. Default: the organisms trio")
+                   help="a model (local HF folder, or hub id with an optional @revision); repeat for each. "
+                        "Default: the organisms trio")
+    p.add_argument("--model-set", default=None, metavar="FILE",
+                   help="a JSON/YAML model set (featalign.model_set.ModelSet) instead of --model flags")
     p.add_argument("--preset", default="default", help="organisms preset when no --model is given (default|tiny)")
     p.add_argument("--hook", action="append", default=[], metavar="NAME",
                    help="hook point, e.g. blocks.1.hook_resid_post; repeat for several. Default: the middle layer")
@@ -75,7 +79,7 @@ def check_args(args) -> None:
     check_device(args.device)
     if args.out is not None:
         check_out_dir(args.out)
-    if not args.model:
+    if not args.model and not args.model_set:
         check_choice("--preset", args.preset, sorted(PRESETS))
     if args.tokenizer is not None:
         check_exists(args.tokenizer, "--tokenizer", "folder")
@@ -96,29 +100,24 @@ def check_args(args) -> None:
                 raise ValueError("no domain named")
         except (KeyError, ValueError) as e:
             raise UsageError(f"--domains {args.domains!r}: {e}; list them with `python -m featalign.organisms domains`") from e
-    names = []
-    for item in args.model:
-        if "=" not in item:
-            raise UsageError(f"--model expects NAME=PATH, got {item!r}")
-        name, path = item.split("=", 1)
-        names.append(name)
-        if Path(path).exists() and not Path(path, "config.json").exists():
-            raise UsageError(f"--model {item}: {path} is not a Hugging Face model folder (no config.json)")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--model names must be unique, got {names}")
+    try:
+        model_set = ModelSet.from_args(args.model) if args.model else None
+        if args.model_set is not None:
+            if model_set is not None:
+                raise ValueError("give either --model-set FILE or --model NAME=PATH flags, not both")
+            model_set = ModelSet.load(args.model_set)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+    for spec in model_set.models if model_set is not None else []:
+        if Path(spec.path).exists() and not Path(spec.path, "config.json").exists():
+            raise UsageError(f"--model {spec.name}={spec.path}: not a Hugging Face model folder (no config.json)")
 
 
 def _specs(args) -> tuple[list[ModelSpec], str]:
-    if not args.model:
-        from featalign.organisms import ensure_organisms
-
-        trio = ensure_organisms(args.preset).default_trio()
-        return [ModelSpec(n, str(p), role=n) for n, p in trio.items()], args.preset
-    specs = []
-    for item in args.model:
-        name, path = item.split("=", 1)
-        specs.append(ModelSpec(name, path, role=name if name in ROLES else "other"))
-    return specs, "custom"
+    """The models to cache and the label of their default store folder (the preset, or 'custom')."""
+    if args.model or args.model_set:
+        return ModelSet.resolve(args.model_set, args.model).models, "custom"
+    return ModelSet.organisms(args.preset).models, args.preset
 
 
 def _source(args):

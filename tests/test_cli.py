@@ -73,7 +73,7 @@ def test_device_cuda_on_a_cpu_only_torch_is_refused(capsys, monkeypatch, tmp_pat
     (["--n-tokens", "-5"], ["--n-tokens must be > 0, got -5"]),
     (["--context-size", "0"], ["--context-size must be > 0"]),  # used to become n_ctx silently
     (["--domains", "add,chess"], ["unknown domain 'chess'", "featalign.organisms domains"]),
-    (["--model", "base"], ["--model expects NAME=PATH"]),
+    (["--model", "base"], ["write NAME=PATH"]),
     (["--tokenizer", "/nonexistent/tok"], ["--tokenizer /nonexistent/tok does not exist"]),
     (["--text-file", "/nonexistent.txt"], ["--text-file /nonexistent.txt does not exist"]),
     (["--preset", "huge"], ["--preset must be one of"]),

@@ -68,3 +68,20 @@ def test_group_loads_the_set(tmp_path):
     wa = group.models[0].original_model.lm_head.weight
     wb = group.models[1].original_model.lm_head.weight
     assert not torch.equal(wa, wb)
+
+
+def test_cache_cli_takes_a_model_set_file(tmp_path):
+    from featalign import cache
+    from featalign.activations import ActivationStore
+
+    a = tiny_random_model("llama", tmp_path / "a", seed=0)
+    b = tiny_random_model("llama", tmp_path / "b", seed=1)
+    set_file = tmp_path / "study.json"
+    ModelSet.from_args([f"base={a}", f"rl={b}"]).save(set_file)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"line {i}: the quick brown fox" for i in range(40)))
+    out = tmp_path / "store"
+    cache.main(["--model-set", str(set_file), "--text-file", str(text), "--n-tokens", "200",
+                "--hook", "blocks.1.hook_resid_post", "--out", str(out)])
+    store = ActivationStore(out)
+    assert list(store.models) == ["base", "rl"] and len(store) == 200
