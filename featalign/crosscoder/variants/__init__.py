@@ -11,6 +11,7 @@ from featalign.crosscoder.variants.base import (
 
 # the registry: importing a variant's file registers it
 from featalign.crosscoder.variants import l1, batchtopk, jumprelu  # noqa: E402, F401
+from featalign.crosscoder.variants import matryoshka  # noqa: E402, F401
 
 __all__ = ["REGISTRY", "TrainOutput", "Variant", "VariantConfig", "field_help", "has_field", "help_field", "register",
            "variant_class"]
