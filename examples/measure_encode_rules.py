@@ -28,7 +28,7 @@ import torch
 
 from featalign.analyze import AnalyzeConfig, cached_activations, open_organisms, train_or_load
 from featalign.config import JsonConfig, cli_config, start_run
-from featalign.io import atomic_write_json, provenance
+from featalign.io import atomic_write_json, atomic_write_text, provenance
 
 
 @dataclass
@@ -118,7 +118,24 @@ def main(argv: list[str] | None = None) -> dict:
         print(v, res["crosscoders"][v])
     res["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "results.json", res)
+    atomic_write_text(out / "table.md", markdown(res))
+    print(markdown(res))
     return res
+
+
+def markdown(res: dict) -> str:
+    """The retention table of docs/crosscoder.md, from `results.json`."""
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines = ["| crosscoder | model | rule | firings kept | extra firings | mass ratio | mass kept | "
+             "firings kept on m-specific latents |", "|---|---|---|---|---|---|---|---|"]
+    for v, r in res["crosscoders"].items():
+        for name, rules in r["per_model"].items():
+            for rule in ("encode_as", "copy_raw", "slot_only"):
+                a = rules[rule]
+                lines.append(f"| {v} | {name} | `{rule}` | {pct(a['firings_kept'])} | {pct(a['extra_firings'])} | "
+                             f"{a['mass_ratio']:.3f} | {pct(a['mass_kept'])} | {pct(a['specific_firings_kept'])} "
+                             f"({rules['n_specific_latents']} latents) |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
