@@ -101,6 +101,7 @@ def register(cls: type[Variant]) -> type[Variant]:
 
 
 def variant_class(name: str) -> type[Variant]:
+    """The registered variant called `name`, or a ValueError listing the registered names."""
     try:
         return REGISTRY[name]
     except KeyError:

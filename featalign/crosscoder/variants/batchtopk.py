@@ -22,6 +22,8 @@ from featalign.crosscoder.variants.base import TrainOutput, Variant, VariantConf
 
 @dataclass
 class BatchTopKConfig(VariantConfig):
+    """Selection size, inference threshold and aux-k loss (`sparsity_coef` is not used)."""
+
     k: int = help_field(32, "mean active latents per token (the top k*B of the batch are kept)")
     sparse_decode: bool = help_field(True, "sparse decoder + encoder backward through the active latents only "
                                            "(false: dense reference path, same maths)")

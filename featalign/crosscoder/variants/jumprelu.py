@@ -14,6 +14,8 @@ from featalign.crosscoder.variants.base import TrainOutput, Variant, VariantConf
 
 @dataclass
 class JumpReLUConfig(VariantConfig):
+    """The threshold's start and its estimator (the L0 weight is the trainer's `sparsity_coef`)."""
+
     init_threshold: float = help_field(1.0, "initial threshold θ, in normalised space (mean input norm sqrt(d_model))")
     bandwidth: float = help_field(0.2, "bandwidth of the straight-through estimator's rectangle kernel")
 

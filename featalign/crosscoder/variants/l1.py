@@ -19,6 +19,8 @@ from featalign.crosscoder.variants.base import TrainOutput, Variant, VariantConf
 
 @dataclass
 class L1Config(VariantConfig):
+    """The L1 penalty's per-latent weights (the penalty coefficient itself is the trainer's `sparsity_coef`)."""
+
     n_shared: int = help_field(0, "designated shared latents (the first n_shared) with a lower L1 penalty")
     shared_penalty: float = help_field(0.15, "penalty multiplier of the designated shared latents")
 

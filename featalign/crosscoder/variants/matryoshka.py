@@ -19,6 +19,8 @@ from featalign.crosscoder.variants.batchtopk import BatchTopK, BatchTopKConfig, 
 
 @dataclass
 class MatryoshkaConfig(BatchTopKConfig):
+    """BatchTopK's fields plus the nested prefixes."""
+
     prefix_fracs: tuple[float, ...] = help_field(
         (0.125, 0.25, 0.5, 1.0), "nested prefix sizes as fractions of n_latents, increasing, the last 1.0")
 
@@ -34,11 +36,14 @@ class MatryoshkaConfig(BatchTopKConfig):
             raise ValueError("matryoshka trains through the sparse path only; leave sparse_decode true")
 
     def prefixes(self, n_latents: int) -> list[int]:
+        """Prefix sizes in latents."""
         return [max(1, round(f * n_latents)) for f in self.prefix_fracs]
 
 
 @register
 class Matryoshka(BatchTopK):
+    """BatchTopK with the mean prefix reconstruction loss; state and inference rule are BatchTopK's."""
+
     name = "matryoshka"
     Config = MatryoshkaConfig
 
