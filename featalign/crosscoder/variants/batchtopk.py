@@ -43,7 +43,7 @@ class _GatherPre(torch.autograd.Function):
 
     The dense backward of the encoder costs 2·B·K·L FLOPs; through nnz = k·B active latents it
     costs 2·nnz·K. The weight gradient is an `embedding_bag` over the active (row, col) pairs
-    grouped by latent (measured faster than `torch.sparse.mm` and `index_add_` on CPU).
+    grouped by latent (faster than `torch.sparse.mm` and `index_add_` on CPU).
     """
 
     @staticmethod
@@ -78,8 +78,7 @@ class _GatherPre(torch.autograd.Function):
 def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tensor:
     """Indices of the n largest entries of `v_flat` (exact, unordered).
 
-    `torch.topk` over all B·L entries was 50% of a BatchTopK step (measured: 237 ms of 450 ms at
-    B=2048, L=2048). With a lower bound below the n-th value (half the EMA threshold) only the
+    `torch.topk` over all B·L entries was half of a BatchTopK step. With a lower bound below the n-th value (half the EMA threshold) only the
     candidates above it go through topk; if fewer than n pass, the full topk is the fallback, so
     the result is always the exact top n.
     """

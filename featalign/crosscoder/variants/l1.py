@@ -30,16 +30,16 @@ class L1Config(VariantConfig):
 
 
 # pad the augmented inner dimension (K inputs + the bias/penalty column) to a multiple of 8 with
-# zeros: at K = 384 the bf16 GEMMs with 385 rows/columns ran at 270-370 GFLOP/s, with 392 at
-# 370-405 (measured, one thread); the padding's extra FLOPs are not counted as useful work
+# zeros: bf16 GEMMs with an odd inner size run well below the aligned rate (figures in docs/crosscoder.md,
+# Performance); the padding's extra FLOPs are not counted as useful work
 _PAD = 8
 
 
 class _Scratch:
     """Scratch tensors of `_DenseL1`, kept between steps (not model state).
 
-    A fresh [B, L] tensor costs page faults on first touch: `empty(4096, 4096).fill_(1)` took 26 ms
-    vs 2 ms for refilling a kept one (measured), i.e. ~25 ms per fp32 [B, L] tensor per step. The
+    A fresh [B, L] tensor costs page faults on first touch, several times the cost of refilling a kept
+    one, for every [B, L] tensor of every step (docs/crosscoder.md, Performance). The
     forward's buffers (saved for the backward) are lent to one forward at a time and handed back
     by its backward; a forward that finds them lent (two forwards before a backward) allocates its
     own. Each lending bumps a stamp, so a use of stale buffers (a second backward through a graph
@@ -85,7 +85,7 @@ class _DenseL1(torch.autograd.Function):
     (n: the (model, hook) blocks), plus f itself (L0 when logged); which latents fired comes out
     of the backward (see `fired` below). Inputs are cast once to the compute dtype `cdt` (bf16 under autocast, fp32 master
     weights; gradients come back in the inputs' dtypes). It replaces autograd's graph, which spent
-    ~half of a bf16 step outside the GEMMs (measured at B = L = 4096, K = 384). Each [B, L] piece
+    ~half of a bf16 step outside the GEMMs (docs/crosscoder.md, Performance). Each [B, L] piece
     of work is one GEMM or one elementwise pass:
 
     * the encoder bias rides in the encoder GEMM (`[x, 1] @ [W_enc; b_enc]`); its gradient comes
@@ -93,9 +93,9 @@ class _DenseL1(torch.autograd.Function):
     * the penalty rides in the decoder GEMM as an extra column (`f @ [W_dec | w]`): its value is
       the last output column; its gradient w.r.t. f (w broadcast over the batch) folds into the
       `g @ [W_dec | w]^T` GEMM, and w.r.t. w it is the last column of the decoder
-      weight-gradient GEMM. Autograd's path added a [B, L] broadcast after the GEMM (~50 ms);
-    * the ReLU mask is applied in place with `threshold_backward`: 3 ms at B = L = 4096 (measured)
-      where `masked_fill_(f <= 0, 0)` took 66 ms plus 6-70 ms for the comparison;
+      weight-gradient GEMM. Autograd's path added a [B, L] broadcast after the GEMM;
+    * the ReLU mask is applied in place with `threshold_backward`, one pass, where
+      `masked_fill_(f <= 0, 0)` needs a comparison pass and is an order of magnitude slower;
     * the decoder norms' gradient (d sum_n ||W_n|| / dW = W / ||W||) is added to the GEMM's
       weight gradient in the same pass that casts it to fp32 (`addcmul`), instead of autograd's
       four passes over [L, K];
@@ -144,7 +144,7 @@ class _DenseL1(torch.autograd.Function):
         lease.append((*ctx.lease, bufs))
         ctx.mark_non_differentiable(f_BL)
         # unused output gradients arrive as None: by default autograd materialises zeros for them,
-        # a [B, L] fill for f (12-22 ms per bf16 step, measured)
+        # a [B, L] fill for f on every step
         ctx.set_materialize_grads(False)
         return recon, sparsity, x_hat_BK, f_BL
 
@@ -168,7 +168,7 @@ class _DenseL1(torch.autograd.Function):
         g_BL, g_BKp = scratch["g_BL"], scratch["g_BKp"]
         # d recon / d x_hat = 2 err g / B; the penalty column's gradient is g_sparsity / B per token
         scale = (2.0 / B) * (g_recon if g_recon is not None else torch.zeros((), device=dev))
-        if dev.type == "cpu":  # a Python scalar: 0.35 ms vs 2.5 ms for a 0-d tensor into the bf16 view (measured)
+        if dev.type == "cpu":  # a Python scalar: a 0-d tensor into the bf16 view is several times slower
             scale = scale.item()
         torch.mul(err_BK, scale, out=g_BKp[:, :K])
         gb_dec_K = err_BK.sum(0) * scale
@@ -180,7 +180,7 @@ class _DenseL1(torch.autograd.Function):
         gx = gWe = gbe = gWd = gbd = None
         if need[3]:
             gWd_LKp = torch.mm(f_BL.t(), g_BKp)
-            # firing for free: a separate column-sum pass over f took 3-5 ms (2-3% of a bf16 step)
+            # firing for free: a separate column-sum pass over f would be a few percent of a bf16 step
             bufs["fired"] = (ctx.lease[1], gWd_LKp[:, K + 1] > 0)
             # the penalty weight w_l = penalty_l · sum_n ||W_dec[l, n]||: its gradient reaches W_dec as
             # g_w,l · penalty_l · W_dec[l, n] / ||W_dec[l, n]|| (0 where a norm is 0, as torch's norm backward)
@@ -200,8 +200,8 @@ class _DenseL1(torch.autograd.Function):
                 gWe = gWa_KpL[:K] if need[1] else None
                 gbe = gWa_KpL[K].to(dbe) if need[2] else None
             elif need[1] or need[2]:
-                # reduced precision: the [L, Kp] orientation of this GEMM is ~5% faster in bf16, and the
-                # cast to the weights' dtype has to copy anyway (measured 33.3 vs 35.0 ms with the copy)
+                # reduced precision: the [L, Kp] orientation of this GEMM is faster in bf16, and the
+                # cast to the weights' dtype has to copy anyway
                 gWa_LKp = torch.mm(g_BL.t(), xa_BKp)
                 gWe = torch.empty(K, L, dtype=dWe, device=dev).copy_(gWa_LKp[:, :K].t()) if need[1] else None
                 gbe = gWa_LKp[:, K].to(dbe) if need[2] else None
