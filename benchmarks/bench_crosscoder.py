@@ -118,13 +118,15 @@ def main() -> dict:
               f"{flops / _median(gm_t) / 1e9:.1f}) | step {best * 1e3:7.1f} ms ({B / best:8.0f} tok/s)\n"
               f"    achieved/matmul = {_median(ratios):.2f} median, {max(ratios):.2f} best (target >= 0.8); "
               f"step GEMMs alone / step = {_median(ratios_g):.2f}")
-    m = Crosscoder(CrosscoderConfig(models=names, hooks=("h",), d_model=a.d, n_latents=L, variant="batchtopk", k=a.k))
-    sp_t, dn_t = interleaved([make_step(m, x, False, sparse=True), make_step(m, x, False, sparse=False)], a.reps)
+    def btk(sparse: bool) -> Crosscoder:  # same seed: the same initial weights on both paths
+        return Crosscoder(CrosscoderConfig(models=names, hooks=("h",), d_model=a.d, n_latents=L, variant="batchtopk",
+                                           variant_cfg={"k": a.k, "sparse_decode": sparse}))
+
+    sp_t, dn_t = interleaved([make_step(btk(True), x, False), make_step(btk(False), x, False)], a.reps)
     speed = [d_ / s_ for s_, d_ in zip(sp_t, dn_t)]
     sp, dn = _median(sp_t), _median(dn_t)
-    m2 = Crosscoder(m.cfg)
-    l_sp = m2.training_forward(x, sparse=True).loss.item()
-    l_dn = m2.training_forward(x, sparse=False).loss.item()
+    l_sp = btk(True).training_forward(x).loss.item()
+    l_dn = btk(False).training_forward(x).loss.item()
     rel = abs(l_sp - l_dn) / abs(l_dn)
     res["batchtopk"] = {"k_frac": a.k / L, "sparse_step_s": sp, "dense_step_s": dn, "speedup": _median(speed),
                         "loss_rel_diff": rel}

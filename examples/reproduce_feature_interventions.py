@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
     xe = cached_activations(out / "cache" / "eval.safetensors", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
                             cfg.progress)
     cc = train_or_load(out / "crosscoder", ("base", "rl"), x, hook, acfg)
-    stats = encoder_stats(cc, xe)
-    freq = stats["firing_rate"]
+    # the RL model's latents (`encode_as`, the rule the edits and the success scores use): the controls
+    # are matched on how often each latent fires in the model being edited
+    freq = encoder_stats(cc, xe, model="rl")["firing_rate"]
     t_cc = time.time() - t0
 
     # 3. RL-success features on the selection tasks only
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     succ = success_features_for_models(cc, dirs["base"], dirs["rl"], {t: data[t] for t in sel_names}, scfg,
                                        progress=cfg.progress)
     feats, rule = choose_features(succ, cfg.min_features)
-    typical = typical_activation(cc, xe, feats)
+    typical = typical_activation(cc, xe, feats, model="rl")
     alive = torch.isfinite(typical)
     if not alive.all():  # a feature that never fires on the eval activations has no typical activation
         feats = [f for f, a in zip(feats, alive.tolist()) if a]
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     abl = run_intervention(rm, tok, cc, "rl", feats, ablate, tasks, baseline={t: d.rl_correct for t, d in data.items()},
                            **common)
     def steer_at(ids, coef):  # each (control) set in units of its own typical activations
-        return steer(ids, coef, typical_activation(cc, xe, ids).nan_to_num(0.0), decoder="rl")
+        return steer(ids, coef, typical_activation(cc, xe, ids, model="rl").nan_to_num(0.0), decoder="rl")
 
     st = run_intervention(bm, tok, cc, "base", feats, lambda ids: steer_at(ids, cfg.steer_coef), tasks,
                           baseline={t: d.base_correct for t, d in data.items()}, **common)

@@ -203,9 +203,11 @@ def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook
     reports crosscoders that were trained with the old ones."""
     from featalign.crosscoder import Crosscoder, CrosscoderConfig, InMemoryActivations, TrainerConfig, train_crosscoder
     from featalign.io import atomic_write_json, read_json
+    from featalign.crosscoder.variants import has_field
 
     ccfg = CrosscoderConfig(models=models, hooks=(hook,), d_model=x_NMHD.shape[-1], n_latents=cfg.n_latents,
-                            variant=cfg.variant, k=cfg.k, seed=cfg.seed)
+                            variant=cfg.variant, variant_cfg={"k": cfg.k} if has_field(cfg.variant, "k") else None,
+                            seed=cfg.seed)
     tcfg = TrainerConfig(steps=cfg.steps, batch_size=min(cfg.batch_size, len(x_NMHD)), lr=cfg.lr,
                          sparsity_coef=cfg.sparsity_coef, warmup_steps=min(100, cfg.steps // 10 + 1),
                          checkpoint_every=max(200, cfg.steps // 2), log_every=max(50, cfg.steps // 10), seed=cfg.seed)

@@ -14,18 +14,15 @@ row for that model and hook, divided by the crosscoder's `norm_scale` so that it
 typical activation (see `typical_activation`), so `coef` is in units of "how strongly the feature
 usually fires".
 
-**How f_k(x) is computed from one live model.** The crosscoder's encoder reads all models'
-(and all hooks') activations at once, but a live forward pass has only this model's activation
-at this hook. We encode with the (m, h) input slot = x and every other slot = 0, i.e. the
-single-block encoder path `act(x_norm @ W_enc[(m,h) rows] + b_enc)`. Reasons: (1) it is a function
-of the activation actually being edited, so an edit cannot depend on a model that is not running;
-(2) copying x into the other models' slots would pretend the models agree, which is exactly what
-fails for the model-specific latents one wants to ablate; (3) it is per-latent separable, so only
-the selected latents are computed (cheap at 32k latents), and with several hooks every hook is
-edited from its own activation as it arrives (later hooks' activations do not exist yet when an
-earlier hook fires). Consequence: for shared latents whose encoder weight is split over models,
-f_k is smaller than with the full input; ablation still removes exactly what is subtracted
-(`f_k d_k`), and the remainder, including the reconstruction error, is left untouched.
+**How f_k(x) is computed from one live model.** With `Crosscoder.encode_as(x, model_name, hook,
+latents)`, the one rule featalign uses for "model m's latents" everywhere: the success scores that
+select features, their typical activations, the firing rates that match the controls and the edits
+here all read the same f_k, so an ablation removes exactly the contribution the selection scored.
+It is a function of the activation being edited only (a model that is not running cannot change an
+edit), computed for the selected latents only, and with several hooks each hook is edited from its
+own activation as it arrives (later hooks do not exist yet when an earlier one fires). Why this rule
+and not m's encoder slot alone: docs/crosscoder.md, "Reading one model's latents". Ablation removes
+`f_k d_k` and leaves the remainder, including the reconstruction error, untouched.
 
 **Positions.** `positions="all" | "prompt" | "generated"`. A forward call over more than one token
 (or the first call inside the context) starts a new sequence; its tokens are the prompt (unless
@@ -56,7 +53,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from featalign.crosscoder.hf import parse_hook, residual_hook
@@ -143,15 +139,20 @@ def steer(features, coef: float, typical: Tensor | Sequence[float], decoder: str
 
 @torch.no_grad()
 def typical_activation(
-    crosscoder: Crosscoder, x_NMHD: Tensor, features, batch: int = 4096
+    crosscoder: Crosscoder, x_NMHD: Tensor, features, batch: int = 4096, model: str | None = None
 ) -> Tensor:
-    """Mean of the nonzero activations of each feature on cached activations `[N, M, H, D]`
-    (full crosscoder encoding, all models' slots filled). A feature that never fires gets NaN."""
+    """Mean of the nonzero activations of each feature on cached activations `[N, M, H, D]`: model
+    `model`'s latents (`Crosscoder.encode_as` of its slice, the rule the edits use), or with
+    `model=None` the joint encoding of the paired tokens. A feature that never fires gets NaN."""
     ids = torch.tensor(_check_features(crosscoder, _ids(features)), dtype=torch.long)
+    m = None if model is None else _slot(crosscoder, model, "model")
+    dev = crosscoder.W_enc.device
     s = torch.zeros(len(ids), dtype=torch.float64)
     n = torch.zeros(len(ids), dtype=torch.float64)
     for i in range(0, x_NMHD.shape[0], batch):
-        f = crosscoder.encode(x_NMHD[i : i + batch].to(crosscoder.W_enc.device))[:, ids.to(crosscoder.W_enc.device)]
+        x = x_NMHD[i : i + batch].to(dev)
+        f = (crosscoder.encode(x)[:, ids.to(dev)] if m is None
+             else crosscoder.encode_as(x[:, m], m, latents=ids.to(dev)))
         s += f.sum(0).double().cpu()
         n += (f != 0).sum(0).double().cpu()
     return (s / n).float()  # 0/0 -> NaN for never-firing features
@@ -173,32 +174,12 @@ def _slot(crosscoder: Crosscoder, name: str, what: str) -> int:
 
 
 class _Block:
-    """Per-(model, hook) raw-space encoder/decoder slices for the selected latents."""
+    """The selected latents at one (model, hook): their encoding and raw-space decoder rows."""
 
     @torch.no_grad()
     def __init__(self, cc: Crosscoder, m: int, h: int, ids: Tensor, dec_m: int):
-        c = cc.cfg
-        D = c.d_model
-        row = (m * c.n_hooks + h) * D
-        self.cc, self.ids, self.variant = cc, ids, c.variant
-        self.scale_in = cc.norm_scale[m, h]
-        self.W_enc_DS = cc.W_enc[row : row + D, ids]
-        self.b_enc_S = cc.b_enc[ids]
-        if c.variant == "jumprelu":
-            self.theta_S = cc.log_threshold[ids].exp()
-        if c.variant == "batchtopk":
-            self.dec_norm_S = cc._dec_norm_sum()[ids]
-        self.d_SD = cc.W_dec_LMHD[ids, dec_m, h] / cc.norm_scale[dec_m, h]  # raw-space decoder rows
-
-    def encode(self, x_ND: Tensor) -> Tensor:
-        """Selected latents with only this (model, hook) slot filled (see the module docstring)."""
-        pre = torch.addmm(self.b_enc_S, x_ND.to(self.W_enc_DS.dtype) * self.scale_in, self.W_enc_DS)
-        if self.variant == "l1":
-            return F.relu(pre)
-        if self.variant == "jumprelu":
-            return pre * (pre > self.theta_S)
-        act = F.relu(pre)
-        return act * (act * self.dec_norm_S > self.cc.threshold.to(act.dtype))
+        self.encode = cc.encoder_as(m, hook=h, latents=ids)  # x_ND -> the selected latents (module docstring)
+        self.d_SD = cc.W_dec_raw_LMHD[ids, dec_m, h]
 
 
 def _per_feature(value, n: int, device, dtype) -> Tensor:

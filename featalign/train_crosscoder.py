@@ -26,43 +26,10 @@ import torch
 from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, parse_bool
 from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
+from featalign.crosscoder.variants import REGISTRY, field_help
 
-HELP = {
-    # crosscoder
-    "models": "model names, comma-separated, in the order of the activation source",
-    "hooks": "hook points, comma-separated",
-    "d_model": "activation width",
-    "n_latents": "number of crosscoder latents (2048 = 16x d_model of the default organisms)",
-    "variant": "sparsity mechanism: l1 | batchtopk | jumprelu",
-    "k": "batchtopk: mean active latents per token (top k*B over the batch)",
-    "sparse_decode": "batchtopk: sparse decoder + backward through active latents only (true/false)",
-    "threshold_ema": "batchtopk: EMA rate of the inference threshold",
-    "aux_k": "batchtopk: dead latents per token in the auxiliary loss",
-    "aux_coef": "batchtopk: weight of the auxiliary dead-latent loss",
-    "n_shared": "l1: number of designated shared latents (the first n_shared) with a lower penalty",
-    "shared_penalty": "l1: penalty multiplier for designated shared latents",
-    "jumprelu_init_threshold": "jumprelu: initial threshold",
-    "jumprelu_bandwidth": "jumprelu: straight-through estimator bandwidth",
-    "dec_init_norm": "initial decoder norm per (model, hook) block",
-    "dead_tokens": "a latent that has not fired for this many tokens counts as dead",
-    "seed": "seed of the crosscoder's weight initialisation",
-    # trainer
-    "steps": "training steps",
-    "batch_size": "global batch size in tokens (split across DDP ranks)",
-    "lr": "peak Adam learning rate",
-    "adam_betas": "Adam betas, comma-separated",
-    "warmup_steps": "linear lr warmup steps",
-    "decay_frac": "lr decays linearly to 0 over this final fraction of the steps",
-    "sparsity_coef": "l1: L1 coefficient; jumprelu: L0 coefficient, ~0.3 (batchtopk ignores it)",
-    "sparsity_warmup_frac": "fraction of steps over which the sparsity coefficient warms up linearly",
-    "grad_clip": "max gradient norm (0 disables clipping)",
-    "bf16": "bf16 autocast for the matmuls (true/false)",
-    "checkpoint_every": "write a resumable checkpoint every N steps",
-    "log_every": "log metrics every N steps",
-    "norm_batches": "batches used to estimate normalisation scalars when the source has none",
-    "resample_every": "resample dead latents toward badly reconstructed tokens every N steps (0 = never)",
-    "resample_until": "only resample during this first fraction of the steps",
-}
+# Flag help comes from each config field's `help` metadata (featalign.crosscoder.variants.help_field); the
+# variant's fields get one flag each, shared by the variants that have a field of that name.
 # `seed` exists in both configs; the trainer's is exposed as --train-seed.
 TRAINER_RENAMES = {"seed": "train_seed"}
 TRAINER_HELP = {"seed": "seed of the training data order (batch shuffling), the normalisation estimate and "
@@ -96,6 +63,7 @@ class RunOptions(JsonConfig):
     threads: int = 1
     device: str = "cpu"
     sae_baseline: bool = False
+    sae_k: int | None = None
 
     def __post_init__(self) -> None:
         from featalign.organisms.config import PRESETS
@@ -136,6 +104,7 @@ RUN_HELP = {
     "threads": "torch CPU threads (1 is steadier on a shared 2-core CPU; 0 = torch default, all cores)",
     "device": "cpu | cuda",
     "sae_baseline": "also train the sae_lens BatchTopK SAE on the base model's activations (into <out>/sae_baseline)",
+    "sae_k": "k of the baseline SAE (default: the crosscoder variant's k if it has one, else 32)",
 }
 
 
@@ -168,16 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     for f in dataclasses.fields(RunOptions):
         if f.type == "bool":
-            g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", default=None, help=RUN_HELP[f.name])
+            g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", default=None,
+                           help=RUN_HELP.get(f.name, ""))
         else:
-            _add_field(g, f, f.name, RUN_HELP[f.name], f.default)
+            _add_field(g, f, f.name, RUN_HELP.get(f.name, ""), f.default)
     g = p.add_argument_group("crosscoder")
     for f in dataclasses.fields(CrosscoderConfig):
-        _add_field(g, f, f.name, HELP[f.name], RUNTIME_DEFAULTS.get(f.name, f.default))
+        if f.name == "variant":
+            _add_field(g, f, f.name, f"{field_help(f)}: {' | '.join(REGISTRY)}", f.default)
+        elif f.name != "variant_cfg":
+            _add_field(g, f, f.name, field_help(f), RUNTIME_DEFAULTS.get(f.name, f.default))
+    g = p.add_argument_group("variant", "the chosen --variant's own fields (a field of another variant is refused)")
+    for name, (f, owners) in variant_fields().items():
+        defaults = {getattr(REGISTRY[v].Config(), name) for v in owners}
+        default = defaults.pop() if len(defaults) == 1 else "per variant"
+        _add_field(g, f, name, f"{', '.join(owners)}: {field_help(f)}", default)
     g = p.add_argument_group("trainer")
     for f in dataclasses.fields(TrainerConfig):
-        _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), TRAINER_HELP.get(f.name, HELP[f.name]), f.default)
+        _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), TRAINER_HELP.get(f.name, field_help(f)), f.default)
     return p
+
+
+def variant_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every registered variant's config fields by name: (the field, the variants that have it)."""
+    out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for vname, cls in REGISTRY.items():
+        for f in dataclasses.fields(cls.Config):
+            out.setdefault(f.name, (f, []))[1].append(vname)
+    return out
 
 
 def _load_file(path: str) -> dict:
@@ -212,8 +199,17 @@ def resolve_configs(argv: list[str] | None = None) -> tuple[dict, dict, RunOptio
     tr = dict(file.get("trainer", {}))
     run = dict(file.get("run", {}))
     for f in dataclasses.fields(CrosscoderConfig):
-        if getattr(args, f.name) is not None:
+        if f.name != "variant_cfg" and getattr(args, f.name) is not None:
             cc[f.name] = getattr(args, f.name)
+    flags = {k: getattr(args, k) for k in variant_fields() if getattr(args, k) is not None}
+    if flags:
+        variant = cc.get("variant", CrosscoderConfig.variant)
+        own = {f.name for f in dataclasses.fields(REGISTRY[variant].Config)} if variant in REGISTRY else set(flags)
+        alien = sorted(set(flags) - own)
+        if alien:
+            raise SystemExit(f"--{', --'.join(a.replace('_', '-') for a in alien)}: not a field of variant "
+                             f"{variant!r} (its fields: {', '.join(sorted(own)) or 'none'})")
+        cc["variant_cfg"] = {**dict(cc.get("variant_cfg") or {}), **flags}
     for f in dataclasses.fields(TrainerConfig):
         v = getattr(args, TRAINER_RENAMES.get(f.name, f.name))
         if v is not None:
@@ -446,7 +442,8 @@ def main(argv: list[str] | None = None) -> dict:
             base = cfg.models.index("base") if "base" in cfg.models else 0
             sae_dir = out / "sae_baseline"
             source.load_state_dict({"epoch": 0, "pos": 0, "seed": tcfg.seed, "batch_size": tcfg.batch_size})
-            sae = train_base_sae(source, sae_dir, model_index=base, steps=tcfg.steps, k=cfg.k,
+            sae_k = run.sae_k or getattr(cfg.variant_cfg, "k", 32)
+            sae = train_base_sae(source, sae_dir, model_index=base, steps=tcfg.steps, k=sae_k,
                                  d_sae=cfg.n_latents, lr=tcfg.lr)
             report["sae_baseline"] = {"dir": str(sae_dir)}
             if x_eval is not None:

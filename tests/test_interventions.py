@@ -23,7 +23,7 @@ def _crosscoder(variant="l1", d_model=32) -> Crosscoder:
         cc.b_dec.copy_(0.2 * torch.randn(cc.b_dec.shape, generator=g))
         cc.norm_scale.copy_(torch.tensor([[0.7], [1.6]]))
         if variant == "batchtopk":
-            cc.threshold.fill_(0.01)
+            cc.variant.threshold.fill_(0.01)
     return cc
 
 
@@ -46,22 +46,29 @@ def _acts_at(model, ids, hook=HOOK) -> torch.Tensor:
     return got[0]
 
 
+def _paired_as(cc, x_ND, m) -> torch.Tensor:
+    """The paired input `[N, M, 1, D]` whose joint encoding is model m's latents (`encode_as`): x in every
+    model's slot, in raw units such that each slot's normalised value is m's normalised x."""
+    s = cc.norm_scale[:, 0]
+    return torch.stack([x_ND * s[m] / s[j] for j in range(cc.cfg.n_models)], 1)[:, :, None]
+
+
 def _gen(model, tok, prompts, n=6):
     return decode(model, prompts, n, tok.eos_token_id, tok.pad_token_id)
 
 
 @pytest.mark.parametrize("variant", ["l1", "batchtopk", "jumprelu"])
-def test_single_slot_encoding_matches_crosscoder_encode(variant):
+def test_edit_encoding_is_encode_as_and_the_joint_encoding_of_the_copied_input(variant):
     cc = _crosscoder(variant)
     x = 3 * torch.randn(50, 32)
     ids = torch.arange(0, L, 3)
     fn = hook_fns(cc, "rl", ablate(ids))[HOOK]
     block = fn.parts[0][1]
-    full = torch.zeros(50, 2, 1, 32)
-    full[:, 1, 0] = x
-    ref = cc.encode(full)[:, ids]
+    ref = cc.encode(_paired_as(cc, x, 1))[:, ids]
     assert (ref != 0).any()
     torch.testing.assert_close(block.encode(x), ref)
+    torch.testing.assert_close(cc.encode_as(x, "rl")[:, ids], ref)
+    torch.testing.assert_close(cc.encode_as(x[:, None], 1, latents=ids), ref)
 
 
 def test_ablate_every_latent_leaves_the_error_term(rl):
@@ -71,9 +78,7 @@ def test_ablate_every_latent_leaves_the_error_term(rl):
     x = _acts_at(model, ids)
     with intervene(model, cc, "rl", ablate(range(L))):
         x_abl = _acts_at(model, ids)
-    full = torch.zeros(x.numel() // 32, 2, 1, 32)
-    full[:, 1, 0] = x.reshape(-1, 32)
-    f = cc.encode(full)
+    f = cc.encode(_paired_as(cc, x.reshape(-1, 32), 1))
     assert (f != 0).any()
     x_hat = cc.decode(f)[:, 1, 0]
     bias = cc.decode(torch.zeros(1, L))[:, 1, 0]
@@ -89,9 +94,7 @@ def test_clamp_and_scale_match_explicit_formula(rl):
     ids = torch.randint(3, 40, (2, 7), generator=torch.Generator().manual_seed(2))
     feats = [1, 5, 9, 33]
     x = _acts_at(model, ids).reshape(-1, 32)
-    full = torch.zeros(x.shape[0], 2, 1, 32)
-    full[:, 1, 0] = x
-    f = cc.encode(full)[:, feats]
+    f = cc.encode(_paired_as(cc, x, 1))[:, feats]
     d = cc.W_dec_LMHD[feats, 1, 0].detach() / cc.norm_scale[1, 0]
     with torch.no_grad():
         for edit, new in ((clamp(feats, 2.5), torch.full_like(f, 2.5)), (scale(feats, 3.0), 3.0 * f)):
@@ -140,11 +143,11 @@ def test_bad_input_gets_clear_errors(rl):
 def test_typical_activation_is_mean_of_nonzero():
     cc = _crosscoder()
     x = 3 * torch.randn(300, 2, 1, 32)
-    f = cc.encode(x)
-    a = typical_activation(cc, x, [0, 1, 2], batch=64)
-    for i in range(3):
-        nz = f[:, i][f[:, i] != 0]
-        assert nz.numel() and abs(float(a[i]) - float(nz.mean())) < 1e-5
+    for model, f in ((None, cc.encode(x)), ("rl", cc.encode(_paired_as(cc, x[:, 1, 0], 1)))):
+        a = typical_activation(cc, x, [0, 1, 2], batch=64, model=model)
+        for i in range(3):
+            nz = f[:, i][f[:, i] != 0]
+            assert nz.numel() and abs(float(a[i]) - float(nz.mean())) < 1e-5
 
 
 def test_steer_is_active_during_generation_at_chosen_positions(rl, prompts):

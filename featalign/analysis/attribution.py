@@ -112,12 +112,16 @@ def latent_activations(cc, x_NMHD: Tensor, batch: int = 4096) -> Float[Tensor, "
 
 
 @torch.no_grad()
-def encoder_stats(cc, x_NMHD: Tensor | None = None, batch: int = 4096) -> dict[str, Tensor]:
+def encoder_stats(cc, x_NMHD: Tensor | None = None, batch: int = 4096, model: str | int | None = None
+                  ) -> dict[str, Tensor]:
     """Encoder-side view of each latent.
 
     enc_share [L, M]: share of the encoder vector's norm reading from model m (which model's
     activations make the latent fire); enc_dec_cos [L, M]: cosine of model m's encoder and decoder
-    blocks; with data: firing_rate [L], mean_act (mean activation when firing) [L], max_act [L].
+    blocks; with data: firing_rate [L], mean_act (mean activation when firing) [L], max_act [L], of
+    the joint encoding of the paired tokens, or with `model` of that model's latents
+    (`cc.encode_as`, the rule interventions edit with: use these to match random controls to an edit
+    in that model).
     """
     c = cc.cfg
     W_enc_LMK = cc.W_enc.detach().float().t().reshape(c.n_latents, c.n_models, -1)
@@ -129,7 +133,8 @@ def encoder_stats(cc, x_NMHD: Tensor | None = None, batch: int = 4096) -> dict[s
         total = torch.zeros(c.n_latents, dtype=torch.float64)
         mx = torch.zeros(c.n_latents)
         for i in range(0, len(x_NMHD), batch):
-            f = cc.encode(x_NMHD[i : i + batch].float())
+            x = x_NMHD[i : i + batch].float()
+            f = cc.encode(x) if model is None else cc.encode_as(x[:, cc.model_index(model)], model)
             fired += (f > 0).sum(0)
             total += f.sum(0)
             mx = torch.maximum(mx, f.max(0).values)

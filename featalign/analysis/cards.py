@@ -24,9 +24,8 @@ def card_examples(cc, model_dirs: dict[str, str], latents: list[int], n_seqs: in
                   context: tuple[int, int] = (16, 4), seed: int = 0, progress: bool = True) -> dict:
     """{latent: {model: {"top": [(activation, left, token, right)], "acts": nonzero activations}}}.
 
-    Each model's latents are `encode_as_model` of its own activations on the organisms' eval text.
+    Each model's latents are `Crosscoder.encode_as` of its own activations on the organisms' eval text.
     """
-    from featalign.analysis.success_features import encode_as_model
     from featalign.crosscoder.hf import capture, load_hf, task_tokens
 
     names = tuple(cc.cfg.models)
@@ -40,7 +39,7 @@ def card_examples(cc, model_dirs: dict[str, str], latents: list[int], n_seqs: in
     out: dict = {l: {} for l in latents}
     for m, (name, (model, _)) in enumerate(tqdm(list(zip(names, loaded)), desc="feature cards", disable=not progress)):
         acts = capture([model], tuple(cc.cfg.hooks), ids)[:, :, 0]
-        f = encode_as_model(cc, acts.reshape(S * T, *acts.shape[2:]), m)[:, idx].view(S, T, -1) * mask[..., None]
+        f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), m, latents=idx).view(S, T, -1) * mask[..., None]
         for j, l in enumerate(latents):
             v = f[..., j]
             top = torch.topk(v.flatten(), min(top_n, v.numel()))

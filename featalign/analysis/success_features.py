@@ -221,13 +221,6 @@ def agreement(score_L: Tensor, attr_L: Tensor, k: int) -> dict:
 # --- latents from running models ----------------------------------------------------------------------
 
 
-def encode_as_model(cc, x_BHD: Tensor, m: int) -> Float[Tensor, "B L"]:
-    """Model m's activations `[B, H, D]` in every model slot, each normalised with model m's scale."""
-    c = cc.cfg
-    x_BK = (x_BHD.float() * cc.norm_scale[m][None, :, None]).reshape(len(x_BHD), -1).repeat(1, c.n_models)
-    return cc.encode_normalised(x_BK)
-
-
 def prompt_batch(tokenizer, problems, with_answer: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ids [S, T] (with <bos>), a prompt-position mask (no <bos>), and each prompt's last index."""
     seqs, lens = [], []
@@ -264,7 +257,7 @@ def sample_latents(cc, model, tokenizer, problems, model_index: int, positions: 
         ids, mask, last = prompt_batch(tokenizer, problems[i : i + batch])
         acts = capture([model], tuple(cc.cfg.hooks), ids)[:, :, 0]  # [S, T, H, D]
         S, T = ids.shape
-        f = encode_as_model(cc, acts.reshape(S * T, *acts.shape[2:]), model_index).view(S, T, -1)
+        f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), model_index).view(S, T, -1)
         out.append(_pool(f, mask, last, positions))
     return torch.cat(out)
 
@@ -293,7 +286,7 @@ def gradient_attribution(cc, model, tokenizer, problems, model_index: int, posit
 
         def fn(resid):
             x = resid.detach()
-            f = encode_as_model(cc, x.reshape(S * T, 1, -1), model_index).view(S, T, -1).detach().requires_grad_(True)
+            f = cc.encode_as(x.reshape(S * T, 1, -1), model_index).view(S, T, -1).detach().requires_grad_(True)
             recon = cc.decode(f.reshape(S * T, -1))[:, model_index, 0].view(S, T, -1)
             holder["f"] = f
             return recon + (x - recon.detach())

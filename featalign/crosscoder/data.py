@@ -50,7 +50,8 @@ class ActivationSource(Protocol):
 
 
 class InMemoryActivations:
-    """Shuffled epochs over an in-memory `[N, M, H, D]` tensor; deterministic in (seed, epoch).
+    """Shuffled epochs over an in-memory `[N, M, H, D]` tensor (or `[N, M, D]` for one hook);
+    deterministic in (seed, epoch).
 
     With DDP each rank takes its slice of the same global batch, so the union over ranks equals
     the single-process batch.
@@ -58,7 +59,7 @@ class InMemoryActivations:
 
     def __init__(
         self,
-        x_NMHD: Float[Tensor, "N M H D"],
+        x_NMHD: Float[Tensor, "N M H D"] | Float[Tensor, "N M D"],
         batch_size: int,
         seed: int = 0,
         models: tuple[str, ...] | None = None,
@@ -67,8 +68,11 @@ class InMemoryActivations:
         world_size: int = 1,
         scales_MH: Tensor | None = None,
     ):
+        if x_NMHD.ndim == 3:  # one hook: the batches the trainer reads are still [B, M, 1, D]
+            x_NMHD = x_NMHD[:, :, None, :]
         if x_NMHD.ndim != 4:
-            raise ValueError(f"expected [N, M, H, D] activations, got shape {list(x_NMHD.shape)}")
+            raise ValueError(f"expected [N, M, H, D] (or [N, M, D] for one hook) activations, "
+                             f"got shape {list(x_NMHD.shape)}")
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} must be divisible by world size {world_size}")
         if x_NMHD.shape[0] < batch_size:

@@ -1,7 +1,7 @@
 """Crosscoder trainer: Adam, lr warmup + final decay, sparsity-coefficient warmup, grad clipping,
 optional bf16 autocast, checkpoint/resume (bitwise on CPU), DDP, JSONL metrics.
 
-Output directory layout:
+Output directory layout (`out_dir=None`: an in-memory run that writes nothing and cannot resume):
 
     cfg.json, crosscoder.safetensors   the crosscoder (`Crosscoder.load(dir)`), written at the end
     trainer_cfg.json                   the TrainerConfig (a resume with other values is refused)
@@ -23,9 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from featalign.crosscoder import ddp
-from featalign.crosscoder.config import FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig
+from featalign.crosscoder.config import (
+    FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig, migrate_state_dict,
+)
 from featalign.crosscoder.data import ActivationSource
-from featalign.crosscoder.model import Crosscoder, TrainOutput, check_format_version
+from featalign.crosscoder.model import Crosscoder, TrainOutput, check_format_version, load_config_dict
 from featalign.io import (
     atomic_write_bytes, atomic_write_json, atomic_write_text, canonical_for_pickle, provenance, read_json,
 )
@@ -41,9 +43,9 @@ class NaNLossError(FloatingPointError):
 
 
 def lr_factor(step: int, cfg: TrainerConfig) -> float:
-    """Linear warmup over warmup_steps, constant, then linear decay to 0 over the last decay_frac."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    """Linear warmup over `cfg.warmup` steps, constant, then linear decay to 0 over the last decay_frac."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
     decay_start = cfg.steps * (1 - cfg.decay_frac)
     if cfg.decay_frac > 0 and step >= decay_start:
         return max(0.0, (cfg.steps - step) / (cfg.steps * cfg.decay_frac))
@@ -118,11 +120,18 @@ class _Loggers:
             self.wandb.finish()
 
 
+#: `on_step(step, model, metrics)`: after each completed step; metrics holds the step's loss and its
+#: parts (floats), plus everything of the metrics log (FVU per model, L0, dead fraction, lr) on logged steps
+StepCallback = Callable[[int, Crosscoder, dict[str, Any]], None]
+
+
 class Trainer:
     """Train a `Crosscoder` on an `ActivationSource`, checkpointing into `out_dir`.
 
     If `out_dir` holds a checkpoint the run resumes from it (configs must match, except
-    `RESUMABLE_CHANGES`). `on_step(step)` runs after each completed step (tests use it to "kill").
+    `RESUMABLE_CHANGES`). With `out_dir=None` nothing is written (no configs, checkpoints, metrics
+    file or final save): for benchmarks and notebooks that keep the returned model. `on_step` is a
+    `StepCallback` (the step index, the model, the step's metrics).
     """
 
     def __init__(
@@ -130,15 +139,17 @@ class Trainer:
         cfg: CrosscoderConfig,
         trainer_cfg: TrainerConfig,
         source: ActivationSource,
-        out_dir: str | Path,
+        out_dir: str | Path | None,
         dist_info: ddp.DistInfo | None = None,
         loggers: tuple[str, ...] = (),
-        on_step: Callable[[int], None] | None = None,
+        on_step: StepCallback | None = None,
         progress: bool = True,
         device: str | torch.device = "cpu",
     ):
         self.cfg, self.tcfg, self.source = cfg, trainer_cfg, source
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is None and loggers:
+            raise ValueError(f"loggers {loggers} need an out_dir to write to; pass out_dir or no loggers")
         self.dist = dist_info or ddp.DistInfo()
         self.on_step, self.progress, self.device = on_step, progress, torch.device(device)
         check_source(source, cfg)
@@ -148,16 +159,19 @@ class Trainer:
                                     fused=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.tcfg))
         self.step = 0
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self._loggers_backends = loggers
 
     # --- checkpointing ------------------------------------------------------------------------
 
+    @property
+    def _writes(self) -> bool:
+        return self.dist.is_main and self.out_dir is not None
+
     def _check_resume_configs(self) -> None:
-        old_cc = read_json(self.out_dir / "cfg.json")
-        check_format_version(old_cc.pop("format_version", None), self.out_dir / "cfg.json")
-        old_cc.pop("provenance", None)
-        diffs = {f"crosscoder.{k}": v for k, v in CrosscoderConfig.from_dict(old_cc).diff(self.cfg).items()}
+        old_cc, _ = load_config_dict(read_json(self.out_dir / "cfg.json"), self.out_dir / "cfg.json")
+        diffs = {f"crosscoder.{k}": v for k, v in old_cc.diff(self.cfg).items()}
         old_tr = TrainerConfig.load(self.out_dir / TRAINER_CFG_FILE)
         diffs |= {f"trainer.{k}": v for k, v in old_tr.diff(self.tcfg).items() if k not in RESUMABLE_CHANGES}
         if diffs:
@@ -168,14 +182,14 @@ class Trainer:
             )
 
     def _write_configs(self) -> None:
-        if not self.dist.is_main:
+        if not self._writes:
             return
         atomic_write_json(self.out_dir / "cfg.json",
                           {**self.cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()})
         self.tcfg.save(self.out_dir / TRAINER_CFG_FILE)
 
     def save_checkpoint(self) -> None:
-        if not self.dist.is_main:
+        if not self._writes:
             return
         state = {
             "format_version": FORMAT_VERSION,
@@ -192,8 +206,8 @@ class Trainer:
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.out_dir / CHECKPOINT_FILE, map_location=self.device, weights_only=False)
-        check_format_version(state.get("format_version"), self.out_dir / CHECKPOINT_FILE)
-        self.model.load_state_dict(state["model"])
+        version = check_format_version(state.get("format_version"), self.out_dir / CHECKPOINT_FILE)
+        self.model.load_state_dict(migrate_state_dict(state["model"], self.cfg.variant, version))
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -228,23 +242,24 @@ class Trainer:
 
     # --- training -----------------------------------------------------------------------------
 
-    def _sync(self, out: TrainOutput, n_local: int) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-        """Global firing mask, token count and threshold statistic across ranks."""
+    def _sync(self, out: TrainOutput, n_local: int) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+        """Global firing mask, token count and the variant's statistics (mean over the ranks that have one)."""
         fired = out.fired_L() if callable(out.fired_L) else out.fired_L
-        n_tok, min_sel = n_local, out.min_selected
+        n_tok, stats = n_local, dict(out.stats)
         if self.dist.enabled:
             f = fired.to(torch.int32)
             ddp.all_reduce(f, "max")
             fired, n_tok = f.bool(), n_local * self.dist.world_size
-            if min_sel is not None:
-                t = torch.stack([min_sel.double(), torch.ones((), dtype=torch.float64)])
+            for k in sorted(stats):
+                v = stats[k].double()
+                have = torch.isfinite(v)
+                t = torch.stack([torch.where(have, v, 0.0), have.double()])
                 ddp.all_reduce(t)
-                min_sel = t[0] / t[1]
-        return fired, n_tok, min_sel
+                stats[k] = t[0] / t[1]  # NaN when no rank had one
+        return fired, n_tok, stats
 
     def train(self) -> Crosscoder:
-        ckpt = self.out_dir / CHECKPOINT_FILE
-        if ckpt.exists():
+        if self.out_dir is not None and (self.out_dir / CHECKPOINT_FILE).exists():
             self._check_resume_configs()
             self.load_checkpoint()
         else:
@@ -255,7 +270,8 @@ class Trainer:
             np.random.seed(self.tcfg.seed)
             self._init_norm_scale()
             self._write_configs()
-        loggers = _Loggers(self.out_dir, self._loggers_backends, {"crosscoder": self.cfg.to_dict(), "trainer": self.tcfg.to_dict()}) if self.dist.is_main else None
+        loggers = (_Loggers(self.out_dir, self._loggers_backends,
+                            {"crosscoder": self.cfg.to_dict(), "trainer": self.tcfg.to_dict()}) if self._writes else None)
         if loggers is not None:
             loggers.truncate_after(self.step)
         params = list(self.model.parameters())
@@ -274,12 +290,16 @@ class Trainer:
             if self.dist.enabled:
                 ddp.all_reduce(loss_check)
             if not torch.isfinite(loss_check):
-                ckpt = self.out_dir / CHECKPOINT_FILE
-                kept = (f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else
-                        f"no checkpoint was written yet (the first comes at step {self.tcfg.checkpoint_every})")
+                if self.out_dir is None:
+                    kept = "this run was in memory (out_dir=None), nothing was saved"
+                else:
+                    ckpt = self.out_dir / CHECKPOINT_FILE
+                    kept = (f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else
+                            f"no checkpoint was written yet (the first comes at step {self.tcfg.checkpoint_every or self.tcfg.steps})")
+                resumable = self.out_dir is not None and (self.out_dir / CHECKPOINT_FILE).exists()
                 raise NaNLossError(
                     f"loss is {loss_check.item()} at step {self.step}; stopped without saving, {kept}. If the "
-                    f"activations hold NaN/inf, fix them and rerun{' to resume' if ckpt.exists() else ''}; otherwise "
+                    f"activations hold NaN/inf, fix them and rerun{' to resume' if resumable else ''}; otherwise "
                     "train with a lower --lr or a --grad-clip into a new --out (a resume refuses changed settings)."
                 )
             self.opt.zero_grad(set_to_none=True)
@@ -290,27 +310,32 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, self.tcfg.grad_clip)
             self.opt.step()
             self.sched.step()
-            fired, n_tok, min_sel = self._sync(out, x_BK.shape[0])
+            fired, n_tok, stats = self._sync(out, x_BK.shape[0])
             self.model.update_firing(fired, n_tok)
-            self.model.update_threshold(min_sel)
+            self.model.variant.update(stats)
             self.step += 1
             if (self.tcfg.resample_every and self.step % self.tcfg.resample_every == 0
                     and self.step <= self.tcfg.resample_until * self.tcfg.steps):
                 self._resample(x_BK, out.x_hat_BK.detach())
-            if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps:
+            last = self.step == self.tcfg.steps
+            row = None
+            if _every(self.step, self.tcfg.log_every) or last:
                 row = self._metrics_row(out, x_BK, coef)
                 if loggers is not None:
                     loggers.log(row)
                 pbar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.3f}")
-            if self.step % self.tcfg.checkpoint_every == 0 or self.step == self.tcfg.steps:
+            if _every(self.step, self.tcfg.checkpoint_every) or last:
                 self.save_checkpoint()
             pbar.update(1)
             if self.on_step is not None:
-                self.on_step(self.step)
+                metrics = row if row is not None else {
+                    "step": self.step, "loss": out.loss.detach().float().item(),
+                    **{k: v.float().item() for k, v in out.parts.items()}}
+                self.on_step(self.step, self.model, metrics)
         pbar.close()
         if loggers is not None:
             loggers.close()
-        if self.dist.is_main:
+        if self._writes:
             self.model.save(self.out_dir)
         return self.model
 
@@ -348,13 +373,17 @@ class Trainer:
             row[f"fvu/{name}"] = vals[2 + len(out.parts) + m].item()
         row |= {"dead_frac": self.model.dead_mask().float().mean().item(), "lr": self.sched.get_last_lr()[0],
                 "sparsity_coef": coef}
-        if self.cfg.variant == "batchtopk":
-            row["threshold"] = self.model.threshold.item()
-        return row
+        return row | self.model.variant.log_row()
+
+
+def _every(step: int, n: int) -> bool:
+    """Step is a multiple of n (n = 0: never)."""
+    return n > 0 and step % n == 0
 
 
 def train_crosscoder(
-    cfg: CrosscoderConfig, trainer_cfg: TrainerConfig, source: ActivationSource, out_dir: str | Path, **kw
+    cfg: CrosscoderConfig, trainer_cfg: TrainerConfig, source: ActivationSource, out_dir: str | Path | None = None,
+    **kw,
 ) -> Crosscoder:
     """Convenience wrapper: `Trainer(...).train()`."""
     return Trainer(cfg, trainer_cfg, source, out_dir, **kw).train()

@@ -14,7 +14,6 @@ def test_render_card_escapes_and_lists():
 
 
 def test_cards_on_tiny_organisms(tiny_organisms, tmp_path):
-    from featalign.analysis.success_features import encode_as_model
     from featalign.crosscoder.hf import capture, load_hf, task_tokens
     from tests.analysis.helpers import hand_crosscoder
 
@@ -28,7 +27,7 @@ def test_cards_on_tiny_organisms(tiny_organisms, tmp_path):
     # independent reference: the largest activation of latent 4 in the rl model over the same text
     ids, mask = task_tokens(tok, 32, "eval", 0)
     acts = capture([model], cc.cfg.hooks, ids)[:, :, 0]
-    f = encode_as_model(cc, acts.reshape(-1, *acts.shape[2:]), 1)[:, 4].view(ids.shape) * mask
+    f = cc.encode_as(acts.reshape(-1, *acts.shape[2:]), 1)[:, 4].view(ids.shape) * mask
     assert ex[4]["rl"]["top"][0][0] == pytest.approx(f.max().item(), rel=1e-5)
     assert len(ex[4]["rl"]["acts"]) == int((f > 0).sum())
     index = write_cards(tmp_path, [2, 4], ex, {2: {"class": "shared"}, 4: {"class": "rl-only"}}, {4: "test"})

@@ -77,7 +77,7 @@ def test_agreement():
 def test_gradient_attribution_matches_finite_difference(tiny_organisms):
     from featalign.crosscoder.hf import load_hf, residual_hook
     from featalign.evaluation import eval_problems
-    from featalign.analysis.success_features import encode_as_model, prompt_batch
+    from featalign.analysis.success_features import prompt_batch
     from tests.analysis.helpers import hand_crosscoder
 
     model, tok = load_hf(tiny_organisms.model_dir("rl"))
@@ -99,7 +99,7 @@ def test_gradient_attribution_matches_finite_difference(tiny_organisms):
     def logp(eps):
         def fn(resid):
             x = resid.detach().clone()
-            f = encode_as_model(cc, x[0, last[0]][None, None], 1)[0, k]
+            f = cc.encode_as(x[0, last[0]][None, None], 1)[0, k]
             x[0, last[0]] += eps * f * cc.W_dec_LMHD[k, 1, 0].detach()
             return x
         with torch.no_grad(), residual_hook(model, cc.cfg.hooks[0], fn):

@@ -57,17 +57,17 @@ def test_ddp_two_processes_match_single_process(tmp_path, acts_file):
 
 def test_cli_writes_outputs_evaluates_and_resumes(tmp_path, acts_file):
     out = tmp_path / "run"
-    rep = main(["--activations", str(acts_file), "--out", str(out), "--k", "4", "--sae-baseline"] + COMMON)
+    rep = main(["--activations", str(acts_file), "--out", str(out), "--sae-k", "4", "--sae-baseline"] + COMMON)
     assert {p.name for p in out.iterdir()} >= {"cfg.json", "crosscoder.safetensors", "metrics.jsonl",
                                                  "checkpoint.pt", "trainer_cfg.json", "eval.json", "sae_baseline"}
     assert set(rep["eval"]["per_model"]) == {"a", "b"}
     assert (out / "sae_baseline" / "sae_weights.safetensors").exists()
     assert set(rep["sae_baseline"]["eval"]) == {"a", "b"}
     m = Crosscoder.load(out)
-    assert m.cfg.models == ("a", "b") and m.cfg.k == 4
+    assert m.cfg.models == ("a", "b") and m.cfg.variant == "l1"
     # rerun with more steps and a changed trainer field -> refused with the field named
     with pytest.raises(ValueError, match=r"trainer\.steps: checkpoint 20 vs now 30"):
-        main(["--activations", str(acts_file), "--out", str(out), "--k", "4"] + COMMON + ["--steps", "30"])
+        main(["--activations", str(acts_file), "--out", str(out)] + COMMON + ["--steps", "30"])
     with pytest.raises(ValueError, match=r"config expects \[N, 3, 1, 16\]"):
         main(["--activations", str(acts_file), "--out", str(tmp_path / "x"), "--models", "a,b,c", "--hooks", "h"])
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from featalign.crosscoder import Crosscoder, CrosscoderConfig
-from featalign.crosscoder.model import _DenseL1, _Scratch
+from featalign.crosscoder.variants.l1 import _DenseL1, _Scratch
 
 
 def _cc(**kw) -> Crosscoder:
     base = dict(models=("a", "b", "c"), hooks=("h0", "h1"), d_model=8, n_latents=64, seed=1, variant="l1",
                 n_shared=5, shared_penalty=0.2)
-    m = Crosscoder(CrosscoderConfig(**{**base, **kw}))
+    m = Crosscoder(CrosscoderConfig.from_dict({**base, **kw}))
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():  # unequal per-block decoder norms, nonzero biases, some latents never firing
         m.W_dec_LMHD.mul_(3 * torch.rand(m.cfg.n_latents, m.cfg.n_models, m.cfg.n_hooks, 1, generator=g))
@@ -39,7 +39,7 @@ def _reference(m: Crosscoder, x: torch.Tensor, coef: float):
         recon = recon + (x_hat - xx[:, blk]).pow(2).sum()
         norm_sum = norm_sum + W_dec[:, blk].norm(dim=-1)
     penalty = torch.ones(c.n_latents, dtype=torch.float64)
-    penalty[: c.n_shared] = c.shared_penalty
+    penalty[: c.variant_cfg.n_shared] = c.variant_cfg.shared_penalty
     loss = recon / B + coef * (f * (norm_sum * penalty)).sum() / B
     loss.backward()
     return loss.item(), [W_enc.grad, b_enc.grad, W_dec.grad, b_dec.grad, xx.grad]
@@ -107,7 +107,7 @@ def test_dense_l1_function_gradcheck_float64():
     x = torch.randn(9, 9, dtype=torch.float64, generator=g, requires_grad=True)
     W_enc, b_enc, W_dec, b_dec = (p.detach().double().requires_grad_() for p in
                                   (m.W_enc, m.b_enc, m.W_dec, m.b_dec))
-    penalty = m.penalty.double()
+    penalty = m.variant.penalty.double()
 
     for ws in (None, _Scratch()):
         def fn(x, W_enc, b_enc, W_dec, b_dec, ws=ws):

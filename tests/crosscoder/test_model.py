@@ -12,8 +12,8 @@ from featalign.crosscoder import FORMAT_VERSION, Crosscoder, CrosscoderConfig
 
 
 def _cc(**kw) -> Crosscoder:
-    base = dict(models=("a", "b", "c"), hooks=("h0", "h1"), d_model=8, n_latents=64, k=4, seed=1)
-    return Crosscoder(CrosscoderConfig(**{**base, **kw}))
+    base = dict(models=("a", "b", "c"), hooks=("h0", "h1"), d_model=8, n_latents=64, seed=1)
+    return Crosscoder(CrosscoderConfig.from_dict({**base, **kw}))  # variant fields at the top level are nested
 
 
 def test_init_encoder_is_decoder_transpose_and_block_norms():
@@ -48,7 +48,8 @@ def test_batchtopk_selects_top_kB_on_norm_weighted_acts():
     with torch.no_grad():  # unequal decoder norms so that weighting matters
         m.W_dec.mul_(torch.linspace(0.2, 3, 64)[:, None])
     x = torch.randn(5, m.cfg.d_in)
-    out = m.training_forward(x, sparse=False)
+    m.variant.cfg.sparse_decode = False
+    out = m.training_forward(x)
     pre = x @ m.W_enc + m.b_enc
     w = m.W_dec.view(64, 6, 8).norm(dim=-1).sum(-1)
     scores = sorted(((float(F.relu(pre[b, l]) * w[l]), b, l) for b in range(5) for l in range(64)), reverse=True)
@@ -56,7 +57,7 @@ def test_batchtopk_selects_top_kB_on_norm_weighted_acts():
     for _, b, l in scores[:15]:
         f[b, l] = F.relu(pre[b, l])
     torch.testing.assert_close(out.x_hat_BK, f @ m.W_dec + m.b_dec)
-    assert out.min_selected.item() == pytest.approx(scores[14][0], rel=1e-6)
+    assert out.stats["min_selected"].item() == pytest.approx(scores[14][0], rel=1e-6)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -67,8 +68,9 @@ def test_sparse_batchtopk_matches_dense_loss_and_grads(bf16):
     res = {}
     for sparse in (True, False):
         m.zero_grad()
+        m.variant.cfg.sparse_decode = sparse
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = m.training_forward(x, sparse=sparse)
+            out = m.training_forward(x)
         out.loss.backward()
         res[sparse] = (out.loss.item(), [p.grad.clone() for p in m.parameters()], out.l0.item())
     rel = abs(res[True][0] - res[False][0]) / abs(res[False][0])
@@ -80,19 +82,19 @@ def test_sparse_batchtopk_matches_dense_loss_and_grads(bf16):
 
 
 def test_jumprelu_straight_through_gradient_matches_formula():
-    m = _cc(variant="jumprelu", jumprelu_init_threshold=0.05, jumprelu_bandwidth=0.5)
+    m = _cc(variant="jumprelu", init_threshold=0.05, bandwidth=0.5)
     x = torch.randn(32, m.cfg.d_in)
     out = m.training_forward(x, sparsity_coef=0.3)
     out.loss.backward()
     with torch.no_grad():
         pre = x @ m.W_enc + m.b_enc
-        th = m.log_threshold.exp()
+        th = m.variant.log_threshold.exp()
         f = pre * (pre > th)
         g_f = 2 * ((f @ m.W_dec + m.b_dec) - x) @ m.W_dec.t() / 32  # d recon / d f
         k = ((pre - th).abs() / 0.5 < 0.5).float()
         g_th = (-(th / 0.5) * k * g_f).sum(0) + 0.3 * (-(1 / 0.5) * k / 32).sum(0)
         expected = g_th * th  # chain rule through exp(log_threshold)
-    torch.testing.assert_close(m.log_threshold.grad, expected, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(m.variant.log_threshold.grad, expected, atol=1e-6, rtol=1e-4)
     assert out.parts["sparsity"].item() == pytest.approx((pre > th).float().sum(-1).mean().item())
 
 
@@ -100,14 +102,14 @@ def test_batchtopk_inference_is_batch_independent():
     m = _cc(variant="batchtopk", k=4)
     for _ in range(2):  # threshold from other batches, so no token of x sits exactly on it
         out = m.training_forward(m.normalise(torch.randn(64, 3, 2, 8)))
-        m.update_threshold(out.min_selected)
+        m.variant.update(out.stats)
     x = torch.randn(64, 3, 2, 8)
     f_batch = m.encode(x)
     f_single = torch.cat([m.encode(x[i : i + 1]) for i in range(64)])
     torch.testing.assert_close(f_batch, f_single)
-    w = m._dec_norm_sum()
+    w = m.dec_norm_sum()
     act = F.relu(m.normalise(x) @ m.W_enc + m.b_enc)
-    assert torch.equal(f_batch > 0, act * w > m.threshold.float())
+    assert torch.equal(f_batch > 0, act * w > m.variant.threshold.float())
 
 
 def test_raw_in_raw_out_normalisation():

@@ -17,7 +17,7 @@ def test_cli_on_tiny_organisms_end_to_end(tmp_path, tiny_organisms):
     out = tmp_path / "cc"
     args = ["--organisms-preset", "tiny", "--organisms-dir", str(tiny_organisms.root), "--out", str(out),
             "--n-tokens", "6000", "--eval-tokens", "1000", "--steps", "40", "--batch-size", "128",
-            "--n-latents", "128", "--k", "8", "--splice-seqs", "32", "--threads", "1"]
+            "--n-latents", "128", "--splice-seqs", "32", "--threads", "1"]
     rep = main(args)
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["models"] == ["base", "rl", "sft"] and cfg["hooks"] == ["blocks.0.hook_resid_post"]
@@ -32,11 +32,11 @@ def test_cli_on_tiny_organisms_end_to_end(tmp_path, tiny_organisms):
     main(args + ["--no-eval"])
     assert (out / "metrics.jsonl").read_text() == before
     # the cached store trains directly with --store; models/hooks come from its manifest
-    common = ["--steps", "3", "--batch-size", "64", "--n-latents", "64", "--k", "4", "--no-eval", "--threads", "1"]
+    common = ["--steps", "3", "--batch-size", "64", "--n-latents", "64", "--variant", "batchtopk", "--k", "4", "--no-eval", "--threads", "1"]
     main(["--store", str(out / "activations"), "--out", str(tmp_path / "s")] + common)
     assert json.loads((tmp_path / "s" / "cfg.json").read_text())["models"] == ["base", "rl", "sft"]
     # evaluation with --store: the held-out --eval-store, or (with a warning) the training store's last rows
-    ev_args = ["--steps", "3", "--batch-size", "64", "--n-latents", "64", "--k", "4", "--threads", "1",
+    ev_args = ["--steps", "3", "--batch-size", "64", "--n-latents", "64", "--threads", "1",
                "--splice-seqs", "0", "--eval-tokens", "500"]
     held = main(["--store", str(out / "activations"), "--eval-store", str(out / "eval_activations"),
                  "--out", str(tmp_path / "h")] + ev_args)["eval"]

@@ -30,8 +30,8 @@ def recovery(model, truth) -> tuple[torch.Tensor, torch.Tensor]:
 def test_planted_directions_recovered_and_attributed(tmp_path, variant, steps, coef):
     x, truth = planted_data(n_tokens=40_000, d_model=32, n_shared=48, n_specific=24, seed=0)
     assert truth.present_FM.sum(0).tolist() == [72, 72]  # 72 features per model in 32 dims: superposition
-    cc = CrosscoderConfig(models=("A", "B"), hooks=("h",), d_model=32, n_latents=256, variant=variant, k=4,
-                          aux_k=16, dead_tokens=20_000)
+    cc = CrosscoderConfig(models=("A", "B"), hooks=("h",), d_model=32, n_latents=256, variant=variant,
+                          variant_cfg={"k": 4, "aux_k": 16} if variant == "batchtopk" else None, dead_tokens=20_000)
     tc = TrainerConfig(steps=steps, batch_size=512, lr=3e-3, warmup_steps=50, sparsity_coef=coef,
                        checkpoint_every=10**9, log_every=100)
     model = Trainer(cc, tc, InMemoryActivations(x, 512, models=("A", "B"), hooks=("h",)), tmp_path, progress=False).train()

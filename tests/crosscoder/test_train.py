@@ -22,7 +22,8 @@ def _data(n=2048, d=16, seed=0):
 
 
 def _cfgs(variant="batchtopk", **tr):
-    cc = CrosscoderConfig(models=MODELS, hooks=HOOKS, d_model=16, n_latents=64, variant=variant, k=4, dead_tokens=500)
+    cc = CrosscoderConfig(models=MODELS, hooks=HOOKS, d_model=16, n_latents=64, variant=variant, dead_tokens=500,
+                          variant_cfg={"k": 4} if variant == "batchtopk" else None)
     t = dict(steps=24, batch_size=64, lr=3e-3, warmup_steps=3, checkpoint_every=8, log_every=4, sparsity_coef=0.5)
     return cc, TrainerConfig(**{**t, **tr})
 
@@ -37,7 +38,7 @@ def test_killed_then_resumed_run_is_bitwise_equal(tmp_path, variant):
     cc, tc = _cfgs(variant, resample_every=6)  # resampling draws random numbers: must resume too
     ref = Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path / "ref", progress=False).train()
 
-    def kill(step):
+    def kill(step, model, metrics):
         if step == 13:  # between checkpoints (8, 16): steps 9-13 are lost and redone
             raise _Kill
 
@@ -58,8 +59,8 @@ def test_resume_with_changed_config_is_refused_naming_fields(tmp_path):
     cc, tc = _cfgs(steps=8)
     Trainer(cc, tc, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     cc2, tc2 = _cfgs(steps=8, lr=1e-2, log_every=2)  # log_every may change, lr may not
-    cc2.k = 5
-    with pytest.raises(ValueError, match=r"crosscoder\.k: checkpoint 4 vs now 5.*trainer\.lr") as e:
+    cc2.variant_cfg.k = 5
+    with pytest.raises(ValueError, match=r"crosscoder\.variant_cfg: checkpoint \{'k': 4.*now \{'k': 5.*trainer\.lr") as e:
         Trainer(cc2, tc2, InMemoryActivations(x, 64, models=MODELS, hooks=HOOKS), tmp_path, progress=False).train()
     assert "log_every" not in str(e.value)
 
@@ -139,7 +140,7 @@ def test_resample_dead_points_them_at_errors_and_resets_adam(tmp_path):
         tr.model.b_enc[:5] = -1e4  # never fire -> dead after 500 tokens (8 steps)
     seen = {}
 
-    def spy(step):
+    def spy(step, model, metrics):
         if step == 10:
             m = tr.model
             seen["b"] = m.b_enc[:5].clone()

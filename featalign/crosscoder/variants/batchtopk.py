@@ -1,0 +1,229 @@
+"""`batchtopk`: the k·B largest decoder-norm-weighted activations of a batch are kept (Bussmann et al.
+2024), with an aux-k loss that pulls dead latents back (Gao et al. 2024); at inference a per-token
+threshold (EMA of the smallest selected value) replaces the batch selection, so a token's latents
+never depend on the batch it came in.
+
+The training step is sparse: one dense encoder GEMM, then the selected (token, latent) pairs only —
+decode by `embedding_bag`, encoder backward through `_GatherPre` — so its cost beyond the GEMM is
+O(k·B·K), not O(B·L·K). `sparse_decode=False` runs the same maths through dense matmuls (the
+reference the tests compare against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from featalign.crosscoder.variants.base import TrainOutput, Variant, VariantConfig, help_field, register
+
+
+@dataclass
+class BatchTopKConfig(VariantConfig):
+    """Selection size, inference threshold and aux-k loss (`sparsity_coef` is not used)."""
+
+    k: int = help_field(32, "mean active latents per token (the top k*B of the batch are kept)")
+    sparse_decode: bool = help_field(True, "sparse decoder + encoder backward through the active latents only "
+                                           "(false: dense reference path, same maths)")
+    threshold_ema: float = help_field(0.01, "EMA rate of the inference threshold")
+    aux_k: int = help_field(256, "dead latents per token in the auxiliary (aux-k) loss")
+    aux_coef: float = help_field(1.0, "weight of the aux-k loss (sae_lens's default; scaled by min(n_dead / aux_k, 1))")
+
+    def validate(self, cc) -> None:
+        if not 0 < self.k <= cc.n_latents:
+            raise ValueError(f"k={self.k} must be in 1..n_latents={cc.n_latents}")
+        if self.aux_k < 1 or not 0 < self.threshold_ema <= 1:
+            raise ValueError(f"aux_k ({self.aux_k}) must be >= 1 and threshold_ema ({self.threshold_ema}) in (0, 1]")
+
+
+class _GatherPre(torch.autograd.Function):
+    """`pre[rows, cols]` where pre = x @ W_enc + b_enc, with a backward that touches only those entries.
+
+    The dense backward of the encoder costs 2·B·K·L FLOPs; through nnz = k·B active latents it
+    costs 2·nnz·K. The weight gradient is an `embedding_bag` over the active (row, col) pairs
+    grouped by latent (faster than `torch.sparse.mm` and `index_add_` on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, pre_flat, flat_idx, x_BK, W_enc_KL, b_enc_L, rows, cols):
+        ctx.save_for_backward(x_BK, W_enc_KL, rows, cols)
+        ctx.L = b_enc_L.shape[0]
+        return pre_flat[flat_idx]
+
+    @staticmethod
+    def backward(ctx, g_N):
+        x_BK, W_enc_KL, rows, cols = ctx.saved_tensors
+        L = ctx.L
+        g_N = g_N.to(x_BK.dtype)
+        gW = gb = gx = None
+        order = torch.argsort(cols, stable=True)
+        cols_s = cols[order]
+        counts_L = torch.bincount(cols_s, minlength=L)
+        offsets_L = torch.cumsum(counts_L, 0) - counts_L
+        if ctx.needs_input_grad[3]:
+            gW_LK = F.embedding_bag(rows[order], x_BK, offsets_L, mode="sum", per_sample_weights=g_N[order])
+            gW = gW_LK.t()
+        if ctx.needs_input_grad[4]:
+            gb = torch.zeros(L, dtype=g_N.dtype, device=g_N.device).index_add_(0, cols, g_N)
+        if ctx.needs_input_grad[2]:
+            B = x_BK.shape[0]
+            counts_B = torch.bincount(rows, minlength=B)
+            gx = F.embedding_bag(cols, W_enc_KL.t(), torch.cumsum(counts_B, 0) - counts_B, mode="sum",
+                                 per_sample_weights=g_N)
+        return None, None, gx, gW, gb, None, None
+
+
+def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tensor:
+    """Indices of the n largest entries of `v_flat` (exact, unordered).
+
+    `torch.topk` over all B·L entries was half of a BatchTopK step. With a lower bound below the n-th value (half the EMA threshold) only the
+    candidates above it go through topk; if fewer than n pass, the full topk is the fallback, so
+    the result is always the exact top n.
+    """
+    if lower_bound > 0:
+        cand = (v_flat > lower_bound).nonzero().squeeze(1)
+        if cand.numel() >= n:
+            return cand[v_flat[cand].topk(n, sorted=False).indices]
+    return v_flat.topk(n, sorted=False).indices
+
+
+
+@dataclass
+class Selection:
+    """The batch's selected (token, latent) pairs in row-major order, their activations (carrying the
+    encoder's gradient) and the dense pre-activations (detached) for the aux loss."""
+
+    rows: Tensor
+    cols: Tensor
+    vals: Tensor
+    pre_BL: Tensor
+    min_selected: Tensor  # smallest selected norm-weighted activation (NaN if nothing fired)
+
+
+def decode_selected(cc, sel: Selection, keep: Tensor | None = None) -> Tensor:
+    """b_dec + sum of the selected latents' decoder rows (only the entries where `keep` is true)."""
+    rows, cols, vals = sel.rows, sel.cols, sel.vals
+    if keep is not None:
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    B = sel.pre_BL.shape[0]
+    counts_B = torch.bincount(rows, minlength=B)
+    offsets_B = torch.cumsum(counts_B, 0) - counts_B
+    return F.embedding_bag(cols, cc.W_dec, offsets_B, mode="sum", per_sample_weights=vals.to(cc.W_dec.dtype)) + cc.b_dec
+
+
+@register
+class BatchTopK(Variant):
+    """State: the inference `threshold` (a float64 scalar buffer, EMA of the smallest selected value)."""
+
+    name = "batchtopk"
+    Config = BatchTopKConfig
+    resample_encoder_scale = 1.0
+
+    def __init__(self, cc_cfg, cfg: BatchTopKConfig):
+        super().__init__(cc_cfg, cfg)
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+
+    def activation_for(self, cc, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        w = cc.dec_norm_sum()
+        w = w if latents is None else w[latents]
+        threshold = self.threshold
+
+        def act_fn(pre_BS: Tensor) -> Tensor:
+            act = F.relu(pre_BS)
+            return act * (act * w.to(act.dtype) > threshold.to(act.dtype))
+
+        return act_fn
+
+    def select(self, cc, x_BK: Tensor) -> Selection:
+        """The batch top-k·B on norm-weighted activations, sparse (gradient through `_GatherPre`)."""
+        B, L = x_BK.shape[0], cc.cfg.n_latents
+        n_keep = min(self.cfg.k * B, B * L)
+        w_L = cc.dec_norm_sum().detach()
+        bound = 0.5 * self.threshold.item()  # safely below the n-th value: prunes the top-k candidates
+        with torch.no_grad():
+            pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)
+            flat_idx = batch_topk_indices((F.relu(pre_BL) * w_L.to(pre_BL.dtype)).view(-1), n_keep, bound)
+            flat_idx = flat_idx.sort().values  # row-major: groups the active latents by token
+            rows, cols = flat_idx // L, flat_idx % L
+        vals = F.relu(_GatherPre.apply(pre_BL.view(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols))
+        with torch.no_grad():
+            sel = vals * w_L[cols].to(vals.dtype)
+            sel = sel[vals > 0]
+            min_sel = sel.min().double() if sel.numel() else torch.tensor(float("nan"), dtype=torch.float64)
+        return Selection(rows, cols, vals, pre_BL, min_sel)
+
+    def _finish(self, cc, x_BK: Tensor, x_hat_BK: Tensor, recon: Tensor, sel: Selection, fired_L, l0,
+                parts: dict | None = None) -> TrainOutput:
+        aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.pre_BL)
+        loss = recon + self.cfg.aux_coef * aux
+        return TrainOutput(loss, {"recon": recon.detach(), **(parts or {}), "aux": aux.detach()}, x_hat_BK, fired_L,
+                           l0, {"min_selected": sel.min_selected})
+
+    def training_forward(self, cc, x_BK: Tensor, sparsity_coef: float = 0.0) -> TrainOutput:
+        if self.cfg.sparse_decode:
+            sel = self.select(cc, x_BK)
+            x_hat_BK = decode_selected(cc, sel)
+            with torch.no_grad():
+                pos = sel.vals > 0
+                fired_L = torch.zeros(cc.cfg.n_latents, dtype=torch.bool, device=x_BK.device)
+                fired_L[sel.cols[pos]] = True
+                l0 = pos.sum().float() / x_BK.shape[0]
+        else:  # dense reference: identical maths through full matmuls
+            B, L = x_BK.shape[0], cc.cfg.n_latents
+            w_L = cc.dec_norm_sum().detach()
+            pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)
+            act_BL = F.relu(pre_BL)
+            with torch.no_grad():
+                flat_idx = batch_topk_indices((act_BL * w_L.to(act_BL.dtype)).view(-1), min(self.cfg.k * B, B * L),
+                                              0.5 * self.threshold.item())
+                mask = torch.zeros(B * L, dtype=act_BL.dtype, device=x_BK.device).index_fill_(0, flat_idx, 1)
+            f_BL = act_BL * mask.view(B, L)
+            x_hat_BK = torch.addmm(cc.b_dec, f_BL, cc.W_dec)
+            with torch.no_grad():
+                active = f_BL > 0
+                fired_L, l0 = active.any(0), active.sum().float() / B
+                s = (f_BL * w_L.to(f_BL.dtype))[active]
+                min_sel = s.min().double() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64)
+            sel = Selection(torch.empty(0), torch.empty(0), torch.empty(0), pre_BL.detach(), min_sel)
+        recon = (x_hat_BK.float() - x_BK.float()).pow(2).sum(-1).mean()
+        return self._finish(cc, x_BK, x_hat_BK, recon, sel, fired_L, l0)
+
+    def aux_loss(self, cc, x_BK: Tensor, x_hat_BK: Tensor, pre_BL: Tensor) -> Tensor:
+        """Aux-k (Gao et al. 2024): the top aux_k dead latents per token reconstruct the residual (no bias)."""
+        dead_idx = cc.dead_mask().nonzero().squeeze(-1)
+        if dead_idx.numel() == 0:
+            return torch.zeros((), device=x_BK.device)
+        B, L = pre_BL.shape
+        kk = min(self.cfg.aux_k, dead_idx.numel())
+        with torch.no_grad():
+            top = pre_BL[:, dead_idx].topk(kk, dim=-1)
+            cols = dead_idx[top.indices].reshape(-1)
+            rows = torch.arange(B, device=x_BK.device).repeat_interleave(kk)
+            flat_idx = rows * L + cols
+        # raw pre-activations, no ReLU: a dead latent's pre is usually negative everywhere, and the
+        # gradient must still reach it (as in sae_lens / EleutherAI sparsify)
+        vals = _GatherPre.apply(pre_BL.reshape(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols)
+        e_hat_BK = F.embedding_bag(cols, cc.W_dec, torch.arange(B, device=x_BK.device) * kk, mode="sum",
+                                   per_sample_weights=vals.to(cc.W_dec.dtype))
+        e_BK = (x_BK - x_hat_BK).detach().float()
+        scale = min(dead_idx.numel() / self.cfg.aux_k, 1.0)  # weaker when few latents are dead
+        return scale * (e_hat_BK.float() - e_BK).pow(2).sum(-1).mean()
+
+    @torch.no_grad()
+    def update(self, stats: dict[str, Tensor]) -> None:
+        """EMA of the smallest selected activation: the inference threshold."""
+        m = stats.get("min_selected")
+        if m is None or not torch.isfinite(m):
+            return
+        m = m.to(self.threshold.dtype)
+        if self.threshold.item() == 0.0:
+            self.threshold.copy_(m)
+        else:
+            a = self.cfg.threshold_ema
+            self.threshold.mul_(1 - a).add_(a * m)
+
+    def log_row(self) -> dict[str, float]:
+        return {"threshold": self.threshold.item()}
