@@ -125,3 +125,18 @@ def test_public_api_has_docstrings():
     assert not missing, f"public functions/classes without a docstring: {missing}"
     if stale:
         print(f"allowlisted names that now have docstrings (remove them from the allowlist): {stale}")
+
+
+# --- tables rendered from committed run outputs ------------------------------------------------------
+
+
+def test_rendered_tables_agree_with_their_json():
+    mod_spec = importlib.util.spec_from_file_location("featalign_docs_render", ROOT / "docs" / "render_tables.py")
+    render = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(render)
+    page = (ROOT / "docs" / "organisms.md").read_text()
+    assert "<!-- table:organisms-default-2026-12-01 -->" in page
+    assert render.render(page) == page, "docs/organisms.md disagrees with docs/data: run python docs/render_tables.py"
+    # the check can fail: a hand-edited number is caught
+    edited = page.replace("| **count** (in-domain) | 58.0 |", "| **count** (in-domain) | 60.4 |")
+    assert edited != page and render.render(edited) != edited
