@@ -81,7 +81,10 @@ class AnalyzeConfig(JsonConfig):
         if not 0.5 < self.lean <= 1:
             raise UsageError(f"--lean must be in (0.5, 1], got {self.lean}")
         try:  # the sub-configs' own checks (variant, k <= n_latents, lr > 0, positions, ...)
-            CrosscoderConfig(n_latents=self.n_latents, variant=self.variant, k=self.k, seed=self.seed)
+            from featalign.crosscoder.variants import has_field
+
+            CrosscoderConfig(n_latents=self.n_latents, variant=self.variant, seed=self.seed,
+                             variant_cfg={"k": self.k} if has_field(self.variant, "k") else None)
             TrainerConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, sparsity_coef=self.sparsity_coef)
             SuccessConfig(positions=self.positions, frac=self.success_frac, min_samples=self.min_samples,
                           n_null=self.n_null)

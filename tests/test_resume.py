@@ -33,12 +33,14 @@ SEED = int(os.environ.get("FEATALIGN_KILL_SEED", time.time_ns() % 1_000_000))
 def _digest(path: Path) -> str:
     """Bytes of a file, with the clock readings of the reports taken out."""
     data = path.read_bytes()
-    if path.name == "report.json":
+    if path.name in ("report.json", "results.json"):  # analyze's stage timings, an example's run time
         d = json.loads(data)
         d.pop("timings_s", None)
+        d.pop("seconds", None)
         data = json.dumps(d, sort_keys=True).encode()
     elif path.name == "report.md":
-        data = b"\n".join(ln for ln in data.splitlines() if not ln.startswith(b"Timings (s):"))
+        data = b"\n".join(ln for ln in data.splitlines()
+                          if not ln.startswith((b"Timings (s):", b"Total time:")))
     return hashlib.sha256(data).hexdigest()
 
 
@@ -48,13 +50,18 @@ def tree(root: Path) -> dict[str, str]:
             if p.is_file() and p.name != "timings.json" and not p.name.startswith(".lock.")}
 
 
+def _command(argv: list[str]) -> list[str]:
+    """`python -m module ...`, or `python script.py ...` for the example scripts."""
+    return [sys.executable, *argv] if argv[0].endswith(".py") else [sys.executable, "-m", *argv]
+
+
 def kill_at_random_moment(argv: list[str], busy: Callable[[], bool], max_delay_s: float,
                           sig: int = signal.SIGKILL) -> tuple[str, subprocess.Popen, str]:
     """Run `python -m argv`, wait until `busy()` (the long part has started), sleep a random time in
     [0, max_delay_s], send `sig`. Returns (a description of the kill for messages, the process, stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # SIGINT at its default disposition: a test runner started in the background inherits it ignored
-    proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_command(argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not busy() and proc.poll() is None and time.time() - t0 < 300:
@@ -73,7 +80,7 @@ def kill_at_random_moment(argv: list[str], busy: Callable[[], bool], max_delay_s
 def _run(argv: list[str], what: str = "uninterrupted run") -> None:
     """The command in a fresh process, as a user runs it (an in-process run shares global torch state
     with whatever the test process loaded before)."""
-    r = subprocess.run([sys.executable, "-m", *argv], env={**os.environ, "OMP_NUM_THREADS": "1"},
+    r = subprocess.run(_command(argv), env={**os.environ, "OMP_NUM_THREADS": "1"},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{what} failed: {r.stderr[-3000:]}"
 
@@ -151,6 +158,19 @@ def test_analyze_killed_while_training_crosscoders(tiny_organisms, tmp_path):
     reference = reference_tree(argv, out)
     what, proc, err = kill_at_random_moment(argv, lambda: (out / "cache" / "eval_trio.safetensors").exists(),
                                             max_delay_s=6.0)
+    assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
+    _rerun_equals(argv, out, reference, what)
+
+
+def test_drift_example_killed_while_training_crosscoders(tiny_organisms, tmp_path):
+    """The example scripts: one killed while it trains its checkpoint crosscoders, rerun."""
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "reproduce_drift.py")
+    common = ["--organisms-dir", str(tiny_organisms.root), "--n-tokens", "2000", "--eval-tokens", "1000",
+              "--n-latents", "64", "--steps", "200", "--top-k", "8", "--progress", "false"]
+    out = tmp_path / "drift"
+    argv = [script, *common, "--out", str(out)]
+    reference = reference_tree(argv, out)
+    what, proc, err = kill_at_random_moment(argv, lambda: (out / "config.json").exists(), max_delay_s=8.0)
     assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
     _rerun_equals(argv, out, reference, what)
 

@@ -148,7 +148,7 @@ class TrainerConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "norm_batches"):
+        for name in ("steps", "batch_size", "norm_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "warmup_steps", "sparsity_coef", "grad_clip", "resample_every"):

@@ -180,7 +180,7 @@ def test_full_disk_while_checkpointing_names_the_file_and_the_rerun_resumes(tmp_
 
     acts = tmp_path / "acts.safetensors"
     save_file({"acts": _data(), "eval_acts": _data(256, seed=1)}, str(acts), metadata={"models": "a,b", "hooks": "h"})
-    args = ["--activations", str(acts), "--n-latents", "64", "--k", "4", "--steps", "24", "--batch-size", "64",
+    args = ["--activations", str(acts), "--n-latents", "64", "--variant", "batchtopk", "--k", "4", "--steps", "24", "--batch-size", "64",
             "--checkpoint-every", "8", "--threads", "1"]
 
     class FullDisk:  # featalign.io's view of `os`: fsync of the second checkpoint write fails like a full disk
