@@ -175,6 +175,33 @@ def test_drift_example_killed_while_training_crosscoders(tiny_organisms, tmp_pat
     _rerun_equals(argv, out, reference, what)
 
 
+def test_feature_interventions_example_killed_and_rerun(tiny_organisms, tmp_path):
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "reproduce_feature_interventions.py")
+    common = ["--base-dir", str(tiny_organisms.base_dir), "--rl-dir", str(tiny_organisms.model_dir("sft")),
+              "--n-prompts", "60", "--selection-tasks", "sort,compare", "--held-out-tasks", "bool", "--min-samples", "2",
+              "--n-tokens", "2000", "--eval-tokens", "1000", "--n-latents", "64", "--steps", "40", "--n-controls", "2",
+              "--n-bins", "2", "--sweep-coefs", "0,1", "--sweep-controls", "1", "--progress", "false"]
+    out = tmp_path / "fi"
+    argv = [script, *common, "--out", str(out)]
+    reference = reference_tree(argv, out)
+    what, proc, err = kill_at_random_moment(argv, lambda: (out / "config.json").exists(), max_delay_s=10.0)
+    assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
+    _rerun_equals(argv, out, reference, what)
+
+
+def test_transfer_example_killed_and_rerun(tiny_organisms, tmp_path):
+    """Killed while it post-trains the extra domain in its copy of the organisms, rerun."""
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "reproduce_transfer_study.py")
+    common = ["--organisms-dir", str(tiny_organisms.root), "--domains", "add,count", "--eval-domains", "add,bool",
+              "--n-prompts", "40"]
+    out = tmp_path / "tr"
+    argv = [script, *common, "--out", str(out)]
+    reference = reference_tree(argv, out)
+    what, proc, err = kill_at_random_moment(argv, lambda: (out / "config.json").exists(), max_delay_s=15.0)
+    assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
+    _rerun_equals(argv, out, reference, what)
+
+
 @pytest.mark.parametrize("name", ["report.json", "report.md"])
 def test_digest_ignores_only_the_clock(tmp_path, name):
     a, b = tmp_path / "a", tmp_path / "b"
