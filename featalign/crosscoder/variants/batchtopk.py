@@ -30,16 +30,22 @@ class BatchTopKConfig(VariantConfig):
     threshold_ema: float = help_field(0.01, "EMA rate of the inference threshold")
     aux_k: int = help_field(256, "dead latents per token in the auxiliary (aux-k) loss")
     aux_coef: float = help_field(1.0, "weight of the aux-k loss (sae_lens's default; scaled by min(n_dead / aux_k, 1))")
+    aux_dead_tokens: int = help_field(
+        0, "the aux-k loss trains latents that have not fired for more than this many tokens "
+           "(0: the crosscoder's dead_tokens, i.e. only latents already counted dead)")
 
     def validate(self, cc) -> None:
         if not 0 < self.k <= cc.n_latents:
             raise ValueError(f"k={self.k} must be in 1..n_latents={cc.n_latents}")
+        if self.aux_dead_tokens < 0:
+            raise ValueError(f"aux_dead_tokens ({self.aux_dead_tokens}) must be >= 0 (0 = the crosscoder's dead_tokens)")
         if self.aux_k < 1 or not 0 < self.threshold_ema <= 1:
             raise ValueError(f"aux_k ({self.aux_k}) must be >= 1 and threshold_ema ({self.threshold_ema}) in (0, 1]")
 
 
 class _GatherPre(torch.autograd.Function):
-    """`pre[rows, cols]` where pre = x @ W_enc + b_enc, with a backward that touches only those entries.
+    """`P[rows, cols] + b_enc[cols]` where P = x @ W_enc (the pre-activations of the selected pairs),
+    with a backward that touches only those entries.
 
     The dense backward of the encoder costs 2·B·K·L FLOPs; through nnz = k·B active latents it
     costs 2·nnz·K. The weight gradient is an `embedding_bag` over the active (row, col) pairs
@@ -50,7 +56,7 @@ class _GatherPre(torch.autograd.Function):
     def forward(ctx, pre_flat, flat_idx, x_BK, W_enc_KL, b_enc_L, rows, cols):
         ctx.save_for_backward(x_BK, W_enc_KL, rows, cols)
         ctx.L = b_enc_L.shape[0]
-        return pre_flat[flat_idx]
+        return pre_flat[flat_idx] + b_enc_L.to(pre_flat.dtype)[cols]
 
     @staticmethod
     def backward(ctx, g_N):
@@ -66,7 +72,7 @@ class _GatherPre(torch.autograd.Function):
             gW_LK = F.embedding_bag(rows[order], x_BK, offsets_L, mode="sum", per_sample_weights=g_N[order])
             gW = gW_LK.t()
         if ctx.needs_input_grad[4]:
-            gb = torch.zeros(L, dtype=g_N.dtype, device=g_N.device).index_add_(0, cols, g_N)
+            gb = torch.bincount(cols, weights=g_N, minlength=L).to(g_N.dtype)
         if ctx.needs_input_grad[2]:
             B = x_BK.shape[0]
             counts_B = torch.bincount(rows, minlength=B)
@@ -78,9 +84,9 @@ class _GatherPre(torch.autograd.Function):
 def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tensor:
     """Indices of the n largest entries of `v_flat` (exact, unordered).
 
-    `torch.topk` over all B·L entries was half of a BatchTopK step. With a lower bound below the n-th value (half the EMA threshold) only the
-    candidates above it go through topk; if fewer than n pass, the full topk is the fallback, so
-    the result is always the exact top n.
+    `torch.topk` over all B·L entries was half of a BatchTopK step. With a lower bound below the n-th
+    value (half the EMA threshold) only the candidates above it go through topk; if fewer than n pass,
+    the full topk is the fallback, so the result is always the exact top n.
     """
     if lower_bound > 0:
         cand = (v_flat > lower_bound).nonzero().squeeze(1)
@@ -89,16 +95,50 @@ def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tens
     return v_flat.topk(n, sorted=False).indices
 
 
+def select_batch_topk(P_BL: Tensor, b_L: Tensor, w_L: Tensor, n: int, threshold: float) -> Tensor:
+    """Flat row-major-sorted indices of the n largest `relu(P + b) · w` entries (exact top n; the
+    selection both training paths use, so that they select the same pairs).
+
+    `P_BL` is the encoder GEMM *without* the bias: adding it would be a pass over [B, L]. Hand-written
+    because after the GEMM every pass over the B·L entries counts: with a threshold estimate t
+    (the EMA of the smallest selected value) the candidates are found by one comparison pass,
+    `P > t·bound/w − b` (w > 0, so `relu(P + b)·w > t·bound` exactly there), and `nonzero`; their
+    scores are computed on the candidates only, and the n-th largest by `kthvalue` on them; the
+    candidates are already in row-major order, so keeping those >= it needs no sort. Each tighter
+    bound that leaves fewer than n candidates falls back to a looser one, the last to a full topk,
+    so the result never depends on the estimate. Ties at the n-th value go through topk.
+    """
+    B, L = P_BL.shape
+    w_L = w_L.to(P_BL.dtype)
+    if threshold > 0 and n < B * L:
+        for frac in (0.8, 0.4):
+            t_L = (threshold * frac) / w_L.float() - b_L.float()
+            cand = (P_BL > t_L.to(P_BL.dtype)).view(-1).nonzero().squeeze(1)
+            c = cand.numel()
+            if c < n:
+                continue
+            col = cand % L
+            v = (P_BL.view(-1)[cand] + b_L.to(P_BL.dtype)[col]).clamp_min_(0) * w_L[col]
+            if c == n:
+                return cand
+            kth = v.float().kthvalue(c - n + 1).values.to(v.dtype)
+            keep = v >= kth
+            if int(keep.sum()) == n:
+                return cand[keep]
+            return cand[v.topk(n, sorted=False).indices].sort().values
+    v = (P_BL + b_L.to(P_BL.dtype)).clamp_min_(0).mul_(w_L).view(-1)
+    return v.topk(min(n, B * L), sorted=False).indices.sort().values
+
 
 @dataclass
 class Selection:
     """The batch's selected (token, latent) pairs in row-major order, their activations (carrying the
-    encoder's gradient) and the dense pre-activations (detached) for the aux loss."""
+    encoder's gradient) and the encoder GEMM without bias `x @ W_enc` (detached) for the aux loss."""
 
     rows: Tensor
     cols: Tensor
     vals: Tensor
-    pre_BL: Tensor
+    P_BL: Tensor
     min_selected: Tensor  # smallest selected norm-weighted activation (NaN if nothing fired)
 
 
@@ -107,10 +147,14 @@ def decode_selected(cc, sel: Selection, keep: Tensor | None = None) -> Tensor:
     rows, cols, vals = sel.rows, sel.cols, sel.vals
     if keep is not None:
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    B = sel.pre_BL.shape[0]
+    B = sel.P_BL.shape[0]
     counts_B = torch.bincount(rows, minlength=B)
     offsets_B = torch.cumsum(counts_B, 0) - counts_B
     return F.embedding_bag(cols, cc.W_dec, offsets_B, mode="sum", per_sample_weights=vals.to(cc.W_dec.dtype)) + cc.b_dec
+
+
+def _min_selected(s: Tensor) -> Tensor:
+    return s.min().double() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64, device=s.device)
 
 
 @register
@@ -131,27 +175,28 @@ class BatchTopK(Variant):
         act = F.relu(pre_BS)
         return act * (act * w.to(act.dtype) > self.threshold.to(act.dtype))
 
+    def _indices(self, cc, P_BL: Tensor, w_L: Tensor) -> Tensor:
+        B, L = P_BL.shape
+        return select_batch_topk(P_BL, cc.b_enc.detach(), w_L, min(self.cfg.k * B, B * L), self.threshold.item())
+
     def select(self, cc, x_BK: Tensor) -> Selection:
         """The batch top-k·B on norm-weighted activations, sparse (gradient through `_GatherPre`)."""
-        B, L = x_BK.shape[0], cc.cfg.n_latents
-        n_keep = min(self.cfg.k * B, B * L)
+        L = cc.cfg.n_latents
         w_L = cc.dec_norm_sum().detach()
-        bound = 0.5 * self.threshold.item()  # safely below the n-th value: prunes the top-k candidates
         with torch.no_grad():
-            pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)
-            flat_idx = batch_topk_indices((F.relu(pre_BL) * w_L.to(pre_BL.dtype)).view(-1), n_keep, bound)
-            flat_idx = flat_idx.sort().values  # row-major: groups the active latents by token
-            rows, cols = flat_idx // L, flat_idx % L
-        vals = F.relu(_GatherPre.apply(pre_BL.view(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols))
+            P_BL = torch.mm(x_BK, cc.W_enc)
+            flat_idx = self._indices(cc, P_BL, w_L)
+            rows = flat_idx // L
+            cols = flat_idx - rows * L
+        vals = F.relu(_GatherPre.apply(P_BL.view(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols))
         with torch.no_grad():
             sel = vals * w_L[cols].to(vals.dtype)
-            sel = sel[vals > 0]
-            min_sel = sel.min().double() if sel.numel() else torch.tensor(float("nan"), dtype=torch.float64)
-        return Selection(rows, cols, vals, pre_BL, min_sel)
+            min_sel = _min_selected(sel[vals > 0])
+        return Selection(rows, cols, vals, P_BL, min_sel)
 
     def _finish(self, cc, x_BK: Tensor, x_hat_BK: Tensor, recon: Tensor, sel: Selection, fired_L, l0,
                 parts: dict | None = None) -> TrainOutput:
-        aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.pre_BL)
+        aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.P_BL)
         loss = recon + self.cfg.aux_coef * aux
         return TrainOutput(loss, {"recon": recon.detach(), **(parts or {}), "aux": aux.detach()}, x_hat_BK, fired_L,
                            l0, {"min_selected": sel.min_selected})
@@ -165,41 +210,44 @@ class BatchTopK(Variant):
                 fired_L = torch.zeros(cc.cfg.n_latents, dtype=torch.bool, device=x_BK.device)
                 fired_L[sel.cols[pos]] = True
                 l0 = pos.sum().float() / x_BK.shape[0]
-        else:  # dense reference: identical maths through full matmuls
+        else:  # dense reference: identical maths (the same selection) through full matmuls
             B, L = x_BK.shape[0], cc.cfg.n_latents
             w_L = cc.dec_norm_sum().detach()
-            pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)
-            act_BL = F.relu(pre_BL)
+            P_BL = torch.mm(x_BK, cc.W_enc)
+            act_BL = F.relu(P_BL + cc.b_enc.to(P_BL.dtype))
             with torch.no_grad():
-                flat_idx = batch_topk_indices((act_BL * w_L.to(act_BL.dtype)).view(-1), min(self.cfg.k * B, B * L),
-                                              0.5 * self.threshold.item())
+                flat_idx = self._indices(cc, P_BL.detach(), w_L)
                 mask = torch.zeros(B * L, dtype=act_BL.dtype, device=x_BK.device).index_fill_(0, flat_idx, 1)
             f_BL = act_BL * mask.view(B, L)
             x_hat_BK = torch.addmm(cc.b_dec, f_BL, cc.W_dec)
             with torch.no_grad():
                 active = f_BL > 0
                 fired_L, l0 = active.any(0), active.sum().float() / B
-                s = (f_BL * w_L.to(f_BL.dtype))[active]
-                min_sel = s.min().double() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64)
-            sel = Selection(torch.empty(0), torch.empty(0), torch.empty(0), pre_BL.detach(), min_sel)
+                min_sel = _min_selected((f_BL * w_L.to(f_BL.dtype))[active])
+            sel = Selection(torch.empty(0), torch.empty(0), torch.empty(0), P_BL.detach(), min_sel)
         recon = (x_hat_BK.float() - x_BK.float()).pow(2).sum(-1).mean()
         return self._finish(cc, x_BK, x_hat_BK, recon, sel, fired_L, l0)
 
-    def aux_loss(self, cc, x_BK: Tensor, x_hat_BK: Tensor, pre_BL: Tensor) -> Tensor:
-        """Aux-k (Gao et al. 2024): the top aux_k dead latents per token reconstruct the residual (no bias)."""
-        dead_idx = cc.dead_mask().nonzero().squeeze(-1)
+    def aux_mask(self, cc) -> Tensor:
+        """bool [L]: the latents the aux-k loss trains (quiet for more than `aux_dead_tokens`)."""
+        t = self.cfg.aux_dead_tokens
+        return cc.dead_mask() if t == 0 else cc.tokens_since_fired > t
+
+    def aux_loss(self, cc, x_BK: Tensor, x_hat_BK: Tensor, P_BL: Tensor) -> Tensor:
+        """Aux-k (Gao et al. 2024): the top aux_k quiet latents per token reconstruct the residual (no bias)."""
+        dead_idx = self.aux_mask(cc).nonzero().squeeze(-1)
         if dead_idx.numel() == 0:
             return torch.zeros((), device=x_BK.device)
-        B, L = pre_BL.shape
+        B, L = P_BL.shape
         kk = min(self.cfg.aux_k, dead_idx.numel())
         with torch.no_grad():
-            top = pre_BL[:, dead_idx].topk(kk, dim=-1)
+            top = (P_BL[:, dead_idx] + cc.b_enc[dead_idx].to(P_BL.dtype)).topk(kk, dim=-1)
             cols = dead_idx[top.indices].reshape(-1)
             rows = torch.arange(B, device=x_BK.device).repeat_interleave(kk)
             flat_idx = rows * L + cols
         # raw pre-activations, no ReLU: a dead latent's pre is usually negative everywhere, and the
         # gradient must still reach it (as in sae_lens / EleutherAI sparsify)
-        vals = _GatherPre.apply(pre_BL.reshape(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols)
+        vals = _GatherPre.apply(P_BL.reshape(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols)
         e_hat_BK = F.embedding_bag(cols, cc.W_dec, torch.arange(B, device=x_BK.device) * kk, mode="sum",
                                    per_sample_weights=vals.to(cc.W_dec.dtype))
         e_BK = (x_BK - x_hat_BK).detach().float()
