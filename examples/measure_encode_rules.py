@@ -10,7 +10,8 @@ encoding f_J (all models' activations):
 
 firings kept = #(f_r > 0 and f_J > 0) / #(f_J > 0); extra firings = #(f_r > 0, f_J = 0) / #(f_J > 0);
 mass ratio = sum f_r / sum f_J; mass kept = sum min(f_r, f_J) / sum f_J; also the firings kept on the
-latents specific to m (decoder-norm share >= 0.9, i.e. NRN >= 0.9 for two models).
+latents leaning to m (decoder-norm share >= `lean`; 0.6 is NRN >= 0.6 for two models), where copying m's
+activation into the other models' slots could misrepresent a model-specific latent.
 
     python examples/measure_encode_rules.py                         # default organisms
     python examples/measure_encode_rules.py --variants batchtopk,l1 --out runs/encode_rules
@@ -43,6 +44,7 @@ class EncodeRulesConfig(JsonConfig):
     steps: int = 600
     n_tokens: int = 40_000
     eval_tokens: int = 10_000
+    lean: float = 0.6
     seed: int = 0
     threads: int = 1
     progress: bool = True
@@ -52,6 +54,7 @@ HELP = {"out": "output folder", "organisms_preset": "organisms preset", "organis
         "models": "models of the crosscoders (comma-separated names of the organisms' trio)",
         "variants": "crosscoder variants to measure, comma-separated", "n_latents": "latents", "k": "batchtopk k",
         "steps": "crosscoder steps", "n_tokens": "training tokens per model", "eval_tokens": "held-out paired tokens",
+        "lean": "decoder-norm share above which a latent leans to a model (the last column)",
         "seed": "seed", "threads": "torch threads", "progress": "progress bars"}
 
 
@@ -65,12 +68,12 @@ def rule_latents(cc, x_NMHD: torch.Tensor, m: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def retention(cc, x_NMHD: torch.Tensor, batch: int = 2048) -> dict:
+def retention(cc, x_NMHD: torch.Tensor, lean: float = 0.6, batch: int = 2048) -> dict:
     """Per model and rule: firings and activation mass kept relative to the joint encoding."""
     from featalign.analysis.attribution import decoder_norms, model_attribution_scores
 
     names = cc.cfg.models
-    specific_LM = model_attribution_scores(decoder_norms(cc)) >= 0.9
+    specific_LM = model_attribution_scores(decoder_norms(cc)) >= lean
     joint = {n: torch.zeros(3, dtype=torch.float64) for n in names}  # firings, mass, firings on m-specific
     acc = {n: {} for n in names}  # rule -> [both, extra, mass, mass kept, specific both]
     for i in range(0, len(x_NMHD), batch):
@@ -88,11 +91,11 @@ def retention(cc, x_NMHD: torch.Tensor, batch: int = 2048) -> dict:
     out = {}
     for m, name in enumerate(names):
         nJ, mJ, sJ = joint[name].tolist()
-        out[name] = {"n_specific_latents": int(specific_LM[:, m].sum()), "joint_firings_per_token": nJ / len(x_NMHD)}
+        out[name] = {"n_leaning_latents": int(specific_LM[:, m].sum()), "joint_firings_per_token": nJ / len(x_NMHD)}
         for rule, a in acc[name].items():
             both, extra, mass, kept, sp = a.tolist()
             out[name][rule] = {"firings_kept": both / nJ, "extra_firings": extra / nJ, "mass_ratio": mass / mJ,
-                               "mass_kept": kept / mJ, "specific_firings_kept": sp / sJ if sJ else None}
+                               "mass_kept": kept / mJ, "leaning_firings_kept": sp / sJ if sJ else None}
     return out
 
 
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         acfg = AnalyzeConfig(out=str(out), variant=v, n_latents=cfg.n_latents, k=cfg.k, steps=cfg.steps,
                              seed=cfg.seed, progress=cfg.progress, sparsity_coef=1.0)
         cc = train_or_load(out / f"crosscoder-{v}", names, x, hook, acfg)
-        res["crosscoders"][v] = {"per_model": retention(cc, xe), "alive": int((cc.encode(xe[:4096]) > 0).any(0).sum())}
+        res["crosscoders"][v] = {"per_model": retention(cc, xe, cfg.lean), "alive": int((cc.encode(xe[:4096]) > 0).any(0).sum())}
         print(v, res["crosscoders"][v])
     res["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "results.json", res)
@@ -127,14 +130,14 @@ def markdown(res: dict) -> str:
     """The retention table of docs/crosscoder.md, from `results.json`."""
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     lines = ["| crosscoder | model | rule | firings kept | extra firings | mass ratio | mass kept | "
-             "firings kept on m-specific latents |", "|---|---|---|---|---|---|---|---|"]
+             f"firings kept on latents leaning to m (share >= {res['config']['lean']}) |", "|---|---|---|---|---|---|---|---|"]
     for v, r in res["crosscoders"].items():
         for name, rules in r["per_model"].items():
             for rule in ("encode_as", "copy_raw", "slot_only"):
                 a = rules[rule]
                 lines.append(f"| {v} | {name} | `{rule}` | {pct(a['firings_kept'])} | {pct(a['extra_firings'])} | "
-                             f"{a['mass_ratio']:.3f} | {pct(a['mass_kept'])} | {pct(a['specific_firings_kept'])} "
-                             f"({rules['n_specific_latents']} latents) |")
+                             f"{a['mass_ratio']:.3f} | {pct(a['mass_kept'])} | {pct(a['leaning_firings_kept'])} "
+                             f"({rules['n_leaning_latents']} latents) |")
     return "\n".join(lines) + "\n"
 
 
