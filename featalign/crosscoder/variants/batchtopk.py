@@ -53,32 +53,71 @@ class _GatherPre(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pre_flat, flat_idx, x_BK, W_enc_KL, b_enc_L, rows, cols):
+    def forward(ctx, pre_flat, flat_idx, x_BK, W_enc_KL, b_enc_L, rows, cols, grouping=None):
         ctx.save_for_backward(x_BK, W_enc_KL, rows, cols)
-        ctx.L = b_enc_L.shape[0]
+        ctx.L, ctx.grouping, ctx.b_dtype = b_enc_L.shape[0], grouping, b_enc_L.dtype
         return pre_flat[flat_idx] + b_enc_L.to(pre_flat.dtype)[cols]
 
     @staticmethod
     def backward(ctx, g_N):
         x_BK, W_enc_KL, rows, cols = ctx.saved_tensors
-        L = ctx.L
+        L, b_enc_dtype = ctx.L, ctx.b_dtype
         g_N = g_N.to(x_BK.dtype)
         gW = gb = gx = None
-        order = torch.argsort(cols, stable=True)
-        cols_s = cols[order]
-        counts_L = torch.bincount(cols_s, minlength=L)
-        offsets_L = torch.cumsum(counts_L, 0) - counts_L
+        order, offsets_L = ctx.grouping if ctx.grouping is not None else by_latent(cols, L)
         if ctx.needs_input_grad[3]:
             gW_LK = F.embedding_bag(rows[order], x_BK, offsets_L, mode="sum", per_sample_weights=g_N[order])
-            gW = gW_LK.t()
+            # one copy casts to the weights' dtype and transposes to W_enc's [K, L] layout (Adam would
+            # make the transposed view contiguous anyway)
+            gW = torch.empty(W_enc_KL.shape, dtype=W_enc_KL.dtype, device=gW_LK.device).copy_(gW_LK.t())
         if ctx.needs_input_grad[4]:
-            gb = torch.bincount(cols, weights=g_N, minlength=L).to(g_N.dtype)
+            gb = torch.bincount(cols, weights=g_N.float(), minlength=L).to(b_enc_dtype)
         if ctx.needs_input_grad[2]:
             B = x_BK.shape[0]
             counts_B = torch.bincount(rows, minlength=B)
             gx = F.embedding_bag(cols, W_enc_KL.t(), torch.cumsum(counts_B, 0) - counts_B, mode="sum",
                                  per_sample_weights=g_N)
-        return None, None, gx, gW, gb, None, None
+        return None, None, gx, gW, gb, None, None, None
+
+
+def by_latent(cols: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """(order, offsets [L]): the pairs grouped by latent, for the weight gradients' `embedding_bag`s."""
+    order = torch.argsort(cols, stable=True)
+    counts_L = torch.bincount(cols, minlength=L)
+    return order, torch.cumsum(counts_L, 0) - counts_L
+
+
+class _SparseDecode(torch.autograd.Function):
+    """`b_dec + sum_n vals_n W_dec[cols_n]` per token (pairs in row-major order, `offsets_B` per token).
+
+    Hand-written rather than autograd's `embedding_bag`: autograd's weight gradient is a dense
+    backward that zero-fills [L, K] and scatters; here it is one forward-only `embedding_bag` of the
+    output gradient grouped by latent (the grouping shared with the encoder's backward), and the
+    activations' gradient is aten's per-sample-weights kernel (one dot product per pair).
+    """
+
+    @staticmethod
+    def forward(ctx, vals_N, W_dec_LK, b_dec_K, rows, cols, offsets_B, grouping):
+        v = vals_N.to(W_dec_LK.dtype)
+        ctx.save_for_backward(v, W_dec_LK, rows, cols, offsets_B)
+        ctx.grouping, ctx.vdt = grouping, vals_N.dtype
+        out = F.embedding_bag(cols, W_dec_LK, offsets_B, mode="sum", per_sample_weights=v)
+        return out if b_dec_K is None else out + b_dec_K
+
+    @staticmethod
+    def backward(ctx, g_BK):
+        v, W_dec_LK, rows, cols, offsets_B = ctx.saved_tensors
+        g_BK = g_BK.to(W_dec_LK.dtype).contiguous()
+        gv = gW = gb = None
+        if ctx.needs_input_grad[0]:
+            gv = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                g_BK, W_dec_LK, cols, offsets_B, rows, 0, -1).to(ctx.vdt)
+        if ctx.needs_input_grad[1]:
+            order, offsets_L = ctx.grouping if ctx.grouping is not None else by_latent(cols, W_dec_LK.shape[0])
+            gW = F.embedding_bag(rows[order], g_BK, offsets_L, mode="sum", per_sample_weights=v[order])
+        if ctx.needs_input_grad[2]:
+            gb = g_BK.sum(0)
+        return gv, gW, gb, None, None, None, None
 
 
 def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tensor:
@@ -93,6 +132,21 @@ def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tens
         if cand.numel() >= n:
             return cand[v_flat[cand].topk(n, sorted=False).indices]
     return v_flat.topk(n, sorted=False).indices
+
+
+def mask_nonzero(mask: Tensor) -> Tensor:
+    """`mask.view(-1).nonzero()` as a 1-D index tensor, for a sparse bool mask.
+
+    `nonzero` over the B·L bytes was the largest pass of the selection after the GEMM; reading the mask
+    as int64 words first finds the few words with any true byte, and only those words' bytes are
+    expanded (the same indices, in the same ascending order).
+    """
+    flat = mask.reshape(-1)
+    if flat.numel() % 8 or not flat.is_contiguous() or flat.device.type != "cpu":
+        return flat.nonzero().squeeze(1)
+    words = flat.view(torch.int64).nonzero().squeeze(1)
+    j = flat.view(-1, 8)[words].view(-1).nonzero().squeeze(1)
+    return words[j // 8] * 8 + j % 8
 
 
 def select_batch_topk(P_BL: Tensor, b_L: Tensor, w_L: Tensor, n: int, threshold: float) -> Tensor:
@@ -113,7 +167,7 @@ def select_batch_topk(P_BL: Tensor, b_L: Tensor, w_L: Tensor, n: int, threshold:
     if threshold > 0 and n < B * L:
         for frac in (0.8, 0.4):
             t_L = (threshold * frac) / w_L.float() - b_L.float()
-            cand = (P_BL > t_L.to(P_BL.dtype)).view(-1).nonzero().squeeze(1)
+            cand = mask_nonzero(P_BL > t_L.to(P_BL.dtype))
             c = cand.numel()
             if c < n:
                 continue
@@ -140,17 +194,26 @@ class Selection:
     vals: Tensor
     P_BL: Tensor
     min_selected: Tensor  # smallest selected norm-weighted activation (NaN if nothing fired)
+    grouping: tuple[Tensor, Tensor] | None = None  # `by_latent(cols)`, shared by the backward passes
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The sparse step's gather dtype: the autocast dtype under autocast (the gathers are memory-bound,
+    so bf16 halves their traffic; weights stay fp32 masters and get fp32 gradients), else `t`'s."""
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
 
 
 def decode_selected(cc, sel: Selection, keep: Tensor | None = None) -> Tensor:
     """b_dec + sum of the selected latents' decoder rows (only the entries where `keep` is true)."""
-    rows, cols, vals = sel.rows, sel.cols, sel.vals
+    rows, cols, vals, grouping = sel.rows, sel.cols, sel.vals, sel.grouping
     if keep is not None:
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        rows, cols, vals, grouping = rows[keep], cols[keep], vals[keep], None
     B = sel.P_BL.shape[0]
     counts_B = torch.bincount(rows, minlength=B)
     offsets_B = torch.cumsum(counts_B, 0) - counts_B
-    return F.embedding_bag(cols, cc.W_dec, offsets_B, mode="sum", per_sample_weights=vals.to(cc.W_dec.dtype)) + cc.b_dec
+    W_dec = cc.W_dec.to(compute_dtype(cc.W_dec))
+    return _SparseDecode.apply(vals, W_dec, cc.b_dec, rows, cols, offsets_B, grouping)
 
 
 def _min_selected(s: Tensor) -> Tensor:
@@ -188,11 +251,13 @@ class BatchTopK(Variant):
             flat_idx = self._indices(cc, P_BL, w_L)
             rows = flat_idx // L
             cols = flat_idx - rows * L
-        vals = F.relu(_GatherPre.apply(P_BL.view(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols))
+            grouping = by_latent(cols, L)
+        x_c = x_BK.to(compute_dtype(x_BK))
+        vals = F.relu(_GatherPre.apply(P_BL.view(-1), flat_idx, x_c, cc.W_enc, cc.b_enc, rows, cols, grouping))
         with torch.no_grad():
             sel = vals * w_L[cols].to(vals.dtype)
             min_sel = _min_selected(sel[vals > 0])
-        return Selection(rows, cols, vals, P_BL, min_sel)
+        return Selection(rows, cols, vals, P_BL, min_sel, grouping)
 
     def _finish(self, cc, x_BK: Tensor, x_hat_BK: Tensor, recon: Tensor, sel: Selection, fired_L, l0,
                 parts: dict | None = None) -> TrainOutput:
@@ -245,11 +310,13 @@ class BatchTopK(Variant):
             cols = dead_idx[top.indices].reshape(-1)
             rows = torch.arange(B, device=x_BK.device).repeat_interleave(kk)
             flat_idx = rows * L + cols
+            grouping = by_latent(cols, L)
         # raw pre-activations, no ReLU: a dead latent's pre is usually negative everywhere, and the
         # gradient must still reach it (as in sae_lens / EleutherAI sparsify)
-        vals = _GatherPre.apply(P_BL.reshape(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols)
-        e_hat_BK = F.embedding_bag(cols, cc.W_dec, torch.arange(B, device=x_BK.device) * kk, mode="sum",
-                                   per_sample_weights=vals.to(cc.W_dec.dtype))
+        cdt = compute_dtype(x_BK)
+        vals = _GatherPre.apply(P_BL.reshape(-1), flat_idx, x_BK.to(cdt), cc.W_enc, cc.b_enc, rows, cols, grouping)
+        e_hat_BK = _SparseDecode.apply(vals, cc.W_dec.to(cdt), None, rows, cols, torch.arange(B, device=x_BK.device) * kk,
+                                       grouping)
         e_BK = (x_BK - x_hat_BK).detach().float()
         scale = min(dead_idx.numel() / self.cfg.aux_k, 1.0)  # weaker when few latents are dead
         return scale * (e_hat_BK.float() - e_BK).pow(2).sum(-1).mean()
