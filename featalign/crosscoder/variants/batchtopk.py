@@ -28,10 +28,14 @@ class BatchTopKConfig(VariantConfig):
     sparse_decode: bool = help_field(True, "sparse decoder + encoder backward through the active latents only "
                                            "(false: dense reference path, same maths)")
     threshold_ema: float = help_field(0.01, "EMA rate of the inference threshold")
-    aux_k: int = help_field(256, "dead latents per token in the auxiliary (aux-k) loss")
+    # 64, not 256: equal recovery, attribution and FVU on the issue-13 planted benchmark at half the
+    # step time (the aux pairs outnumber the selected ones 8:1 at 256; docs/crosscoder.md, BatchTopK quality)
+    aux_k: int = help_field(64, "quiet latents per token in the auxiliary (aux-k) loss")
     aux_coef: float = help_field(1.0, "weight of the aux-k loss (sae_lens's default; scaled by min(n_dead / aux_k, 1))")
+    # a few batches, not dead_tokens (~100 steps at batch 2048): the aux loss then reaches unused latents
+    # from the first steps (attribution 0.955 -> 1.0 on the planted benchmark; docs/crosscoder.md)
     aux_dead_tokens: int = help_field(
-        0, "the aux-k loss trains latents that have not fired for more than this many tokens "
+        8192, "the aux-k loss trains latents that have not fired for more than this many tokens "
            "(0: the crosscoder's dead_tokens, i.e. only latents already counted dead)")
 
     def validate(self, cc) -> None:
