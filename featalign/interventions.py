@@ -154,12 +154,8 @@ class _Block:
 
     @torch.no_grad()
     def __init__(self, cc: Crosscoder, m: int, h: int, ids: Tensor, dec_m: int):
-        self.cc, self.m, self.h, self.ids = cc, m, h, ids
+        self.encode = cc.encoder_as(m, hook=h, latents=ids)  # x_ND -> the selected latents (module docstring)
         self.d_SD = cc.W_dec_raw_LMHD[ids, dec_m, h]
-
-    def encode(self, x_ND: Tensor) -> Tensor:
-        """The selected latents of this model from its activation at this hook (see the module docstring)."""
-        return self.cc.encode_as(x_ND, self.m, hook=self.h, latents=self.ids)
 
 
 def _per_feature(value, n: int, device, dtype) -> Tensor:

@@ -10,6 +10,7 @@ The sparsity mechanism is a plug-in (`featalign.crosscoder.variants`), held as `
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from jaxtyping import Float
@@ -138,8 +139,15 @@ class Crosscoder(nn.Module):
         encoding of real paired tokens best (docs/crosscoder.md, "Reading one model's latents": it keeps
         ~all firings and activation mass, where m's slot alone with the others zero keeps far less).
         Because the encoder is linear before the activation, it is one matmul with m's slot and the
-        other models' encoder rows summed, `x_m s_m sum_j W_enc[j]`.
+        other models' encoder rows summed, `x_m s_m sum_j W_enc[j]`. `encoder_as` returns the same
+        function with its weights gathered once (for hooks that encode on every forward call).
         """
+        return self.encoder_as(model, hook, latents)(x)
+
+    def encoder_as(self, model: str | int, hook: str | int | None = None,
+                   latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """`x -> encode_as(x, model, hook, latents)` with the summed encoder rows, scales, bias and the
+        variant's constants read once (a snapshot: later weight updates do not reach it)."""
         c = self.cfg
         m = self.model_index(model)
         if hook is not None:
@@ -147,23 +155,29 @@ class Crosscoder(nn.Module):
             if h is None or not 0 <= h < c.n_hooks:
                 raise ValueError(f"hook {hook!r} is not one of the crosscoder's hooks {c.hooks}")
             hooks = [h]
-            x_BHD = x.reshape(-1, 1, c.d_model)
         else:
             hooks = list(range(c.n_hooks))
-            x_BHD = x.reshape(-1, 1, c.d_model) if x.ndim == 2 and c.n_hooks == 1 else x
-        if tuple(x_BHD.shape[1:]) != (len(hooks), c.d_model):
-            raise ValueError(f"expected model {c.models[m]!r}'s activations [B, {len(hooks)}, {c.d_model}] "
-                             f"(hooks {tuple(c.hooks[h] for h in hooks)}), got {list(x.shape)}")
         W_MHDL = self.W_enc.view(c.n_models, c.n_hooks, c.d_model, c.n_latents)
         b_S = self.b_enc
         if latents is not None:
             latents = torch.as_tensor(latents, dtype=torch.long, device=self.W_enc.device)
             W_MHDL, b_S = W_MHDL[..., latents], b_S[latents]
-        pre_BS = b_S.expand(x_BHD.shape[0], -1)
-        for i, h in enumerate(hooks):
-            x_BD = x_BHD[:, i].to(self.W_enc.dtype) * self.norm_scale[m, h]
-            pre_BS = torch.addmm(pre_BS, x_BD, W_MHDL[:, h].sum(0))
-        return self.variant.activation(self, pre_BS, latents)
+        # fold m's scale into the summed rows: pre = b + sum_h x_{m,h} (s_{m,h} sum_j W_enc[j, h])
+        W_hDS = [W_MHDL[:, h].sum(0) * self.norm_scale[m, h] for h in hooks]
+        act = self.variant.activation_for(self, latents)
+        name, one_hook = c.models[m], hook is not None or c.n_hooks == 1
+
+        def encode(x: Tensor) -> Tensor:
+            x_BHD = x.reshape(-1, 1, c.d_model) if x.ndim == 2 and one_hook else x
+            if tuple(x_BHD.shape[1:]) != (len(hooks), c.d_model):
+                raise ValueError(f"expected model {name!r}'s activations [B, {len(hooks)}, {c.d_model}] "
+                                 f"(hooks {tuple(c.hooks[h] for h in hooks)}), got {list(x.shape)}")
+            pre_BS = b_S.expand(x_BHD.shape[0], -1)
+            for i, W_DS in enumerate(W_hDS):
+                pre_BS = torch.addmm(pre_BS, x_BHD[:, i].to(W_DS.dtype), W_DS)
+            return act(pre_BS)
+
+        return encode
 
     def decode(self, f_BL: Float[Tensor, "B L"]) -> Float[Tensor, "B M H D"]:
         """Raw-space reconstruction of every model's activations from latents."""

@@ -67,10 +67,16 @@ class Variant(nn.Module):
         self.cfg = cfg
         self.n_latents = cc_cfg.n_latents
 
-    def activation(self, cc: "Crosscoder", pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
-        """Inference rule: latent activations from pre-activations `x W_enc + b_enc`, per token and per
-        latent (never depending on the batch), for all latents or for the ids `latents` (columns of `pre_BS`)."""
+    def activation_for(self, cc: "Crosscoder", latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """Inference rule: a function from pre-activations `x W_enc + b_enc` `[B, S]` to latent activations,
+        per token and per latent (never depending on the batch), for all latents or for the ids `latents`
+        (the columns of its input). Whatever it needs from the crosscoder (a threshold, decoder norms) is
+        read once here, so a hook that encodes on every forward call does not recompute it."""
         raise NotImplementedError
+
+    def activation(self, cc: "Crosscoder", pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
+        """`activation_for(cc, latents)(pre_BS)`."""
+        return self.activation_for(cc, latents)(pre_BS)
 
     def training_forward(self, cc: "Crosscoder", x_BK: Tensor, sparsity_coef: float) -> TrainOutput:
         """Loss on normalised input `[B, K]`: summed squared error per token (mean over tokens) plus the

@@ -12,6 +12,7 @@ reference the tests compare against).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -236,11 +237,16 @@ class BatchTopK(Variant):
         super().__init__(cc_cfg, cfg)
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
 
-    def activation(self, cc, pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
+    def activation_for(self, cc, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
         w = cc.dec_norm_sum()
         w = w if latents is None else w[latents]
-        act = F.relu(pre_BS)
-        return act * (act * w.to(act.dtype) > self.threshold.to(act.dtype))
+        threshold = self.threshold
+
+        def act_fn(pre_BS: Tensor) -> Tensor:
+            act = F.relu(pre_BS)
+            return act * (act * w.to(act.dtype) > threshold.to(act.dtype))
+
+        return act_fn
 
     def _indices(self, cc, P_BL: Tensor, w_L: Tensor) -> Tensor:
         B, L = P_BL.shape

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -76,10 +77,10 @@ class JumpReLU(Variant):
         super().__init__(cc_cfg, cfg)
         self.log_threshold = nn.Parameter(torch.full((cc_cfg.n_latents,), math.log(cfg.init_threshold)))
 
-    def activation(self, cc, pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
+    def activation_for(self, cc, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
         theta = self.log_threshold.exp()
         theta = theta if latents is None else theta[latents]
-        return pre_BS * (pre_BS > theta)
+        return lambda pre_BS: pre_BS * (pre_BS > theta)
 
     def training_forward(self, cc, x_BK: Tensor, sparsity_coef: float) -> TrainOutput:
         pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)

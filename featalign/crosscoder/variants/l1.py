@@ -232,8 +232,8 @@ class L1(Variant):
         self._scratch = _Scratch()
         return super()._apply(*args, **kwargs)
 
-    def activation(self, cc, pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
-        return F.relu(pre_BS)
+    def activation_for(self, cc, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        return F.relu
 
     def training_forward(self, cc, x_BK: Tensor, sparsity_coef: float) -> TrainOutput:
         """Through `_DenseL1` (bf16 GEMMs under autocast)."""
