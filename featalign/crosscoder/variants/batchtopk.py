@@ -1,12 +1,13 @@
 """`batchtopk`: the k·B largest decoder-norm-weighted activations of a batch are kept (Bussmann et al.
-2024), with an aux-k loss that pulls dead latents back (Gao et al. 2024); at inference a per-token
+2024), with an aux-k loss that pulls quiet latents back (Gao et al. 2024); at inference a per-token
 threshold (EMA of the smallest selected value) replaces the batch selection, so a token's latents
 never depend on the batch it came in.
 
-The training step is sparse: one dense encoder GEMM, then the selected (token, latent) pairs only —
-decode by `embedding_bag`, encoder backward through `_GatherPre` — so its cost beyond the GEMM is
-O(k·B·K), not O(B·L·K). `sparse_decode=False` runs the same maths through dense matmuls (the
-reference the tests compare against).
+The training step is sparse: one dense encoder GEMM (without the bias), one comparison pass over it
+to find the candidates (`select_batch_topk`), then the selected (token, latent) pairs only — decode
+by `_SparseDecode`, encoder backward through `_GatherPre`, both grouped once by latent — so its cost
+beyond the GEMM is O(k·B·K) plus that one pass, not O(B·L·K). `sparse_decode=False` runs the same
+maths (the same selection) through dense matmuls: the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -123,20 +124,6 @@ class _SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             gb = g_BK.sum(0)
         return gv, gW, gb, None, None, None, None
-
-
-def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tensor:
-    """Indices of the n largest entries of `v_flat` (exact, unordered).
-
-    `torch.topk` over all B·L entries was half of a BatchTopK step. With a lower bound below the n-th
-    value (half the EMA threshold) only the candidates above it go through topk; if fewer than n pass,
-    the full topk is the fallback, so the result is always the exact top n.
-    """
-    if lower_bound > 0:
-        cand = (v_flat > lower_bound).nonzero().squeeze(1)
-        if cand.numel() >= n:
-            return cand[v_flat[cand].topk(n, sorted=False).indices]
-    return v_flat.topk(n, sorted=False).indices
 
 
 def mask_nonzero(mask: Tensor) -> Tensor:
