@@ -109,6 +109,8 @@ def migrate_config(d: dict[str, Any], version: int) -> dict[str, Any]:
                 v = d.pop(old)
                 if old in names:
                     nested[names[old]] = v
+    if d.get("variant", "l1") == "batchtopk":  # format 1 trained its aux loss on dead latents only
+        nested.setdefault("aux_dead_tokens", 0)
     d["variant_cfg"] = nested
     return d
 

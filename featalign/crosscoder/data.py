@@ -139,25 +139,44 @@ def planted_data(
     p_fire: float = 0.03,
     noise: float = 0.01,
     seed: int = 0,
-) -> tuple[Float[Tensor, "N 2 1 D"], PlantedTruth]:
-    """Two models' activations from known sparse features in superposition.
+    n_models: int = 2,
+) -> tuple[Float[Tensor, "N M 1 D"], PlantedTruth]:
+    """`n_models` models' activations from known sparse features in superposition.
 
-    `n_shared` features appear in both models (with a different random direction in each),
-    `n_specific` only in model A and `n_specific` only in model B; features per model
-    (n_shared + n_specific) exceed d_model, so directions are in superposition. Each feature fires
-    independently with probability `p_fire` with magnitude ~ U(0.5, 1.5).
+    `n_shared` features appear in every model (with an independent random direction in each), and
+    `n_specific` appear only in model m, for each m; features per model (n_shared + n_specific)
+    exceed d_model, so directions are in superposition. Each feature fires independently with
+    probability `p_fire` with magnitude ~ U(0.5, 1.5) (the same magnitude in every model carrying it);
+    each activation gets N(0, noise²) per dimension.
+
+    Deterministic in the arguments. Tokens are drawn in chunks of ~2^24 (token, feature) entries so
+    that the issue-13 size (600k tokens x 1,022 features) does not need a dense [N, F] tensor; below
+    one chunk the draws are those of the original 2-model generator, so its data is unchanged.
     """
+    if n_models < 1:
+        raise ValueError(f"n_models must be >= 1, got {n_models}")
+    M = n_models
     g = torch.Generator().manual_seed(seed)
-    n_feat = n_shared + 2 * n_specific
-    dirs_FMD = torch.randn(n_feat, 2, d_model, generator=g)
+    n_feat = n_shared + M * n_specific
+    dirs_FMD = torch.randn(n_feat, M, d_model, generator=g)
     dirs_FMD /= dirs_FMD.norm(dim=-1, keepdim=True)
-    present = torch.ones(n_feat, 2, dtype=torch.bool)
-    present[n_shared : n_shared + n_specific, 1] = False  # only in A
-    present[n_shared + n_specific :, 0] = False  # only in B
+    present = torch.ones(n_feat, M, dtype=torch.bool)
+    kind = ["shared"] * n_shared
+    for m in range(M):  # block m of the model-only features lives in model m alone
+        lo = n_shared + m * n_specific
+        present[lo : lo + n_specific] = False
+        present[lo : lo + n_specific, m] = True
+        kind += [f"only:{m}"] * n_specific
     dirs_FMD = dirs_FMD * present[..., None]
-    fires_NF = torch.rand(n_tokens, n_feat, generator=g) < p_fire
-    mags_NF = (0.5 + torch.rand(n_tokens, n_feat, generator=g)) * fires_NF
-    x_NMD = torch.einsum("nf,fmd->nmd", mags_NF, dirs_FMD)
-    x_NMD += noise * torch.randn(x_NMD.shape, generator=g)
-    kind = ["shared"] * n_shared + ["only:0"] * n_specific + ["only:1"] * n_specific
+    chunk = max(1, 2**24 // max(n_feat, 1))
+    parts = []
+    for s in range(0, n_tokens, chunk):
+        n = min(chunk, n_tokens - s)
+        fires_NF = torch.rand(n, n_feat, generator=g) < p_fire
+        mags_NF = (0.5 + torch.rand(n, n_feat, generator=g)) * fires_NF
+        x_NMD = (mags_NF @ dirs_FMD.reshape(n_feat, -1)).view(n, M, d_model) if n_tokens > chunk else \
+            torch.einsum("nf,fmd->nmd", mags_NF, dirs_FMD)
+        x_NMD += noise * torch.randn(x_NMD.shape, generator=g)
+        parts.append(x_NMD)
+    x_NMD = parts[0] if len(parts) == 1 else torch.cat(parts)
     return x_NMD[:, :, None, :].contiguous(), PlantedTruth(dirs_FMD, present, kind)

@@ -44,7 +44,7 @@ def test_v1_half_finished_run_resumes_to_the_same_result(tmp_path):
     shutil.copytree(DATA / "run_batchtopk", run)
     x = torch.randn(256, 2, 1, 4, generator=torch.Generator().manual_seed(5))
     cc = CrosscoderConfig(models=("base", "rl"), hooks=("h",), d_model=4, n_latents=8, variant="batchtopk",
-                          variant_cfg={"k": 2, "aux_k": 4}, dead_tokens=64)
+                          variant_cfg={"k": 2, "aux_k": 4, "aux_dead_tokens": 0}, dead_tokens=64)
     tc = TrainerConfig(steps=8, batch_size=32, warmup_steps=2, checkpoint_every=4, log_every=2)
     m = Trainer(cc, tc, InMemoryActivations(x, 32, models=cc.models, hooks=cc.hooks), run, progress=False).train()
     ref = load_file(str(DATA / "run_batchtopk_final.safetensors"))  # the v1 code's uninterrupted run

@@ -1,12 +1,13 @@
 """`batchtopk`: the k·B largest decoder-norm-weighted activations of a batch are kept (Bussmann et al.
-2024), with an aux-k loss that pulls dead latents back (Gao et al. 2024); at inference a per-token
+2024), with an aux-k loss that pulls quiet latents back (Gao et al. 2024); at inference a per-token
 threshold (EMA of the smallest selected value) replaces the batch selection, so a token's latents
 never depend on the batch it came in.
 
-The training step is sparse: one dense encoder GEMM, then the selected (token, latent) pairs only —
-decode by `embedding_bag`, encoder backward through `_GatherPre` — so its cost beyond the GEMM is
-O(k·B·K), not O(B·L·K). `sparse_decode=False` runs the same maths through dense matmuls (the
-reference the tests compare against).
+The training step is sparse: one dense encoder GEMM (without the bias), one comparison pass over it
+to find the candidates (`select_batch_topk`), then the selected (token, latent) pairs only — decode
+by `_SparseDecode`, encoder backward through `_GatherPre`, both grouped once by latent — so its cost
+beyond the GEMM is O(k·B·K) plus that one pass, not O(B·L·K). `sparse_decode=False` runs the same
+maths (the same selection) through dense matmuls: the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -29,18 +30,28 @@ class BatchTopKConfig(VariantConfig):
     sparse_decode: bool = help_field(True, "sparse decoder + encoder backward through the active latents only "
                                            "(false: dense reference path, same maths)")
     threshold_ema: float = help_field(0.01, "EMA rate of the inference threshold")
-    aux_k: int = help_field(256, "dead latents per token in the auxiliary (aux-k) loss")
+    # 64, not 256: equal recovery, attribution and FVU on the issue-13 planted benchmark at half the
+    # step time (the aux pairs outnumber the selected ones 8:1 at 256; docs/crosscoder.md, BatchTopK quality)
+    aux_k: int = help_field(64, "quiet latents per token in the auxiliary (aux-k) loss")
     aux_coef: float = help_field(1.0, "weight of the aux-k loss (sae_lens's default; scaled by min(n_dead / aux_k, 1))")
+    # a few batches, not dead_tokens (~100 steps at batch 2048): the aux loss then reaches unused latents
+    # from the first steps (attribution 0.955 -> 1.0 on the planted benchmark; docs/crosscoder.md)
+    aux_dead_tokens: int = help_field(
+        8192, "the aux-k loss trains latents that have not fired for more than this many tokens "
+           "(0: the crosscoder's dead_tokens, i.e. only latents already counted dead)")
 
     def validate(self, cc) -> None:
         if not 0 < self.k <= cc.n_latents:
             raise ValueError(f"k={self.k} must be in 1..n_latents={cc.n_latents}")
+        if self.aux_dead_tokens < 0:
+            raise ValueError(f"aux_dead_tokens ({self.aux_dead_tokens}) must be >= 0 (0 = the crosscoder's dead_tokens)")
         if self.aux_k < 1 or not 0 < self.threshold_ema <= 1:
             raise ValueError(f"aux_k ({self.aux_k}) must be >= 1 and threshold_ema ({self.threshold_ema}) in (0, 1]")
 
 
 class _GatherPre(torch.autograd.Function):
-    """`pre[rows, cols]` where pre = x @ W_enc + b_enc, with a backward that touches only those entries.
+    """`P[rows, cols] + b_enc[cols]` where P = x @ W_enc (the pre-activations of the selected pairs),
+    with a backward that touches only those entries.
 
     The dense backward of the encoder costs 2·B·K·L FLOPs; through nnz = k·B active latents it
     costs 2·nnz·K. The weight gradient is an `embedding_bag` over the active (row, col) pairs
@@ -48,70 +59,157 @@ class _GatherPre(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pre_flat, flat_idx, x_BK, W_enc_KL, b_enc_L, rows, cols):
+    def forward(ctx, pre_flat, flat_idx, x_BK, W_enc_KL, b_enc_L, rows, cols, grouping=None):
         ctx.save_for_backward(x_BK, W_enc_KL, rows, cols)
-        ctx.L = b_enc_L.shape[0]
-        return pre_flat[flat_idx]
+        ctx.L, ctx.grouping, ctx.b_dtype = b_enc_L.shape[0], grouping, b_enc_L.dtype
+        return pre_flat[flat_idx] + b_enc_L.to(pre_flat.dtype)[cols]
 
     @staticmethod
     def backward(ctx, g_N):
         x_BK, W_enc_KL, rows, cols = ctx.saved_tensors
-        L = ctx.L
+        L, b_enc_dtype = ctx.L, ctx.b_dtype
         g_N = g_N.to(x_BK.dtype)
         gW = gb = gx = None
-        order = torch.argsort(cols, stable=True)
-        cols_s = cols[order]
-        counts_L = torch.bincount(cols_s, minlength=L)
-        offsets_L = torch.cumsum(counts_L, 0) - counts_L
+        order, offsets_L = ctx.grouping if ctx.grouping is not None else by_latent(cols, L)
         if ctx.needs_input_grad[3]:
             gW_LK = F.embedding_bag(rows[order], x_BK, offsets_L, mode="sum", per_sample_weights=g_N[order])
-            gW = gW_LK.t()
+            # one copy casts to the weights' dtype and transposes to W_enc's [K, L] layout (Adam would
+            # make the transposed view contiguous anyway)
+            gW = torch.empty(W_enc_KL.shape, dtype=W_enc_KL.dtype, device=gW_LK.device).copy_(gW_LK.t())
         if ctx.needs_input_grad[4]:
-            gb = torch.zeros(L, dtype=g_N.dtype, device=g_N.device).index_add_(0, cols, g_N)
+            gb = torch.bincount(cols, weights=g_N.float(), minlength=L).to(b_enc_dtype)
         if ctx.needs_input_grad[2]:
             B = x_BK.shape[0]
             counts_B = torch.bincount(rows, minlength=B)
             gx = F.embedding_bag(cols, W_enc_KL.t(), torch.cumsum(counts_B, 0) - counts_B, mode="sum",
                                  per_sample_weights=g_N)
-        return None, None, gx, gW, gb, None, None
+        return None, None, gx, gW, gb, None, None, None
 
 
-def batch_topk_indices(v_flat: Tensor, n: int, lower_bound: float = 0.0) -> Tensor:
-    """Indices of the n largest entries of `v_flat` (exact, unordered).
+def by_latent(cols: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """(order, offsets [L]): the pairs grouped by latent, for the weight gradients' `embedding_bag`s."""
+    order = torch.argsort(cols, stable=True)
+    counts_L = torch.bincount(cols, minlength=L)
+    return order, torch.cumsum(counts_L, 0) - counts_L
 
-    `torch.topk` over all B·L entries was half of a BatchTopK step. With a lower bound below the n-th value (half the EMA threshold) only the
-    candidates above it go through topk; if fewer than n pass, the full topk is the fallback, so
-    the result is always the exact top n.
+
+class _SparseDecode(torch.autograd.Function):
+    """`b_dec + sum_n vals_n W_dec[cols_n]` per token (pairs in row-major order, `offsets_B` per token).
+
+    Hand-written rather than autograd's `embedding_bag`: autograd's weight gradient is a dense
+    backward that zero-fills [L, K] and scatters; here it is one forward-only `embedding_bag` of the
+    output gradient grouped by latent (the grouping shared with the encoder's backward), and the
+    activations' gradient is aten's per-sample-weights kernel (one dot product per pair).
     """
-    if lower_bound > 0:
-        cand = (v_flat > lower_bound).nonzero().squeeze(1)
-        if cand.numel() >= n:
-            return cand[v_flat[cand].topk(n, sorted=False).indices]
-    return v_flat.topk(n, sorted=False).indices
 
+    @staticmethod
+    def forward(ctx, vals_N, W_dec_LK, b_dec_K, rows, cols, offsets_B, grouping):
+        v = vals_N.to(W_dec_LK.dtype)
+        ctx.save_for_backward(v, W_dec_LK, rows, cols, offsets_B)
+        ctx.grouping, ctx.vdt = grouping, vals_N.dtype
+        out = F.embedding_bag(cols, W_dec_LK, offsets_B, mode="sum", per_sample_weights=v)
+        return out if b_dec_K is None else out + b_dec_K
+
+    @staticmethod
+    def backward(ctx, g_BK):
+        v, W_dec_LK, rows, cols, offsets_B = ctx.saved_tensors
+        g_BK = g_BK.to(W_dec_LK.dtype).contiguous()
+        gv = gW = gb = None
+        if ctx.needs_input_grad[0]:
+            gv = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                g_BK, W_dec_LK, cols, offsets_B, rows, 0, -1).to(ctx.vdt)
+        if ctx.needs_input_grad[1]:
+            order, offsets_L = ctx.grouping if ctx.grouping is not None else by_latent(cols, W_dec_LK.shape[0])
+            gW = F.embedding_bag(rows[order], g_BK, offsets_L, mode="sum", per_sample_weights=v[order])
+        if ctx.needs_input_grad[2]:
+            gb = g_BK.sum(0)
+        return gv, gW, gb, None, None, None, None
+
+
+def mask_nonzero(mask: Tensor) -> Tensor:
+    """`mask.view(-1).nonzero()` as a 1-D index tensor, for a sparse bool mask.
+
+    `nonzero` over the B·L bytes was the largest pass of the selection after the GEMM; reading the mask
+    as int64 words first finds the few words with any true byte, and only those words' bytes are
+    expanded (the same indices, in the same ascending order).
+    """
+    flat = mask.reshape(-1)
+    if flat.numel() % 8 or not flat.is_contiguous() or flat.device.type != "cpu":
+        return flat.nonzero().squeeze(1)
+    words = flat.view(torch.int64).nonzero().squeeze(1)
+    j = flat.view(-1, 8)[words].view(-1).nonzero().squeeze(1)
+    return words[j // 8] * 8 + j % 8
+
+
+def select_batch_topk(P_BL: Tensor, b_L: Tensor, w_L: Tensor, n: int, threshold: float) -> Tensor:
+    """Flat row-major-sorted indices of the n largest `relu(P + b) · w` entries (exact top n; the
+    selection both training paths use, so that they select the same pairs).
+
+    `P_BL` is the encoder GEMM *without* the bias: adding it would be a pass over [B, L]. Hand-written
+    because after the GEMM every pass over the B·L entries counts: with a threshold estimate t
+    (the EMA of the smallest selected value) the candidates are found by one comparison pass,
+    `P > t·bound/w − b` (w > 0, so `relu(P + b)·w > t·bound` exactly there), and `nonzero`; their
+    scores are computed on the candidates only, and the n-th largest by `kthvalue` on them; the
+    candidates are already in row-major order, so keeping those >= it needs no sort. Each tighter
+    bound that leaves fewer than n candidates falls back to a looser one, the last to a full topk,
+    so the result never depends on the estimate. Ties at the n-th value go through topk.
+    """
+    B, L = P_BL.shape
+    w_L = w_L.to(P_BL.dtype)
+    if threshold > 0 and n < B * L:
+        for frac in (0.8, 0.4):
+            t_L = (threshold * frac) / w_L.float() - b_L.float()
+            cand = mask_nonzero(P_BL > t_L.to(P_BL.dtype))
+            c = cand.numel()
+            if c < n:
+                continue
+            col = cand % L
+            v = (P_BL.view(-1)[cand] + b_L.to(P_BL.dtype)[col]).clamp_min_(0) * w_L[col]
+            if c == n:
+                return cand
+            kth = v.float().kthvalue(c - n + 1).values.to(v.dtype)
+            keep = v >= kth
+            if int(keep.sum()) == n:
+                return cand[keep]
+            return cand[v.topk(n, sorted=False).indices].sort().values
+    v = (P_BL + b_L.to(P_BL.dtype)).clamp_min_(0).mul_(w_L).view(-1)
+    return v.topk(min(n, B * L), sorted=False).indices.sort().values
 
 
 @dataclass
 class Selection:
     """The batch's selected (token, latent) pairs in row-major order, their activations (carrying the
-    encoder's gradient) and the dense pre-activations (detached) for the aux loss."""
+    encoder's gradient) and the encoder GEMM without bias `x @ W_enc` (detached) for the aux loss."""
 
     rows: Tensor
     cols: Tensor
     vals: Tensor
-    pre_BL: Tensor
+    P_BL: Tensor
     min_selected: Tensor  # smallest selected norm-weighted activation (NaN if nothing fired)
+    grouping: tuple[Tensor, Tensor] | None = None  # `by_latent(cols)`, shared by the backward passes
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The sparse step's gather dtype: the autocast dtype under autocast (the gathers are memory-bound,
+    so bf16 halves their traffic; weights stay fp32 masters and get fp32 gradients), else `t`'s."""
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
 
 
 def decode_selected(cc, sel: Selection, keep: Tensor | None = None) -> Tensor:
     """b_dec + sum of the selected latents' decoder rows (only the entries where `keep` is true)."""
-    rows, cols, vals = sel.rows, sel.cols, sel.vals
+    rows, cols, vals, grouping = sel.rows, sel.cols, sel.vals, sel.grouping
     if keep is not None:
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    B = sel.pre_BL.shape[0]
+        rows, cols, vals, grouping = rows[keep], cols[keep], vals[keep], None
+    B = sel.P_BL.shape[0]
     counts_B = torch.bincount(rows, minlength=B)
     offsets_B = torch.cumsum(counts_B, 0) - counts_B
-    return F.embedding_bag(cols, cc.W_dec, offsets_B, mode="sum", per_sample_weights=vals.to(cc.W_dec.dtype)) + cc.b_dec
+    W_dec = cc.W_dec.to(compute_dtype(cc.W_dec))
+    return _SparseDecode.apply(vals, W_dec, cc.b_dec, rows, cols, offsets_B, grouping)
+
+
+def _min_selected(s: Tensor) -> Tensor:
+    return s.min().double() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64, device=s.device)
 
 
 @register
@@ -137,27 +235,30 @@ class BatchTopK(Variant):
 
         return act_fn
 
+    def _indices(self, cc, P_BL: Tensor, w_L: Tensor) -> Tensor:
+        B, L = P_BL.shape
+        return select_batch_topk(P_BL, cc.b_enc.detach(), w_L, min(self.cfg.k * B, B * L), self.threshold.item())
+
     def select(self, cc, x_BK: Tensor) -> Selection:
         """The batch top-k·B on norm-weighted activations, sparse (gradient through `_GatherPre`)."""
-        B, L = x_BK.shape[0], cc.cfg.n_latents
-        n_keep = min(self.cfg.k * B, B * L)
+        L = cc.cfg.n_latents
         w_L = cc.dec_norm_sum().detach()
-        bound = 0.5 * self.threshold.item()  # safely below the n-th value: prunes the top-k candidates
         with torch.no_grad():
-            pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)
-            flat_idx = batch_topk_indices((F.relu(pre_BL) * w_L.to(pre_BL.dtype)).view(-1), n_keep, bound)
-            flat_idx = flat_idx.sort().values  # row-major: groups the active latents by token
-            rows, cols = flat_idx // L, flat_idx % L
-        vals = F.relu(_GatherPre.apply(pre_BL.view(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols))
+            P_BL = torch.mm(x_BK, cc.W_enc)
+            flat_idx = self._indices(cc, P_BL, w_L)
+            rows = flat_idx // L
+            cols = flat_idx - rows * L
+            grouping = by_latent(cols, L)
+        x_c = x_BK.to(compute_dtype(x_BK))
+        vals = F.relu(_GatherPre.apply(P_BL.view(-1), flat_idx, x_c, cc.W_enc, cc.b_enc, rows, cols, grouping))
         with torch.no_grad():
             sel = vals * w_L[cols].to(vals.dtype)
-            sel = sel[vals > 0]
-            min_sel = sel.min().double() if sel.numel() else torch.tensor(float("nan"), dtype=torch.float64)
-        return Selection(rows, cols, vals, pre_BL, min_sel)
+            min_sel = _min_selected(sel[vals > 0])
+        return Selection(rows, cols, vals, P_BL, min_sel, grouping)
 
     def _finish(self, cc, x_BK: Tensor, x_hat_BK: Tensor, recon: Tensor, sel: Selection, fired_L, l0,
                 parts: dict | None = None) -> TrainOutput:
-        aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.pre_BL)
+        aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.P_BL)
         loss = recon + self.cfg.aux_coef * aux
         return TrainOutput(loss, {"recon": recon.detach(), **(parts or {}), "aux": aux.detach()}, x_hat_BK, fired_L,
                            l0, {"min_selected": sel.min_selected})
@@ -171,43 +272,48 @@ class BatchTopK(Variant):
                 fired_L = torch.zeros(cc.cfg.n_latents, dtype=torch.bool, device=x_BK.device)
                 fired_L[sel.cols[pos]] = True
                 l0 = pos.sum().float() / x_BK.shape[0]
-        else:  # dense reference: identical maths through full matmuls
+        else:  # dense reference: identical maths (the same selection) through full matmuls
             B, L = x_BK.shape[0], cc.cfg.n_latents
             w_L = cc.dec_norm_sum().detach()
-            pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)
-            act_BL = F.relu(pre_BL)
+            P_BL = torch.mm(x_BK, cc.W_enc)
+            act_BL = F.relu(P_BL + cc.b_enc.to(P_BL.dtype))
             with torch.no_grad():
-                flat_idx = batch_topk_indices((act_BL * w_L.to(act_BL.dtype)).view(-1), min(self.cfg.k * B, B * L),
-                                              0.5 * self.threshold.item())
+                flat_idx = self._indices(cc, P_BL.detach(), w_L)
                 mask = torch.zeros(B * L, dtype=act_BL.dtype, device=x_BK.device).index_fill_(0, flat_idx, 1)
             f_BL = act_BL * mask.view(B, L)
             x_hat_BK = torch.addmm(cc.b_dec, f_BL, cc.W_dec)
             with torch.no_grad():
                 active = f_BL > 0
                 fired_L, l0 = active.any(0), active.sum().float() / B
-                s = (f_BL * w_L.to(f_BL.dtype))[active]
-                min_sel = s.min().double() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64)
-            sel = Selection(torch.empty(0), torch.empty(0), torch.empty(0), pre_BL.detach(), min_sel)
+                min_sel = _min_selected((f_BL * w_L.to(f_BL.dtype))[active])
+            sel = Selection(torch.empty(0), torch.empty(0), torch.empty(0), P_BL.detach(), min_sel)
         recon = (x_hat_BK.float() - x_BK.float()).pow(2).sum(-1).mean()
         return self._finish(cc, x_BK, x_hat_BK, recon, sel, fired_L, l0)
 
-    def aux_loss(self, cc, x_BK: Tensor, x_hat_BK: Tensor, pre_BL: Tensor) -> Tensor:
-        """Aux-k (Gao et al. 2024): the top aux_k dead latents per token reconstruct the residual (no bias)."""
-        dead_idx = cc.dead_mask().nonzero().squeeze(-1)
+    def aux_mask(self, cc) -> Tensor:
+        """bool [L]: the latents the aux-k loss trains (quiet for more than `aux_dead_tokens`)."""
+        t = self.cfg.aux_dead_tokens
+        return cc.dead_mask() if t == 0 else cc.tokens_since_fired > t
+
+    def aux_loss(self, cc, x_BK: Tensor, x_hat_BK: Tensor, P_BL: Tensor) -> Tensor:
+        """Aux-k (Gao et al. 2024): the top aux_k quiet latents per token reconstruct the residual (no bias)."""
+        dead_idx = self.aux_mask(cc).nonzero().squeeze(-1)
         if dead_idx.numel() == 0:
             return torch.zeros((), device=x_BK.device)
-        B, L = pre_BL.shape
+        B, L = P_BL.shape
         kk = min(self.cfg.aux_k, dead_idx.numel())
         with torch.no_grad():
-            top = pre_BL[:, dead_idx].topk(kk, dim=-1)
+            top = (P_BL[:, dead_idx] + cc.b_enc[dead_idx].to(P_BL.dtype)).topk(kk, dim=-1)
             cols = dead_idx[top.indices].reshape(-1)
             rows = torch.arange(B, device=x_BK.device).repeat_interleave(kk)
             flat_idx = rows * L + cols
+            grouping = by_latent(cols, L)
         # raw pre-activations, no ReLU: a dead latent's pre is usually negative everywhere, and the
         # gradient must still reach it (as in sae_lens / EleutherAI sparsify)
-        vals = _GatherPre.apply(pre_BL.reshape(-1), flat_idx, x_BK, cc.W_enc, cc.b_enc, rows, cols)
-        e_hat_BK = F.embedding_bag(cols, cc.W_dec, torch.arange(B, device=x_BK.device) * kk, mode="sum",
-                                   per_sample_weights=vals.to(cc.W_dec.dtype))
+        cdt = compute_dtype(x_BK)
+        vals = _GatherPre.apply(P_BL.reshape(-1), flat_idx, x_BK.to(cdt), cc.W_enc, cc.b_enc, rows, cols, grouping)
+        e_hat_BK = _SparseDecode.apply(vals, cc.W_dec.to(cdt), None, rows, cols, torch.arange(B, device=x_BK.device) * kk,
+                                       grouping)
         e_BK = (x_BK - x_hat_BK).detach().float()
         scale = min(dead_idx.numel() / self.cfg.aux_k, 1.0)  # weaker when few latents are dead
         return scale * (e_hat_BK.float() - e_BK).pow(2).sum(-1).mean()

@@ -1,0 +1,31 @@
+"""Fill docs/crosscoder.md's benchmark tables from the JSON in docs/bench (run after the benchmarks).
+
+    python benchmarks/fill_docs.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tables import quality, speed  # benchmarks/tables.py
+
+ROOT = Path(__file__).parents[1]
+QUALITY = ("base", "aux", "lr", "l1024")
+
+
+def fill(text: str, marker: str, table: str) -> str:
+    block = f"<!-- {marker} -->\n{table}\n<!-- /{marker} -->\n"
+    pat = re.compile(rf"<!-- {marker} -->\n(?:.*?\n<!-- /{marker} -->\n)?", re.S)
+    return pat.sub(lambda _: block, text, count=1)
+
+
+if __name__ == "__main__":
+    bench = ROOT / "docs" / "bench"
+    doc = ROOT / "docs" / "crosscoder.md"
+    text = doc.read_text()
+    text = fill(text, "bench-crosscoder-table", speed(json.loads((bench / "bench_crosscoder.json").read_text())))
+    runs = [json.loads((bench / f"batchtopk_quality_{n}.json").read_text()) for n in QUALITY]
+    text = fill(text, "batchtopk-quality-table", quality(runs))
+    doc.write_text(text)

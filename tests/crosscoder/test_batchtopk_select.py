@@ -1,0 +1,68 @@
+"""BatchTopK's pruned selection against a full sort, whatever the threshold estimate (too low, near, too
+high, zero), with ties, and the aux-k loss reaching latents that are quiet but not yet counted dead."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featalign.crosscoder import Crosscoder, CrosscoderConfig
+from featalign.crosscoder.variants.batchtopk import select_batch_topk
+
+
+def _reference(P_BL, b_L, w_L, n):
+    """The n largest relu(P + b)·w by a full sort, as a sorted list of flat indices."""
+    v = ((P_BL + b_L).clamp_min(0) * w_L).reshape(-1)
+    order = sorted(range(v.numel()), key=lambda i: -float(v[i]))
+    return sorted(order[:n]), float(v[order[n - 1]])
+
+
+@pytest.mark.parametrize("thr_scale", [0.0, 0.3, 0.9, 1.0, 1.3, 5.0])
+def test_selection_is_the_exact_top_n_for_any_threshold_estimate(thr_scale):
+    g = torch.Generator().manual_seed(0)
+    P, b, w = torch.randn(16, 50, generator=g), 0.3 * torch.randn(50, generator=g), 0.5 + torch.rand(50, generator=g)
+    n = 40
+    ref, nth = _reference(P, b, w, n)
+    got = select_batch_topk(P, b, w, n, thr_scale * nth)
+    assert got.tolist() == ref  # exact set, row-major order
+
+
+def test_selection_with_ties_at_the_nth_value_keeps_exactly_n():
+    P = torch.tensor([[3.0, 2.0, 2.0, 1.0], [2.0, 2.0, 0.5, -1.0]])
+    got = select_batch_topk(P, torch.zeros(4), torch.ones(4), 3, 1.9)
+    assert got.numel() == 3 and got.tolist() == sorted(got.tolist())
+    assert 0 in got.tolist()  # the 3.0
+    assert all(float(P.view(-1)[i]) >= 2.0 for i in got)
+
+
+def test_aux_reaches_quiet_latents_before_they_count_dead():
+    cfg = dict(models=("a", "b"), hooks=("h",), d_model=8, n_latents=64, variant="batchtopk", dead_tokens=10**6)
+    x = torch.randn(32, 16)
+    for aux_dead, expect_aux in ((0, False), (100, True)):
+        m = Crosscoder(CrosscoderConfig(**cfg, variant_cfg={"k": 2, "aux_k": 4, "aux_dead_tokens": aux_dead}))
+        m.tokens_since_fired[:10] = 1000  # quiet for 1000 tokens: dead for aux only with aux_dead_tokens < 1000
+        out = m.training_forward(x)
+        assert (out.parts["aux"].item() > 0) == expect_aux
+        out.loss.backward()
+        assert (m.W_enc.grad[:, :10].abs().sum() > 0).item()  # selected or aux: some of them get gradient
+        assert m.variant.aux_mask(m)[:10].all().item() == expect_aux
+
+
+def test_planted_data_n_models_truth():
+    """Three models: each model's noise-free activations lie in the span of exactly its present features,
+    with each feature's planted direction; the chunked path (large N·F) draws the same way per chunk."""
+    from featalign.crosscoder import planted_data
+
+    x, t = planted_data(n_tokens=500, d_model=64, n_shared=8, n_specific=4, p_fire=0.2, noise=0.0, n_models=3)
+    assert x.shape == (500, 3, 1, 64) and t.kind == ["shared"] * 8 + [f"only:{m}" for m in range(3) for _ in range(4)]
+    assert t.present_FM.sum(0).tolist() == [12, 12, 12] and t.present_FM[:8].all()
+    for m in range(3):
+        D_FD = t.directions_FMD[t.present_FM[:, m], m]  # 12 directions in 64 dims: identifiable
+        coef = torch.linalg.lstsq(D_FD.T, x[:, m, 0].T).solution
+        assert (D_FD.T @ coef - x[:, m, 0].T).abs().max() < 1e-4
+        assert ((coef.abs() > 1e-3) & (coef < 0.5 - 1e-4)).sum() == 0 and coef.max() <= 1.5 + 1e-4  # magnitudes U(0.5, 1.5)
+        assert (t.directions_FMD[~t.present_FM[:, m], m] == 0).all()
+    big, tb = planted_data(n_tokens=2**24 // 20 + 7, d_model=4, n_shared=10, n_specific=5, n_models=2)
+    assert big.shape == (2**24 // 20 + 7, 2, 1, 4) and tb.present_FM.sum().item() == 30
+    assert big.norm(dim=-1).mean().item() > 0.1  # drawn in every chunk, not zeros
+    assert big[-1000:].norm(dim=-1).mean().item() > 0.1
