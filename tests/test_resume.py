@@ -162,44 +162,37 @@ def test_analyze_killed_while_training_crosscoders(tiny_organisms, tmp_path):
     _rerun_equals(argv, out, reference, what)
 
 
-def test_drift_example_killed_while_training_crosscoders(tiny_organisms, tmp_path):
-    """The example scripts: one killed while it trains its checkpoint crosscoders, rerun."""
-    script = str(Path(__file__).resolve().parents[1] / "examples" / "reproduce_drift.py")
-    common = ["--organisms-dir", str(tiny_organisms.root), "--n-tokens", "2000", "--eval-tokens", "1000",
-              "--n-latents", "64", "--steps", "200", "--top-k", "8", "--progress", "false"]
-    out = tmp_path / "drift"
-    argv = [script, *common, "--out", str(out)]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example_killed_and_rerun(script: str, common: list[str], out: Path, max_delay_s: float) -> None:
+    """An example script killed (SIGKILL) once its run folder exists, rerun: the files of an uninterrupted run."""
+    argv = [str(EXAMPLES / script), *common, "--out", str(out)]
     reference = reference_tree(argv, out)
-    what, proc, err = kill_at_random_moment(argv, lambda: (out / "config.json").exists(), max_delay_s=8.0)
+    what, proc, err = kill_at_random_moment(argv, lambda: (out / "config.json").exists(), max_delay_s=max_delay_s)
     assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
     _rerun_equals(argv, out, reference, what)
 
 
+def test_drift_example_killed_while_training_crosscoders(tiny_organisms, tmp_path):
+    common = ["--organisms-dir", str(tiny_organisms.root), "--n-tokens", "2000", "--eval-tokens", "1000",
+              "--n-latents", "64", "--steps", "200", "--top-k", "8", "--progress", "false"]
+    _example_killed_and_rerun("reproduce_drift.py", common, tmp_path / "drift", max_delay_s=8.0)
+
+
 def test_feature_interventions_example_killed_and_rerun(tiny_organisms, tmp_path):
-    script = str(Path(__file__).resolve().parents[1] / "examples" / "reproduce_feature_interventions.py")
     common = ["--base-dir", str(tiny_organisms.base_dir), "--rl-dir", str(tiny_organisms.model_dir("sft")),
               "--n-prompts", "60", "--selection-tasks", "sort,compare", "--held-out-tasks", "bool", "--min-samples", "2",
               "--n-tokens", "2000", "--eval-tokens", "1000", "--n-latents", "64", "--steps", "40", "--n-controls", "2",
               "--n-bins", "2", "--sweep-coefs", "0,1", "--sweep-controls", "1", "--progress", "false"]
-    out = tmp_path / "fi"
-    argv = [script, *common, "--out", str(out)]
-    reference = reference_tree(argv, out)
-    what, proc, err = kill_at_random_moment(argv, lambda: (out / "config.json").exists(), max_delay_s=10.0)
-    assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
-    _rerun_equals(argv, out, reference, what)
+    _example_killed_and_rerun("reproduce_feature_interventions.py", common, tmp_path / "fi", max_delay_s=10.0)
 
 
 def test_transfer_example_killed_and_rerun(tiny_organisms, tmp_path):
     """Killed while it post-trains the extra domain in its copy of the organisms, rerun."""
-    script = str(Path(__file__).resolve().parents[1] / "examples" / "reproduce_transfer_study.py")
     common = ["--organisms-dir", str(tiny_organisms.root), "--domains", "add,count", "--eval-domains", "add,bool",
               "--n-prompts", "40"]
-    out = tmp_path / "tr"
-    argv = [script, *common, "--out", str(out)]
-    reference = reference_tree(argv, out)
-    what, proc, err = kill_at_random_moment(argv, lambda: (out / "config.json").exists(), max_delay_s=15.0)
-    assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
-    _rerun_equals(argv, out, reference, what)
+    _example_killed_and_rerun("reproduce_transfer_study.py", common, tmp_path / "tr", max_delay_s=15.0)
 
 
 @pytest.mark.parametrize("name", ["report.json", "report.md"])
