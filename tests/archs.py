@@ -21,6 +21,9 @@ ARCH_CONFIGS = {
     "qwen3": ("Qwen3Config", {**_DECODER, "num_key_value_heads": 2, "head_dim": 8}),
     "gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128}),
     "gpt_neox": ("GPTNeoXConfig", {**_DECODER}),
+    "gemma3": ("Gemma3TextConfig", {**_DECODER, "num_key_value_heads": 2, "head_dim": 8}),
+    "opt": ("OPTConfig", {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                          "word_embed_proj_dim": 32}),
 }
 
 

@@ -17,3 +17,11 @@ def tiny_organisms(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("organisms") / "tiny"
     return build_organisms(preset_config("tiny"), root)
+
+
+@pytest.fixture(scope="session")
+def trio(tiny_organisms):
+    """The tiny organisms' base / rl / sft, loaded once as a ModelGroup of TransformerBridges."""
+    from featalign.models import ModelGroup
+
+    return ModelGroup.from_paths(tiny_organisms.default_trio())

@@ -8,7 +8,7 @@
 from featalign.activations.cache import (
     CacheConfig, StreamingActivations, batch_rows, cache_activations, token_batches,
 )
-from featalign.activations.hooks import capture, default_hook, resolve_hooks, stop_layer
+from featalign.models.hooks import capture, default_hook, resolve_hooks, stop_layer
 from featalign.activations.loader import ActivationLoader
 from featalign.activations.sources import (
     DatasetSource, TaskSuiteSource, TensorSource, TextSource, TokenSource, as_source,

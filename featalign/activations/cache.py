@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featalign.activations.hooks import capture, default_hook, resolve_hooks
+from featalign.models.hooks import capture, default_hook, resolve_hooks
 from featalign.activations.sources import TokenSource, as_source
 from featalign.activations.store import (
     STORE_DTYPES, ActivationStore, IncompatibleStoreError, StoreError, StoreLayout, StoreWriter, merge_manifests,

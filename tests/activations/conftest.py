@@ -1,18 +1,12 @@
-"""Fixtures: the tiny organisms trio loaded once, and a small reference store."""
+"""Fixtures: a small reference store of the tiny organisms trio."""
 
 from __future__ import annotations
 
 import pytest
 
 from featalign.activations import CacheConfig, cache_activations
-from featalign.models import ModelGroup
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
-
-
-@pytest.fixture(scope="session")
-def trio(tiny_organisms) -> ModelGroup:
-    return ModelGroup.from_paths(tiny_organisms.default_trio())
 
 
 @pytest.fixture(scope="session")

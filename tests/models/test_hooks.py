@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from featalign.activations import capture, default_hook, resolve_hooks, stop_layer
+from featalign.models import capture, default_hook, resolve_hooks, stop_layer
 
 
 def test_default_hook_is_middle_resid():

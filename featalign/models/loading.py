@@ -49,13 +49,13 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-#: Spaces, digits, punctuation and words: a tokenizer rebuilt wrongly (DESIGN §7 tokenizer trap) differs here.
+#: Spaces, digits, punctuation and words: a tokenizer rebuilt wrongly (the qwen2 tokenizer trap, docs/real_models.md) differs here.
 TOKENIZER_PROBE = "The quick brown fox: max 3 9 4 = 9, 12+34=46; sort 9313=1339."
 
 
 def _explicit_tokenizer(path: Path):
     """Organism folders carry a char-level tokenizer that AutoTokenizer may rebuild wrongly
-    for some architectures (DESIGN §5 tokenizer trap), so load it explicitly."""
+    for some architectures (the qwen2 tokenizer trap, docs/real_models.md), so load it explicitly."""
     if (path / "featalign.json").exists() and (path / "tokenizer.json").exists():
         from featalign.organisms.tokenizer import load_tokenizer
 
@@ -65,7 +65,7 @@ def _explicit_tokenizer(path: Path):
 
 def tokenizer_from_folder(path: str | Path, add_bos_token: bool = False):
     """The tokenizer saved in `path` exactly as saved: its `tokenizer.json` through `PreTrainedTokenizerFast`
-    (AutoTokenizer may rebuild it as the architecture's class, DESIGN §7), else `AutoTokenizer`.
+    (AutoTokenizer may rebuild it as the architecture's class: the qwen2 tokenizer trap, docs/real_models.md), else `AutoTokenizer`.
     `add_bos_token=True` is the form TransformerLens keeps instead of reloading it through AutoTokenizer."""
     path = Path(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
@@ -114,7 +114,7 @@ def load_model(
 
     The bridge's tokenizer is checked against the reference one (`tokenizer` if given, else the folder's
     own `tokenizer.json`) on a probe string: TransformerLens may swap in an AutoTokenizer that tokenizes
-    differently (DESIGN §7 tokenizer trap: a char-level tokenizer in a `qwen2` folder loses its spaces),
+    differently (the qwen2 tokenizer trap, docs/real_models.md: a char-level tokenizer in a `qwen2` folder loses its spaces),
     in which case the reference is passed again in the form TransformerLens keeps; if even that fails the
     load is refused, so activations are never cached with wrong tokens. A local folder without a
     tokenizer (and no `tokenizer` given) is refused naming the folder."""
@@ -173,6 +173,14 @@ def _cache_kwarg_to_past_key_values(_module, args, kwargs):
     return None
 
 
+def _drop_duplicate_past_key_values(_module, args, kwargs):
+    """The bridge passes its kwargs on to the HF attention; attentions that take both names (OPT) warn when
+    both are set, so the copy added for the bridge is removed again before the HF module sees it."""
+    if kwargs.get("cache") is not None and kwargs.get("past_key_values") is kwargs["cache"]:
+        return args, {k: v for k, v in kwargs.items() if k != "past_key_values"}
+    return None
+
+
 def ensure_kv_cache_compat(model: torch.nn.Module) -> torch.nn.Module:
     """Make a TransformerBridge's attention see the KV cache under every transformers version.
 
@@ -193,6 +201,9 @@ def ensure_kv_cache_compat(model: torch.nn.Module) -> torch.nn.Module:
     for module in lm.modules():
         if isinstance(module, AttentionBridge):
             module.register_forward_pre_hook(_cache_kwarg_to_past_key_values, with_kwargs=True)
+            inner = getattr(module, "original_component", None)
+            if isinstance(inner, torch.nn.Module):
+                inner.register_forward_pre_hook(_drop_duplicate_past_key_values, with_kwargs=True)
     setattr(lm, _KV_COMPAT_FLAG, True)
     return model
 
@@ -273,7 +284,7 @@ class ModelGroup:
 
     def check_widths(self, hooks: Sequence[str]) -> dict[str, int]:
         """Width of each hook, checked equal across models with a one-token probe forward."""
-        from featalign.activations.hooks import capture, resolve_hooks
+        from featalign.models.hooks import capture, resolve_hooks
 
         probe = torch.tensor([[self.tokenizer.bos_token_id or 0, *self.tokenizer("1")["input_ids"][-1:]]])
         widths: dict[str, dict[str, int]] = {}
