@@ -32,11 +32,10 @@ import torch
 from featalign.crosscoder import Crosscoder
 from featalign.crosscoder.config import CrosscoderConfig
 from featalign.evaluation import eval_problems, score_problems
-from featalign.generation import decode
-from featalign.intervention_experiments import run_intervention
-from featalign.interventions import ablate, intervene, steer
+from featalign.generation import decode, hf_model_of
+from featalign.interventions import ablate, intervene, run_intervention, steer
 from featalign.organisms import ensure_organisms
-from featalign.organisms.model import load_organism
+from featalign.models import default_hook, load_model
 
 
 def crosscoder_for(path: str | None, d_model: int, hook: str) -> tuple[Crosscoder, str]:
@@ -78,9 +77,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     org = ensure_organisms("default")
-    model, tok = load_organism(org.default_trio()["rl"])
-    hook = f"blocks.{max(0, org.config.n_layers // 2 - 1)}.hook_resid_post"
-    cc, cc_desc = crosscoder_for(args.crosscoder, model.config.hidden_size, hook)
+    model = load_model(org.default_trio()["rl"])
+    tok = model.tokenizer
+    hook = default_hook(org.config.n_layers)
+    cc, cc_desc = crosscoder_for(args.crosscoder, model.cfg.d_model, hook)
     tasks = {d: eval_problems(d, args.prompts) for d in args.tasks.split(",")}
     n_rows = sum(len(p) for p in tasks.values())
     ids = list(range(0, cc.cfg.n_latents, max(1, cc.cfg.n_latents // args.features)))[: args.features]
@@ -117,7 +117,7 @@ def main() -> None:
         def f():
             with torch.no_grad(), (intervene(model, cc, "rl", edit) if edit is not None else _null()):
                 for _ in range(5):
-                    model(input_ids=ids_BT, attention_mask=mask_BT)
+                    hf_model_of(model)(input_ids=ids_BT, attention_mask=mask_BT)
         return f
 
     score_all()  # warm-up

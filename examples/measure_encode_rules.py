@@ -30,6 +30,7 @@ import torch
 from featalign.analyze import AnalyzeConfig, cached_activations, open_organisms, train_or_load
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.io import atomic_write_json, atomic_write_text, provenance
+from featalign.models import default_hook
 
 
 @dataclass
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     trio = org.default_trio()
     names = tuple(n for n in cfg.models.split(",") if n)
     dirs = {n: str(trio[n]) for n in names}
-    hook = f"blocks.{max(0, org.config.n_layers // 2 - 1)}.hook_resid_post"
+    hook = default_hook(org.config.n_layers)
     x = cached_activations(out / "cache" / "train.safetensors", dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress)
     xe = cached_activations(out / "cache" / "eval.safetensors", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
                             cfg.progress)

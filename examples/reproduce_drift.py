@@ -36,7 +36,7 @@ from featalign.analyze import (
 )
 from featalign.cli import UsageError, check_exists, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
-from featalign.crosscoder.hf import load_hf
+from featalign.models import default_hook, default_hook_for
 from featalign.io import atomic_write_json, atomic_write_text, provenance
 
 PUBLISHED = {"sft": "high overlap early; many specialised features stabilise early",
@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.base_dir:
         series = {"sft": series_from_dirs("sft", cfg.base_dir, cfg.sft_dirs.split(",")),
                   "rl": series_from_dirs("rl", cfg.base_dir, cfg.rl_dirs.split(","))}
-        n_layers = load_hf(cfg.base_dir)[0].config.num_hidden_layers
+        default = default_hook_for(cfg.base_dir)
     else:
         org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
         series = {kind: series_from_organisms(org, kind) for kind in ("sft", "rl")}
-        n_layers = org.config.n_layers
-    hook = cfg.hook or f"blocks.{max(0, n_layers // 2 - 1)}.hook_resid_post"
+        default = default_hook(org.config.n_layers)
+    hook = cfg.hook or default
     dirs = series["sft"].model_dirs() | series["rl"].model_dirs()
     names = list(dirs)
     x = cached_activations(out / "cache" / "train.safetensors", dirs, hook, cfg.n_tokens, "train", cfg.seed,

@@ -40,9 +40,9 @@ from featalign.analysis.success_features import (
 from featalign.analyze import AnalyzeConfig, cached_activations, check_shared_settings, open_organisms, train_or_load
 from featalign.cli import UsageError, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
-from featalign.crosscoder.hf import load_hf
+from featalign.models import default_hook, default_hook_for, load_model
 from featalign.evaluation import eval_problems, score_problems
-from featalign.intervention_experiments import coefficient_sweep, run_intervention
+from featalign.interventions import coefficient_sweep, run_intervention
 from featalign.interventions import ablate, steer, typical_activation
 from featalign.io import atomic_write_json, atomic_write_text, provenance
 from featalign.organisms.tasks import parse_domains
@@ -155,17 +155,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     if cfg.base_dir and cfg.rl_dir:
         dirs = {"base": cfg.base_dir, "rl": cfg.rl_dir}
-        n_layers = load_hf(cfg.base_dir)[0].config.num_hidden_layers
+        default = default_hook_for(cfg.base_dir)
     else:
         org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
         trio = org.default_trio()
         dirs = {"base": str(trio["base"]), "rl": str(trio["rl"])}
-        n_layers = org.config.n_layers
-    hook = cfg.hook or f"blocks.{max(0, n_layers // 2 - 1)}.hook_resid_post"
+        default = default_hook(org.config.n_layers)
+    hook = cfg.hook or default
     sel_names, held_names = _split(cfg.selection_tasks), _split(cfg.held_out_tasks)
 
     # 1. correctness of base and RL on every task
-    (bm, tok), (rm, _) = load_hf(dirs["base"]), load_hf(dirs["rl"])
+    bm, rm = load_model(dirs["base"]), load_model(dirs["rl"])
+    tok = bm.tokenizer
     tasks = {t: eval_problems(t, cfg.n_prompts) for t in sel_names + held_names}
     data = {t: TaskData(p, score_problems(bm, tok, p), score_problems(rm, tok, p)) for t, p in tasks.items()}
     subset = {t: success_mask(d.base_correct, d.rl_correct) for t, d in data.items()}

@@ -35,7 +35,7 @@ import torch
 from featalign.analyze import _jsonable, open_organisms
 from featalign.cli import UsageError, check_choice, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
-from featalign.crosscoder.hf import load_hf
+from featalign.models import load_model
 from featalign.evaluation import (
     cmh_odds_ratio, evaluate, format_p, in_out_domain_cmh, mcnemar_paired, plot_transfer_heatmap, transfer_matrix,
 )
@@ -163,7 +163,8 @@ def pairs_part(cfg: TransferConfig, lines: list[str]) -> dict:
 
     def score(path):
         if path not in scored:
-            m, t = load_hf(path)
+            m = load_model(path)
+            t = m.tokenizer
             scored[path] = evaluate(m, t, eval_domains, cfg.n_prompts, desc=f"eval {Path(path).name}")
         return scored[path]
 

@@ -174,7 +174,6 @@ def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_toke
     """[N, M, 1, D] activations of every model on task-suite text, cached in a safetensors file."""
     from safetensors.torch import load_file
 
-    from featalign.crosscoder.hf import collect_activations
     from featalign.io import atomic_write_bytes, safetensors_bytes
 
     key = {"models": ",".join(model_dirs), "dirs": ",".join(model_dirs.values()), "hook": hook,
@@ -185,9 +184,29 @@ def cached_activations(path: Path, model_dirs: dict[str, str], hook: str, n_toke
         with safe_open(str(path), "pt") as f:
             if f.metadata() == key:
                 return load_file(str(path))["acts"]
-    x = collect_activations(model_dirs, (hook,), n_tokens, seed=seed, split=split, progress=progress)
+    x = _collect_activations(model_dirs, hook, n_tokens, seed, split)
     atomic_write_bytes(path, safetensors_bytes({"acts": x.contiguous()}, metadata=key))
     return x
+
+
+def _collect_activations(model_dirs: dict[str, str], hook: str, n_tokens: int, seed: int, split: str) -> torch.Tensor:
+    """[N, M, 1, D] on `<bos> prompt answer <eos>` organisms text (pad and `<bos>` dropped)."""
+    from featalign.models import capture_models, load_model
+    from featalign.organisms.tasks import DOMAINS, sample_mixture
+    from featalign.organisms.train import encode_supervised
+
+    models = [load_model(d) for d in model_dirs.values()]
+    tok = models[0].tokenizer
+    xs, have, round_ = [], 0, 0
+    while have < n_tokens:
+        probs = sample_mixture(list(DOMAINS), max(64, (n_tokens - have) // 24 + 64), split, seed * 1000 + round_)
+        ids, _ = encode_supervised(probs, tok)
+        keep = ids != tok.pad_token_id
+        keep[:, 0] = False
+        x = capture_models(models, ids, torch.ones_like(ids), (hook,))[keep]
+        xs.append(x)
+        have, round_ = have + x.shape[0], round_ + 1
+    return torch.cat(xs)[:n_tokens].contiguous()
 
 
 TRAINED_ON_FILE = "trained_on.json"
@@ -311,12 +330,12 @@ def run(cfg: AnalyzeConfig) -> dict:
                          f"{org.config.d_model}: its activations do not match the crosscoder; pass one trained on these organisms")
     hook = given.cfg.hooks[0] if given is not None else (
         cfg.hook or f"blocks.{max(0, org.config.n_layers // 2 - 1)}.hook_resid_post")
-    from featalign.crosscoder.hf import parse_hook
+    import re
 
-    try:
-        layer = parse_hook(hook)[0]
-    except ValueError as e:
-        raise UsageError(f"--hook: {e}") from e
+    match = re.match(r"^blocks\.(\d+)\.hook_", hook)
+    if not match:
+        raise UsageError(f"--hook {hook!r}: use a block hook such as blocks.<layer>.hook_resid_post")
+    layer = int(match.group(1))
     if layer >= org.config.n_layers:
         raise UsageError(f"--hook {hook}: the organisms have layers 0..{org.config.n_layers - 1}")
     report["hook"] = hook

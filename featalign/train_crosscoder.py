@@ -270,10 +270,6 @@ def _parse_model_dirs(spec: str) -> dict[str, str]:
     return out
 
 
-def _middle_hook(n_layers: int) -> str:
-    return f"blocks.{max(0, n_layers // 2 - 1)}.hook_resid_post"
-
-
 def _activations_file(path: str, cc: dict, eval_tokens: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(training rows, eval rows, in_sample) of an `--activations` file; names its models and hooks in `cc`.
 
@@ -324,6 +320,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
     `in_sample` says whether the eval rows are rows the crosscoder also trains on.
     """
     from featalign.activations import ActivationStore, TaskSuiteSource, cache_activations
+    from featalign.models import default_hook, default_hook_for
     from featalign.crosscoder.data import InMemoryActivations
 
     batch, seed = int(tr.get("batch_size", TrainerConfig.batch_size)), int(tr.get("seed", TrainerConfig.seed))
@@ -346,9 +343,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
     else:
         if run.model_dirs:
             trio = _parse_model_dirs(run.model_dirs)
-            from featalign.crosscoder.hf import load_hf
-
-            n_layers = load_hf(next(iter(trio.values())))[0].config.num_hidden_layers
+            default = default_hook_for(next(iter(trio.values())))
         else:
             from featalign.organisms import ensure_organisms
 
@@ -357,7 +352,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
             if dist_info.enabled:
                 torch.distributed.barrier()
             org = ensure_organisms(run.organisms_preset, run.organisms_dir)
-            trio, n_layers = org.default_trio(), org.config.n_layers
+            trio, default = org.default_trio(), default_hook(org.config.n_layers)
         names = tuple(cc.get("models", tuple(trio)))
         unknown = [n for n in names if n not in trio]
         if unknown:
@@ -365,7 +360,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
                              "--model-dirs name=path,... or cache a store with `python -m featalign.cache` and pass --store)")
         model_dirs = {n: str(trio[n]) for n in names}
         cc.setdefault("models", names)
-        cc.setdefault("hooks", (_middle_hook(n_layers),))
+        cc.setdefault("hooks", (default,))
         if dist_info.is_main:  # resumable; a finished store is reused as is
             cache_activations(model_dirs, TaskSuiteSource(split="train"), hooks=cc["hooks"], out_dir=out / "activations",
                               n_tokens=run.n_tokens, rank=0, world_size=1)
@@ -397,8 +392,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
 
 def main(argv: list[str] | None = None) -> dict:
     from featalign.crosscoder import ddp
-    from featalign.crosscoder.evaluate import evaluate
-    from featalign.crosscoder.hf import splice_in_loss
+    from featalign.crosscoder.evaluate import evaluate, splice_in_loss
     from featalign.crosscoder.train import Trainer
     from featalign.io import atomic_write_json
 

@@ -8,12 +8,16 @@ import torch
 
 from featalign.analysis.success_features import prompt_batch, sample_latents
 from featalign.crosscoder import Crosscoder, CrosscoderConfig
-from featalign.crosscoder.hf import residual_hook
 from featalign.evaluation import eval_problems
 from featalign.interventions import ablate, intervene
-from featalign.organisms.model import load_organism
+from featalign.generation import hf_model_of
+from featalign.models import edit_hooks, load_model
 
 HOOK = "blocks.0.hook_resid_post"
+
+
+def _with_tokenizer(bridge):
+    return bridge, bridge.tokenizer
 
 
 def _crosscoder(variant: str, D: int, L: int = 48) -> Crosscoder:
@@ -67,8 +71,8 @@ def test_encode_as_matches_explicit_rule(variant):
 def test_ablation_in_live_model_removes_exactly_the_scored_contribution(tiny_organisms, variant):
     """Score_k reads `sample_latents` (f_k at the last prompt token, per sample); ablating a selected set
     in the running RL model must change its residual stream there by exactly -sum_k f_k d_k."""
-    model, tok = load_organism(tiny_organisms.model_dir("rl"))
-    cc = _crosscoder(variant, model.config.hidden_size)
+    model, tok = _with_tokenizer(load_model(tiny_organisms.model_dir("rl")))
+    cc = _crosscoder(variant, model.cfg.d_model)
     problems = eval_problems("sort", 6)
     with torch.no_grad():
         scored = sample_latents(cc, model, tok, problems, 1, "last")  # [S, L], what Score_k averages
@@ -76,11 +80,11 @@ def test_ablation_in_live_model_removes_exactly_the_scored_contribution(tiny_org
         assert (scored[:, sel] > 0).sum() >= 6
         ids, _, last = prompt_batch(tok, problems)
         got = {}
-        with residual_hook(model, HOOK, lambda r: got.__setitem__("clean", r.clone())):
-            model(input_ids=ids)
+        with edit_hooks(model, {HOOK: lambda r: got.__setitem__("clean", r.clone())}):
+            hf_model_of(model)(input_ids=ids)
         with intervene(model, cc, "rl", ablate(sel)):
-            with residual_hook(model, HOOK, lambda r: got.__setitem__("edited", r.clone())):
-                model(input_ids=ids)
+            with edit_hooks(model, {HOOK: lambda r: got.__setitem__("edited", r.clone())}):
+                hf_model_of(model)(input_ids=ids)
         rows = torch.arange(len(problems))
         delta = got["edited"][rows, last] - got["clean"][rows, last]
         d_SD = cc.W_dec_raw_LMHD[sel, 1, 0]

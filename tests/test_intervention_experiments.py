@@ -8,15 +8,20 @@ from scipy.stats import binomtest
 from featalign.crosscoder.config import CrosscoderConfig
 from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import eval_problems, score_problems
-from featalign.intervention_experiments import (
+from featalign.interventions import (
     InterventionResult, SweepResult, coefficient_sweep, firing_bins, matched_random_features, paired_bootstrap_ci,
     run_intervention,
 )
 from featalign.interventions import ablate, steer
-from featalign.organisms.model import load_organism
+from featalign.generation import hf_model_of
+from featalign.models import edit_hooks, load_model
 
 HOOK = "blocks.0.hook_resid_post"
 L = 64
+
+
+def _with_tokenizer(bridge):
+    return bridge, bridge.tokenizer
 
 
 def _crosscoder() -> Crosscoder:
@@ -38,7 +43,7 @@ def _freq(seed=0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def rl(tiny_organisms):
-    return load_organism(tiny_organisms.model_dir("rl"))
+    return _with_tokenizer(load_model(tiny_organisms.model_dir("rl")))
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,19 @@ import pytest
 import torch
 
 from featalign.crosscoder.config import CrosscoderConfig
-from featalign.crosscoder.hf import residual_hook
 from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import eval_problems
 from featalign.generation import decode
 from featalign.interventions import ablate, clamp, hook_fns, intervene, scale, steer, typical_activation
-from featalign.organisms.model import load_organism
+from featalign.generation import hf_model_of
+from featalign.models import edit_hooks, load_model
 
 HOOK = "blocks.0.hook_resid_post"
 L = 64
+
+
+def _with_tokenizer(bridge):
+    return bridge, bridge.tokenizer
 
 
 def _crosscoder(variant="l1", d_model=32) -> Crosscoder:
@@ -29,7 +33,7 @@ def _crosscoder(variant="l1", d_model=32) -> Crosscoder:
 
 @pytest.fixture(scope="module")
 def rl(tiny_organisms):
-    return load_organism(tiny_organisms.model_dir("rl"))
+    return _with_tokenizer(load_model(tiny_organisms.model_dir("rl")))
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +45,8 @@ def prompts(rl):
 def _acts_at(model, ids, hook=HOOK) -> torch.Tensor:
     """Residual stream at `hook` as the downstream layers see it (after any intervention hook)."""
     got = []
-    with residual_hook(model, hook, lambda r: got.append(r.detach().clone())):
-        model(input_ids=ids)
+    with edit_hooks(model, {hook: lambda r: got.append(r.detach().clone())}):
+        hf_model_of(model)(input_ids=ids)
     return got[0]
 
 
@@ -108,12 +112,12 @@ def test_ablating_nothing_and_zero_steer_are_bitwise_noops(rl, prompts):
     cc = _crosscoder()
     ids = torch.randint(3, 40, (3, 10), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        clean = model(input_ids=ids).logits
+        clean = hf_model_of(model)(input_ids=ids).logits
         clean_gen = _gen(model, tok, prompts)
         a = torch.ones(3)
         for edit in (ablate([]), steer([2, 7, 11], 0.0, a), steer([2, 7, 11], 0.0, a, decoder="base")):
             with intervene(model, cc, "rl", edit):
-                assert torch.equal(model(input_ids=ids).logits, clean)
+                assert torch.equal(hf_model_of(model)(input_ids=ids).logits, clean)
                 g = _gen(model, tok, prompts)
             assert torch.equal(g.completion_ids_BC, clean_gen.completion_ids_BC)
 
@@ -165,11 +169,11 @@ def test_steer_is_active_during_generation_at_chosen_positions(rl, prompts):
         def first_call(positions):
             seen = []
             with intervene(model, cc, "rl", steer(feats, 200.0, a), positions=positions):
-                with residual_hook(model, HOOK, lambda r: seen.append(r.clone())):
+                with edit_hooks(model, {HOOK: lambda r: seen.append(r.clone())}):
                     _gen(model, tok, prompts)
             return seen
         unhooked = []
-        with residual_hook(model, HOOK, lambda r: unhooked.append(r.clone())):
+        with edit_hooks(model, {HOOK: lambda r: unhooked.append(r.clone())}):
             _gen(model, tok, prompts)
         gen_only, every = first_call("generated"), first_call("all")
         assert torch.equal(gen_only[0], unhooked[0])
@@ -179,15 +183,15 @@ def test_steer_is_active_during_generation_at_chosen_positions(rl, prompts):
         # prompt-only: generated positions at the hook equal an unhooked replay of the same tokens
         seen = []
         with intervene(model, cc, "rl", steer(feats, 200.0, a), positions="prompt"):
-            with residual_hook(model, HOOK, lambda r: seen.append(r.clone())):
+            with edit_hooks(model, {HOOK: lambda r: seen.append(r.clone())}):
                 g = _gen(model, tok, prompts)
         P, C = g.prompt_ids_BP.shape[1], len(seen) - 1
         full_ids = torch.cat([g.prompt_ids_BP, g.completion_ids_BC[:, :C]], 1)
         attn = torch.cat([g.prompt_mask_BP, torch.ones_like(g.completion_ids_BC[:, :C])], 1)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         ref = []
-        with residual_hook(model, HOOK, lambda r: ref.append(r.clone())):
-            model(input_ids=full_ids, attention_mask=attn, position_ids=pos)
+        with edit_hooks(model, {HOOK: lambda r: ref.append(r.clone())}):
+            hf_model_of(model)(input_ids=full_ids, attention_mask=attn, position_ids=pos)
         ref = ref[0]
         assert C >= 1
         torch.testing.assert_close(torch.cat(seen[1:], 1), ref[:, P:], atol=1e-5, rtol=1e-5)

@@ -20,25 +20,31 @@ from featalign.io import atomic_write_text
 
 
 @torch.no_grad()
-def card_examples(cc, model_dirs: dict[str, str], latents: list[int], n_seqs: int = 256, top_n: int = 8,
-                  context: tuple[int, int] = (16, 4), seed: int = 0, progress: bool = True) -> dict:
+def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, top_n: int = 8,
+                  context: tuple[int, int] = (16, 4), seed: int = 0, progress: bool = True, text=None) -> dict:
     """{latent: {model: {"top": [(activation, left, token, right)], "acts": nonzero activations}}}.
 
-    Each model's latents are `Crosscoder.encode_as` of its own activations on the organisms' eval text.
+    `model_dirs` maps the crosscoder's model names to folders, hub ids or loaded bridges. Each model's
+    latents are `Crosscoder.encode_as` of its own activations on `n_seqs` sequences of `text` (a token
+    source, `featalign.activations.as_source`: default the organisms' eval-split task text).
     """
-    from featalign.crosscoder.hf import capture, load_hf, task_tokens
+    from featalign.activations import TaskSuiteSource, as_source, token_batches
+    from featalign.models import as_model, capture_models
 
     names = tuple(cc.cfg.models)
     if tuple(model_dirs) != names:
         raise ValueError(f"model_dirs {tuple(model_dirs)} must name the crosscoder's models {names} in order")
-    loaded = [load_hf(d) for d in model_dirs.values()]
-    tok = loaded[0][1]
-    ids, mask = task_tokens(tok, n_seqs, "eval", seed)
+    models = [as_model(d) for d in model_dirs.values()]
+    tok = models[0].tokenizer
+    source = as_source(text) if text is not None else TaskSuiteSource(split="eval", seed=seed)
+    _, ids, attn = next(iter(token_batches(source, tok, n_seqs, int(models[0].cfg.n_ctx))))
+    mask = attn.bool()
+    mask[:, 0] &= ids[:, 0] != tok.bos_token_id  # a <bos> activation is an outlier, never a card example
     S, T = ids.shape
     idx = torch.tensor(latents, dtype=torch.long)
     out: dict = {l: {} for l in latents}
-    for m, (name, (model, _)) in enumerate(tqdm(list(zip(names, loaded)), desc="feature cards", disable=not progress)):
-        acts = capture([model], tuple(cc.cfg.hooks), ids)[:, :, 0]
+    for m, (name, model) in enumerate(tqdm(list(zip(names, models)), desc="feature cards", disable=not progress)):
+        acts = capture_models([model], ids, attn, cc.cfg.hooks)[:, :, 0]
         f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), m, latents=idx).view(S, T, -1) * mask[..., None]
         for j, l in enumerate(latents):
             v = f[..., j]
@@ -49,7 +55,7 @@ def card_examples(cc, model_dirs: dict[str, str], latents: list[int], n_seqs: in
                     break
                 s, t = divmod(flat, T)
                 row = ids[s].tolist()
-                left = tok.decode(row[max(1, t - context[0]) : t])
+                left = tok.decode([x for x in row[max(0, t - context[0]) : t] if x not in (tok.bos_token_id, tok.pad_token_id)])
                 right = tok.decode([x for x in row[t + 1 : t + 1 + context[1]] if x != tok.pad_token_id])
                 ex.append((float(val), left, tok.decode([row[t]]), right))
             out[l][name] = {"top": ex, "acts": v[v > 0].tolist()}

@@ -249,13 +249,15 @@ def _pool(f_STL: Tensor, mask_ST: Tensor, last_S: Tensor, positions: str) -> Ten
 @torch.no_grad()
 def sample_latents(cc, model, tokenizer, problems, model_index: int, positions: str = "last",
                    batch: int = 128) -> Float[Tensor, "S L"]:
-    """Per-sample latents of one HF model on prompts, pooled over `positions` (last prompt token or all)."""
-    from featalign.crosscoder.hf import capture
+    """Per-sample latents of one model (a `featalign.models.load_model` bridge) on prompts, pooled over
+    `positions` (last prompt token or all)."""
+    from featalign.models import capture_models
 
     out = []
     for i in range(0, len(problems), batch):
         ids, mask, last = prompt_batch(tokenizer, problems[i : i + batch])
-        acts = capture([model], tuple(cc.cfg.hooks), ids)[:, :, 0]  # [S, T, H, D]
+        # right-padded and causal: padding never reaches a real position, so no attention mask is needed
+        acts = capture_models([model], ids, torch.ones_like(ids), cc.cfg.hooks)[:, :, 0]  # [S, T, H, D]
         S, T = ids.shape
         f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), model_index).view(S, T, -1)
         out.append(_pool(f, mask, last, positions))
@@ -269,7 +271,8 @@ def gradient_attribution(cc, model, tokenizer, problems, model_index: int, posit
     The model's hook activation is replaced by the crosscoder reconstruction plus the (frozen)
     reconstruction error, so the forward pass is unchanged and only the latents carry gradient.
     """
-    from featalign.crosscoder.hf import residual_hook
+    from featalign.generation import hf_model_of
+    from featalign.models import edit_hooks
 
     if cc.cfg.n_hooks != 1:
         raise ValueError("gradient attribution supports one-hook crosscoders; pass a crosscoder trained on one hook")
@@ -291,8 +294,8 @@ def gradient_attribution(cc, model, tokenizer, problems, model_index: int, posit
             holder["f"] = f
             return recon + (x - recon.detach())
 
-        with residual_hook(model, cc.cfg.hooks[0], fn):
-            logits = model(input_ids=ids).logits.float()
+        with edit_hooks(model, {cc.cfg.hooks[0]: fn}):
+            logits = hf_model_of(model)(input_ids=ids).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
         (logp * ans[:, 1:]).sum().backward()
         f = holder["f"]
@@ -335,17 +338,18 @@ def success_features_for_models(
     gradient: bool = False, progress: bool = True,
 ) -> SuccessResult:
     """Run base and RL on every task's samples, encode, and select RL-success features (+ gradient score)."""
-    from featalign.crosscoder.hf import load_hf
+    from featalign.models import as_model
 
     names = tuple(cc.cfg.models)
     for n in (cfg.base, cfg.rl):
         if n not in names:
             raise ValueError(f"the crosscoder's models are {names}; it has no {n!r} (set SuccessConfig.base/rl)")
     bi, ri = names.index(cfg.base), names.index(cfg.rl)
-    (bm, tok), (rm, _) = load_hf(base_dir), load_hf(rl_dir)
+    bm, rm = as_model(base_dir), as_model(rl_dir)
+    tok = bm.tokenizer
     for name, mdl in ((cfg.base, bm), (cfg.rl, rm)):
-        if mdl.config.hidden_size != cc.cfg.d_model:
-            raise ValueError(f"model {name} has width {mdl.config.hidden_size} but the crosscoder expects "
+        if mdl.cfg.d_model != cc.cfg.d_model:
+            raise ValueError(f"model {name} has width {mdl.cfg.d_model} but the crosscoder expects "
                              f"d_model={cc.cfg.d_model}: pass the models it was trained on")
     f_rl, f_base = {}, {}
     for t, td in tqdm(tasks.items(), desc="success features: encode tasks", disable=not progress):

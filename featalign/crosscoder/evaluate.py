@@ -1,6 +1,8 @@
-"""Final evaluation of a crosscoder: per-model FVU, L0, dead fraction (raw space)."""
+"""Final evaluation of a crosscoder: per-model FVU, L0, dead fraction (raw space), and the splice-in loss."""
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -67,4 +69,71 @@ def evaluate(crosscoder, x_NMHD: Tensor, batch: int = 4096, rule: str = "inferen
         "n_tokens": n,
         "per_model": {name: {"fvu": fvu[m]} for m, name in enumerate(cfg.models)},
     }
+    return out
+
+
+def _organisms_eval_text(tokenizer, n_seqs: int, seed: int) -> tuple[Tensor, Tensor]:
+    """`<bos> prompt answer <eos>` of every organisms domain (eval split) and its answer-target mask."""
+    from featalign.organisms.tasks import DOMAINS, sample_mixture
+    from featalign.organisms.train import encode_supervised
+
+    return encode_supervised(sample_mixture(list(DOMAINS), n_seqs, "eval", seed), tokenizer)
+
+
+@torch.no_grad()
+def splice_in_loss(
+    crosscoder, models: Mapping[str, Any], tokens_BT: Tensor | None = None, target_BT: Tensor | None = None,
+    n_seqs: int = 256, seed: int = 0,
+) -> dict[str, dict]:
+    """Next-token loss of each model with its hook activations replaced by the crosscoder's reconstruction.
+
+    `models` maps the crosscoder's model names (in order) to loaded bridges, folders or hub ids. Without
+    `tokens_BT` the text is `n_seqs` organisms eval sequences and the loss is over answer tokens (the loss
+    the organisms are trained on; their prompts' random operands are unpredictable by construction); with
+    `tokens_BT` (right-padded) the loss is over `target_BT` (default: every real token after the first).
+    Returns per model: clean, spliced and zero-ablated loss, and `loss_recovered` =
+    (zero - spliced) / (zero - clean) (1 = perfect reconstruction, 0 = as bad as zeroing).
+    Reconstructions come from all models' clean activations (the encoder is shared); padding and the
+    first position (`<bos>`, an outlier crosscoders skip) keep their clean value.
+    """
+    from featalign.generation import hf_model_of
+    from featalign.models import as_model, capture_models, edit_hooks
+    from featalign.organisms.train import answer_loss
+
+    cfg = crosscoder.cfg
+    if tuple(models) != tuple(cfg.models):
+        raise ValueError(f"models {tuple(models)} must name the crosscoder's models {cfg.models} in order")
+    loaded = [as_model(m) for m in models.values()]
+    tok = loaded[0].tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else -1
+    if tokens_BT is None:
+        tokens_BT, target_BT = _organisms_eval_text(tok, n_seqs, seed)
+    attn_BT = (tokens_BT != pad).long()
+    if target_BT is None:
+        target_BT = attn_BT.float()
+        target_BT[:, 0] = 0
+    keep_BT = attn_BT.bool()
+    keep_BT[:, 0] = False
+    acts_BTMHD = capture_models(loaded, tokens_BT, attn_BT, cfg.hooks)
+    x_hat_NMHD = crosscoder(acts_BTMHD[keep_BT].to(crosscoder.W_dec.device)).cpu()
+    out = {}
+    for mi, (name, model) in enumerate(zip(cfg.models, loaded)):
+        def loss_with(replacement_NHD: Tensor | None) -> float:
+            def make(hi: int):
+                def fn(act_BTD: Tensor) -> Tensor | None:
+                    if replacement_NHD is None:
+                        return None
+                    act_BTD = act_BTD.clone()
+                    act_BTD[keep_BT.to(act_BTD.device)] = replacement_NHD[:, hi].to(act_BTD)
+                    return act_BTD
+                return fn
+
+            with edit_hooks(model, {h: make(hi) for hi, h in enumerate(cfg.hooks)}):
+                dev = model.cfg.device
+                return answer_loss(hf_model_of(model), tokens_BT.to(dev), target_BT.to(dev)).item()
+
+        clean, spliced = loss_with(None), loss_with(x_hat_NMHD[:, mi])
+        zero = loss_with(torch.zeros_like(x_hat_NMHD[:, mi]))
+        out[name] = {"clean": clean, "spliced": spliced, "zero": zero,
+                     "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan")}
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -39,6 +40,17 @@ def default_hook(n_layers: int) -> str:
     exactly half-way through the network (layer 1 of the 4-layer default organisms).
     """
     return f"blocks.{max(n_layers // 2 - 1, 0)}.hook_resid_post"
+
+
+def default_hook_for(model: "str | Path | TransformerBridge") -> str:
+    """`default_hook` of a loaded bridge, or of a model folder / hub id read from its config alone."""
+    if hasattr(model, "cfg") and hasattr(model.cfg, "n_layers"):
+        return default_hook(model.cfg.n_layers)
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model))
+    cfg = getattr(cfg, "text_config", None) or cfg  # multimodal configs keep the decoder's under text_config
+    return default_hook(cfg.num_hidden_layers)
 
 
 def resolve_hooks(bridge: "TransformerBridge", hooks: Sequence[str]) -> list[str]:

@@ -164,6 +164,13 @@ def load_model(
     return ensure_kv_cache_compat(bridge)
 
 
+def as_model(model: "str | Path | TransformerBridge", **load_kw) -> "TransformerBridge":
+    """A loaded bridge as it is; a folder or hub id through `load_model` (so stages take either)."""
+    if hasattr(model, "hook_dict"):
+        return model  # type: ignore[return-value]
+    return load_model(model, **load_kw)
+
+
 _KV_COMPAT_FLAG = "_featalign_kv_cache_compat"
 
 

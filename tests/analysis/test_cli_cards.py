@@ -14,20 +14,27 @@ def test_render_card_escapes_and_lists():
 
 
 def test_cards_on_tiny_organisms(tiny_organisms, tmp_path):
-    from featalign.crosscoder.hf import capture, load_hf, task_tokens
+    import itertools
+
+    from featalign.activations import TaskSuiteSource
+    from featalign.organisms.model import load_organism
     from tests.analysis.helpers import hand_crosscoder
 
     trio = tiny_organisms.default_trio()
     dirs = {k: str(trio[k]) for k in ("base", "rl")}
-    model, tok = load_hf(dirs["rl"])
+    model, tok = load_organism(dirs["rl"])  # plain HF: the reference does not go through featalign.models
     D = model.config.hidden_size
     cc = hand_crosscoder(torch.randn(6, 2, D, generator=torch.Generator().manual_seed(0)), models=("base", "rl"),
                          hook="blocks.0.hook_resid_post")
     ex = card_examples(cc, dirs, [2, 4], n_seqs=32, top_n=3, progress=False)
     # independent reference: the largest activation of latent 4 in the rl model over the same text
-    ids, mask = task_tokens(tok, 32, "eval", 0)
-    acts = capture([model], cc.cfg.hooks, ids)[:, :, 0]
-    f = cc.encode_as(acts.reshape(-1, *acts.shape[2:]), 1)[:, 4].view(ids.shape) * mask
+    seqs = list(itertools.islice(TaskSuiteSource(split="eval", seed=0).sequences(tok), 32))
+    T = max(map(len, seqs))
+    ids = torch.tensor([q + [tok.pad_token_id] * (T - len(q)) for q in seqs])
+    mask = torch.tensor([[0] + [1] * (len(q) - 1) + [0] * (T - len(q)) for q in seqs])
+    with torch.no_grad():
+        acts = model(input_ids=ids, output_hidden_states=True).hidden_states[1]  # = blocks.0.hook_resid_post
+    f = cc.encode_as(acts.reshape(-1, 1, D), 1)[:, 4].view(ids.shape) * mask
     assert ex[4]["rl"]["top"][0][0] == pytest.approx(f.max().item(), rel=1e-5)
     assert len(ex[4]["rl"]["acts"]) == int((f > 0).sum())
     index = write_cards(tmp_path, [2, 4], ex, {2: {"class": "shared"}, 4: {"class": "rl-only"}}, {4: "test"})

@@ -11,6 +11,10 @@ SUCCESS = [3, 7, 11]
 GENERIC = [40, 41]
 
 
+def _with_tokenizer(bridge):
+    return bridge, bridge.tokenizer
+
+
 def _planted(n_tasks=3, S=300, L=50, seed=0):
     """Latents [S, L] of base and RL per task. On base-fail/RL-success samples RL adds +1 to the
     shared success features and to one task-specific feature; on every sample RL adds 0.15 to two
@@ -75,13 +79,14 @@ def test_agreement():
 
 
 def test_gradient_attribution_matches_finite_difference(tiny_organisms):
-    from featalign.crosscoder.hf import load_hf, residual_hook
+    from featalign.generation import hf_model_of
+    from featalign.models import edit_hooks, load_model
     from featalign.evaluation import eval_problems
     from featalign.analysis.success_features import prompt_batch
     from tests.analysis.helpers import hand_crosscoder
 
-    model, tok = load_hf(tiny_organisms.model_dir("rl"))
-    D = model.config.hidden_size
+    model, tok = _with_tokenizer(load_model(tiny_organisms.model_dir("rl")))
+    D = model.cfg.d_model
     g = torch.Generator().manual_seed(0)
     cc = hand_crosscoder(torch.randn(16, 2, D, generator=g) * 0.5, models=("base", "rl"),
                         hook="blocks.0.hook_resid_post")
@@ -102,8 +107,8 @@ def test_gradient_attribution_matches_finite_difference(tiny_organisms):
             f = cc.encode_as(x[0, last[0]][None, None], 1)[0, k]
             x[0, last[0]] += eps * f * cc.W_dec_LMHD[k, 1, 0].detach()
             return x
-        with torch.no_grad(), residual_hook(model, cc.cfg.hooks[0], fn):
-            lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+        with torch.no_grad(), edit_hooks(model, {cc.cfg.hooks[0]: fn}):
+            lp = torch.log_softmax(hf_model_of(model)(input_ids=ids).logits[0, :-1].double(), -1).gather(-1, ids[0, 1:, None])[:, 0]
         s = last[0]
         return lp[s : s + n_ans].sum().item()
 

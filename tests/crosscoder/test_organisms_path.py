@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from featalign.crosscoder import Crosscoder, CrosscoderConfig
-from featalign.crosscoder.hf import splice_in_loss
+from featalign.crosscoder.evaluate import splice_in_loss
 from featalign.train_crosscoder import main
 
 

@@ -33,7 +33,7 @@ from scipy.stats import bootstrap
 
 from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import mcnemar_paired, score_problems
-from featalign.interventions import Edit, _check_features, _ids, intervene
+from featalign.interventions.edits import Edit, as_feature_ids, check_features, intervene
 from featalign.io import atomic_write_json, provenance, read_json
 from featalign.organisms.tasks import Problem
 
@@ -84,7 +84,7 @@ def matched_random_features(
     feature, a latent drawn uniformly from the same quantile bin (`firing_bins`), never a chosen
     one and never twice in one draw. Deterministic for a given seed."""
     f = _freq_array(firing_freq_L)
-    ids = _check_ids(_ids(feature_ids), f.size)
+    ids = _check_ids(as_feature_ids(feature_ids), f.size)
     if n_draws < 0:
         raise ValueError(f"n_draws must be >= 0, got {n_draws}")
     bins = firing_bins(f, n_bins)
@@ -274,7 +274,7 @@ def run_intervention(
     accuracy is also reported on its own. `baseline` ({task: bool[n]}) is the unedited correctness
     if already scored (a coefficient sweep scores it once). Non-finite logits under an edit are
     counted per task (`nonfinite_frac`) and warned about, never raised."""
-    ids = _check_features(crosscoder, _ids(features))
+    ids = check_features(crosscoder, as_feature_ids(features))
     _check_ids(ids, crosscoder.cfg.n_latents)
     if not tasks or any(len(p) == 0 for p in tasks.values()):
         raise ValueError("tasks must map each task name to a non-empty list of problems")

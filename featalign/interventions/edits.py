@@ -31,9 +31,11 @@ cache generation steps, i.e. generated positions. This matches `featalign.genera
 (left-padded prompts in one call, then one token per call) and a full forward over prompt +
 completion with `prompt_len` set.
 
-The hooks are `featalign.crosscoder.hf.residual_hook`s on the Hugging Face model (the one inside a
-TransformerBridge, via `featalign.generation.hf_model_of`), so `decode`, `score_problems` and plain
-forward calls all see the edit, including KV-cache steps.
+The edits go through `featalign.models.edit_hooks` at the crosscoder's hook names (any TransformerLens
+name a crosscoder can be trained on: `hook_resid_pre/post`, `hook_attn_out`, `hook_mlp_out`, several at
+once). Those hook points sit inside the Hugging Face model the TransformerBridge wraps, so `decode`,
+`score_problems`, bridge and HF forward calls all see the edit, including KV-cache steps. The model
+must be loaded with `featalign.models.load_model`.
 
 Example::
 
@@ -55,9 +57,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from featalign.crosscoder.hf import parse_hook, residual_hook
 from featalign.crosscoder.model import Crosscoder
 from featalign.generation import hf_model_of
+from featalign.models import edit_hooks
 
 POSITIONS = ("all", "prompt", "generated")
 KINDS = ("ablate", "clamp", "scale", "steer")
@@ -78,7 +80,7 @@ class Edit:
         return self.kind != "steer"
 
 
-def _ids(features) -> tuple[int, ...]:
+def as_feature_ids(features) -> tuple[int, ...]:
     """Feature ids from a list / tensor of integers or a bool mask, each id once.
 
     The one validation of every entry point that takes features: a float id (1.7) is refused rather
@@ -111,22 +113,22 @@ def _finite(value: float | Tensor, what: str) -> float | Tensor:
 
 def ablate(features) -> Edit:
     """Remove the latents' decoded contribution, keeping the reconstruction error."""
-    return Edit("ablate", _ids(features))
+    return Edit("ablate", as_feature_ids(features))
 
 
 def clamp(features, value: float | Tensor) -> Edit:
     """Set the latents to `value` (a scalar or one value per feature)."""
-    return Edit("clamp", _ids(features), _finite(value, "clamp value"))
+    return Edit("clamp", as_feature_ids(features), _finite(value, "clamp value"))
 
 
 def scale(features, factor: float | Tensor) -> Edit:
     """Multiply the latents by `factor` (a scalar or one factor per feature)."""
-    return Edit("scale", _ids(features), _finite(factor, "scale factor"))
+    return Edit("scale", as_feature_ids(features), _finite(factor, "scale factor"))
 
 
 def steer(features, coef: float, typical: Tensor | Sequence[float], decoder: str | None = None) -> Edit:
     """Add `coef * sum_k typical_k * d_{k,decoder}`; `typical` from `typical_activation`."""
-    ids = _ids(features)
+    ids = as_feature_ids(features)
     typical = torch.as_tensor(typical, dtype=torch.float32).flatten()
     if typical.numel() != len(ids):
         raise ValueError(f"steer: {len(ids)} features but {typical.numel()} typical activations")
@@ -144,7 +146,7 @@ def typical_activation(
     """Mean of the nonzero activations of each feature on cached activations `[N, M, H, D]`: model
     `model`'s latents (`Crosscoder.encode_as` of its slice, the rule the edits use), or with
     `model=None` the joint encoding of the paired tokens. A feature that never fires gets NaN."""
-    ids = torch.tensor(_check_features(crosscoder, _ids(features)), dtype=torch.long)
+    ids = torch.tensor(check_features(crosscoder, as_feature_ids(features)), dtype=torch.long)
     m = None if model is None else _slot(crosscoder, model, "model")
     dev = crosscoder.W_enc.device
     s = torch.zeros(len(ids), dtype=torch.float64)
@@ -158,7 +160,8 @@ def typical_activation(
     return (s / n).float()  # 0/0 -> NaN for never-firing features
 
 
-def _check_features(crosscoder: Crosscoder, ids: tuple[int, ...]) -> tuple[int, ...]:
+def check_features(crosscoder: Crosscoder, ids: tuple[int, ...]) -> tuple[int, ...]:
+    """`ids` if every one is a latent of `crosscoder`; an id out of range would index another latent's row."""
     L = crosscoder.cfg.n_latents
     bad = [k for k in ids if not 0 <= k < L]
     if bad:
@@ -190,7 +193,7 @@ def _per_feature(value, n: int, device, dtype) -> Tensor:
 
 
 class _EditFn:
-    """The residual-stream function for one hook: `fn(resid_BTD) -> edited resid` (hf.residual_hook)."""
+    """The function for one hook: `fn(activation_BTD) -> edited activation` (`featalign.models.edit_hooks`)."""
 
     @torch.no_grad()
     def __init__(self, cc: Crosscoder, m: int, h: int, edits: list[Edit], positions: str, prompt_len: int | None):
@@ -256,7 +259,6 @@ def _check_hooks(crosscoder: Crosscoder, hooks: Sequence[str] | None) -> tuple[s
         return trained
     hooks = tuple(hooks)
     for hk in hooks:
-        parse_hook(hk)
         if hk not in trained:
             raise ValueError(
                 f"hook {hk!r}: this crosscoder was trained on {trained}; it can only intervene there"
@@ -276,8 +278,8 @@ def hook_fns(
     crosscoder: Crosscoder, model_name: str, edits: Edit | Sequence[Edit], positions: str = "all",
     hooks: Sequence[str] | None = None, prompt_len: int | None = None,
 ) -> dict[str, Callable[[Tensor], Tensor | None]]:
-    """Hook factory: {hook name: fn(resid [B, T, D]) -> edited resid or None}, for `residual_hook`
-    or any hook mechanism that passes the residual stream at that point. Validates every input.
+    """Hook factory: {hook name: fn(activation [B, T, D]) -> edited activation or None}, for
+    `featalign.models.edit_hooks` or any hook mechanism that passes that activation. Validates every input.
     Several edits are summed, each computed from the unedited activation."""
     edits = [edits] if isinstance(edits, Edit) else list(edits)
     if positions not in POSITIONS:
@@ -288,7 +290,7 @@ def hook_fns(
     for e in edits:
         if not isinstance(e, Edit) or e.kind not in KINDS:
             raise TypeError(f"edits must be built with ablate/clamp/scale/steer, got {e!r}")
-        _check_features(crosscoder, _ids(e.features))  # an Edit built by hand is checked like ablate/clamp/...
+        check_features(crosscoder, as_feature_ids(e.features))  # an Edit built by hand is checked like ablate/clamp/...
         if e.kind in ("clamp", "scale"):
             _finite(e.value, f"{e.kind} value")
         if e.decoder is not None:
@@ -327,7 +329,7 @@ def intervene(
     model: torch.nn.Module, crosscoder: Crosscoder, model_name: str, edits: Edit | Sequence[Edit],
     positions: str = "all", hooks: Sequence[str] | None = None, prompt_len: int | None = None,
 ) -> Iterator[LogitMonitor]:
-    """Apply `edits` to `model` (HF causal LM or TransformerBridge) at the crosscoder's hooks
+    """Apply `edits` to `model` (a TransformerBridge from `featalign.models.load_model`) at the crosscoder's hooks
     (or the subset `hooks`) while the context is open; `model_name` is the model's slot in the
     crosscoder. Works for plain forwards, `featalign.generation.decode` and `score_problems`.
     Yields a `LogitMonitor` that counts output rows with non-finite logits."""
@@ -338,8 +340,7 @@ def intervene(
     fns = hook_fns(crosscoder, model_name, edits, positions, hooks, prompt_len)
     monitor = LogitMonitor()
     with ExitStack() as stack:
-        for hk, fn in fns.items():
-            stack.enter_context(residual_hook(lm, hk, fn))
+        stack.enter_context(edit_hooks(model, fns))
         handle = lm.register_forward_hook(monitor)
         stack.callback(handle.remove)
         yield monitor

@@ -1,0 +1,23 @@
+"""Interventions: feature edits on a live model (`edits`) and the experiments that test them against
+matched random controls (`experiments`).
+
+    from featalign.interventions import ablate, intervene, run_intervention
+    with intervene(rl_model, crosscoder, "rl", ablate(success_ids)):
+        correct = score_problems(rl_model, tok, problems)
+"""
+
+from featalign.interventions.edits import (
+    KINDS, POSITIONS, Edit, LogitMonitor, ablate, as_feature_ids, check_features, clamp, hook_fns, intervene, scale,
+    steer, typical_activation,
+)
+from featalign.interventions.experiments import (
+    InterventionResult, SweepResult, TaskResult, coefficient_sweep, control_stats, firing_bins,
+    matched_random_features, paired_bootstrap_ci, run_intervention,
+)
+
+__all__ = [
+    "KINDS", "POSITIONS", "Edit", "InterventionResult", "LogitMonitor", "SweepResult", "TaskResult", "ablate",
+    "as_feature_ids", "check_features", "clamp", "coefficient_sweep", "control_stats", "firing_bins", "hook_fns",
+    "intervene", "matched_random_features", "paired_bootstrap_ci", "run_intervention", "scale", "steer",
+    "typical_activation",
+]
