@@ -41,7 +41,8 @@ from featalign.analyze import AnalyzeConfig, cached_activations, check_shared_se
 from featalign.cli import UsageError, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.models import default_hook, default_hook_for, load_model
-from featalign.evaluation import eval_problems, score_problems
+from featalign.evaluation import score
+from featalign.tasks import TaskSet
 from featalign.interventions import coefficient_sweep, run_intervention
 from featalign.interventions import ablate, steer, typical_activation
 from featalign.io import atomic_write_json, atomic_write_text, provenance
@@ -58,6 +59,8 @@ class FeatureInterventionConfig(JsonConfig):
     base_dir: str | None = None  # any HF folder; default: the organisms' base
     rl_dir: str | None = None  # default: the organisms' final RL checkpoint
     hook: str | None = None  # default: blocks.<n_layers/2-1>.hook_resid_post
+    tasks: str = "organisms"  # a task set: organisms[:dom,...] or a JSONL file of prompt/answer[/task] rows
+    verifier: str = "exact"  # JSONL task sets: exact | numeric | final_answer | multiple_choice
     selection_tasks: str = "modsum,bool,sub,lookup"
     held_out_tasks: str = "compare,max"
     n_prompts: int = 500
@@ -87,7 +90,15 @@ class FeatureInterventionConfig(JsonConfig):
             if getattr(self, name):
                 check_exists(getattr(self, name), f"--{name.replace('_', '-')}", "folder")
         try:
-            sel, held = parse_domains(self.selection_tasks), parse_domains(self.held_out_tasks)
+            if self.tasks == "organisms" or self.tasks.startswith("organisms:"):
+                sel, held = parse_domains(self.selection_tasks), parse_domains(self.held_out_tasks)
+            else:
+                check_exists(self.tasks, "--tasks", "file")
+                sel, held = _split(self.selection_tasks), _split(self.held_out_tasks)
+                names = TaskSet.from_jsonl(self.tasks, verifier=self.verifier).names
+                unknown = sorted(set(sel + held) - set(names))
+                if unknown:
+                    raise ValueError(f"{unknown} are not tasks of {self.tasks} (it has {names})")
             coefs = [float(c) for c in _split(self.sweep_coefs)]
         except ValueError as e:
             raise UsageError(f"--selection-tasks / --held-out-tasks / --sweep-coefs: {e}") from e
@@ -106,7 +117,8 @@ class FeatureInterventionConfig(JsonConfig):
 HELP = {
     "out": "output folder", "organisms_preset": "organisms preset to open/build when no model dirs are given",
     "organisms_dir": "organisms folder", "base_dir": "base model folder (HF)", "rl_dir": "RL model folder (HF)",
-    "hook": "hook point", "selection_tasks": "out-of-domain tasks used to select the features",
+    "hook": "hook point", "tasks": "task set: organisms, organisms:add,sub or a JSONL file (prompt, answer, task)",
+    "verifier": "JSONL task sets: exact | numeric | final_answer | multiple_choice", "selection_tasks": "out-of-domain tasks used to select the features",
     "held_out_tasks": "tasks never used for selection (reported apart)", "n_prompts": "eval prompts per task",
     "n_tokens": "crosscoder training tokens per model", "eval_tokens": "tokens for firing rates / typical activations",
     "variant": "crosscoder variant", "n_latents": "latents", "k": "batchtopk k", "steps": "crosscoder steps",
@@ -167,8 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. correctness of base and RL on every task
     bm, rm = load_model(dirs["base"]), load_model(dirs["rl"])
     tok = bm.tokenizer
-    tasks = {t: eval_problems(t, cfg.n_prompts) for t in sel_names + held_names}
-    data = {t: TaskData(p, score_problems(bm, tok, p), score_problems(rm, tok, p)) for t, p in tasks.items()}
+    task_set = TaskSet.load(cfg.tasks, cfg.n_prompts, verifier=cfg.verifier) if not cfg.tasks.startswith(
+        "organisms") else TaskSet.organisms(sel_names + held_names, cfg.n_prompts)
+    tasks = task_set.subset(sel_names + held_names).tasks
+    data = {t: TaskData(task.problems, score(bm, tok, task), score(rm, tok, task)) for t, task in tasks.items()}
     subset = {t: success_mask(d.base_correct, d.rl_correct) for t, d in data.items()}
 
     # 2. crosscoder on base + RL

@@ -100,6 +100,14 @@ def score_problems(model, tokenizer, problems: list[Problem], batch_size: int = 
     return out
 
 
+def score(model, tokenizer, task: "Task | list[Problem]", batch_size: int | None = None) -> np.ndarray:
+    """`score_task` for a Task (its own verifier and generation settings), `score_problems` for a list of
+    organisms problems: the one entry point for callers that take either (interventions, sweeps)."""
+    if isinstance(task, Task):
+        return score_task(model, tokenizer, task, batch_size)
+    return score_problems(model, tokenizer, list(task), batch_size or 500)
+
+
 def evaluate_tasks(
     model, tokenizer, tasks: TaskSet, desc: str = "eval", batch_size: int | None = None
 ) -> dict[str, np.ndarray]:

@@ -168,6 +168,9 @@ class Task:
     def verify(self, completion: str, reference: str) -> bool:
         return bool(self.verifier(completion, reference))
 
+    def __len__(self) -> int:
+        return len(self.problems)
+
     def head(self, n: int | None) -> "Task":
         """The same task on its first `n` problems (all when None)."""
         if n is None or n >= len(self.problems):

@@ -11,13 +11,13 @@ from featalign.interventions.edits import (
     steer, typical_activation,
 )
 from featalign.interventions.experiments import (
-    InterventionResult, SweepResult, TaskResult, coefficient_sweep, control_stats, firing_bins,
+    InterventionResult, SweepResult, TaskResult, as_task_dict, coefficient_sweep, control_stats, firing_bins,
     matched_random_features, paired_bootstrap_ci, run_intervention,
 )
 
 __all__ = [
     "KINDS", "POSITIONS", "Edit", "InterventionResult", "LogitMonitor", "SweepResult", "TaskResult", "ablate",
-    "as_feature_ids", "check_features", "clamp", "coefficient_sweep", "control_stats", "firing_bins", "hook_fns",
+    "as_feature_ids", "as_task_dict", "check_features", "clamp", "coefficient_sweep", "control_stats", "firing_bins", "hook_fns",
     "intervene", "matched_random_features", "paired_bootstrap_ci", "run_intervention", "scale", "steer",
     "typical_activation",
 ]

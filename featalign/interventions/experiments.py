@@ -32,10 +32,11 @@ import torch
 from scipy.stats import bootstrap
 
 from featalign.crosscoder.model import Crosscoder
-from featalign.evaluation import mcnemar_paired, score_problems
+from featalign.evaluation import mcnemar_paired, score
 from featalign.interventions.edits import Edit, as_feature_ids, check_features, intervene
 from featalign.io import atomic_write_json, provenance, read_json
 from featalign.organisms.tasks import Problem
+from featalign.tasks import Task, TaskSet
 
 
 # --- matched random controls ---------------------------------------------------------------------
@@ -221,8 +222,13 @@ def control_stats(delta: float, control_deltas: Sequence[float]) -> tuple[int, f
 # --- the experiment ------------------------------------------------------------------------------
 
 
-def _score_tasks(model, tokenizer, tasks: dict[str, list[Problem]], batch_size: int) -> dict[str, np.ndarray]:
-    return {k: score_problems(model, tokenizer, probs, batch_size) for k, probs in tasks.items()}
+def as_task_dict(tasks) -> dict:
+    """{name: Task or list of organisms Problems} from a TaskSet or such a mapping: what the experiments score."""
+    return dict(tasks.tasks) if isinstance(tasks, TaskSet) else dict(tasks)
+
+
+def _score_tasks(model, tokenizer, tasks: dict, batch_size: int) -> dict[str, np.ndarray]:
+    return {k: score(model, tokenizer, task, batch_size) for k, task in tasks.items()}
 
 
 def _score_edited(model, tokenizer, crosscoder, model_name, edit, tasks, batch_size, positions):
@@ -230,7 +236,7 @@ def _score_edited(model, tokenizer, crosscoder, model_name, edit, tasks, batch_s
     got, nonfinite = {}, {}
     for k, probs in tasks.items():
         with intervene(model, crosscoder, model_name, edit, positions=positions) as mon:
-            got[k] = score_problems(model, tokenizer, probs, batch_size)
+            got[k] = score(model, tokenizer, probs, batch_size)
         nonfinite[k] = mon.nonfinite_frac
     return got, nonfinite
 
@@ -260,7 +266,7 @@ def _check_masks(masks: dict[str, np.ndarray] | None, tasks: dict[str, list[Prob
 @torch.no_grad()
 def run_intervention(
     model, tokenizer, crosscoder: Crosscoder, model_name: str, features,
-    edit_factory: Callable[[tuple[int, ...]], Edit], tasks: dict[str, list[Problem]],
+    edit_factory: Callable[[tuple[int, ...]], Edit], tasks: "TaskSet | dict[str, Task | list[Problem]]",
     n_controls: int = 20, seed: int = 0, batch_size: int = 500, firing_freq_L=None,
     held_out: set[str] | Sequence[str] = (), positions: str = "all", n_bins: int = 10,
     n_resamples: int = 2000, subset: dict[str, np.ndarray] | None = None,
@@ -276,6 +282,7 @@ def run_intervention(
     counted per task (`nonfinite_frac`) and warned about, never raised."""
     ids = check_features(crosscoder, as_feature_ids(features))
     _check_ids(ids, crosscoder.cfg.n_latents)
+    tasks = as_task_dict(tasks)
     if not tasks or any(len(p) == 0 for p in tasks.values()):
         raise ValueError("tasks must map each task name to a non-empty list of problems")
     held = set(held_out)
@@ -431,7 +438,7 @@ class SweepResult:
 @torch.no_grad()
 def coefficient_sweep(
     model, tokenizer, crosscoder: Crosscoder, model_name: str, features,
-    edit_at: Callable[[tuple[int, ...], float], Edit], coefs: Sequence[float], tasks: dict[str, list[Problem]],
+    edit_at: Callable[[tuple[int, ...], float], Edit], coefs: Sequence[float], tasks: "TaskSet | dict[str, Task | list[Problem]]",
     n_controls: int = 20, progress: bool = True, **kwargs,
 ) -> SweepResult:
     """`run_intervention` with `edit_at(ids, coef)` for each coefficient (e.g.
@@ -443,6 +450,7 @@ def coefficient_sweep(
     coefs = [float(c) for c in coefs]
     if not coefs:
         raise ValueError("coefs is empty: give at least one coefficient")
+    tasks = as_task_dict(tasks)
     baseline = kwargs.pop("baseline", None) or _score_tasks(model, tokenizer, tasks, kwargs.get("batch_size", 500))
     results = []
     with warnings.catch_warnings():

@@ -94,7 +94,8 @@ def capture(
 
     def make_fn(name: str):
         def fn(x: Tensor, hook) -> None:
-            got[name] = x.detach()
+            # some modules see tokens flattened to [B*T, D] (OPT's fc2 = hook_mlp_out): back to [B, T, D]
+            got[name] = x.detach().view(*tokens_BT.shape, -1) if x.ndim == 2 else x.detach()
 
         return fn
 
@@ -154,14 +155,28 @@ def edit_hooks(model: torch.nn.Module, fns: Mapping[str, EditFn]) -> Iterator[No
     for name in fns:
         check_editable(model, name)
     handles = []
+    batch_BT: list[int] = []  # [B, T] of the forward running now, for hook points that see [B*T, D]
+
+    def note_shape(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if isinstance(ids, Tensor) and ids.ndim >= 2:
+            batch_BT[:] = list(ids.shape[:2])
 
     def make(fn: EditFn):
         def hook(_module, _inputs, output):
+            if output.ndim == 2 and len(batch_BT) == 2 and output.shape[0] == batch_BT[0] * batch_BT[1]:
+                new = fn(output.view(*batch_BT, -1))  # OPT's fc2 (hook_mlp_out) sees tokens flattened
+                return None if new is None else new.reshape(output.shape)
             return fn(output)
 
         return hook
 
     try:
+        from featalign.generation import hf_model_of
+
+        handles.append(hf_model_of(model).register_forward_pre_hook(note_shape, with_kwargs=True))
         for name, fn in fns.items():
             handles.append(points[name].register_forward_hook(make(fn)))
         yield
