@@ -1,10 +1,10 @@
 """`python -m featalign.analyze`: analyse the shared feature space of base / RL / SFT models.
 
 With no arguments: open (or build) the default organisms, cache every model's activations at the
-middle residual layer (base, 5 RL and 5 SFT checkpoints) into an activation store (OUT/activations), train
-the crosscoders the analysis needs (base/RL/SFT trio, base-vs-RL and base-vs-SFT pairs, two base-vs-base controls, one joint
-crosscoder per checkpoint series), and write a report directory: report.json, report.md, PNG
-figures and HTML feature cards (index.html, one page per latent in cards/). Everything trained is
+middle residual layer (base, 5 RL and 5 SFT checkpoints) into an activation store (OUT/activations),
+train the crosscoders the analysis needs (base/RL/SFT trio, base-vs-RL and base-vs-SFT pairs, two
+base-vs-base controls, one joint crosscoder per checkpoint series), and write a report directory:
+report.json, report.md, PNG figures and HTML feature cards (index.html, one page per latent in cards/). Everything trained is
 cached in --out, so a rerun only redoes the analysis; a rerun with other settings retrains exactly the
 crosscoders (and recaches the activations) those settings change, and says so.
 
@@ -29,8 +29,8 @@ import torch
 
 from featalign.analysis.config import DEFAULT_STAGES, HELP, AnalyzeConfig, check_shared_settings
 from featalign.analysis.inputs import (
-    AnalysisModels, analysis_hook, load_task_set, mixture_activations, open_organisms, resolve_models, store_activations,
-    text_sources,
+    AnalysisModels, analysis_hook, load_task_set, mixture_activations, open_organisms, resolve_models,
+    store_activations, text_sources,
 )
 from featalign.analysis.pipeline import AnalysisContext, run_stages
 from featalign.analysis.stages import CP_MARK, STAGES, drift_study, format_interval, markdown_sections, resolve_stages
@@ -77,11 +77,13 @@ def load_given_crosscoder(cfg: AnalyzeConfig, models: AnalysisModels):
         return None
     given = Crosscoder.load(cfg.crosscoder).eval()
     if len(given.cfg.hooks) != 1:
-        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on {len(given.cfg.hooks)} hooks {given.cfg.hooks}; "
+        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on {len(given.cfg.hooks)} hooks "
+                         f"{given.cfg.hooks}; "
                          "analyze reads one hook: pass a single-hook crosscoder")
     if cfg.hook and cfg.hook != given.cfg.hooks[0]:
         raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on hook {given.cfg.hooks[0]!r}, not --hook "
-                         f"{cfg.hook!r}: drop --hook (the crosscoder's own hook is used) or pass a crosscoder trained there")
+                         f"{cfg.hook!r}: drop --hook (the crosscoder's own hook is used) or pass a crosscoder "
+                         "trained there")
     if given.cfg.models != models.trio_names[: given.cfg.n_models] or given.cfg.n_models < 2:
         raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on models {given.cfg.models}; analyze needs "
                          f"{models.trio_names} or ('base', 'rl'), in that order")
@@ -164,8 +166,8 @@ def markdown(r: dict) -> str:
     lines = ["# featalign analysis report", "",
              f"{models}, hook `{r.get('hook', conf.get('hook'))}`. Crosscoders: {crosscoders}; "
              f"{conf['eval_tokens']} held-out tokens for attribution. Intervals: 95% percentile bootstrap (resampling "
-             f"latents / samples / features) unless marked {CP_MARK} (exact Clopper-Pearson, for a count of 0 or of all "
-             "latents).", ""]
+             f"latents / samples / features) unless marked {CP_MARK} (exact Clopper-Pearson, for a count of 0 or of "
+             "all latents).", ""]
     lines += markdown_sections(r)
     lines += ["", "Figures: " + ", ".join(f"`figures/{p}`" for p in r.get("figures", [])),
               "", f"Timings (s): {r['timings_s']}", ""]

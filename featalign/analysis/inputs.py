@@ -119,8 +119,9 @@ def resolve_models(cfg) -> AnalysisModels:
     roles = {m.role: m for m in reversed(model_set.models)}  # the first model of a role wins
     missing = [r for r in ("base", "rl") if r not in roles]
     if missing:
-        raise UsageError(f"the model set has no {' or '.join(missing)} model (roles: {[m.role for m in model_set.models]}); "
-                         "analyze needs base and rl (and sft for the trio): --model base=DIR --model rl=DIR --model sft=DIR")
+        raise UsageError(f"the model set has no {' or '.join(missing)} model (roles: "
+                         f"{[m.role for m in model_set.models]}); analyze needs base and rl (and sft for the trio): "
+                         "--model base=DIR --model rl=DIR --model sft=DIR")
     trio = {r: roles[r] for r in TRIO_ROLES if r in roles}
     unknown = sorted(set(model_set.series) - set(trio))
     if unknown:

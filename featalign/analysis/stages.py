@@ -174,10 +174,12 @@ def controls_markdown(r: dict) -> list[str]:
         return []
     lines = [] if "trio" in q1 else ["## Q1. Are there more SFT-specific latents than RL-specific ones?", ""]
     lines += ["", "Pairwise crosscoders (NRN >= 0.9 tuned-only, <= 0.1 base-only) next to the base-vs-base nulls:", "",
-              f"| crosscoder | alive | tuned-only | base-only | shared (0.4-0.6) | tuned-leaning (>= {r['config']['lean']}) "
-              "| base-leaning | sd(NRN) |", "|---|---|---|---|---|---|---|---|"]
+              "| crosscoder | alive | tuned-only | base-only | shared (0.4-0.6) | "
+              f"tuned-leaning (>= {r['config']['lean']}) | base-leaning | sd(NRN) |",
+              "|---|---|---|---|---|---|---|---|"]
     for k, v in q1["pairwise"].items():
-        cells = " | ".join(format_interval(v[c]) for c in ("tuned_only", "base_only", "shared", "tuned_lean", "base_lean"))
+        classes = ("tuned_only", "base_only", "shared", "tuned_lean", "base_lean")
+        cells = " | ".join(format_interval(v[c]) for c in classes)
         lines.append(f"| {k} | {v['n_alive']} | {cells} | {v['nrn_sd']:.3f} |")
     if "pairwise_sft_minus_rl_tuned_only" in q1:
         only, lean = q1["pairwise_sft_minus_rl_tuned_only"], q1["pairwise_sft_minus_rl_tuned_lean"]
@@ -270,9 +272,9 @@ def drift_markdown(r: dict) -> list[str]:
     for key, label in (("sft_vs_rl", "stabilisation"), ("sft_vs_rl_topk_entry", "top-k entry")):
         if key in q2:
             c = q2[key]
-            lines += ["", f"Median {label} SFT - RL: {c['median_diff']:+.1f} checkpoints [{c['median_diff_95'][0]:+.1f}, "
-                      f"{c['median_diff_95'][1]:+.1f}]; one-sided Mann-Whitney p (SFT earlier) = "
-                      f"{c['mannwhitney_p_a_earlier']:.3g}."]
+            low, high = c["median_diff_95"]
+            lines += ["", f"Median {label} SFT - RL: {c['median_diff']:+.1f} checkpoints [{low:+.1f}, {high:+.1f}]; "
+                      f"one-sided Mann-Whitney p (SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}."]
     return lines
 
 

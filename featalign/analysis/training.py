@@ -69,8 +69,8 @@ def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook
             if (out / "crosscoder.safetensors").exists():
                 return Crosscoder.load(out).eval()
         else:
-            warnings.warn(f"{out} was trained with other settings ({'; '.join(changed_settings(old, trained_on)[:8])}); "
-                          "retraining it", stacklevel=2)
+            changed = "; ".join(changed_settings(old, trained_on)[:8])
+            warnings.warn(f"{out} was trained with other settings ({changed}); retraining it", stacklevel=2)
             shutil.rmtree(out)
     atomic_write_json(out / TRAINED_ON_FILE, trained_on)
     source = InMemoryActivations(x_NMHD, trainer_cfg.batch_size, seed=cfg.seed, models=models, hooks=(hook,),
