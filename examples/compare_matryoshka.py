@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from featalign.analysis.attribution import attribute
-from featalign.analyze import AnalyzeConfig, cached_activations, open_organisms, train_or_load
+from featalign.analyze import AnalyzeConfig, mixture_activations, open_organisms, train_or_load
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder import evaluate
 from featalign.io import atomic_write_json, atomic_write_text, provenance
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = tuple(n for n in cfg.models.split(",") if n)
     dirs = {n: str(trio[n]) for n in names}
     hook = default_hook(org.config.n_layers)
-    x = cached_activations(out / "cache" / "train.safetensors", dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress)
-    xe = cached_activations(out / "cache" / "eval.safetensors", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
+    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress)
+    xe = mixture_activations(out / "activations" / "eval", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
                             cfg.progress)
     res = {"config": cfg.to_dict(), **provenance(), "organisms": str(org.root), "hook": hook, "variants": {}}
     for v in (v for v in cfg.variants.split(",") if v):

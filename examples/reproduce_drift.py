@@ -32,7 +32,7 @@ import torch
 from featalign.analysis import plots
 from featalign.analysis.drift import series_from_dirs, series_from_organisms
 from featalign.analyze import (
-    AnalyzeConfig, _jsonable, cached_activations, check_shared_settings, drift_study, open_organisms,
+    AnalyzeConfig, jsonable, mixture_activations, check_shared_settings, drift_study, open_organisms,
 )
 from featalign.cli import UsageError, check_exists, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     hook = cfg.hook or default
     dirs = series["sft"].model_dirs() | series["rl"].model_dirs()
     names = list(dirs)
-    x = cached_activations(out / "cache" / "train.safetensors", dirs, hook, cfg.n_tokens, "train", cfg.seed,
+    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed,
                            cfg.progress)
     acfg = AnalyzeConfig(out=str(out), variant=cfg.variant, n_latents=cfg.n_latents, k=cfg.k, steps=cfg.steps,
                          top_k=cfg.top_k, drift_mode=cfg.drift_mode, eval_tokens=cfg.eval_tokens, seed=cfg.seed,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_text(out / "report.md", report)
     results = {"config": cfg.to_dict(), **provenance(), "hook": hook, "drift": summary,
                "seconds": round(time.time() - t0, 1)}
-    atomic_write_json(out / "results.json", _jsonable(results))
+    atomic_write_json(out / "results.json", jsonable(results))
     print(report)
     return results
 

@@ -37,7 +37,7 @@ from featalign.analysis.attribution import encoder_stats
 from featalign.analysis.success_features import (
     SuccessConfig, TaskData, success_features_for_models, success_mask,
 )
-from featalign.analyze import AnalyzeConfig, cached_activations, check_shared_settings, open_organisms, train_or_load
+from featalign.analyze import AnalyzeConfig, mixture_activations, check_shared_settings, open_organisms, train_or_load
 from featalign.cli import UsageError, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.models import default_hook, default_hook_for, load_model
@@ -188,9 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. crosscoder on base + RL
     acfg = AnalyzeConfig(out=str(out), variant=cfg.variant, n_latents=cfg.n_latents, k=cfg.k, steps=cfg.steps,
                          seed=cfg.seed, progress=cfg.progress)
-    x = cached_activations(out / "cache" / "train.safetensors", dirs, hook, cfg.n_tokens, "train", cfg.seed,
+    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed,
                            cfg.progress)
-    xe = cached_activations(out / "cache" / "eval.safetensors", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
+    xe = mixture_activations(out / "activations" / "eval", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
                             cfg.progress)
     cc = train_or_load(out / "crosscoder", ("base", "rl"), x, hook, acfg)
     # the RL model's latents (`encode_as`, the rule the edits and the success scores use): the controls

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featalign.analyze import _jsonable, open_organisms
+from featalign.analyze import jsonable, open_organisms
 from featalign.cli import UsageError, check_choice, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.models import load_model
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", report)
     results["seconds"] = round(time.time() - t0, 1)
-    atomic_write_json(out / "results.json", _jsonable(results))
+    atomic_write_json(out / "results.json", jsonable(results))
     print(report)
     return results
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import numbers
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 T = TypeVar("T", bound="JsonConfig")
 
@@ -106,9 +106,11 @@ def parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def config_parser(cls: type[JsonConfig], help: dict[str, str], prog: str, description: str | None = None):
+def config_parser(cls: type[JsonConfig], help: dict[str, str], prog: str, description: str | None = None,
+                  repeated: Sequence[str] = ()):
     """An argparse parser with `--config FILE.json` and one `--field-name` flag per field of `cls`
-    (int/float/bool/str by the field's annotation); `config_from_args` turns its result into `cls`."""
+    (int/float/bool/str by the field's annotation); `config_from_args` turns its result into `cls`.
+    Fields named in `repeated` (tuples of strings, e.g. `--model NAME=DIR`) take their flag once per value."""
     import argparse
 
     p = argparse.ArgumentParser(prog=prog, description=description,
@@ -117,6 +119,10 @@ def config_parser(cls: type[JsonConfig], help: dict[str, str], prog: str, descri
     for f in dataclasses.fields(cls):
         name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         t = {"int": int, "float": float, "bool": parse_bool}.get(name, str)
+        if f.name in repeated:
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="append", default=None,
+                           help=f"{help.get(f.name, '')} (repeat for each)")
+            continue
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
                        help=f"{help.get(f.name, '')} (default: {f.default})")
     return p

@@ -54,6 +54,23 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def jsonable(obj: Any) -> Any:
+    """`obj` with tensors and numpy scalars turned into lists and Python numbers (and dict keys into strings),
+    so results made of analysis outputs can be written with `atomic_write_json` as they are."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
 def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
     """`safetensors.torch.save` with its JSON header's keys sorted: the library writes the metadata in a
     random (hash map) order, so two runs of one command would write different bytes for equal data."""

@@ -156,7 +156,7 @@ def test_analyze_killed_while_training_crosscoders(tiny_organisms, tmp_path):
     out = tmp_path / "rep"
     argv = ["featalign.analyze", *common, "--out", str(out)]
     reference = reference_tree(argv, out)
-    what, proc, err = kill_at_random_moment(argv, lambda: (out / "cache" / "eval_trio.safetensors").exists(),
+    what, proc, err = kill_at_random_moment(argv, lambda: (out / "activations" / "eval" / "manifest.json").exists(),
                                             max_delay_s=6.0)
     assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
     _rerun_equals(argv, out, reference, what)

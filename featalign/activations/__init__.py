@@ -11,7 +11,8 @@ from featalign.activations.cache import (
 from featalign.models.hooks import capture, default_hook, resolve_hooks, stop_layer
 from featalign.activations.loader import ActivationLoader
 from featalign.activations.sources import (
-    DatasetSource, TaskSuiteSource, TensorSource, TextSource, TokenSource, as_source,
+    DatasetSource, DomainMixtureSource, TaskSetSource, TaskSuiteSource, TensorSource, TextSource, TokenSource,
+    as_source, encode_problem,
 )
 from featalign.activations.store import (
     ActivationStore, ChecksumError, IncompatibleStoreError, Moments, NonFiniteActivationError,
@@ -19,9 +20,9 @@ from featalign.activations.store import (
 )
 
 __all__ = [
-    "ActivationLoader", "ActivationStore", "CacheConfig", "ChecksumError", "DatasetSource",
+    "ActivationLoader", "ActivationStore", "CacheConfig", "ChecksumError", "DatasetSource", "DomainMixtureSource",
     "IncompatibleStoreError", "Moments", "NonFiniteActivationError", "StoreError", "StoreLayout",
-    "StoreLockedError", "StoreStats", "StoreWriter", "StreamingActivations", "TaskSuiteSource",
+    "StoreLockedError", "StoreStats", "StoreWriter", "StreamingActivations", "TaskSetSource", "TaskSuiteSource",
     "TensorSource", "TextSource", "TokenSource", "as_source", "batch_rows", "cache_activations",
-    "capture", "default_hook", "merge_manifests", "resolve_hooks", "stop_layer", "token_batches",
+    "capture", "default_hook", "encode_problem", "merge_manifests", "resolve_hooks", "stop_layer", "token_batches",
 ]

@@ -10,10 +10,14 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from featalign.organisms.tasks import Problem
+    from featalign.tasks import TaskSet
 
 
 @runtime_checkable
@@ -76,6 +80,103 @@ class TaskSuiteSource:
 
     def fingerprint(self) -> str:
         return "tasks:" + _hash(self.__dict__)
+
+
+def encode_problem(tokenizer, problem: "Problem") -> list[int]:
+    """`<bos> prompt answer <eos>` exactly as the organisms are trained on it (`organisms.train.encode_supervised`):
+    the prompt through the tokenizer's own call (BOS where the family prepends one), the answer without
+    special tokens, then eos (when the tokenizer has one)."""
+    ids = list(tokenizer(problem.prompt)["input_ids"])
+    ids += list(tokenizer(problem.answer, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@dataclass
+class DomainMixtureSource:
+    """The organisms' domains as `python -m featalign.analyze` has always read them: rounds of
+    `sample_mixture(domains, n, split, seed * 1000 + round)`, each problem `<bos> prompt answer <eos>`.
+
+    Round r draws `max(64, (n_tokens - rows so far) // 24 + 64)` problems, so the stream (and every number
+    computed on it) equals the in-process collector it replaces; that is why `n_tokens` is part of the
+    source and its fingerprint. Rows so far count every token but the first (BOS) of each sequence.
+    Endless: after `n_tokens` rows it keeps drawing rounds of 64 problems.
+    """
+
+    split: str = "train"
+    seed: int = 0
+    n_tokens: int = 40_000
+    domains: tuple[str, ...] | None = None  # None: every domain
+    tokens_per_sequence: int = 24  # the round-size estimate of the collector this reproduces
+
+    def __post_init__(self) -> None:
+        from featalign.organisms.tasks import parse_domains
+
+        if self.domains is not None:
+            self.domains = tuple(parse_domains(self.domains))
+        if self.n_tokens < 1:
+            raise ValueError(f"n_tokens must be >= 1, got {self.n_tokens}")
+
+    def sequences(self, tokenizer) -> Iterator[list[int]]:
+        from featalign.organisms.tasks import DOMAINS, sample_mixture
+
+        domains = list(self.domains or DOMAINS)
+        rows = 0
+        for round_index in itertools.count():
+            n_problems = max(64, (self.n_tokens - rows) // self.tokens_per_sequence + 64)
+            for problem in sample_mixture(domains, n_problems, self.split, self.seed * 1000 + round_index):
+                ids = encode_problem(tokenizer, problem)
+                rows += len(ids) - 1
+                yield ids
+
+    def fingerprint(self) -> str:
+        return "mixture:" + _hash(self.__dict__)
+
+
+TASK_SET_SPLITS = ("eval", "train", "all")
+
+
+@dataclass
+class TaskSetSource:
+    """A task set's problems as text (`<bos> prompt answer <eos>`, see `encode_problem`), tasks interleaved.
+
+    `split`: each task's eval problems, its train problems, or both (train first). With `repeat` the
+    problems cycle, so a small task set still fills `n_tokens` rows (repeated tokens, not new ones);
+    the fingerprint covers every problem, so a store resumes only on the same set.
+    """
+
+    tasks: "TaskSet"
+    split: str = "eval"
+    repeat: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split not in TASK_SET_SPLITS:
+            raise ValueError(f"split must be one of {TASK_SET_SPLITS}, got {self.split!r}")
+        if not any(self._task_problems(t) for t in self.tasks):
+            raise ValueError(f"the task set has no {self.split} problems to read activations on")
+
+    def _task_problems(self, task) -> list["Problem"]:
+        if self.split == "eval":
+            return list(task.problems)
+        if self.split == "train":
+            return list(task.train_problems)
+        return list(task.train_problems) + list(task.problems)
+
+    def problems(self) -> list["Problem"]:
+        """One pass over the set: the first problem of every task, then the second, ..."""
+        per_task = [self._task_problems(t) for t in self.tasks]
+        return [p for group in itertools.zip_longest(*per_task) for p in group if p is not None]
+
+    def sequences(self, tokenizer) -> Iterator[list[int]]:
+        problems = self.problems()
+        for _ in itertools.count() if self.repeat else range(1):
+            for problem in problems:
+                yield encode_problem(tokenizer, problem)
+
+    def fingerprint(self) -> str:
+        rows = [(p.domain, p.prompt, p.answer) for p in self.problems()]
+        return "taskset:" + _hash({"split": self.split, "repeat": self.repeat, "problems": rows})
 
 
 @dataclass

@@ -63,12 +63,12 @@ def test_analyze_cli_end_to_end(tiny_organisms, tmp_path, capsys):
     assert (out / "index.html").exists() and (out / "figures" / "drift.png").exists()
     assert {"ternary.png", "nrn_hist.png", "mas_hist.png"} <= set(saved["figures"])
     # the cards include, per tuned model, the alive latents with its largest decoder-norm share
-    from safetensors.torch import load_file
-
     from featalign.analysis.attribution import attribute
     from featalign.crosscoder import Crosscoder
 
-    att = attribute(Crosscoder.load(out / "crosscoders" / "trio"), load_file(str(out / "cache" / "eval_trio.safetensors"))["acts"])
+    from featalign.activations import ActivationStore
+
+    att = attribute(Crosscoder.load(out / "crosscoders" / "trio"), ActivationStore(out / "activations" / "eval").read())
     alive = [i for i in range(len(att.classes)) if float(att.enc["firing_rate"][i]) > 0]
     carded = {int(k) for k in json.loads((out / "cards.json").read_text())}
     for m in (1, 2):  # rl, sft
@@ -131,8 +131,6 @@ def test_analyze_rerun_with_other_settings_retrains_and_reports_them(tiny_organi
 
 
 def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organisms, tmp_path):
-    from safetensors import safe_open
-
     from featalign.analyze import main
     from tests.analysis.helpers import hand_crosscoder
 
@@ -146,17 +144,18 @@ def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organ
     assert not (tmp_path / "bad").exists()
     rep = main(base + ["--out", str(tmp_path / "rep")])
     assert rep["hook"] == hook
-    with safe_open(str(tmp_path / "rep" / "cache" / "eval_trio.safetensors"), "pt") as f:
-        assert f.metadata()["hook"] == hook  # the activations analysed are the crosscoder's layer
+    from featalign.activations import ActivationStore
+
+    assert ActivationStore(tmp_path / "rep" / "activations" / "eval").hooks == (hook,)  # the crosscoder's layer
     assert f"trio loaded from `{tmp_path / 'cc'}`" in (tmp_path / "rep" / "report.md").read_text()
-    with pytest.raises(ValueError, match=r"--hook blocks.9.hook_resid_post: the organisms have layers 0..1"):
+    with pytest.raises(ValueError, match=r"--hook blocks.9.hook_resid_post: the models have layers 0..1"):
         main(["--organisms-dir", str(tiny_organisms.root), "--hook", "blocks.9.hook_resid_post",
               "--out", str(tmp_path / "bad9")] + SMALL)
     assert not (tmp_path / "bad9").exists()
 
 
 def test_report_marks_clopper_pearson_intervals():
-    from featalign.analyze import CP_MARK, _ci
+    from featalign.analyze import CP_MARK, format_interval as _ci
 
     boot = {"count": 5, "low": 2.0, "high": 9.0, "method": "bootstrap"}
     exact = {"count": 0, "low": 0.0, "high": 3.2, "method": "clopper-pearson"}
