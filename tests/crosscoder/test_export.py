@@ -111,3 +111,19 @@ def test_cli_writes_a_loadable_sae_and_refuses_bad_arguments(tmp_path, capsys):
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, err
     assert not any((tmp_path / n).exists() for n in "abcd")  # nothing half-written on a refusal
+
+
+@pytest.mark.parametrize("variant", ["l1", "batchtopk"])
+def test_fold_W_dec_norm_keeps_the_firings_and_scales_by_the_raw_decoder_norm(variant, tmp_path):
+    """What sae-dashboard's quickstart does to an SAE first (`fold_W_dec_norm`): the same latents fire, each
+    activation times its raw decoder norm at that model and hook, and the reconstruction is unchanged."""
+    cc = _crosscoder(variant)
+    sae = SAE.load_from_disk(export_sae_lens(cc, "rl", tmp_path / "sae", hook=HOOKS[1]), fold_W_dec_norm=True)
+    x = _x()
+    with torch.no_grad():
+        f_ref = cc.encode_as(x, "rl", hook=HOOKS[1])
+        norm_L = cc.W_dec_raw_LMHD[:, 1, 1].norm(dim=-1)
+        f = sae.encode(x)
+        assert torch.equal(f > 0, f_ref > 0)
+        torch.testing.assert_close(f, f_ref * norm_L, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sae.decode(f), cc.decode(f_ref)[:, 1, 1], rtol=1e-5, atol=1e-5)
