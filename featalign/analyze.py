@@ -411,9 +411,9 @@ def run(cfg: AnalyzeConfig) -> dict:
             _t(pair_masks["base-vs-sft"]["t_lean"])[al_s], _t(pair_masks["base-vs-rl"]["t_lean"])[al_r])
         plots.nrn_histograms({k: _t(v[pair_masks[k]["alive"]]) for k, v in nrns.items()}, figs / "nrn_hist.png",
                              "NRN of alive latents: base-vs-tuned next to base-vs-base controls")
-        rows = [(f"{k}: tuned-only", v["tuned_only"]["count"], v["tuned_only"]["low"], v["tuned_only"]["high"])
+        rows = [(f"{k}: tuned-only", *(v["tuned_only"][f] for f in ("count", "low", "high", "n", "method")))
                 for k, v in counts.items()]
-        plots.count_bars(rows, figs / "specific_counts.png", title="NRN >= 0.9 latents (95% CI; Clopper-Pearson where the count is 0)")
+        plots.count_bars(rows, figs / "specific_counts.png", title="tuned-only latents (NRN >= 0.9) among the alive ones")
         lap("pairwise + controls")
     report["q1_specific_latents"] = q1
 
