@@ -119,6 +119,7 @@ def export_sae_lens(cc: Crosscoder | str | Path, model: str | int, out_dir: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (its `--help` is this module's docstring and one line per flag)."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("crosscoder", metavar="CROSSCODER_DIR",
                    help="a trained crosscoder folder (cfg.json + crosscoder.safetensors)")
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    """`python -m featalign.crosscoder.export`: check the arguments, load the crosscoder, export, say where."""
     args = build_parser().parse_args(argv)
     src = check_exists(args.crosscoder, "CROSSCODER_DIR", "folder")
     if not (src / CFG_FILE).exists():
