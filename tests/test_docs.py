@@ -1,4 +1,5 @@
-"""Docs: the pdoc API reference renders every public module, and the public API has docstrings."""
+"""Docs: the site (Markdown pages + pdoc API reference) builds with every link resolving, the API reference
+renders every public module, and the public API has docstrings."""
 
 from __future__ import annotations
 
@@ -20,12 +21,25 @@ def _build_api():
     return mod
 
 
+def _build_site():
+    spec = importlib.util.spec_from_file_location("featalign_docs_build_site", ROOT / "docs" / "build_site.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="module")
-def api_dir(tmp_path_factory):
+def site_dir(tmp_path_factory):
+    """The whole docs site, built once (the API reference is its `api/` folder)."""
     pytest.importorskip("pdoc")
-    out = tmp_path_factory.mktemp("api")
-    modules = _build_api().build(out)
-    return out, modules
+    out = tmp_path_factory.mktemp("site")
+    _build_site().build(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def api_dir(site_dir):
+    return site_dir / "api", _build_api().public_modules()
 
 
 def test_every_public_module_has_a_page(api_dir):
@@ -55,6 +69,63 @@ def test_known_public_names_are_documented(api_dir, page, name):
     out, _ = api_dir
     html = (out / page).read_text()
     assert f'id="{name}"' in html, f"{name} has no entry in {page}"
+
+
+# --- the site and its links ----------------------------------------------------------------------------------
+
+
+def test_every_relative_markdown_link_resolves():
+    site = _build_site()
+    problems = site.markdown_link_problems()
+    assert not problems, "broken links:\n" + "\n".join(problems)
+    assert len(site.pages()) >= 9 and (ROOT / "README.md") in site.pages()
+
+
+def test_site_has_every_page_and_no_broken_internal_link(site_dir):
+    site = _build_site()
+    for md in site.pages():
+        page = site_dir / ("index.html" if md.name == "README.md" else f"docs/{md.stem}.html")
+        assert page.is_file(), f"no site page for {md.name}"
+    problems = site.html_link_problems(site_dir)
+    assert not problems, "broken links in the built site:\n" + "\n".join(problems[:30])
+    # the checker saw real cross-page links with anchors (so an empty problem list is not vacuous)
+    guide = (site_dir / "docs" / "guide.html").read_text()
+    assert 'href="crosscoder.html#reading-one-models-latents-encode_as"' in guide
+    assert 'id="reading-one-models-latents-encode_as"' in (site_dir / "docs" / "crosscoder.html").read_text()
+    assert 'href="../api/index.html"' in guide
+
+
+@pytest.mark.parametrize("heading, anchor", [  # anchors as GitHub writes them for these headings
+    ("Reading one model's latents (`encode_as`)", "reading-one-models-latents-encode_as"),
+    ("Q1. Are there more SFT-specific latents than RL-specific ones?",
+     "q1-are-there-more-sft-specific-latents-than-rl-specific-ones"),
+    ("Performance (`benchmarks/bench_cache.py`)", "performance-benchmarksbench_cachepy"),
+    ("Export to sae_lens (SAEBench, sae-dashboard)", "export-to-sae_lens-saebench-sae-dashboard"),
+    ("`python -m featalign.organisms`", "python--m-featalignorganisms"),
+])
+def test_heading_anchors_follow_github(heading, anchor):
+    assert _build_site().github_slug(heading) == anchor
+
+
+def test_link_checks_catch_what_is_broken(tmp_path):
+    site = _build_site()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "b.md").write_text("# Title\n\n## Same\n\n## Same\n")
+    a = tmp_path / "docs" / "a.md"
+    a.write_text("see [b](b.md#same-1), [top](#intro) and `[not a link](missing.md)`\n\n# Intro\n\n"
+                 "[gone](nothing.md), [bad anchor](b.md#other), ![img](pic.png), [web](https://example.org/x)\n"
+                 "```\n[in code](missing2.md)\n```\n[ref]: ../README.md#nowhere\n")
+    (tmp_path / "README.md").write_text("# R\n")
+    problems = site.markdown_link_problems(tmp_path, [a])
+    assert len(problems) == 4, problems
+    for bad in ("nothing.md", "b.md#other", "pic.png", "README.md#nowhere"):
+        assert any(bad in p for p in problems), (bad, problems)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "x.html").write_text('<h1 id="here">x</h1><a href="#here">ok</a><a href="y.html#nope">no</a>'
+                                           '<a href="z.html">none</a><img src="x.html"><a href="http://e.org">e</a>')
+    (tmp_path / "s" / "y.html").write_text('<p id="yes">y</p><a href="x.html#here">back</a>')
+    problems = site.html_link_problems(tmp_path / "s")
+    assert sorted(p.split(": ")[1] for p in problems) == ["y.html#nope", "z.html"], problems
 
 
 # --- every public function / class has a docstring -------------------------------------------------

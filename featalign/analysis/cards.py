@@ -62,23 +62,34 @@ def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, t
     return out
 
 
+def activation_histogram(acts_by_model: dict[str, list[float]]):
+    """The card's figure: each model's nonzero activations of one latent, one step histogram per model on
+    shared bins. The x-axis spans the data, not [0, max]: a latent's nonzero activations often sit far from
+    0 (2.3-3, say), and an axis from 0 squeezes them into a sliver."""
+    from featalign.plotting import pyplot
+
+    fig, ax = pyplot().subplots(figsize=(5.5, 2.4))
+    allv = [a for v in acts_by_model.values() for a in v]
+    lo, hi = (min(allv), max(allv)) if allv else (0.0, 1.0)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
+    bins = np.linspace(lo - pad, hi + pad, 30)
+    for name, v in acts_by_model.items():
+        ax.hist(v, bins=bins, histtype="step", lw=1.5, label=f"{name} ({len(v)} tokens)")
+    ax.set_xlim(bins[0], bins[-1])
+    ax.set_xlabel("activation (nonzero)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the data
+    fig.tight_layout()
+    return fig
+
+
 def _hist_png(acts_by_model: dict[str, list[float]]) -> str:
     from featalign.plotting import pyplot
 
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(4.5, 2.4))
-    allv = [a for v in acts_by_model.values() for a in v]
-    bins = np.linspace(0, max(allv) if allv else 1, 30)
-    for name, v in acts_by_model.items():
-        ax.hist(v, bins=bins, histtype="step", lw=1.5, label=f"{name} ({len(v)} tokens)")
-    ax.set_xlabel("activation (nonzero)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig = activation_histogram(acts_by_model)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
+    pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -81,19 +83,58 @@ def latent_scaling_scatter(nu_err: np.ndarray, nu_rec: np.ndarray, labels: list[
     return _save(fig, path)
 
 
-def count_bars(rows: list[tuple[str, float, float, float]], path, ylabel: str = "model-specific latents",
-               title: str = "") -> Path:
-    """Bars with interval whiskers: rows of (label, count, low, high)."""
+#: how `count_bars` names each interval method of `featalign.analysis.controls.CountInterval`
+INTERVAL_NAMES = {"clopper-pearson": "Clopper-Pearson (exact)", "bootstrap": "percentile bootstrap"}
+
+
+def interval_note(methods: Sequence[str], confidence: float = 0.95) -> str:
+    """The caption of a figure's intervals from the methods that made them, so a title cannot name a method
+    its intervals did not use (`count_interval` switches to Clopper-Pearson where a count is 0 or all)."""
+    used = list(dict.fromkeys(methods))
+    names = [INTERVAL_NAMES.get(m, m) for m in used]
+    if set(used) == {"bootstrap", "clopper-pearson"}:
+        names = ["percentile bootstrap", "Clopper-Pearson (exact) where the count is 0 or all"]
+    return f"{confidence:.0%} intervals: " + "; ".join(names)
+
+
+def count_bars(rows: Sequence[tuple], path, ylabel: str = "model-specific latents", title: str = "") -> Path:
+    """`count_bars_figure(rows, ylabel, title)` written to `path`."""
+    return _save(count_bars_figure(rows, ylabel, title), path)
+
+
+def count_bars_figure(rows: Sequence[tuple], ylabel: str = "model-specific latents", title: str = ""):
+    """Bars with interval whiskers: rows of (label, count, low, high), optionally followed by n (what was counted
+    over) and the interval's method (a `CountInterval.method`).
+
+    Every bar gets a marker at its count and its number ("k of n" with n), so a count of 0, whose bar has no
+    height, still shows as a value rather than as a bare whisker; with methods the title's second line says
+    which intervals these are (`interval_note`)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(rows), 3.6))
+    fig, ax = plt.subplots(figsize=(2.0 + 1.0 * len(rows), 3.8))
     x = np.arange(len(rows))
-    c = np.array([r[1] for r in rows])
-    err = np.array([[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]]).clip(0)
-    ax.bar(x, c, yerr=err, capsize=4, color=[f"C{i}" for i in range(len(rows))])
+    c = np.array([r[1] for r in rows], dtype=float)
+    lo, hi = np.array([r[2] for r in rows], dtype=float), np.array([r[3] for r in rows], dtype=float)
+    err = np.array([c - lo, hi - c]).clip(0)
+    colors = [f"C{i}" for i in range(len(rows))]
+    ax.bar(x, c, color=colors, alpha=0.8)
+    ax.errorbar(x, c, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1)
+    ax.scatter(x, c, color=colors, edgecolor="black", zorder=3, s=28, clip_on=False)
+    top = max(float(hi.max(initial=0.0)), float(c.max(initial=0.0)), 1.0)
+    for i, r in enumerate(rows):
+        text = f"{r[1]:.0f} of {r[4]}" if len(r) > 4 else f"{r[1]:.0f}"
+        ax.annotate(text, (x[i], max(hi[i], c[i])), xytext=(0, 4), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylim(0, top * 1.2)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _save(fig, path)
+    methods = [r[5] for r in rows if len(r) > 5]
+    width = int(11 * (2 + len(rows)))  # characters of a 9-point title per figure width
+    lines = [textwrap.fill(title, width=width)] if title else []
+    if methods:
+        lines.append(textwrap.fill(interval_note(methods), width=width))
+    ax.set_title("\n".join(lines), fontsize=9)
+    return fig
 
 
 def drift_side_by_side(results: dict, path) -> Path:

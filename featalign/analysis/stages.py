@@ -204,10 +204,10 @@ def controls_stage(ctx: AnalysisContext) -> Sections:
                 as_numpy(sft[m])[alive_sft], as_numpy(rl[m])[alive_rl])
     plots.nrn_histograms({k: as_numpy(v[masks[k]["alive"]]) for k, v in nrns.items()}, ctx.figures / "nrn_hist.png",
                          "NRN of alive latents: base-vs-tuned next to base-vs-base controls")
-    rows = [(f"{k}: tuned-only", v["tuned_only"]["count"], v["tuned_only"]["low"], v["tuned_only"]["high"])
+    rows = [(f"{k}: tuned-only", *(v["tuned_only"][f] for f in ("count", "low", "high", "n", "method")))
             for k, v in q1["pairwise"].items()]
     plots.count_bars(rows, ctx.figures / "specific_counts.png",
-                     title="NRN >= 0.9 latents (95% CI; Clopper-Pearson where the count is 0)")
+                     title="tuned-only latents (NRN >= 0.9) among the alive ones")
     return {"q1_specific_latents": q1}
 
 

@@ -74,6 +74,13 @@ class Variant(nn.Module):
         read once here, so a hook that encodes on every forward call does not recompute it."""
         raise NotImplementedError
 
+    def jumprelu_threshold(self, cc: "Crosscoder") -> Tensor | None:
+        """The inference rule in the form sae_lens can load (`featalign.crosscoder.export`): None if it is
+        `relu(pre)`, else the per-latent threshold θ [L] of `relu(pre) · H(pre − θ)` (sae_lens' JumpReLU).
+        A variant whose rule has neither form leaves this unimplemented and cannot be exported."""
+        raise NotImplementedError(f"variant {self.name!r} has no sae_lens form of its inference rule "
+                                  "(implement jumprelu_threshold to export it)")
+
     def activation(self, cc: "Crosscoder", pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
         """`activation_for(cc, latents)(pre_BS)`."""
         return self.activation_for(cc, latents)(pre_BS)

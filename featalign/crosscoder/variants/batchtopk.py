@@ -235,6 +235,15 @@ class BatchTopK(Variant):
 
         return act_fn
 
+    def jumprelu_threshold(self, cc) -> Tensor:
+        """relu(pre) · w_l > t  <=>  pre > t / w_l (for w_l > 0): the per-token threshold t on norm-weighted
+        activations is a per-latent JumpReLU threshold on the pre-activation. A latent with w_l = 0 never
+        fires when t >= 0 (θ = inf) and is plain ReLU when t < 0 (θ = -inf)."""
+        w_L = cc.dec_norm_sum().detach()
+        t = self.threshold.to(w_L.dtype)
+        never = torch.full_like(w_L, float("inf") if t >= 0 else float("-inf"))
+        return torch.where(w_L > 0, t / w_L.clamp_min(torch.finfo(w_L.dtype).tiny), never)
+
     def _indices(self, cc, P_BL: Tensor, w_L: Tensor) -> Tensor:
         B, L = P_BL.shape
         return select_batch_topk(P_BL, cc.b_enc.detach(), w_L, min(self.cfg.k * B, B * L), self.threshold.item())

@@ -82,6 +82,10 @@ class JumpReLU(Variant):
         theta = theta if latents is None else theta[latents]
         return lambda pre_BS: pre_BS * (pre_BS > theta)
 
+    def jumprelu_threshold(self, cc) -> Tensor:
+        # θ = exp(...) >= 0, so pre · H(pre − θ) = relu(pre) · H(pre − θ): sae_lens' rule exactly
+        return self.log_threshold.detach().exp()
+
     def training_forward(self, cc, x_BK: Tensor, sparsity_coef: float) -> TrainOutput:
         pre_BL = torch.addmm(cc.b_enc, x_BK, cc.W_enc)
         theta_L = self.log_threshold.exp()

@@ -235,6 +235,9 @@ class L1(Variant):
     def activation_for(self, cc, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
         return F.relu
 
+    def jumprelu_threshold(self, cc) -> None:
+        return None  # plain ReLU: sae_lens' "standard" SAE
+
     def training_forward(self, cc, x_BK: Tensor, sparsity_coef: float) -> TrainOutput:
         """Through `_DenseL1` (bf16 GEMMs under autocast)."""
         dev = x_BK.device.type
