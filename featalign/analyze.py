@@ -182,5 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def cli() -> None:
+    """Console script `featalign-analyze` (also `python -m featalign.analysis`)."""
+    sys.exit(run_cli(main, "featalign-analyze", sys.argv[1:]))
+
+
 if __name__ == "__main__":
     sys.exit(run_cli(main, "python -m featalign.analyze", sys.argv[1:]))

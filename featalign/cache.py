@@ -166,5 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Console script `featalign-cache` (also `python -m featalign.activations`)."""
+    sys.exit(run_cli(main, "featalign-cache", sys.argv[1:]))
+
+
 if __name__ == "__main__":
     sys.exit(run_cli(main, "python -m featalign.cache"))

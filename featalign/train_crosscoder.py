@@ -473,8 +473,9 @@ def _print_report(out: Path, report: dict) -> None:
         print(f"  -> {out / 'eval.json'}")
 
 
-if __name__ == "__main__":
-    rc = run_cli(main, "python -m featalign.train_crosscoder", sys.argv[1:])
+def cli(prog: str = "featalign-train-crosscoder") -> None:
+    """Console script `featalign-train-crosscoder` (also `python -m featalign.crosscoder`)."""
+    rc = run_cli(main, prog, sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, skip interpreter finalisation: gloo worker threads still alive there
         # intermittently abort the process ("terminate called without an active exception")
@@ -483,3 +484,7 @@ if __name__ == "__main__":
         sys.stderr.flush()
         os._exit(rc)
     sys.exit(rc)
+
+
+if __name__ == "__main__":
+    cli("python -m featalign.train_crosscoder")

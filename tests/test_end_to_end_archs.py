@@ -47,7 +47,8 @@ def _perturbed(src: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
 def study(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     base = tiny_random_model(request.param, root / "base")
-    dirs = {"base": base, "rl": _perturbed(base, root / "rl", 1), "sft": _perturbed(base, root / "sft", 2)}
+    dirs = {"base": base, "rl": _perturbed(base, root / "rl", 1), "sft": _perturbed(base, root / "sft", 2),
+            "rl-ckpt1": _perturbed(base, root / "rl-ckpt1", 3, scale=0.02)}
     tasks = root / "tasks.jsonl"
     tasks.write_text("\n".join(json.dumps(r) for r in LINES) + "\n")
     text = root / "text.txt"
@@ -57,7 +58,7 @@ def study(request, tmp_path_factory):
 
 def _cache(root: Path, dirs: dict, text: Path) -> Path:
     out = root / "store"
-    args = [a for n, d in dirs.items() for a in ("--model", f"{n}={d}")]
+    args = [a for n in ("base", "rl", "sft") for a in ("--model", f"{n}={dirs[n]}")]
     args += [a for h in HOOKS for a in ("--hook", h)]
     cache_main(args + ["--text-file", str(text), "--out", str(out), "--n-tokens", "100000", "--batch-size", "8",
                        "--threads", "1"])
@@ -103,3 +104,21 @@ def test_cache_train_intervene(study):
     res = run_intervention(rl, rl.tokenizer, cc, "rl", [0, 1, 2], ablate, task_set, n_controls=0)
     assert set(res.tasks) == {"add", "copy"}
     assert all(r.n == 15 for r in res.tasks.values())
+
+
+def test_analyze_on_the_model_set(study, tmp_path):
+    """analyze with a checkpoint series and a JSONL task set, at the MLP-output hook (not a residual)."""
+    from featalign.analyze import main as analyze_main
+
+    arch, root, dirs, tasks, _ = study
+    models = [a for n in ("base", "rl", "sft") for a in ("--model", f"{n}={dirs[n]}")]
+    rep = analyze_main([*models, "--series", f"rl={dirs['rl-ckpt1']},{dirs['rl']}", "--tasks", str(tasks),
+                        "--hook", HOOKS[1], "--stages", "attribution,drift", "--out", str(tmp_path / "rep"),
+                        "--n-tokens", "400", "--eval-tokens", "200", "--n-latents", "32", "--k", "4", "--steps", "10",
+                        "--batch-size", "128", "--top-k", "4", "--progress", "false"])
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["hook"] == HOOKS[1] == rep["hook"]
+    q1 = saved["q1_specific_latents"]
+    assert 0 < q1["n_alive"] <= 32
+    assert sum(v["count"] for v in q1["trio"].values()) <= q1["n_alive"]
+    assert list(saved["q2_drift"]) == ["rl"] and len(saved["q2_drift"]["rl"]["overlap"]) == 1

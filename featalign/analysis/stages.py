@@ -103,6 +103,7 @@ def attribution_figures(att, alive_L: torch.Tensor, models: tuple[str, ...], fig
 
 
 def attribution_markdown(r: dict) -> list[str]:
+    """The attribution stage's section of report.md, from its report.json sections."""
     q1 = r.get("q1_specific_latents", {})
     if "trio" not in q1:
         return []
@@ -169,6 +170,7 @@ def pairwise_crosscoders(ctx: AnalysisContext) -> tuple[dict, dict]:
 
 
 def controls_markdown(r: dict) -> list[str]:
+    """The controls stage's section of report.md, from its report.json sections."""
     q1 = r.get("q1_specific_latents", {})
     if "pairwise" not in q1:
         return []
@@ -253,6 +255,7 @@ NO_SERIES = ("not run: the model set has no checkpoint series; pass --series rl=
 
 
 def drift_markdown(r: dict) -> list[str]:
+    """The drift stage's section of report.md, from its report.json sections."""
     if "q2_drift" not in r:
         return []
     q2 = r["q2_drift"]
@@ -295,6 +298,7 @@ def drift_stage(ctx: AnalysisContext) -> Sections:
 
 
 def success_markdown(r: dict) -> list[str]:
+    """The success stage's section of report.md, from its report.json sections."""
     if "q3_success_features" not in r:
         return []
     q3 = r["q3_success_features"]
@@ -365,6 +369,7 @@ def card_latents(att, models: tuple[str, ...], n_cards: int, success=None) -> di
 
 
 def cards_markdown(r: dict) -> list[str]:
+    """The cards stage's section of report.md, from its report.json sections."""
     return ["", f"Feature cards: `index.html` ({r['cards']['n']} latents)."] if "cards" in r else []
 
 

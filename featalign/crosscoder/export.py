@@ -147,5 +147,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return path
 
 
+def cli() -> None:
+    """Console script `featalign-export-sae`."""
+    sys.exit(run_cli(main, "featalign-export-sae", sys.argv[1:]))
+
+
 if __name__ == "__main__":
     sys.exit(run_cli(main, PROG))

@@ -56,5 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> None:
+    """Console script `featalign-organisms`."""
+    sys.exit(run_cli(main, "featalign-organisms", sys.argv[1:]))
+
+
 if __name__ == "__main__":
     sys.exit(run_cli(main, "python -m featalign.organisms"))
