@@ -10,6 +10,7 @@ from featalign.activations.cache import (
 )
 from featalign.activations.hooks import capture, default_hook, resolve_hooks, stop_layer
 from featalign.activations.loader import ActivationLoader
+from featalign.activations.normalization import estimate_norm_scales
 from featalign.activations.sources import (
     DatasetSource, TaskSuiteSource, TensorSource, TextSource, TokenSource, as_source,
 )
@@ -23,5 +24,6 @@ __all__ = [
     "IncompatibleStoreError", "Moments", "NonFiniteActivationError", "StoreError", "StoreLayout",
     "StoreLockedError", "StoreStats", "StoreWriter", "StreamingActivations", "TaskSuiteSource",
     "TensorSource", "TextSource", "TokenSource", "as_source", "batch_rows", "cache_activations",
-    "capture", "default_hook", "merge_manifests", "resolve_hooks", "stop_layer", "token_batches",
+    "capture", "default_hook", "estimate_norm_scales", "merge_manifests", "resolve_hooks", "stop_layer",
+    "token_batches",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from featalign.activations.normalization import norm_scales_from_mean, norm_sums
 from featalign.crosscoder import ddp
 from featalign.crosscoder.config import (
     FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig, migrate_state_dict,
@@ -227,17 +228,18 @@ class Trainer:
             sums, n = torch.zeros(self.cfg.n_models, self.cfg.n_hooks, dtype=torch.float64), 0
             for _ in range(self.tcfg.norm_batches):
                 x = next(self.source)
-                sums += x.double().norm(dim=-1).sum(0)
+                sums += norm_sums(x)
                 n += x.shape[0]
             self.source.load_state_dict(start)
             if self.dist.enabled:
                 t = torch.cat([sums.view(-1), torch.tensor([float(n)], dtype=torch.float64)])
                 ddp.all_reduce(t)
                 sums, n = t[:-1].view_as(sums), t[-1].item()
-            scales = self.cfg.d_model**0.5 / (sums / n).clamp_min(1e-8)
+            scales = norm_scales_from_mean(sums / n, self.cfg.d_model)
         scales = torch.as_tensor(scales, dtype=torch.float32)
         if tuple(scales.shape) != (self.cfg.n_models, self.cfg.n_hooks):
-            raise ValueError(f"norm scales have shape {list(scales.shape)}, expected [{self.cfg.n_models}, {self.cfg.n_hooks}]")
+            raise ValueError(f"norm scales have shape {list(scales.shape)}, "
+                             f"expected [{self.cfg.n_models}, {self.cfg.n_hooks}]")
         self.model.norm_scale.copy_(scales)
 
     # --- training -----------------------------------------------------------------------------
