@@ -71,7 +71,6 @@ UNOWNED_FILES_WITHOUT_DOCSTRINGS = {
     "featalign.intervention_experiments": {"TaskResult", "InterventionResult"},
     "featalign.crosscoder.ddp": {"DistInfo", "all_reduce"},
     "featalign.crosscoder.hf": {"parse_hook", "contextlib_stack"},
-    "featalign.crosscoder.model": {"check_format_version"},
     "featalign.crosscoder.train": {"sparsity_coef_at"},
 }
 

@@ -28,15 +28,12 @@ from featalign.crosscoder.config import (
     FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig, migrate_state_dict,
 )
 from featalign.crosscoder.data import ActivationSource
-from featalign.crosscoder.model import Crosscoder, TrainOutput, check_format_version, load_config_dict
-from featalign.io import (
-    atomic_write_bytes, atomic_write_json, atomic_write_text, canonical_for_pickle, provenance, read_json,
-)
+from featalign.crosscoder.model import Crosscoder, TrainOutput, check_format_version, read_config, write_config
+from featalign.io import atomic_write_bytes, atomic_write_text, canonical_for_pickle
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 TRAINER_CFG_FILE = "trainer_cfg.json"
-RUN_CFG_FILE = "run_cfg.json"
 
 
 class NaNLossError(FloatingPointError):
@@ -171,7 +168,7 @@ class Trainer:
         return self.dist.is_main and self.out_dir is not None
 
     def _check_resume_configs(self) -> None:
-        old_cc, _ = load_config_dict(read_json(self.out_dir / "cfg.json"), self.out_dir / "cfg.json")
+        old_cc, _ = read_config(self.out_dir)
         diffs = {f"crosscoder.{k}": v for k, v in old_cc.diff(self.cfg).items()}
         old_tr = TrainerConfig.load(self.out_dir / TRAINER_CFG_FILE)
         diffs |= {f"trainer.{k}": v for k, v in old_tr.diff(self.tcfg).items() if k not in RESUMABLE_CHANGES}
@@ -185,8 +182,7 @@ class Trainer:
     def _write_configs(self) -> None:
         if not self._writes:
             return
-        atomic_write_json(self.out_dir / "cfg.json",
-                          {**self.cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()})
+        write_config(self.out_dir, self.cfg)
         self.tcfg.save(self.out_dir / TRAINER_CFG_FILE)
 
     def save_checkpoint(self) -> None:
