@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from featalign import distributed
 from featalign.activations.normalization import norm_scales_from_mean, norm_sums
-from featalign.crosscoder import ddp
 from featalign.crosscoder.config import (
     FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig, migrate_state_dict,
 )
@@ -138,7 +138,7 @@ class Trainer:
         trainer_cfg: TrainerConfig,
         source: ActivationSource,
         out_dir: str | Path | None,
-        dist_info: ddp.DistInfo | None = None,
+        dist_info: distributed.DistInfo | None = None,
         loggers: tuple[str, ...] = (),
         on_step: StepCallback | None = None,
         progress: bool = True,
@@ -148,7 +148,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is None and loggers:
             raise ValueError(f"loggers {loggers} need an out_dir to write to; pass out_dir or no loggers")
-        self.dist = dist_info or ddp.DistInfo()
+        self.dist = dist_info or distributed.DistInfo()
         self.on_step, self.progress, self.device = on_step, progress, torch.device(device)
         check_source(source, cfg)
         self.model = Crosscoder(cfg).to(self.device)
@@ -229,7 +229,7 @@ class Trainer:
             self.source.load_state_dict(start)
             if self.dist.enabled:
                 t = torch.cat([sums.view(-1), torch.tensor([float(n)], dtype=torch.float64)])
-                ddp.all_reduce(t)
+                distributed.all_reduce(t)
                 sums, n = t[:-1].view_as(sums), t[-1].item()
             scales = norm_scales_from_mean(sums / n, self.cfg.d_model)
         scales = torch.as_tensor(scales, dtype=torch.float32)
@@ -246,13 +246,13 @@ class Trainer:
         n_tok, stats = n_local, dict(out.stats)
         if self.dist.enabled:
             f = fired.to(torch.int32)
-            ddp.all_reduce(f, "max")
+            distributed.all_reduce(f, "max")
             fired, n_tok = f.bool(), n_local * self.dist.world_size
             for k in sorted(stats):
                 v = stats[k].double()
                 have = torch.isfinite(v)
                 t = torch.stack([torch.where(have, v, 0.0), have.double()])
-                ddp.all_reduce(t)
+                distributed.all_reduce(t)
                 stats[k] = t[0] / t[1]  # NaN when no rank had one
         return fired, n_tok, stats
 
@@ -286,7 +286,7 @@ class Trainer:
                 out = self.model.training_forward(x_BK, coef)
             loss_check = out.loss.detach().float().clone()
             if self.dist.enabled:
-                ddp.all_reduce(loss_check)
+                distributed.all_reduce(loss_check)
             if not torch.isfinite(loss_check):
                 if self.out_dir is None:
                     kept = "this run was in memory (out_dir=None), nothing was saved"
@@ -303,7 +303,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if self.dist.enabled:
-                ddp.average_gradients(params, self.dist.world_size)
+                distributed.average_gradients(params, self.dist.world_size)
             if self.tcfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, self.tcfg.grad_clip)
             self.opt.step()
@@ -362,7 +362,7 @@ class Trainer:
         vals = torch.cat([torch.stack([out.loss.detach().float(), l0.float()] +
                                       [v.float() for v in out.parts.values()]), fvu])
         if self.dist.enabled:
-            ddp.all_reduce(vals)
+            distributed.all_reduce(vals)
             vals /= self.dist.world_size
         row: dict[str, Any] = {"step": self.step, "loss": vals[0].item(), "l0": vals[1].item()}
         for i, k in enumerate(out.parts):
