@@ -24,6 +24,7 @@ from featalign.activations.store import (
 )
 from featalign import distributed
 from featalign.config import JsonConfig
+from featalign.generation import pad_batch
 from featalign.models import ModelGroup, ModelSpec
 
 
@@ -75,20 +76,10 @@ def token_batches(
         seqs.append(ids[:context_size])
         if len(seqs) == batch_size:
             if k >= start and (k - start) % step == 0:
-                yield (k, *_pad(seqs, pad))
+                yield (k, *pad_batch(seqs, pad, side="right"))
             seqs, k = [], k + 1
     if seqs and k >= start and (k - start) % step == 0:
-        yield (k, *_pad(seqs, pad))
-
-
-def _pad(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
+        yield (k, *pad_batch(seqs, pad, side="right"))
 
 
 def batch_rows(
