@@ -45,5 +45,7 @@ def estimate_norm_scales(x_NMHD: Float[Tensor, "N M H D"]) -> Float[Tensor, "M H
     as the crosscoder stores them. Chunked, so the float64 accumulation never copies the whole tensor."""
     if x_NMHD.ndim < 2 or x_NMHD.shape[0] == 0:
         raise ValueError(f"expected activations [N, M, H, D] with N > 0, got shape {list(x_NMHD.shape)}")
-    total_MH = sum(norm_sums(x_NMHD[i : i + _CHUNK_ROWS]) for i in range(0, x_NMHD.shape[0], _CHUNK_ROWS))
+    total_MH = torch.zeros(x_NMHD.shape[1:-1], dtype=torch.float64, device=x_NMHD.device)
+    for i in range(0, x_NMHD.shape[0], _CHUNK_ROWS):
+        total_MH += norm_sums(x_NMHD[i : i + _CHUNK_ROWS])
     return norm_scales_from_mean(total_MH / x_NMHD.shape[0], x_NMHD.shape[-1]).float()
