@@ -256,18 +256,18 @@ class Crosscoder(nn.Module):
         return model.to(device)
 
 
-def write_config(directory: Path, cfg: CrosscoderConfig) -> None:
+def write_config(directory: str | Path, cfg: CrosscoderConfig) -> None:
     """Write `directory/cfg.json` atomically: the config, this featalign's format version and a provenance
     stamp. The one writer of the file, so `Crosscoder.save` and the trainer (which writes it first, to
     refuse a resume with other settings) can never disagree on its contents."""
-    atomic_write_json(directory / CFG_FILE,
+    atomic_write_json(Path(directory) / CFG_FILE,
                       {**cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()})
 
 
-def read_config(directory: Path) -> tuple[CrosscoderConfig, int]:
+def read_config(directory: str | Path) -> tuple[CrosscoderConfig, int]:
     """Read `directory/cfg.json` -> (config, the format version it was written in), older formats migrated;
     a missing or newer format version is refused (`check_format_version`)."""
-    path = directory / CFG_FILE
+    path = Path(directory) / CFG_FILE
     d = dict(read_json(path))
     version = check_format_version(d.pop("format_version", None), path)
     d.pop("provenance", None)
