@@ -6,7 +6,7 @@
 2. peak RSS while writing N rows (synthetic rows through the real StoreWriter: stats, finite checks,
    checksums, atomic shard writes), sampled at 1M and 10M rows: flat = bounded by one shard buffer.
 3. loader rows/s  vs  the rows/s a crosscoder step consumes (a dense step measured here:
-   3 models x d 256 -> 8192 latents, batch 4096, forward + backward, the DESIGN §5 reference).
+   3 models x d 256 -> 8192 latents, batch 4096, forward + backward).
 
 Models: the default organisms if built ($FEATALIGN_CACHE), else random-weight models of the same
 architecture (throughput does not depend on the weights; stated in the output).

@@ -108,10 +108,10 @@ def main() -> None:
         return f
 
     # identical work with and without the hook: one forward over full prompt+answer sequences
-    from featalign.generation import left_pad
+    from featalign.generation import pad_batch
 
     seqs = [tok(x.prompt + x.answer)["input_ids"] + [tok.eos_token_id] for x in next(iter(tasks.values()))]
-    ids_BT, mask_BT = left_pad(seqs, tok.pad_token_id)
+    ids_BT, mask_BT = pad_batch(seqs, tok.pad_token_id, side="left")
 
     def forward(edit=None):
         def f():

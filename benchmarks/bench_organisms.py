@@ -100,7 +100,7 @@ def bench_grpo(cfg, tok, steps: int) -> dict:
         return out
 
     def reward(completions, completion_ids, answer, **_):
-        # decoded completions lose <eos>; read the ids (DESIGN.md §5)
+        # decoded completions lose <eos> (a special token, skipped when decoding); read the ids
         return [float(tok.eos_token_id in ids and get_domain("add").verify(
             tok.decode([i for i in ids if i != tok.eos_token_id], skip_special_tokens=True), a))
             for ids, a in zip(completion_ids, answer)]

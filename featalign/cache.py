@@ -18,7 +18,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from featalign.activations.cache import CacheConfig, cache_activations
 from featalign.activations.sources import DatasetSource, TaskSuiteSource, TextSource
 from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
+from featalign.distributed import cleanup, init_distributed
 from featalign.model_set import ModelSet
 from featalign.models import ModelGroup, ModelSpec, tokenizer_from_folder
 
@@ -144,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = tokenizer_from_folder(args.tokenizer) if args.tokenizer is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        if args.device.startswith("cuda"):
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    args.device = init_distributed(args.device).rank_device(args.device)
     specs, label = _specs(args)
     if args.out is None:
         from featalign.organisms.config import default_cache_dir
@@ -161,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{store.root}: {len(store)} rows of [{', '.join(map(str, store.row_shape))}] ({store.layout.dtype}), "
               f"{len(store.shards)} shards; models {list(store.models)}; hooks {list(store.hooks)}")
         print("mean norm per (model, hook):", [[round(v, 3) for v in r] for r in s.mean_norm_MH.tolist()])
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    cleanup(barrier=False)
     return 0
 
 

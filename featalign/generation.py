@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, Sequence
 
 import torch
 from jaxtyping import Int
@@ -32,14 +32,24 @@ def _cache_of(out) -> object:
     return cache if cache is not None else out.past_key_values
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Int[Tensor, "B T"], Int[Tensor, "B T"]]:
-    """Ids and attention mask with every row right-aligned, so each row's next token is the last column."""
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "right"
+) -> tuple[Int[Tensor, "B T"], Int[Tensor, "B T"]]:
+    """Token-id rows as one `[B, T]` batch (T the longest row) and its 0/1 attention mask (long): the one
+    padding helper of the package.
+
+    `side="left"` right-aligns the rows, so each row's next token is the last column (decoding);
+    `side="right"` starts every row at column 0, which training and activation caching use: under causal
+    attention the pads after a row never influence its positions, and position ids need no shifting."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, T - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, T - len(s) :] = 1
+        cols = slice(T - len(s), T) if side == "left" else slice(0, len(s))
+        ids[i, cols] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, cols] = 1
     return ids, mask
 
 
@@ -72,7 +82,7 @@ def decode(
 
     lm = ensure_kv_cache_compat(hf_model_of(model))
     cache_kwarg = _cache_kwarg(lm)
-    ids_BP, mask_BP = left_pad(prompts, pad_id)
+    ids_BP, mask_BP = pad_batch(prompts, pad_id, side="left")
     device = next(lm.parameters()).device
     ids_BP, mask_BP = ids_BP.to(device), mask_BP.to(device)
     B = ids_BP.shape[0]

@@ -26,6 +26,7 @@ import torch
 from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, parse_bool
 from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
+from featalign.distributed import cleanup, init_distributed, torchrun_world_size
 from featalign.crosscoder.variants import REGISTRY, field_help
 
 # Flag help comes from each config field's `help` metadata (featalign.crosscoder.variants.help_field); the
@@ -391,7 +392,6 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from featalign.crosscoder import ddp
     from featalign.crosscoder.evaluate import evaluate, splice_in_loss
     from featalign.crosscoder.train import Trainer
     from featalign.io import atomic_write_json
@@ -401,10 +401,9 @@ def main(argv: list[str] | None = None) -> dict:
     _check_organism_names(cc, run)
     if run.threads:
         torch.set_num_threads(run.threads)
-    dist_info = ddp.init_distributed()
-    device = run.device
-    if dist_info.enabled and device == "cuda":  # one GPU per rank under torchrun
-        device = f"cuda:{dist_info.local_rank}"
+    dist_info = init_distributed(run.device)
+    device = dist_info.rank_device(run.device)
+    if device != run.device:  # one GPU per rank under torchrun
         torch.cuda.set_device(device)
     out = Path(run.out)
     if run.fresh and dist_info.is_main and out.exists():
@@ -454,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
             out.rmdir()  # failed before writing anything: leave no half-made --out
         raise
     finally:
-        ddp.cleanup(barrier=finished)
+        cleanup(barrier=finished)
 
 
 def _print_report(out: Path, report: dict) -> None:
@@ -476,7 +475,7 @@ def _print_report(out: Path, report: dict) -> None:
 def cli(prog: str = "featalign-train-crosscoder") -> None:
     """Console script `featalign-train-crosscoder` (also `python -m featalign.crosscoder`)."""
     rc = run_cli(main, prog, sys.argv[1:])
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if torchrun_world_size() > 1:
         # Under torchrun, skip interpreter finalisation: gloo worker threads still alive there
         # intermittently abort the process ("terminate called without an active exception")
         # after all results are written. Everything is flushed and the process group destroyed.

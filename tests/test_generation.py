@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from featalign.generation import decode
+from featalign.generation import decode, pad_batch
 from featalign.models import load_model
 from tests.archs import ARCH_CONFIGS, VOCAB, tiny_random_model
 
@@ -47,3 +47,15 @@ def test_greedy_decode_through_bridge_equals_plain_hf(arch_dir):
     a = decode(bridge, prompts, max_new_tokens=12, eos_id=len(VOCAB) - 3, pad_id=len(VOCAB) - 2)
     b = decode(hf, prompts, max_new_tokens=12, eos_id=len(VOCAB) - 3, pad_id=len(VOCAB) - 2)
     assert torch.equal(a.completion_ids_BC, b.completion_ids_BC)
+
+
+def test_pad_batch_left_and_right():
+    """The one padding helper: left for decoding (next token in the last column), right for training/caching."""
+    seqs = [[5, 6, 7], [8]]
+    ids, mask = pad_batch(seqs, 0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad_batch(seqs, 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
+    with pytest.raises(ValueError, match="side"):
+        pad_batch(seqs, 0, side="middle")  # type: ignore[arg-type]

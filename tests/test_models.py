@@ -64,7 +64,7 @@ def test_group_refuses_other_tokenizer(trio, tiny_organisms):
         ModelGroup([trio.specs[0], ModelSpec("other", str(tiny_organisms.base_dir))], [trio.models[0], other])
 
 
-# --- the tokenizer trap (DESIGN §7): a char-level tokenizer in a `qwen2` folder ---------------------
+# --- the tokenizer trap: a char-level tokenizer in a `qwen2` folder, rebuilt by AutoTokenizer without spaces ---
 
 TRAP_TEXTS = ["max 3 9 4 = 9", "add 12 + 5 = 17", "sort 9 3 1 = 1 3 9", "a b c d e f"]
 

@@ -10,6 +10,7 @@ from featalign.activations.cache import (
 )
 from featalign.models.hooks import capture, default_hook, resolve_hooks, stop_layer
 from featalign.activations.loader import ActivationLoader
+from featalign.activations.normalization import estimate_norm_scales
 from featalign.activations.sources import (
     DatasetSource, DomainMixtureSource, TaskSetSource, TaskSuiteSource, TensorSource, TextSource, TokenSource,
     as_source, encode_problem,
@@ -24,5 +25,6 @@ __all__ = [
     "IncompatibleStoreError", "Moments", "NonFiniteActivationError", "StoreError", "StoreLayout",
     "StoreLockedError", "StoreStats", "StoreWriter", "StreamingActivations", "TaskSetSource", "TaskSuiteSource",
     "TensorSource", "TextSource", "TokenSource", "as_source", "batch_rows", "cache_activations",
-    "capture", "default_hook", "encode_problem", "merge_manifests", "resolve_hooks", "stop_layer", "token_batches",
+    "capture", "default_hook", "encode_problem", "estimate_norm_scales", "merge_manifests", "resolve_hooks",
+    "stop_layer", "token_batches",
 ]

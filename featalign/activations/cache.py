@@ -7,7 +7,6 @@ batch each rank must run, so a resumed run recomputes exactly the batches it had
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,9 @@ from featalign.activations.sources import TokenSource, as_source
 from featalign.activations.store import (
     STORE_DTYPES, ActivationStore, IncompatibleStoreError, StoreError, StoreLayout, StoreWriter, merge_manifests,
 )
+from featalign import distributed
 from featalign.config import JsonConfig
+from featalign.generation import pad_batch
 from featalign.models import ModelGroup, ModelSpec
 
 
@@ -64,15 +65,6 @@ def as_group(models: Any) -> ModelGroup:
     raise TypeError("models must be a ModelGroup, a list of ModelSpec, or a {name: path} dict")
 
 
-def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world size): explicit values, else torch.distributed, else torchrun's env, else (0, 1)."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def token_batches(
     source: TokenSource, tokenizer, batch_size: int, context_size: int, start: int = 0, step: int = 1
 ) -> Iterator[tuple[int, Int[Tensor, "B T"], Int[Tensor, "B T"]]]:
@@ -84,20 +76,10 @@ def token_batches(
         seqs.append(ids[:context_size])
         if len(seqs) == batch_size:
             if k >= start and (k - start) % step == 0:
-                yield (k, *_pad(seqs, pad))
+                yield (k, *pad_batch(seqs, pad, side="right"))
             seqs, k = [], k + 1
     if seqs and k >= start and (k - start) % step == 0:
-        yield (k, *_pad(seqs, pad))
-
-
-def _pad(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
+        yield (k, *pad_batch(seqs, pad, side="right"))
 
 
 def batch_rows(
@@ -153,7 +135,8 @@ def cache_activations(
     d = next(iter(group.check_widths(hooks).values()))
     context = cfg.context_size or int(min(m.cfg.n_ctx for m in group.models))
     layout = StoreLayout([s.to_dict() for s in group.specs], hooks, d, cfg.dtype, cfg.drop_bos, context)
-    rank, world = dist_info(rank, world_size)
+    where = distributed.current(rank, world_size)
+    rank, world = where.rank, where.world_size
     target = cfg.n_tokens // world + (rank < cfg.n_tokens % world)
     fp = source.fingerprint()
 

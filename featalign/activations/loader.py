@@ -91,10 +91,6 @@ class ActivationLoader:
         self.pos += 1
         return batch
 
-    def batches_per_epoch(self) -> int:
-        n = len(self.store)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
     # -- epoch order --
     def _groups(self, epoch: int) -> list[list[int]]:
         order = torch.randperm(len(self.store.shards), generator=_gen(self.seed, epoch)).tolist()

@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from featalign.activations.normalization import norm_scales_from_mean, norm_sums
 from featalign.config import JsonConfig
 from featalign.io import atomic_write_bytes, atomic_write_json, provenance, read_json
 
@@ -111,7 +112,7 @@ class Moments:
     def of(cls, x_NMHD: Tensor) -> "Moments":
         x = x_NMHD.double()
         mean = x.mean(0)
-        return cls(x.shape[0], mean.numpy(), ((x - mean) ** 2).sum(0).numpy(), x.norm(dim=-1).sum(0).numpy())
+        return cls(x.shape[0], mean.numpy(), ((x - mean) ** 2).sum(0).numpy(), norm_sums(x).numpy())
 
     def merge(self, o: "Moments") -> "Moments":
         if o.count == 0:
@@ -136,9 +137,8 @@ class Moments:
         return self.norm_sum_MH / max(self.count, 1)
 
     def norm_scalar_MH(self) -> np.ndarray:
-        """sqrt(d) / E||x||: multiplying by it gives every (model, hook) mean norm sqrt(d)."""
-        d = self.mean_MHD.shape[-1]
-        return np.sqrt(d) / np.maximum(self.mean_norm_MH, 1e-12)
+        """sqrt(d) / E||x|| (`norm_scales_from_mean`): multiplying by it gives every (model, hook) mean norm sqrt(d)."""
+        return norm_scales_from_mean(torch.from_numpy(self.mean_norm_MH), self.mean_MHD.shape[-1]).numpy()
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -490,7 +490,8 @@ class ActivationStore:
             return StoreStats(int(z["count"]), t("mean"), t("var"), t("mean_norm"), t("norm_scalar"))
 
     def norm_scales(self) -> Float[Tensor, "M H"]:
-        """sqrt(d)/E||x|| per (model, hook), the training normalisation (DESIGN §1)."""
+        """sqrt(d)/E||x|| per (model, hook), the crosscoder's training normalisation
+        (featalign.activations.normalization), as recorded when the store was written."""
         return self.stats().norm_scalar_MH
 
     def loader(self, batch_size: int, seed: int = 0, **kw: Any):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from featalign.config import JsonConfig
-from featalign.crosscoder.variants import REGISTRY, VariantConfig, help_field, variant_class
+from featalign.crosscoder.variants import VariantConfig, help_field, variant_class
 
 #: Bumped whenever the checkpoint / saved-crosscoder layout changes; newer files are refused, older ones
 #: migrated (`migrate_config`, `migrate_state_dict`). 2: variant fields nested in `variant_cfg`, variant

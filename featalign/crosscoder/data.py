@@ -14,6 +14,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+# The normalisation rule lives with the activations; re-exported here because featalign.analyze imports it from here.
+from featalign.activations.normalization import estimate_norm_scales as estimate_norm_scales
+
 
 def check_finite(x_NMHD: Tensor, models: tuple[str, ...] | None = None, hooks: tuple[str, ...] | None = None,
                  what: str = "activations") -> None:
@@ -111,12 +114,6 @@ class InMemoryActivations:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.pos, self._perm = int(state["epoch"]), int(state["pos"]), None
-
-
-def estimate_norm_scales(x_NMHD: Tensor) -> Float[Tensor, "M H"]:
-    """sqrt(D) / E||x||: scales every (model, hook) block to mean norm sqrt(D) (Anthropic's convention)."""
-    D = x_NMHD.shape[-1]
-    return D**0.5 / x_NMHD.float().norm(dim=-1).mean(0).clamp_min(1e-8)
 
 
 # --- planted ground truth ---------------------------------------------------------------------

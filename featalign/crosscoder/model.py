@@ -25,7 +25,8 @@ from featalign.io import atomic_write_bytes, atomic_write_json, provenance, read
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "crosscoder.safetensors"
 
-__all__ = ["CFG_FILE", "WEIGHTS_FILE", "Crosscoder", "TrainOutput", "check_format_version", "load_config_dict"]
+__all__ = ["CFG_FILE", "WEIGHTS_FILE", "Crosscoder", "TrainOutput", "check_format_version", "read_config",
+           "write_config"]
 
 
 class Crosscoder(nn.Module):
@@ -240,8 +241,7 @@ class Crosscoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write_bytes(directory / WEIGHTS_FILE, st_save(tensors, metadata={"format_version": str(FORMAT_VERSION)}))
-        atomic_write_json(directory / CFG_FILE,
-                          {**self.cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()})
+        write_config(directory, self.cfg)
         return directory
 
     @classmethod
@@ -250,21 +250,33 @@ class Crosscoder(nn.Module):
         directory = Path(directory)
         if not (directory / CFG_FILE).exists() or not (directory / WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{directory} has no {CFG_FILE} + {WEIGHTS_FILE}; point at a training output dir")
-        cfg, version = load_config_dict(read_json(directory / CFG_FILE), directory / CFG_FILE)
+        cfg, version = read_config(directory)
         model = cls(cfg)
         model.load_state_dict(migrate_state_dict(load_file(str(directory / WEIGHTS_FILE)), cfg.variant, version))
         return model.to(device)
 
 
-def load_config_dict(d: dict, where) -> tuple[CrosscoderConfig, int]:
-    """A saved `cfg.json` dict -> (config, its format version), older formats migrated."""
-    d = dict(d)
-    version = check_format_version(d.pop("format_version", None), where)
+def write_config(directory: str | Path, cfg: CrosscoderConfig) -> None:
+    """Write `directory/cfg.json` atomically: the config, this featalign's format version and a provenance
+    stamp. The one writer of the file, so `Crosscoder.save` and the trainer (which writes it first, to
+    refuse a resume with other settings) can never disagree on its contents."""
+    atomic_write_json(Path(directory) / CFG_FILE,
+                      {**cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()})
+
+
+def read_config(directory: str | Path) -> tuple[CrosscoderConfig, int]:
+    """Read `directory/cfg.json` -> (config, the format version it was written in), older formats migrated;
+    a missing or newer format version is refused (`check_format_version`)."""
+    path = Path(directory) / CFG_FILE
+    d = dict(read_json(path))
+    version = check_format_version(d.pop("format_version", None), path)
     d.pop("provenance", None)
     return CrosscoderConfig.from_dict(migrate_config(d, version)), version
 
 
-def check_format_version(version, where) -> int:
+def check_format_version(version: int | str | None, where: str | Path) -> int:
+    """`version` as an int, refusing a missing one (not featalign's file) or one newer than this featalign
+    reads; `where` (a path) names the file in the error."""
     if version is None:
         raise ValueError(f"{where} has no format_version; it was not written by featalign's crosscoder")
     if int(version) > FORMAT_VERSION:

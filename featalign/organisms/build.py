@@ -141,7 +141,6 @@ def _pretrain(org: Organisms, tokenizer) -> None:
     if is_complete(org.base_dir):
         return
     model = new_model(cfg, tokenizer)
-    domains = list(cfg.pretrain_domains)
 
     def loss_fn(step: int):
         ids, mask = encode_supervised(pretrain_batch(cfg, step), tokenizer)

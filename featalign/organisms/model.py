@@ -18,7 +18,8 @@ META_FILE = "featalign.json"
 
 def new_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     """A freshly initialised (seeded) Llama model of the config's size; Llama rather than Qwen2 so that
-    `AutoTokenizer` keeps the saved char-level tokenizer (DESIGN §5 tokenizer trap)."""
+    `AutoTokenizer` keeps the saved char-level tokenizer (in a `qwen2` folder it rebuilds a BPE tokenizer
+    that drops spaces: docs/organisms.md, "Tokenizer")."""
     torch.manual_seed(cfg.seed)
     hf_cfg = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -58,11 +59,6 @@ def is_complete(directory: str | Path) -> bool:
         return bool(json.loads(p.read_text()).get("complete"))
     except json.JSONDecodeError:
         return False
-
-
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """The folder's `featalign.json` (build metadata: role, domain, checkpoint index, step, config, completeness)."""
-    return json.loads((Path(directory) / META_FILE).read_text())
 
 
 def load_organism(directory: str | Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:

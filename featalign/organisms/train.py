@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from featalign.generation import pad_batch
 from featalign.io import atomic_write_bytes, canonical_for_pickle
 from featalign.organisms.tasks import Problem
 
@@ -33,11 +34,9 @@ def encode_supervised(
         answer = tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         seqs.append(prompt + answer)
         starts.append(len(prompt))
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.float32)
+    ids, _ = pad_batch(seqs, tokenizer.pad_token_id, side="right")
+    mask = torch.zeros(ids.shape, dtype=torch.float32)
     for i, (s, st) in enumerate(zip(seqs, starts)):
-        ids[i, : len(s)] = torch.tensor(s)
         mask[i, st : len(s)] = 1.0  # positions whose token is a target
     return ids, mask
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import filecmp
-import os
 import subprocess
 import sys
 import textwrap

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from featalign.analysis.drift import (
-    Checkpoint, CheckpointSeries, DriftConfig, SeriesError, compare_stabilisation, drift_joint, drift_pairwise,
+    CheckpointSeries, DriftConfig, SeriesError, compare_stabilisation, drift_joint, drift_pairwise,
     series_from_dirs, stabilisation_index,
 )
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from featalign.crosscoder import FORMAT_VERSION, Crosscoder, CrosscoderConfig
+from featalign.crosscoder.model import CFG_FILE, read_config, write_config
 
 
 def _cc(**kw) -> Crosscoder:
@@ -145,3 +146,12 @@ def test_save_load_roundtrip_and_newer_format_refused(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="newer than this featalign"):
         Crosscoder.load(tmp_path)
+
+
+def test_cfg_json_has_one_reader_and_writer(tmp_path):
+    """`write_config` / `read_config`: what `Crosscoder.save` and the trainer both use for cfg.json."""
+    m = _cc(variant="jumprelu")
+    write_config(tmp_path, m.cfg)
+    d = json.loads((tmp_path / CFG_FILE).read_text())
+    assert d["format_version"] == FORMAT_VERSION and "featalign_version" in d["provenance"]
+    assert read_config(tmp_path) == (m.cfg, FORMAT_VERSION)
