@@ -31,9 +31,10 @@ import torch
 
 from featalign.analysis import plots
 from featalign.analysis.drift import series_from_dirs, series_from_organisms
-from featalign.analyze import (
-    AnalyzeConfig, jsonable, mixture_activations, check_shared_settings, drift_study, open_organisms,
-)
+from featalign.analysis.config import AnalyzeConfig, check_shared_settings
+from featalign.analysis.inputs import mixture_activations, open_organisms
+from featalign.analysis.stages import drift_study
+from featalign.io import jsonable
 from featalign.cli import UsageError, check_exists, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.models import default_hook, default_hook_for

@@ -37,7 +37,9 @@ from featalign.analysis.attribution import encoder_stats
 from featalign.analysis.success_features import (
     SuccessConfig, TaskData, success_features_for_models, success_mask,
 )
-from featalign.analyze import AnalyzeConfig, mixture_activations, check_shared_settings, open_organisms, train_or_load
+from featalign.analysis.config import AnalyzeConfig, check_shared_settings
+from featalign.analysis.inputs import mixture_activations, open_organisms
+from featalign.analysis.training import train_or_load
 from featalign.cli import UsageError, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.models import default_hook, default_hook_for, load_model

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featalign.analyze import jsonable, open_organisms
+from featalign.analysis.inputs import open_organisms
+from featalign.io import jsonable
 from featalign.cli import UsageError, check_choice, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.models import load_model

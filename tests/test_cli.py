@@ -12,9 +12,11 @@ import json
 import pytest
 import torch
 
-from featalign import analyze, cache, train_crosscoder
+from featalign.activations import cli as cache
+from featalign.analysis import cli as analyze
+from featalign.crosscoder import cli as train_crosscoder
 from featalign.cli import INTERRUPTED, UsageError, error_message, run_cli
-from featalign.organisms import __main__ as organisms_cli
+from featalign.organisms import cli as organisms_cli
 from tests.test_examples import _load as _example
 
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from featalign.cache import main as cache_main
+from featalign.activations.cli import main as cache_main
 from featalign.crosscoder import Crosscoder
 from featalign.generation import hf_model_of
 from featalign.interventions import ablate, intervene, run_intervention, steer
 from featalign.models import load_model
 from featalign.tasks import TaskSet
-from featalign.train_crosscoder import main as train_main
+from featalign.crosscoder.cli import main as train_main
 from tests.archs import tiny_random_model
 
 ARCHS = ("llama", "gpt2", "qwen3", "gemma3", "gpt_neox", "opt")
@@ -108,7 +108,7 @@ def test_cache_train_intervene(study):
 
 def test_analyze_on_the_model_set(study, tmp_path):
     """analyze with a checkpoint series and a JSONL task set, at the MLP-output hook (not a residual)."""
-    from featalign.analyze import main as analyze_main
+    from featalign.analysis.cli import main as analyze_main
 
     arch, root, dirs, tasks, _ = study
     models = [a for n in ("base", "rl", "sft") for a in ("--model", f"{n}={dirs[n]}")]

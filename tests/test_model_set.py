@@ -71,7 +71,7 @@ def test_group_loads_the_set(tmp_path):
 
 
 def test_cache_cli_takes_a_model_set_file(tmp_path):
-    from featalign import cache
+    from featalign.activations import cli as cache
     from featalign.activations import ActivationStore
 
     a = tiny_random_model("llama", tmp_path / "a", seed=0)

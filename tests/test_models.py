@@ -97,7 +97,7 @@ def test_qwen2_folder_keeps_its_char_tokenizer(qwen2_char_folder):
 
 def test_cache_cli_on_qwen2_folder_caches_the_right_tokens(qwen2_char_folder, tmp_path):
     from featalign.activations import ActivationStore
-    from featalign.cache import main
+    from featalign.activations.cli import main
 
     texts = tmp_path / "t.txt"
     texts.write_text("\n".join(TRAP_TEXTS) + "\n")
@@ -111,7 +111,7 @@ def test_folder_without_tokenizer_is_named_and_tokenizer_option_fixes_it(qwen2_c
     import shutil
 
     from featalign.activations import ActivationStore
-    from featalign.cache import main
+    from featalign.activations.cli import main
     from featalign.cli import run_cli
 
     bare = tmp_path / "bare"

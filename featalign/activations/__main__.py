@@ -1,6 +1,6 @@
-"""`python -m featalign.activations`: cache activations (the `featalign.cache` CLI)."""
+"""`python -m featalign.activations`: cache activations (the CLI in `featalign.activations.cli`)."""
 
-from featalign.cache import cli
+from featalign.activations.cli import cli
 
 if __name__ == "__main__":
-    cli()
+    cli("python -m featalign.activations")

@@ -1,6 +1,6 @@
-"""`python -m featalign.analysis`: analyse a model set (the `featalign.analyze` CLI)."""
+"""`python -m featalign.analysis`: analyse a model set (the CLI in `featalign.analysis.cli`)."""
 
-from featalign.analyze import cli
+from featalign.analysis.cli import cli
 
 if __name__ == "__main__":
-    cli()
+    cli("python -m featalign.analysis")

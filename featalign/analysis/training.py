@@ -56,7 +56,7 @@ def train_or_load(out: Path, models: tuple[str, ...], x_NMHD: torch.Tensor, hook
     retrained from scratch with a warning naming what changed, so a rerun with other settings never
     reports crosscoders that were trained with the old ones."""
     from featalign.crosscoder import Crosscoder, InMemoryActivations, train_crosscoder
-    from featalign.crosscoder.data import estimate_norm_scales
+    from featalign.activations.normalization import estimate_norm_scales
     from featalign.io import atomic_write_json, read_json
 
     out = Path(out)

@@ -1,6 +1,6 @@
-"""`python -m featalign.crosscoder`: train a crosscoder (the `featalign.train_crosscoder` CLI)."""
+"""`python -m featalign.crosscoder`: train a crosscoder (the CLI in `featalign.crosscoder.cli`)."""
 
-from featalign.train_crosscoder import cli
+from featalign.crosscoder.cli import cli
 
 if __name__ == "__main__":
-    cli()
+    cli("python -m featalign.crosscoder")

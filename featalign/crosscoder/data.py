@@ -14,9 +14,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-# The normalisation rule lives with the activations; re-exported here because featalign.analyze imports it from here.
-from featalign.activations.normalization import estimate_norm_scales as estimate_norm_scales
-
 
 def check_finite(x_NMHD: Tensor, models: tuple[str, ...] | None = None, hooks: tuple[str, ...] | None = None,
                  what: str = "activations") -> None:

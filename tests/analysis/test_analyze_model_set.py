@@ -68,7 +68,7 @@ def check_interval(d: dict, n: int) -> None:
 
 def test_analyze_on_a_user_model_set(study, tmp_path):
     from featalign.activations import ActivationStore
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
     from featalign.crosscoder import Crosscoder
 
     out = tmp_path / "rep"
@@ -109,7 +109,7 @@ def test_analyze_on_a_user_model_set(study, tmp_path):
 
 
 def test_drift_without_series_says_so(study, tmp_path):
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
 
     out = tmp_path / "rep"
     rep = main([*study["models"], "--stages", "drift", "--out", str(out), *SMALL])
@@ -119,7 +119,7 @@ def test_drift_without_series_says_so(study, tmp_path):
 
 
 def test_analyze_refuses_a_model_set_without_rl(study, tmp_path):
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
 
     with pytest.raises(ValueError, match="no rl model"):
         main([study["models"][0], study["models"][1], "--out", str(tmp_path / "rep"), *SMALL])

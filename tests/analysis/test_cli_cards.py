@@ -44,7 +44,7 @@ def test_cards_on_tiny_organisms(tiny_organisms, tmp_path):
 
 
 def test_analyze_cli_end_to_end(tiny_organisms, tmp_path, capsys):
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
 
     args = ["--organisms-dir", str(tiny_organisms.root), "--organisms-preset", "tiny", "--out", str(tmp_path / "rep"),
             "--n-tokens", "4000", "--eval-tokens", "1000", "--n-latents", "64", "--k", "4", "--steps", "30",
@@ -81,7 +81,7 @@ def test_analyze_cli_end_to_end(tiny_organisms, tmp_path, capsys):
 
 
 def test_analyze_refuses_mismatched_crosscoder(tiny_organisms, tmp_path):
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
     from tests.analysis.helpers import hand_crosscoder
 
     cc = hand_crosscoder(torch.randn(4, 2, 8), models=("base", "rl"), hook="blocks.0.hook_resid_post")
@@ -95,7 +95,7 @@ def test_analyze_refuses_mismatched_crosscoder(tiny_organisms, tmp_path):
 
 
 def test_analyze_drift_both_modes(tiny_organisms, tmp_path):
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
 
     rep = main(["--organisms-dir", str(tiny_organisms.root), "--out", str(tmp_path / "rep"), "--stages", "attribution,drift",
                 "--drift-mode", "both", "--n-tokens", "3000", "--eval-tokens", "800", "--n-latents", "48", "--k", "4",
@@ -114,7 +114,7 @@ def test_analyze_rerun_with_other_settings_retrains_and_reports_them(tiny_organi
     """A rerun in the same --out with other --steps/--lr/--n-tokens must not reuse the old crosscoders."""
     from safetensors.torch import load_file
 
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
 
     base = ["--organisms-dir", str(tiny_organisms.root)] + SMALL
     main(base + ["--out", str(tmp_path / "rep"), "--steps", "10"])
@@ -131,7 +131,7 @@ def test_analyze_rerun_with_other_settings_retrains_and_reports_them(tiny_organi
 
 
 def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organisms, tmp_path):
-    from featalign.analyze import main
+    from featalign.analysis.cli import main
     from tests.analysis.helpers import hand_crosscoder
 
     hook = "blocks.1.hook_resid_post"  # not the default (blocks.0 for the 2-layer tiny organisms)
@@ -155,7 +155,7 @@ def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organ
 
 
 def test_report_marks_clopper_pearson_intervals():
-    from featalign.analyze import CP_MARK, format_interval as _ci
+    from featalign.analysis.stages import CP_MARK, format_interval as _ci
 
     boot = {"count": 5, "low": 2.0, "high": 9.0, "method": "bootstrap"}
     exact = {"count": 0, "low": 0.0, "high": 3.2, "method": "clopper-pearson"}

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from featalign.crosscoder import Crosscoder
-from featalign.train_crosscoder import build_parser, main, resolve_configs
+from featalign.crosscoder.cli import build_parser, main, resolve_configs
 
 COMMON = ["--models", "a,b", "--hooks", "h", "--n-latents", "64", "--steps", "20", "--batch-size", "64",
           "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "5", "--checkpoint-every", "10", "--threads", "1"]

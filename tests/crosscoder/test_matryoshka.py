@@ -88,7 +88,7 @@ def test_planted_directions_recovered_and_attributed(tmp_path):
 
 
 def test_plug_in_path_config_cli_save_load_and_resume(tmp_path):
-    from featalign.train_crosscoder import build_parser, resolve_configs
+    from featalign.crosscoder.cli import build_parser, resolve_configs
 
     assert "--prefix-fracs" in build_parser().format_help()
     cc_d, _, _ = resolve_configs(["--variant", "matryoshka", "--k", "2", "--prefix-fracs", "0.5,1"])

@@ -10,7 +10,7 @@ import torch
 
 from featalign.crosscoder import Crosscoder, CrosscoderConfig
 from featalign.crosscoder.evaluate import splice_in_loss
-from featalign.train_crosscoder import main
+from featalign.crosscoder.cli import main
 
 
 def test_cli_on_tiny_organisms_end_to_end(tmp_path, tiny_organisms):

@@ -175,7 +175,7 @@ def test_full_disk_while_checkpointing_names_the_file_and_the_rerun_resumes(tmp_
 
     import featalign.io as io_mod
     from featalign.cli import run_cli
-    from featalign.train_crosscoder import main
+    from featalign.crosscoder.cli import main
     from safetensors.torch import load_file, save_file
 
     acts = tmp_path / "acts.safetensors"

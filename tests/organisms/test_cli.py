@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 
-from featalign.organisms.__main__ import main
+from featalign.organisms.cli import main
 from featalign.organisms.config import OrganismConfig
 
 
