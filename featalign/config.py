@@ -117,7 +117,8 @@ def config_parser(cls: type[JsonConfig], help: dict[str, str], prog: str, descri
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"JSON file with {cls.__name__} fields (flags override it)")
     for f in dataclasses.fields(cls):
-        name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        name = next((a.strip() for a in name.split("|") if a.strip() != "None"), name)  # `float | None` -> float
         t = {"int": int, "float": float, "bool": parse_bool}.get(name, str)
         if f.name in repeated:
             p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="append", default=None,

@@ -12,6 +12,7 @@ class _Cfg(JsonConfig):
     lr: float = 1e-3
     progress: bool = True
     dirs: str | None = None
+    scale: float | None = None
 
 
 def test_round_trip_and_unknown_fields(tmp_path):
@@ -33,3 +34,9 @@ def test_config_parser_flags_override_the_file(tmp_path):
     assert config_from_args(_Cfg, p.parse_args([])) == _Cfg()
     with pytest.raises(SystemExit):
         p.parse_args(["--steps", "many"])
+
+
+def test_optional_number_flags_parse_as_numbers():
+    p = config_parser(_Cfg, {}, "prog")
+    assert config_from_args(_Cfg, p.parse_args(["--scale", "2.5"])).scale == 2.5
+    assert config_from_args(_Cfg, p.parse_args([])).scale is None

@@ -31,7 +31,7 @@ def test_console_script_entry_points_resolve_and_print_help(name, capsys):
 
 
 @pytest.mark.parametrize("package", ["featalign.activations", "featalign.crosscoder", "featalign.analysis",
-                                     "featalign.organisms"])
+                                     "featalign.interventions", "featalign.organisms"])
 def test_package_main_runs(package):
     args = [sys.executable, "-m", package, "--help"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""cache -> crosscoder -> intervene through the CLIs on tiny random models of several architectures.
+"""cache -> crosscoder -> analyze -> intervene through the CLIs on tiny random models of several architectures.
 
 Each architecture gets a base model, two perturbed "tuned" copies (rl, sft) and a JSONL task set; two
 hooks at once (a residual and an MLP output) are cached, a crosscoder is trained on the store, and edits
@@ -18,7 +18,9 @@ from transformers import AutoModelForCausalLM
 from featalign.activations.cli import main as cache_main
 from featalign.crosscoder import Crosscoder
 from featalign.generation import hf_model_of
-from featalign.interventions import ablate, intervene, run_intervention, steer
+from featalign.evaluation import score_task
+from featalign.interventions import ablate, intervene, steer
+from featalign.interventions.cli import main as intervene_main
 from featalign.models import load_model
 from featalign.tasks import TaskSet
 from featalign.crosscoder.cli import main as train_main
@@ -100,10 +102,16 @@ def test_cache_train_intervene(study):
             steered = hf_model_of(rl)(input_ids=x).logits
     assert (steered - clean).abs().max() > 1e-3  # both hooks' edits reach the logits
 
+    # the intervention CLI: ablate three latents of the rl slot on the JSONL task set, two matched controls
+    res = intervene_main(["--crosscoder", str(cc_dir), "--model", f"rl={dirs['rl']}", "--features", "0,1,2",
+                          "--edit", "ablate", "--tasks", str(tasks), "--verifier", "numeric", "--controls", "2",
+                          "--n-tokens", "200", "--progress", "false", "--out", str(root / "intervene")])
     task_set = TaskSet.from_jsonl(tasks, verifier="numeric")
-    res = run_intervention(rl, rl.tokenizer, cc, "rl", [0, 1, 2], ablate, task_set, n_controls=0)
     assert set(res.tasks) == {"add", "copy"}
-    assert all(r.n == 15 for r in res.tasks.values())
+    for name, r in res.tasks.items():
+        assert r.n == 15 and r.correct_without == score_task(rl, rl.tokenizer, task_set[name]).tolist()
+        assert len(r.control_deltas) == 2
+    assert all(not set(c) & {0, 1, 2} for c in res.control_features)  # controls never reuse the chosen latents
 
 
 def test_analyze_on_the_model_set(study, tmp_path):

@@ -32,6 +32,7 @@ from featalign.models import ModelGroup, ModelSpec, tokenizer_from_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of the cache CLI; `--help` prints them with their defaults."""
     p = argparse.ArgumentParser(prog="python -m featalign.cache", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
@@ -135,6 +136,7 @@ def _source(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Cache the models' activations into `--out` (resumes a partial store); raises rather than exits, for `run_cli`."""
     args = build_parser().parse_args(argv)
     check_args(args)
     source = _source(args)  # reads and checks the text / dataset before any model is loaded

@@ -47,6 +47,7 @@ __all__ = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of analyze: every `AnalyzeConfig` field, `--config FILE`, repeatable `--model`/`--series`."""
     return config_parser(AnalyzeConfig, HELP, "python -m featalign.analyze", __doc__, repeated=("model", "series"))
 
 
@@ -175,6 +176,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the analysis into `--out` and print its report; raises rather than exits, for `run_cli`."""
     cfg = resolve_config(argv)
     report = run(cfg)
     print(markdown(report))

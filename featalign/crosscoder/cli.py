@@ -129,6 +129,7 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, dest: str, help
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of train_crosscoder: the crosscoder, the variant's, the trainer's and the run's fields."""
     p = argparse.ArgumentParser(
         prog="python -m featalign.train_crosscoder",
         description=__doc__.split("\n\n")[1] + " " + __doc__.split("\n\n")[2],
@@ -392,6 +393,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Train (or resume) one crosscoder into `--out` and evaluate it; raises rather than exits, for `run_cli`."""
     from featalign.crosscoder.evaluate import evaluate, splice_in_loss
     from featalign.crosscoder.train import Trainer
     from featalign.io import atomic_write_json

@@ -12,6 +12,7 @@ from featalign.organisms.tasks import DOMAINS, parse_domains
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`build` or list `domains`; raises rather than exits, for `run_cli`."""
     p = argparse.ArgumentParser(
         prog="python -m featalign.organisms",
         description="Build featalign's model organisms: a tiny Llama base pretrained on a synthetic "
