@@ -32,7 +32,8 @@ import torch
 from featalign.crosscoder import Crosscoder
 from featalign.crosscoder.config import CrosscoderConfig
 from featalign.evaluation import eval_problems, score_problems
-from featalign.generation import decode, hf_model_of
+from featalign.generation import decode
+from featalign.models import hf_model_of
 from featalign.interventions import ablate, intervene, run_intervention, steer
 from featalign.organisms import ensure_organisms
 from featalign.models import default_hook, load_model

@@ -16,10 +16,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-
-def hf_model_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face causal LM inside a TransformerBridge (or the model itself)."""
-    return getattr(model, "original_model", model)
+from featalign.models import ensure_kv_cache_compat, hf_model_of
 
 
 def _cache_kwarg(lm: torch.nn.Module) -> str:
@@ -78,8 +75,6 @@ def decode(
 
     `stop(completion_ids_BT) -> bool[B]` ends rows early (e.g. at a stop string); their later tokens are pad.
     """
-    from featalign.models import ensure_kv_cache_compat
-
     lm = ensure_kv_cache_compat(hf_model_of(model))
     cache_kwarg = _cache_kwarg(lm)
     ids_BP, mask_BP = pad_batch(prompts, pad_id, side="left")

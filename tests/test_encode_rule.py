@@ -10,7 +10,7 @@ from featalign.analysis.success_features import prompt_batch, sample_latents
 from featalign.crosscoder import Crosscoder, CrosscoderConfig
 from featalign.evaluation import eval_problems
 from featalign.interventions import ablate, intervene
-from featalign.generation import hf_model_of
+from featalign.models import hf_model_of
 from featalign.models import edit_hooks, load_model
 
 HOOK = "blocks.0.hook_resid_post"

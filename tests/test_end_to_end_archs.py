@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from featalign.activations.cli import main as cache_main
 from featalign.crosscoder import Crosscoder
-from featalign.generation import hf_model_of
+from featalign.models import hf_model_of
 from featalign.evaluation import score_task
 from featalign.interventions import ablate, intervene, steer
 from featalign.interventions.cli import main as intervene_main

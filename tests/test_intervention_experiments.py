@@ -13,7 +13,7 @@ from featalign.interventions import (
     run_intervention,
 )
 from featalign.interventions import ablate, steer
-from featalign.generation import hf_model_of
+from featalign.models import hf_model_of
 from featalign.models import edit_hooks, load_model
 
 HOOK = "blocks.0.hook_resid_post"

@@ -6,7 +6,7 @@ from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import eval_problems
 from featalign.generation import decode
 from featalign.interventions import ablate, clamp, hook_fns, intervene, scale, steer, typical_activation
-from featalign.generation import hf_model_of
+from featalign.models import hf_model_of
 from featalign.models import edit_hooks, load_model
 
 HOOK = "blocks.0.hook_resid_post"

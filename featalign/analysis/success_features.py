@@ -271,7 +271,7 @@ def gradient_attribution(cc, model, tokenizer, problems, model_index: int, posit
     The model's hook activation is replaced by the crosscoder reconstruction plus the (frozen)
     reconstruction error, so the forward pass is unchanged and only the latents carry gradient.
     """
-    from featalign.generation import hf_model_of
+    from featalign.models import hf_model_of
     from featalign.models import edit_hooks
 
     if cc.cfg.n_hooks != 1:

@@ -96,7 +96,7 @@ def splice_in_loss(
     Reconstructions come from all models' clean activations (the encoder is shared); padding and the
     first position (`<bos>`, an outlier crosscoders skip) keep their clean value.
     """
-    from featalign.generation import hf_model_of
+    from featalign.models import hf_model_of
     from featalign.models import as_model, capture_models, edit_hooks
     from featalign.organisms.train import answer_loss
 

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from featalign.crosscoder.model import Crosscoder
-from featalign.generation import hf_model_of
+from featalign.models import hf_model_of
 from featalign.models import edit_hooks
 
 POSITIONS = ("all", "prompt", "generated")

@@ -10,7 +10,8 @@ evaluation, interventions, examples) goes through it.
 """
 
 from featalign.models.hooks import (
-    EditFn, capture, capture_models, check_editable, default_hook, default_hook_for, edit_hooks, hook_point, resolve_hooks, stop_layer,
+    EditFn, capture, capture_models, check_editable, default_hook, default_hook_for, edit_hooks, hf_model_of, hook_point, resolve_hooks,
+    stop_layer,
 )
 from featalign.models.loading import (
     DTYPES, ROLES, TOKENIZER_FILES, TOKENIZER_PROBE, ModelGroup, ModelSpec, as_model, ensure_kv_cache_compat, load_model,
@@ -19,6 +20,7 @@ from featalign.models.loading import (
 
 __all__ = [
     "DTYPES", "ROLES", "TOKENIZER_FILES", "TOKENIZER_PROBE", "EditFn", "ModelGroup", "ModelSpec", "as_model", "capture",
-    "capture_models", "check_editable", "default_hook", "default_hook_for", "edit_hooks", "ensure_kv_cache_compat", "hook_point",
+    "capture_models", "check_editable", "default_hook", "default_hook_for", "edit_hooks", "ensure_kv_cache_compat", "hf_model_of",
+    "hook_point",
     "load_model", "resolve_hooks", "stop_layer", "tokenizer_from_folder", "torch_dtype",
 ]

@@ -33,6 +33,12 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 _PRE_BLOCK = ("hook_embed", "hook_pos_embed", "embed.", "pos_embed.", "rotary_emb.", "embed_ln.")
 
 
+
+def hf_model_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face causal LM inside a TransformerBridge (or the model itself): the hook points
+    live in it, so a plain HF forward (generation's KV-cache steps) fires them too."""
+    return getattr(model, "original_model", model)
+
 def default_hook(n_layers: int) -> str:
     """The residual stream after the first half of the blocks (`blocks.{n//2-1}.hook_resid_post`).
 
@@ -174,8 +180,6 @@ def edit_hooks(model: torch.nn.Module, fns: Mapping[str, EditFn]) -> Iterator[No
         return hook
 
     try:
-        from featalign.generation import hf_model_of
-
         handles.append(hf_model_of(model).register_forward_pre_hook(note_shape, with_kwargs=True))
         for name, fn in fns.items():
             handles.append(points[name].register_forward_hook(make(fn)))

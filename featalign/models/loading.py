@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from featalign.config import JsonConfig
+from featalign.models.hooks import capture, hf_model_of, resolve_hooks
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -57,9 +58,7 @@ def _explicit_tokenizer(path: Path):
     """Organism folders carry a char-level tokenizer that AutoTokenizer may rebuild wrongly
     for some architectures (the qwen2 tokenizer trap, docs/real_models.md), so load it explicitly."""
     if (path / "featalign.json").exists() and (path / "tokenizer.json").exists():
-        from featalign.organisms.tokenizer import load_tokenizer
-
-        return load_tokenizer(path)
+        return tokenizer_from_folder(path)
     return None
 
 
@@ -198,7 +197,7 @@ def ensure_kv_cache_compat(model: torch.nn.Module) -> torch.nn.Module:
     wrong. A forward pre-hook on each attention bridge hands the cache over under the old name.
     Idempotent; a model that is not a bridge (or has no attention bridges) is returned unchanged.
     """
-    lm = getattr(model, "original_model", model)  # the hooks live on the HF model the bridge wraps
+    lm = hf_model_of(model)  # the hooks live on the HF model the bridge wraps
     if getattr(lm, _KV_COMPAT_FLAG, False):
         return model
     try:
@@ -260,13 +259,6 @@ class ModelGroup:
         specs = [ModelSpec(n, str(p), role=n if n in ROLES else "other") for n, p in paths.items()]
         return cls.load(specs, **kw)
 
-    @classmethod
-    def organisms_trio(cls, preset: str = "default", out_dir: str | Path | None = None, **kw) -> "ModelGroup":
-        """The embedded default: base, RL and SFT organisms (built on first use)."""
-        from featalign.organisms import ensure_organisms
-
-        return cls.from_paths(ensure_organisms(preset, out_dir).default_trio(), **kw)
-
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
@@ -291,8 +283,6 @@ class ModelGroup:
 
     def check_widths(self, hooks: Sequence[str]) -> dict[str, int]:
         """Width of each hook, checked equal across models with a one-token probe forward."""
-        from featalign.models.hooks import capture, resolve_hooks
-
         probe = torch.tensor([[self.tokenizer.bos_token_id or 0, *self.tokenizer("1")["input_ids"][-1:]]])
         widths: dict[str, dict[str, int]] = {}
         for spec, m in zip(self.specs, self.models):

@@ -79,7 +79,7 @@ def test_agreement():
 
 
 def test_gradient_attribution_matches_finite_difference(tiny_organisms):
-    from featalign.generation import hf_model_of
+    from featalign.models import hf_model_of
     from featalign.models import edit_hooks, load_model
     from featalign.evaluation import eval_problems
     from featalign.analysis.success_features import prompt_batch
