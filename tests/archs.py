@@ -24,6 +24,7 @@ ARCH_CONFIGS = {
     "gemma3": ("Gemma3TextConfig", {**_DECODER, "num_key_value_heads": 2, "head_dim": 8}),
     "opt": ("OPTConfig", {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                           "word_embed_proj_dim": 32}),
+    "olmo2": ("Olmo2Config", {**_DECODER, "num_key_value_heads": 2}),  # post-norm, q/k norms, float32 RoPE
 }
 
 

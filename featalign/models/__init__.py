@@ -14,13 +14,13 @@ from featalign.models.hooks import (
     stop_layer,
 )
 from featalign.models.loading import (
-    DTYPES, ROLES, TOKENIZER_FILES, TOKENIZER_PROBE, ModelGroup, ModelSpec, as_model, ensure_kv_cache_compat, load_model,
-    tokenizer_from_folder, torch_dtype,
+    DTYPES, ROLES, TOKENIZER_FILES, TOKENIZER_PROBE, ModelGroup, ModelSpec, as_model, ensure_kv_cache_compat,
+    ensure_rotary_dtype, load_model, tokenizer_from_folder, torch_dtype,
 )
 
 __all__ = [
     "DTYPES", "ROLES", "TOKENIZER_FILES", "TOKENIZER_PROBE", "EditFn", "ModelGroup", "ModelSpec", "as_model", "capture",
-    "capture_models", "check_editable", "default_hook", "default_hook_for", "edit_hooks", "ensure_kv_cache_compat", "hf_model_of",
-    "hook_point",
-    "load_model", "resolve_hooks", "stop_layer", "tokenizer_from_folder", "torch_dtype",
+    "capture_models", "check_editable", "default_hook", "default_hook_for", "edit_hooks", "ensure_kv_cache_compat",
+    "ensure_rotary_dtype", "hf_model_of", "hook_point", "load_model", "resolve_hooks", "stop_layer",
+    "tokenizer_from_folder", "torch_dtype",
 ]

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -160,7 +160,7 @@ def load_model(
     if compatibility_mode:
         bridge.enable_compatibility_mode()
     bridge.eval()
-    return ensure_kv_cache_compat(bridge)
+    return ensure_rotary_dtype(ensure_kv_cache_compat(bridge))
 
 
 def as_model(model: "str | Path | TransformerBridge", **load_kw) -> "TransformerBridge":
@@ -211,6 +211,76 @@ def ensure_kv_cache_compat(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(inner, torch.nn.Module):
                 inner.register_forward_pre_hook(_drop_duplicate_past_key_values, with_kwargs=True)
     setattr(lm, _KV_COMPAT_FLAG, True)
+    return model
+
+
+_ROTARY_DTYPE_FLAG = "_featalign_rotary_dtype"
+
+
+def _weight_dtype(attn: torch.nn.Module) -> torch.dtype | None:
+    """The dtype the attention computes in: that of its first floating-point HF weight, read at call time so a
+    later `model.to(dtype)` is followed; None where every weight is quantized (integer storage is no target)."""
+    inner = getattr(attn, "original_component", None)
+    if isinstance(inner, torch.nn.Module):
+        for p in inner.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def _cast_output_to(attn: torch.nn.Module) -> Callable[..., torch.Tensor | None]:
+    """Forward hook for hook_rot_q / hook_rot_k: the rotated q or k back in the attention's dtype."""
+    def hook(_module: torch.nn.Module, _args: tuple, out: Any) -> torch.Tensor | None:
+        dtype = _weight_dtype(attn)
+        if dtype is not None and isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != dtype:
+            return out.to(dtype)
+        return None
+    return hook
+
+
+def _cast_position_embeddings(attn: torch.nn.Module) -> Callable[..., tuple[tuple, dict] | None]:
+    """Forward pre-hook fallback where the bridge has no hook_rot_q/k: (cos, sin) in the attention's dtype,
+    as Llama's rotary embedding returns them (RoPE then runs in that dtype)."""
+    def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        pe, dtype = kwargs.get("position_embeddings"), _weight_dtype(attn)
+        if dtype is None or not isinstance(pe, tuple) or not all(isinstance(t, torch.Tensor) for t in pe):
+            return None
+        if all(t.dtype == dtype for t in pe):
+            return None
+        return args, {**kwargs, "position_embeddings": tuple(t.to(dtype) for t in pe)}
+    return hook
+
+
+def ensure_rotary_dtype(model: torch.nn.Module) -> torch.nn.Module:
+    """Make a TransformerBridge of a bf16/fp16 model whose rotary embedding returns float32 cos/sin run.
+
+    OLMo, OLMo 2, OLMo 3 and FlexOlmo compute RoPE in float32 on purpose: their rotary embedding returns
+    float32 cos/sin and their own `apply_rotary_pos_emb` casts the rotated q/k back to the input dtype.
+    TransformerLens 3.9's `PositionEmbeddingsAttentionBridge.forward` reimplements attention with Llama's
+    `apply_rotary_pos_emb`, which does not cast back, so q/k (and the softmax weights cast to q's dtype)
+    become float32 while v stays bf16/fp16, and `attn_weights @ v` fails ("expected m1 and m2 to have the
+    same dtype"). A forward hook on each such bridge's hook_rot_q / hook_rot_k casts the rotated q/k back to
+    the attention's weight dtype: exactly the model's own cast, so activations match the HF forward, and
+    hooks added later on hook_rot_q/k see the cast tensor. A no-op where dtypes already agree (float32
+    models, Llama-style rotaries). Idempotent; a model that is not a bridge is returned unchanged.
+    """
+    lm = getattr(model, "original_model", model)
+    if getattr(lm, _ROTARY_DTYPE_FLAG, False):
+        return model
+    try:
+        from transformer_lens.model_bridge.generalized_components import PositionEmbeddingsAttentionBridge
+    except ImportError:  # a TransformerLens without the bridge: nothing to patch
+        return model
+    for module in lm.modules():
+        if not isinstance(module, PositionEmbeddingsAttentionBridge):
+            continue
+        rot = [getattr(module, n, None) for n in ("hook_rot_q", "hook_rot_k")]
+        if all(isinstance(h, torch.nn.Module) for h in rot):
+            for h in rot:
+                h.register_forward_hook(_cast_output_to(module))
+        else:
+            module.register_forward_pre_hook(_cast_position_embeddings(module), with_kwargs=True)
+    setattr(lm, _ROTARY_DTYPE_FLAG, True)
     return model
 
 

@@ -1,4 +1,4 @@
-"""The hook-name -> module map on tiny random models of seven architectures, against plain Hugging Face.
+"""The hook-name -> module map on tiny random models of eight architectures, against plain Hugging Face.
 
 The reference is an independently loaded HF model (no bridge) with torch hooks on the modules that by
 each architecture's own code produce the named activation; a per-architecture table of module paths
@@ -26,6 +26,7 @@ HF_PATHS = {
     "gpt2": ("transformer.h", "attn", "mlp"),
     "gpt_neox": ("gpt_neox.layers", "attention", "mlp"),
     "opt": ("model.decoder.layers", "self_attn", "fc2"),
+    "olmo2": ("model.layers", "post_attention_layernorm", "post_feedforward_layernorm"),  # post-norm, like gemma3
 }
 assert set(HF_PATHS) == set(ARCH_CONFIGS)
 
