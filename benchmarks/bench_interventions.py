@@ -35,7 +35,7 @@ from featalign.evaluation import eval_problems, score_problems
 from featalign.generation import decode
 from featalign.models import hf_model_of
 from featalign.interventions import ablate, intervene, run_intervention, steer
-from featalign.organisms import ensure_organisms
+from featalign.organisms.build import ensure_organisms
 from featalign.models import default_hook, load_model
 
 

@@ -41,7 +41,7 @@ from featalign.evaluation import (
     cmh_odds_ratio, evaluate, format_p, in_out_domain_cmh, mcnemar_paired, plot_transfer_heatmap, transfer_matrix,
 )
 from featalign.io import atomic_write_json, atomic_write_text, provenance, read_json
-from featalign.organisms import build_organisms
+from featalign.organisms.build import build_organisms
 from featalign.organisms.tasks import DOMAINS, parse_domains
 
 PUBLISHED = {"in_domain": (2.9, 3.10), "out_of_domain": (-3.2, 1.32)}

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from featalign.config import JsonConfig
 from featalign.models import ROLES, ModelGroup, ModelSpec
+from featalign.organisms.build import ensure_organisms
 
 __all__ = ["ModelSet", "parse_model_arg", "split_revision"]
 
@@ -96,8 +97,6 @@ class ModelSet(JsonConfig):
     def organisms(cls, preset: str = "default", out_dir: str | Path | None = None,
                   domain: str | None = None) -> "ModelSet":
         """The built-in organisms (built on first use): base, rl, sft, and the rl / sft checkpoint series."""
-        from featalign.organisms import ensure_organisms
-
         org = ensure_organisms(preset, out_dir)
         domain = domain or org.config.post_train_domains[0]
         n = org.config.n_checkpoints

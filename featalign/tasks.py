@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from featalign.config import JsonConfig
-from featalign.organisms.tasks import Problem
+from featalign.organisms.tasks import DOMAINS, Problem, get_domain, parse_domains, sample_problems
 
 Verifier = Callable[[str, str], bool]
 ORGANISMS_EVAL_SEED = 1234  # the organisms' eval-split seed: every model is scored on the same prompts
@@ -180,8 +180,6 @@ class Task:
 
 def organisms_task(domain: str, problems: list[Problem], train_problems: list[Problem] | None = None) -> Task:
     """An organisms domain as a task: its exact verifier; answers are short and must end with `<eos>`."""
-    from featalign.organisms.tasks import get_domain
-
     d = get_domain(domain)
     gen = GenerationSettings(max_new_tokens=None, require_eos=True, batch_size=500)
     return Task(domain, problems, d.verify, gen, family=d.family, train_problems=list(train_problems or []))
@@ -228,8 +226,6 @@ class TaskSet:
     def organisms(cls, domains: Sequence[str] | str | None = None, n_per_task: int = 1000, seed: int | None = None,
                   n_train: int = 0) -> "TaskSet":
         """The organisms' synthetic domains (all by default) on their fixed eval split."""
-        from featalign.organisms.tasks import DOMAINS, parse_domains, sample_problems
-
         names = parse_domains(domains) if domains is not None else list(DOMAINS)
         eval_seed = ORGANISMS_EVAL_SEED if seed is None else seed
         return cls({

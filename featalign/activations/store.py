@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from featalign.activations.loader import ActivationLoader
 from featalign.activations.normalization import norm_scales_from_mean, norm_sums
 from featalign.config import JsonConfig
 from featalign.io import atomic_write_bytes, atomic_write_json, provenance, read_json
@@ -494,7 +495,6 @@ class ActivationStore:
         (featalign.activations.normalization), as recorded when the store was written."""
         return self.stats().norm_scalar_MH
 
-    def loader(self, batch_size: int, seed: int = 0, **kw: Any):
-        from featalign.activations.loader import ActivationLoader
-
+    def loader(self, batch_size: int, seed: int = 0, **kw: Any) -> ActivationLoader:
+        """Shuffled `[B, M, H, D]` batches of this store (`ActivationLoader`), for training."""
         return ActivationLoader(self, batch_size, seed=seed, **kw)

@@ -347,7 +347,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
             trio = _parse_model_dirs(run.model_dirs)
             default = default_hook_for(next(iter(trio.values())))
         else:
-            from featalign.organisms import ensure_organisms
+            from featalign.organisms.build import ensure_organisms
 
             if dist_info.is_main:
                 ensure_organisms(run.organisms_preset, run.organisms_dir)

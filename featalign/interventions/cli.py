@@ -46,6 +46,8 @@ EDITS = ("ablate", "clamp", "scale", "steer")
 
 @dataclass
 class InterventionConfig(JsonConfig):
+    """The settings of one intervention run, saved as OUT/config.json; checked before any model is loaded."""
+
     crosscoder: str = ""  # a trained crosscoder folder (cfg.json + weights)
     features: str = ""  # comma-separated latent ids, or a JSON file with a list (or {"features": [...]})
     edit: str = "ablate"
@@ -123,6 +125,7 @@ def read_features(spec: str) -> tuple[int, ...]:
 
 
 def pick_edit_model(cfg: InterventionConfig, cc_models: tuple[str, ...]) -> str:
+    """`--edit-model`, else `rl` (the model whose features the studies ablate), else the crosscoder's last model."""
     name = cfg.edit_model or ("rl" if "rl" in cc_models else cc_models[-1])
     if name not in cc_models:
         raise UsageError(f"--edit-model {name}: the crosscoder's models are {', '.join(cc_models)}")
@@ -168,6 +171,7 @@ def edit_factory(cfg: InterventionConfig, cc: Crosscoder, x_NMHD: torch.Tensor, 
 
 
 def markdown(res: InterventionResult, cfg: InterventionConfig) -> str:
+    """report.md: one row per task, the edit's delta with its interval next to McNemar and control p."""
     lines = [f"# Intervention: {res.edit} in `{res.model_name}`", "",
              f"Crosscoder `{cfg.crosscoder}`, latents {res.features}; {len(res.control_features)} random latent sets "
              f"matched on firing frequency as controls. Delta = accuracy with - without the edit (95% paired "

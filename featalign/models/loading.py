@@ -264,7 +264,7 @@ def ensure_rotary_dtype(model: torch.nn.Module) -> torch.nn.Module:
     hooks added later on hook_rot_q/k see the cast tensor. A no-op where dtypes already agree (float32
     models, Llama-style rotaries). Idempotent; a model that is not a bridge is returned unchanged.
     """
-    lm = getattr(model, "original_model", model)
+    lm = hf_model_of(model)
     if getattr(lm, _ROTARY_DTYPE_FLAG, False):
         return model
     try:

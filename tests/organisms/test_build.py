@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 import featalign.organisms.build as build_mod
-from featalign.organisms import build_organisms, preset_config
+from featalign.organisms import preset_config
+from featalign.organisms.build import build_organisms
 from featalign.organisms.config import OrganismConfig
 from featalign.organisms.model import is_complete
 
@@ -105,7 +106,7 @@ def test_every_organism_loads_through_transformer_bridge(tiny_organisms):
 
 
 def test_ensure_organisms_opens_complete_folder_without_writing(tiny_organisms):
-    from featalign.organisms import ensure_organisms
+    from featalign.organisms.build import ensure_organisms
 
     cfg_file = tiny_organisms.root / "config.json"
     before = cfg_file.stat().st_mtime_ns
