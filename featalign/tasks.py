@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import yaml
+
 from featalign.config import JsonConfig
 from featalign.organisms.tasks import DOMAINS, Problem, get_domain, parse_domains, sample_problems
 
@@ -291,9 +293,39 @@ class TaskSet:
 
     @classmethod
     def load(cls, spec: str, n_per_task: int | None = None, **kw: Any) -> "TaskSet":
-        """From a CLI string: `organisms`, `organisms:add,sub`, or a `.jsonl` path."""
+        """From a CLI string: `organisms`, `organisms:add,sub`, a `.jsonl` path, or a task-set file
+        (`.yaml`/`.json`) that names the JSONL with its verifier and generation settings:
+
+            path: gsm8k.jsonl              # relative to the task-set file
+            verifier: final_answer         # exact | numeric | final_answer | multiple_choice
+            verifier_options: {marker: "####"}
+            generation: {max_new_tokens: 256, stop_strings: ["\n\n"], chat_template: false}
+
+        `kw` (e.g. `verifier=` from a CLI flag) overrides the file's fields."""
         if spec == "organisms" or spec.startswith("organisms:"):
             domains = spec.split(":", 1)[1] if ":" in spec else None
             return cls.organisms(domains, n_per_task or 1000)
+        if Path(spec).suffix in (".yaml", ".yml", ".json"):
+            return cls.from_spec_file(spec, **kw).head(n_per_task)
         return cls.from_jsonl(spec, **kw).head(n_per_task)
+
+    @classmethod
+    def from_spec_file(cls, path: str | Path, **kw: Any) -> "TaskSet":
+        """A task-set file (see `load`): the one place a CLI user sets a verifier and generation settings."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"task-set file {path} does not exist")
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        known = {"path", "verifier", "verifier_options", "generation", "name", "prompt_key", "answer_key",
+                 "task_key", "split_key"}
+        if not isinstance(data, dict) or "path" not in data:
+            raise ValueError(f"{path}: a task-set file is a mapping with a 'path' to a JSONL file (and optional "
+                             f"{', '.join(sorted(known - {'path'}))})")
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        opts = {k: v for k, v in data.items() if k != "path"}
+        if "generation" in opts:
+            opts["generation"] = GenerationSettings.from_dict(opts["generation"])
+        return cls.from_jsonl(path.parent / str(data["path"]), **{**opts, **kw})
 

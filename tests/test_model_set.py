@@ -85,3 +85,23 @@ def test_cache_cli_takes_a_model_set_file(tmp_path):
                 "--hook", "blocks.1.hook_resid_post", "--out", str(out)])
     store = ActivationStore(out)
     assert list(store.models) == ["base", "rl"] and len(store) == 200
+
+
+def test_cache_cli_reads_a_task_set(tmp_path):
+    """`--tasks FILE.jsonl` caches the task set's problems: the same rows as `TaskSetSource` through the API."""
+    from featalign.activations import ActivationStore, TaskSetSource, cache_activations
+    from featalign.activations import cli as cache
+    from featalign.tasks import TaskSet
+
+    a = tiny_random_model("llama", tmp_path / "a", seed=0)
+    tasks = tmp_path / "gsm.jsonl"
+    tasks.write_text("\n".join(json.dumps({"prompt": f"{i}+{i}=", "answer": f"#### {2 * i}"}) for i in range(30)))
+    hook = "blocks.1.hook_resid_post"
+    cache.main(["--model", f"base={a}", "--tasks", str(tasks), "--n-tokens", "150", "--hook", hook,
+                "--out", str(tmp_path / "cli"), "--device", "cpu"])
+    want = cache_activations(ModelSet.from_args([f"base={a}"]).group(), TaskSetSource(TaskSet.from_jsonl(tasks)),
+                             hooks=[hook], out_dir=tmp_path / "api", n_tokens=150, progress=False)
+    got = ActivationStore(tmp_path / "cli")
+    assert len(got) == 150 and torch.equal(got.read(), want.read())
+    with pytest.raises(SystemExit):
+        cache.build_parser().parse_args(["--tasks", str(tasks), "--tasks-split", "test"])

@@ -83,6 +83,26 @@ def test_bad_task_files_say_what_to_fix(tmp_path):
         TaskSet.from_jsonl(broken)
 
 
+def test_task_set_file_sets_verifier_and_generation(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gsm.jsonl").write_text(
+        "\n".join(json.dumps({"q": f"What is {i}+1?", "answer": f"steps...\n#### {i + 1}"}) for i in range(3)) + "\n")
+    spec = tmp_path / "gsm.yaml"
+    spec.write_text("path: data/gsm.jsonl\nprompt_key: q\nverifier: final_answer\n"
+                    "generation: {max_new_tokens: 200, stop_strings: [\"\\n\\n\"], chat_template: true}\n")
+    ts = TaskSet.load(str(spec), n_per_task=2)
+    task = ts["gsm"]
+    assert [p.prompt for p in task.problems] == ["What is 0+1?", "What is 1+1?"]
+    assert task.verify("so #### 1.0", "steps...\n#### 1") and not task.verify("#### 2", "x\n#### 1")
+    assert task.generation.max_new_tokens == 200 and task.generation.stop_strings == ("\n\n",)
+    assert task.generation.chat_template is True
+    assert TaskSet.load(str(spec), verifier="exact")["gsm"].verify("#### 1", "#### 1")  # a flag wins over the file
+    assert not TaskSet.load(str(spec), verifier="exact")["gsm"].verify("#### 1.0", "steps...\n#### 1")
+    (tmp_path / "bad.json").write_text(json.dumps({"path": "data/gsm.jsonl", "verifer": "exact"}))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['verifer'\]"):
+        TaskSet.load(str(tmp_path / "bad.json"))
+
+
 def test_dataset_with_column_mapping():
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({"question": ["1+1=", "2+2="], "label": ["2", "4"]})

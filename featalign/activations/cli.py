@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from featalign.activations.cache import CacheConfig, cache_activations
-from featalign.activations.sources import DatasetSource, TaskSuiteSource, TextSource
+from featalign.activations.sources import DatasetSource, TaskSetSource, TaskSuiteSource, TextSource
 from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
 from featalign.distributed import cleanup, init_distributed
 from featalign.model_set import ModelSet
 from featalign.models import ModelGroup, ModelSpec, tokenizer_from_folder
+from featalign.tasks import TaskSet
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text-file", type=Path, default=None, help="one sequence per line")
     src.add_argument("--dataset", default=None, help="a datasets.load_from_disk folder")
     src.add_argument("--column", default="text", help="dataset column (text or token ids)")
+    src.add_argument("--tasks", default=None, metavar="SPEC",
+                     help="a task set's problems as text (prompt + answer): a JSONL file, a task-set .yaml/.json, "
+                          "or organisms[:domains] (featalign.tasks.TaskSet.load)")
+    src.add_argument("--tasks-split", default="eval", choices=["eval", "train", "all"],
+                     help="which of the task set's problems to read with --tasks")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
@@ -84,15 +90,20 @@ def check_args(args) -> None:
         check_choice("--preset", args.preset, sorted(PRESETS))
     if args.tokenizer is not None:
         check_exists(args.tokenizer, "--tokenizer", "folder")
-    given = [f for f, v in (("--text-file", args.text_file), ("--dataset", args.dataset)) if v]
+    given = [f for f, v in (("--text-file", args.text_file), ("--dataset", args.dataset), ("--tasks", args.tasks)) if v]
     if len(given) > 1:
-        raise UsageError("--text-file and --dataset are alternatives: pass one token source")
+        raise UsageError(f"{' and '.join(given)} are alternatives: pass one token source")
     if given and (args.domains or args.seed != 0):
         raise UsageError(f"--domains and --seed choose the task suite; they do nothing with {given[0]}: drop them")
     if args.text_file is not None:
         check_exists(args.text_file, "--text-file")
     if args.dataset is not None:
         check_exists(args.dataset, "--dataset", "folder")
+    if args.tasks is not None:
+        try:
+            args.task_set = TaskSet.load(args.tasks)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise UsageError(f"--tasks {args.tasks}: {e}") from e
     if args.domains is not None:
         from featalign.organisms.tasks import parse_domains
 
@@ -127,6 +138,8 @@ def _source(args):
         if not lines:
             raise UsageError(f"--text-file {args.text_file} has no non-empty lines: nothing to cache")
         return TextSource(lines)
+    if args.tasks:
+        return TaskSetSource(args.task_set, split=args.tasks_split)
     if args.dataset:
         import datasets
 

@@ -19,6 +19,7 @@ from featalign.analysis.controls import (
 )
 from featalign.analysis.pipeline import AnalysisContext, Sections, Stage, as_numpy
 from featalign.cli import UsageError
+from featalign.io import atomic_write_json, jsonable, provenance
 
 STAGES: dict[str, Stage] = {}
 CP_MARK = "†"  # marks an exact Clopper-Pearson interval (a count of 0 or n has no bootstrap variation)
@@ -343,6 +344,11 @@ def success_stage(ctx: AnalysisContext) -> Sections:
         return {"q3_success_features": {"error": str(e)}}
     ctx.results["success"] = success
     summary = success.summary()
+    # the selection as an artifact the intervention CLI reads (`--features OUT/success_features.json`)
+    trio_dir = cfg.crosscoder or str(ctx.out / "crosscoders" / "trio")
+    atomic_write_json(ctx.out / "success_features.json", jsonable({
+        "features": success.features, "majority_features": success.majority, "tasks": success.tasks,
+        "crosscoder": trio_dir, "models": dirs, "hook": ctx.hook, **provenance()}))
     plots.success_sets(summary["per_task_sizes"], summary["n_features"], summary["null"].get("size_95"),
                        ctx.figures / "success_sets.png", "RL-success features per task and their intersection")
     return {"q3_success_features": summary}
