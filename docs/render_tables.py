@@ -32,7 +32,35 @@ def organisms_build(path: Path) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json")}
+def real_models_plan(path: Path) -> str:
+    """Memory and time of the real-models recipe (`docs/real_models_plan.py`: arithmetic, not a measurement)."""
+    s = json.loads(path.read_text())
+    r, g, m, t = s["recipe"], s["gpu"], s["memory_gib"], s["time_minutes"]
+    rows = [
+        ("one model's weights (bf16)", f"{m['one_model_bf16']:.1f} GiB GPU", f"{s['parameters'] / 1e9:.2f}B parameters"),
+        ("cache: base, rl, sft at once (bf16)", f"{m['cache_all_main_models_bf16']:.1f} GiB GPU",
+         f"{t['cache']:.0f} min for {r['cache_tokens'] / 1e6:.0f}M tokens per model"),
+        ("the store on disk (bf16)", f"{m['store_on_disk']:.0f} GiB disk", ""),
+        ("train the crosscoder (f32 weights, Adam, gradients + a batch)",
+         f"{m['crosscoder_train_f32_adam_grads'] + m['crosscoder_batch_preacts']:.1f} GiB GPU",
+         f"{t['train_crosscoder_dense_bound']:.0f} min for {r['steps']:,} steps of {r['batch']} (dense bound)"),
+        ("analyze: base + both series cached at once (bf16)", f"{m['analyze_base_and_series_bf16']:.1f} GiB GPU", ""),
+        (f"analyze: {r['analyze_tokens']:,} tokens of every model in RAM (f32)",
+         f"{m['analyze_activations_ram_f32']:.1f} GiB RAM", ""),
+        (f"score one model: {r['n_problems']} problems, {r['max_new_tokens']} new tokens, batch {r['generation_batch']}",
+         f"+{m['kv_cache_generation']:.1f} GiB KV cache", f"{t['score_one_model']:.1f} min"),
+        (f"interventions: ablate in rl + steer the base, {r['n_controls']} controls each", "",
+         f"{t['score_interventions']:.0f} min"),
+    ]
+    lines = ["| step | memory | time |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", f"Assumed: one {g['name']} at {100 * g['gemm_utilisation']:.0f}% of its {g['bf16_tflops']:.0f} "
+              f"TFLOP/s bf16 for matmuls, decoding at max(weights read at {100 * g['decode_bandwidth_utilisation']:.0f}% "
+              f"of {g['hbm_tb_s']} TB/s, {g['decode_step_overhead_ms']:.0f} ms a step). Not measured on a GPU."]
+    return "\n".join(lines)
+
+
+RENDERERS = {"organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
+             "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 

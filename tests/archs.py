@@ -53,3 +53,24 @@ def tiny_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     save_char_tokenizer(out)
     return out
+
+
+def perturbed_copy(base_dir, out, scale: float, seed: int):
+    """`base_dir`'s model with Gaussian noise (scale x each tensor's std) added to every weight: a 'tuned' model.
+    The tokenizer files are copied, not re-saved through AutoTokenizer (which may rebuild a char-level tokenizer
+    in a qwen2 folder as Qwen2's BPE: the qwen2 tokenizer trap of docs/real_models.md)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    base_dir, out = Path(base_dir), Path(out)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * p.std().nan_to_num() * torch.randn(p.shape, generator=g))
+    model.save_pretrained(out)
+    for f in base_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, out / f.name)
+    return out

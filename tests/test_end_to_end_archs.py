@@ -8,7 +8,6 @@ go through `featalign.interventions` on the live models. References are plain Hu
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from featalign.interventions.cli import main as intervene_main
 from featalign.models import load_model
 from featalign.tasks import TaskSet
 from featalign.crosscoder.cli import main as train_main
-from tests.archs import tiny_random_model
+from tests.archs import perturbed_copy, tiny_random_model
 
 ARCHS = ("llama", "gpt2", "qwen3", "gemma3", "gpt_neox", "opt")
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_mlp_out")
@@ -32,25 +31,13 @@ LINES = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "task": "add" if i % 2 el
          for i, (a, b) in enumerate(zip(range(10, 40), range(50, 80)))]
 
 
-def _perturbed(src: Path, out: Path, seed: int, scale: float = 0.05) -> Path:
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g))
-    model.save_pretrained(out)
-    for f in src.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")):
-            shutil.copy(f, out / f.name)
-    return out
-
-
 @pytest.fixture(scope="module", params=ARCHS)
 def study(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     base = tiny_random_model(request.param, root / "base")
-    dirs = {"base": base, "rl": _perturbed(base, root / "rl", 1), "sft": _perturbed(base, root / "sft", 2),
-            "rl-ckpt1": _perturbed(base, root / "rl-ckpt1", 3, scale=0.02)}
+    dirs = {"base": base, "rl": perturbed_copy(base, root / "rl", 0.05, seed=1),
+            "sft": perturbed_copy(base, root / "sft", 0.05, seed=2),
+            "rl-ckpt1": perturbed_copy(base, root / "rl-ckpt1", 0.02, seed=3)}
     tasks = root / "tasks.jsonl"
     tasks.write_text("\n".join(json.dumps(r) for r in LINES) + "\n")
     text = root / "text.txt"

@@ -21,7 +21,8 @@ from featalign.io import atomic_write_text
 
 @torch.no_grad()
 def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, top_n: int = 8,
-                  context: tuple[int, int] = (16, 4), seed: int = 0, progress: bool = True, text=None) -> dict:
+                  context: tuple[int, int] = (16, 4), seed: int = 0, progress: bool = True, text=None,
+                  device: str = "cpu", dtype: str = "float32") -> dict:
     """{latent: {model: {"top": [(activation, left, token, right)], "acts": nonzero activations}}}.
 
     `model_dirs` maps the crosscoder's model names to folders, hub ids or loaded bridges. Each model's
@@ -34,7 +35,7 @@ def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, t
     names = tuple(cc.cfg.models)
     if tuple(model_dirs) != names:
         raise ValueError(f"model_dirs {tuple(model_dirs)} must name the crosscoder's models {names} in order")
-    models = [as_model(d) for d in model_dirs.values()]
+    models = [as_model(d, device=device, dtype=dtype) for d in model_dirs.values()]  # folders on device, in dtype
     tok = models[0].tokenizer
     source = as_source(text) if text is not None else TaskSuiteSource(split="eval", seed=seed)
     _, ids, attn = next(iter(token_batches(source, tok, n_seqs, int(models[0].cfg.n_ctx))))
@@ -44,7 +45,8 @@ def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, t
     idx = torch.tensor(latents, dtype=torch.long)
     out: dict = {l: {} for l in latents}
     for m, (name, model) in enumerate(tqdm(list(zip(names, models)), desc="feature cards", disable=not progress)):
-        acts = capture_models([model], ids, attn, cc.cfg.hooks)[:, :, 0]
+        acts = capture_models([model], ids.to(model.cfg.device), attn.to(model.cfg.device), cc.cfg.hooks)[:, :, 0]
+        acts = acts.to(cc.W_enc.device, torch.float32)  # the crosscoder's device and dtype, whatever the model's
         f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), m, latents=idx).view(S, T, -1) * mask[..., None]
         for j, l in enumerate(latents):
             v = f[..., j]

@@ -46,7 +46,8 @@ class AnalyzeConfig(JsonConfig):
     n_null: int = 50
     n_cards: int = 8  # per category (RL-only, SFT-only, success, drift)
     stages: str = DEFAULT_STAGES
-    device: str = "cpu"  # where the models run while their activations are cached
+    device: str = "cpu"  # where the models run (caching, scoring, success features, cards)
+    model_dtype: str = "float32"  # the models' dtype there (bfloat16 halves a real model's memory on a GPU)
     threads: int = 1
     seed: int = 0
     progress: bool = True
@@ -57,6 +58,7 @@ class AnalyzeConfig(JsonConfig):
 
         self.model, self.series = tuple(self.model), tuple(self.series)
         check_choice("--drift-mode", self.drift_mode, ("joint", "pairwise", "both"))
+        check_choice("--model-dtype", self.model_dtype, ("float32", "bfloat16", "float16"))
         check_choice("--organisms-preset", self.organisms_preset, sorted(PRESETS))
         for name in ("n_tokens", "eval_tokens", "threads", "top_k", "min_samples"):
             check_positive(f"--{name.replace('_', '-')}", getattr(self, name))
@@ -128,6 +130,7 @@ HELP = {
     "n_null": "random-subset null repeats for the success features",
     "n_cards": "feature cards per category",
     "stages": f"comma-separated subset of {DEFAULT_STAGES} (dependencies are added: cards need attribution)",
-    "device": "device the models run on while caching activations: cpu | cuda | cuda:N",
+    "device": "device the models run on (caching, scoring, success features, cards): cpu | cuda | cuda:N",
+    "model_dtype": "the models' dtype: float32 | bfloat16 | float16 (the crosscoders stay float32)",
     "threads": "torch CPU threads", "seed": "seed", "progress": "progress bars (true/false)",
 }

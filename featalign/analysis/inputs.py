@@ -168,7 +168,7 @@ def _store_status(root: Path, specs: list[ModelSpec], hook: str, fingerprint: st
 
 
 def store_activations(root: str | Path, specs: list[ModelSpec], hook: str, n_tokens: int, source: TokenSource, *,
-                      device: str = "cpu", progress: bool = True) -> torch.Tensor:
+                      device: str = "cpu", dtype: str = "float32", progress: bool = True) -> torch.Tensor:
     """`[n_tokens, M, 1, D]` activations of `specs` (in that order) at `hook` on `source`, read from the store at
     `root`. The store is cached there by `cache_activations` (resuming an interrupted run); a store of other
     models, another hook or another source is replaced, with a warning; one that holds more models or
@@ -176,7 +176,7 @@ def store_activations(root: str | Path, specs: list[ModelSpec], hook: str, n_tok
     root = Path(root)
     status = _store_status(root, specs, hook, source.fingerprint(), n_tokens)
     if status != "complete":
-        group = ModelGroup.load(specs, device=device)
+        group = ModelGroup.load(specs, dtype=dtype, device=device)
         try:
             resolve_hooks(group.models[0], [hook])
         except KeyError as e:
@@ -265,6 +265,6 @@ def success_tasks(cfg, models: AnalysisModels, task_set, progress: bool = True) 
     correct = {}
     for role in ("base", "rl"):
         spec = models.trio[role]
-        model = load_model(spec.path, device=cfg.device, revision=spec.revision)
+        model = load_model(spec.path, dtype=cfg.model_dtype, device=cfg.device, revision=spec.revision)
         correct[role] = evaluate_tasks(model, model.tokenizer, out_of_domain, desc=f"score {role}")
     return {t.name: TaskData(list(t.problems), correct["base"][t.name], correct["rl"][t.name]) for t in out_of_domain}

@@ -62,7 +62,8 @@ class AnalysisContext:
         with_series = "drift" in self.stage_names
         specs, aliases = self.models.columns(with_series)
         x_NMHD = store_activations(self.out / "activations" / "train", specs, self.hook, self.cfg.n_tokens,
-                                   self.sources[0], device=self.cfg.device, progress=self.cfg.progress)
+                                   self.sources[0], device=self.cfg.device, dtype=self.cfg.model_dtype,
+                                   progress=self.cfg.progress)
         return Activations(x_NMHD, [s.name for s in specs], aliases)
 
     @cached_property
@@ -70,7 +71,8 @@ class AnalysisContext:
         """Held-out activations of the trio (attribution statistics, Latent Scaling)."""
         specs, _ = self.models.columns(with_series=False)
         x_NMHD = store_activations(self.out / "activations" / "eval", specs, self.hook, self.cfg.eval_tokens,
-                                   self.sources[1], device=self.cfg.device, progress=self.cfg.progress)
+                                   self.sources[1], device=self.cfg.device, dtype=self.cfg.model_dtype,
+                                   progress=self.cfg.progress)
         return Activations(x_NMHD, [s.name for s in specs])
 
     @cached_property

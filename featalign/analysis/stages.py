@@ -339,7 +339,8 @@ def success_stage(ctx: AnalysisContext) -> Sections:
     dirs = ctx.models.model_dirs(("base", "rl"))
     try:
         success = success_features_for_models(ctx.trio, dirs["base"], dirs["rl"], tasks, success_cfg,
-                                              gradient=cfg.gradient, progress=cfg.progress)
+                                              gradient=cfg.gradient, progress=cfg.progress,
+                                              device=cfg.device, dtype=cfg.model_dtype)
     except TooFewSamplesError as e:
         return {"q3_success_features": {"error": str(e)}}
     ctx.results["success"] = success
@@ -386,7 +387,8 @@ def cards_stage(ctx: AnalysisContext) -> Sections:
 
     att, trio = ctx.results["attribution"], ctx.trio
     chosen = card_latents(att, trio.cfg.models, ctx.cfg.n_cards, ctx.results.get("success"))
-    examples = card_examples(trio, ctx.models.model_dirs(trio.cfg.models), list(chosen), progress=ctx.cfg.progress)
+    examples = card_examples(trio, ctx.models.model_dirs(trio.cfg.models), list(chosen), progress=ctx.cfg.progress,
+                             device=ctx.cfg.device, dtype=ctx.cfg.model_dtype)
     write_cards(ctx.out, list(chosen), examples, {i: att.latent(i) for i in chosen}, chosen,
                 "featalign feature cards (trio crosscoder)")
     return {"cards": {"index": str(ctx.out / "index.html"), "n": len(chosen)}}

@@ -257,7 +257,9 @@ def sample_latents(cc, model, tokenizer, problems, model_index: int, positions: 
     for i in range(0, len(problems), batch):
         ids, mask, last = prompt_batch(tokenizer, problems[i : i + batch])
         # right-padded and causal: padding never reaches a real position, so no attention mask is needed
+        ids = ids.to(model.cfg.device)
         acts = capture_models([model], ids, torch.ones_like(ids), cc.cfg.hooks)[:, :, 0]  # [S, T, H, D]
+        acts = acts.to(cc.W_enc.device, torch.float32)  # the crosscoder's device and dtype, whatever the model's
         S, T = ids.shape
         f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), model_index).view(S, T, -1)
         out.append(_pool(f, mask, last, positions))
@@ -288,14 +290,15 @@ def gradient_attribution(cc, model, tokenizer, problems, model_index: int, posit
         holder = {}
 
         def fn(resid):
-            x = resid.detach()
+            # the crosscoder's device and float32, back to the model's after: gradients cross both casts
+            x = resid.detach().to(cc.W_enc.device, torch.float32)
             f = cc.encode_as(x.reshape(S * T, 1, -1), model_index).view(S, T, -1).detach().requires_grad_(True)
             recon = cc.decode(f.reshape(S * T, -1))[:, model_index, 0].view(S, T, -1)
             holder["f"] = f
-            return recon + (x - recon.detach())
+            return (recon + (x - recon.detach())).to(resid.device, resid.dtype)
 
         with edit_hooks(model, {cc.cfg.hooks[0]: fn}):
-            logits = hf_model_of(model)(input_ids=ids).logits.float()
+            logits = hf_model_of(model)(input_ids=ids.to(model.cfg.device)).logits.float().cpu()
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
         (logp * ans[:, 1:]).sum().backward()
         f = holder["f"]
@@ -335,9 +338,10 @@ def organism_tasks(org, rl_name: str | None = None, tasks: list[str] | None = No
 
 def success_features_for_models(
     cc, base_dir, rl_dir, tasks: dict[str, TaskData], cfg: SuccessConfig = SuccessConfig(),
-    gradient: bool = False, progress: bool = True,
+    gradient: bool = False, progress: bool = True, device: str = "cpu", dtype: str = "float32",
 ) -> SuccessResult:
-    """Run base and RL on every task's samples, encode, and select RL-success features (+ gradient score)."""
+    """Run base and RL on every task's samples, encode, and select RL-success features (+ gradient score).
+    Folders are loaded on `device` in `dtype`; the crosscoder stays where it is (activations go to it)."""
     from featalign.models import as_model
 
     names = tuple(cc.cfg.models)
@@ -345,7 +349,7 @@ def success_features_for_models(
         if n not in names:
             raise ValueError(f"the crosscoder's models are {names}; it has no {n!r} (set SuccessConfig.base/rl)")
     bi, ri = names.index(cfg.base), names.index(cfg.rl)
-    bm, rm = as_model(base_dir), as_model(rl_dir)
+    bm, rm = as_model(base_dir, device=device, dtype=dtype), as_model(rl_dir, device=device, dtype=dtype)
     tok = bm.tokenizer
     for name, mdl in ((cfg.base, bm), (cfg.rl, rm)):
         if mdl.cfg.d_model != cc.cfg.d_model:

@@ -172,7 +172,8 @@ def edit_factory(cfg: InterventionConfig, cc: Crosscoder, x_NMHD: torch.Tensor, 
 
 def markdown(res: InterventionResult, cfg: InterventionConfig) -> str:
     """report.md: one row per task, the edit's delta with its interval next to McNemar and control p."""
-    lines = [f"# Intervention: {res.edit} in `{res.model_name}`", "",
+    what = cfg.edit if cfg.value is None else f"{cfg.edit} ({cfg.value:g})"
+    lines = [f"# Intervention: {what} of {len(res.features)} latents in `{res.model_name}`", "",
              f"Crosscoder `{cfg.crosscoder}`, latents {res.features}; {len(res.control_features)} random latent sets "
              f"matched on firing frequency as controls. Delta = accuracy with - without the edit (95% paired "
              "bootstrap interval); control p = share of controls moving accuracy at least as much.", "",
@@ -198,7 +199,8 @@ def plot_deltas(res: InterventionResult, path: Path) -> Path:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
     ax.set_ylabel("accuracy delta")
-    ax.set_title(f"{res.edit} in {res.model_name}", fontsize=9)
+    ax.set_title(f"edit of latents {res.features[:8]}{'...' if len(res.features) > 8 else ''} in {res.model_name}",
+                 fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -213,7 +215,7 @@ def run(cfg: InterventionConfig) -> InterventionResult:
     model = group.models[0]
     cache_activations(group, TaskSetSource(tasks), hooks=list(cc.cfg.hooks), out_dir=out / "activations",
                       n_tokens=cfg.n_tokens, progress=cfg.progress)
-    x_NHD = ActivationStore(out / "activations").read(0, cfg.n_tokens)[:, 0].float()
+    x_NHD = ActivationStore(out / "activations").read(0, cfg.n_tokens)[:, 0].to(cfg.device, torch.float32)
     # model m's latents read only slot m (`encode_as`): a broadcast view stands in for the other slots
     x_NMHD = x_NHD.unsqueeze(1).expand(-1, cc.cfg.n_models, -1, -1)
     freq_L = encoder_stats(cc, x_NMHD, model=name)["firing_rate"] if cfg.controls else None

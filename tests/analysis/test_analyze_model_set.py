@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.archs import VOCAB, tiny_random_model
+from tests.archs import VOCAB, perturbed_copy, tiny_random_model
 
 HOOK = "blocks.0.hook_resid_post"  # the default (middle) hook of the 2-layer tiny models
 SMALL = ["--n-tokens", "600", "--eval-tokens", "300", "--n-latents", "32", "--k", "4", "--steps", "20",
@@ -17,20 +17,6 @@ SMALL = ["--n-tokens", "600", "--eval-tokens", "300", "--n-latents", "32", "--k"
 TASKS = {"add": [(f"{a}+{b}=", str(a + b)) for a, b in [(1, 2), (3, 4), (2, 5), (6, 1), (4, 4), (7, 2)]],
          "copy": [(f"copy {w}:", w) for w in ("ab", "xyz", "hello", "q", "tree", "mn")],
          "rev": [(f"rev {w}:", w[::-1]) for w in ("ab", "xyz", "hello", "pq", "tree", "mn")]}
-
-
-def perturbed_copy(base_dir, out, scale: float, seed: int):
-    """`base_dir`'s model with Gaussian noise (scale x each tensor's std) added to every weight: a 'tuned' model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * p.std().nan_to_num() * torch.randn(p.shape, generator=g))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
