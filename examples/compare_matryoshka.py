@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from featalign.analysis.attribution import attribute
-from featalign.analyze import AnalyzeConfig, mixture_activations, open_organisms, train_or_load
+from featalign.analysis.config import AnalyzeConfig
+from featalign.analysis.inputs import mixture_activations, open_organisms
+from featalign.analysis.training import train_or_load
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder import evaluate
 from featalign.io import atomic_write_json, atomic_write_text, provenance

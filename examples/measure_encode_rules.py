@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from featalign.analyze import AnalyzeConfig, mixture_activations, open_organisms, train_or_load
+from featalign.analysis.config import AnalyzeConfig
+from featalign.analysis.inputs import mixture_activations, open_organisms
+from featalign.analysis.training import train_or_load
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.io import atomic_write_json, atomic_write_text, provenance
 from featalign.models import default_hook
