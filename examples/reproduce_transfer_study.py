@@ -66,7 +66,7 @@ class TransferConfig(JsonConfig):
     organisms_dir: str | None = None
     domains: str = "count,sub"  # single-domain post-training runs (the first is the organisms' default)
     skip_build: bool = False  # only the observational part
-    pairs: str | None = None  # base:tuned[:train_task],... (HF folders or hub ids)
+    pairs: str | None = None  # base:tuned[:train_task],... (model folders; hub ids through a model set)
     model_set: str | None = None  # analyze's model-set options: base vs every other model of the set
     model: tuple[str, ...] = ()
     train_tasks: str | None = None  # what the model set's tuned models were trained on
@@ -207,8 +207,9 @@ class Pair:
 def observational_inputs(cfg: TransferConfig) -> tuple[TaskSet, list[Pair]]:
     """The task set and the pairs, checked against each other before any model is loaded: the model set by
     `ModelSet.resolve` (analyze's options), every training task a task of the set."""
-    task_set = load_task_set(cfg.tasks, cfg.n_prompts, cfg.verifier) if cfg.tasks else TaskSet.organisms(
-        None, cfg.n_prompts)
+    task_set = load_task_set(cfg.tasks, cfg.n_prompts, cfg.verifier)
+    if task_set is None:  # every organisms domain, on its fixed eval split
+        task_set = TaskSet.organisms(None, cfg.n_prompts)
 
     pairs = []
     for entry in filter(None, (cfg.pairs or "").split(",")):  # checked in TransferConfig
@@ -249,7 +250,7 @@ def pairs_part(cfg: TransferConfig, task_set: TaskSet, pairs: list[Pair], out: P
                  "pooled_in_out_cmh": {}}
     lines += ["## Observational comparison of (base, tuned) pairs", "",
               f"Tasks {names} ({cfg.tasks or 'the organisms domains'}; up to {cfg.n_prompts} eval prompts each); "
-              "delta in points (tuned - base), exact McNemar p in brackets.", "",
+              "delta in points (tuned - base), exact McNemar p in parentheses.", "",
               "| pair | " + " | ".join(names) + " | CMH OR over tasks [95% CI] |",
               "|---|" + "---|" * (len(names) + 1)]
     in_out_lines: list[str] = []
