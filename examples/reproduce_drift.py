@@ -1,21 +1,30 @@
-"""Reproduce the feature-evolution result of the feature-level study (arXiv 2604.25011) on featalign's organisms.
+"""Reproduce the feature-evolution result of the feature-level study (arXiv 2604.25011) on featalign's organisms,
+or on any base model and its RL / SFT checkpoint series.
 
-For each post-training run (SFT and RL, 5 checkpoints each) one crosscoder aligns the base and every
-checkpoint (joint mode; `--drift-mode pairwise|both` adds one base-vs-checkpoint crosscoder per
+For each checkpoint series (the organisms: SFT and RL, 5 checkpoints each) one crosscoder aligns the base
+and every checkpoint (joint mode; `--drift-mode pairwise|both` adds one base-vs-checkpoint crosscoder per
 checkpoint). For each checkpoint the top-k features most specific to it (largest decoder-norm share)
 are compared with the previous checkpoint's top-k:
 
 - overlap_t = |top-k(t) ∩ top-k(t-1)| / k between successive checkpoints;
 - stabilisation checkpoint of a feature: the first checkpoint after which its specificity stays within
   tolerance and its decoder direction stays aligned with the final one;
-- SFT vs RL: the difference of median stabilisation checkpoints (bootstrap CI) and a one-sided
-  Mann-Whitney test that SFT's features stabilise earlier.
+- SFT vs RL (when both series are given): the difference of median stabilisation checkpoints (bootstrap CI)
+  and a one-sided Mann-Whitney test that SFT's features stabilise earlier.
 
 Published (Qwen, math post-training): SFT has many highly specialised features with high overlap early
 (they stabilise early); RL has few extreme features with low overlap (they keep evolving).
 
+The models and the text are read exactly as `python -m featalign.analyze` reads them (its model-set options,
+`featalign.analysis.inputs`): the organisms by default, else `--model NAME=DIR` flags (a base and an rl model
+are required, as for analyze; sft optional) with `--series ROLE=DIR1,DIR2,...` checkpoints in training order,
+or a `--model-set FILE`. The activations are cached on `--tasks` (a JSONL task set: its train rows, else all
+rows) or, by default, on the organisms' domain mixture.
+
     python examples/reproduce_drift.py                                  # default organisms
-    python examples/reproduce_drift.py --base-dir B --rl-dirs r1,r2,r3 --sft-dirs s1,s2,s3   # any checkpoints
+    python examples/reproduce_drift.py --model base=B --model rl=R3 --series rl=R1,R2,R3 \
+        --model sft=S3 --series sft=S1,S2,S3 --tasks my_tasks.jsonl     # any checkpoints, any text
+    python examples/reproduce_drift.py --model-set study.yaml --tasks my_tasks.jsonl
     python examples/reproduce_drift.py --help
 
 Outputs in `--out`: config.json, results.json, report.md, figures/drift.png; reruns reuse the cache.
@@ -30,15 +39,16 @@ from dataclasses import dataclass
 import torch
 
 from featalign.analysis import plots
-from featalign.analysis.drift import series_from_dirs, series_from_organisms
-from featalign.analysis.config import AnalyzeConfig, check_shared_settings
-from featalign.analysis.inputs import mixture_activations, open_organisms
-from featalign.analysis.stages import drift_study
-from featalign.io import jsonable
-from featalign.cli import UsageError, check_exists, check_out_dir, run_cli
+from featalign.analysis.config import HELP as ANALYZE_HELP
+from featalign.analysis.config import check_shared_settings
+from featalign.analysis.drift import SeriesError
+from featalign.analysis.inputs import (
+    Activations, analysis_hook, load_task_set, resolve_models, store_activations, text_sources,
+)
+from featalign.analysis.stages import NO_SERIES, drift_study
+from featalign.cli import UsageError, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
-from featalign.models import default_hook, default_hook_for
-from featalign.io import atomic_write_json, atomic_write_text, provenance
+from featalign.io import atomic_write_json, atomic_write_text, jsonable, provenance
 
 PUBLISHED = {"sft": "high overlap early; many specialised features stabilise early",
              "rl": "low overlap; few extreme features that keep evolving"}
@@ -49,9 +59,10 @@ class DriftExampleConfig(JsonConfig):
     out: str = "runs/examples/drift"
     organisms_preset: str = "default"
     organisms_dir: str | None = None
-    base_dir: str | None = None  # with --rl-dirs / --sft-dirs: any HF checkpoints, in training order
-    rl_dirs: str | None = None
-    sft_dirs: str | None = None
+    model_set: str | None = None  # the model-set options of analyze; none given: the organisms
+    model: tuple[str, ...] = ()
+    series: tuple[str, ...] = ()
+    tasks: str | None = None  # the activations' text; default: the organisms' domain mixture
     hook: str | None = None
     n_tokens: int = 40_000
     eval_tokens: int = 10_000
@@ -66,21 +77,18 @@ class DriftExampleConfig(JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.model, self.series = tuple(self.model), tuple(self.series)
         check_shared_settings(self)
-        if self.base_dir and not (self.rl_dirs and self.sft_dirs):
-            raise UsageError("--base-dir needs --rl-dirs and --sft-dirs (comma-separated checkpoint folders)")
-        if (self.rl_dirs or self.sft_dirs) and not self.base_dir:
-            raise UsageError("--rl-dirs / --sft-dirs need --base-dir (the checkpoints' base model)")
-        for d in [self.base_dir, *(self.rl_dirs or "").split(","), *(self.sft_dirs or "").split(",")]:
-            if d:
-                check_exists(d, "model folder", "folder")
 
 
 HELP = {
-    "out": "output folder", "organisms_preset": "organisms preset to open/build when no dirs are given",
-    "organisms_dir": "organisms folder", "base_dir": "base model folder (HF)",
-    "rl_dirs": "comma-separated RL checkpoint folders in training order",
-    "sft_dirs": "comma-separated SFT checkpoint folders in training order", "hook": "hook point",
+    "out": "output folder", "organisms_preset": ANALYZE_HELP["organisms_preset"],
+    "organisms_dir": ANALYZE_HELP["organisms_dir"], "model_set": ANALYZE_HELP["model_set"],
+    "model": ANALYZE_HELP["model"] + "; drift needs base and rl (the series' last checkpoint, say)",
+    "series": ANALYZE_HELP["series"],
+    "tasks": "a task set whose text the activations are cached on: a JSONL file ({prompt, answer[, task, split]} "
+             "rows; its train rows, else all) or organisms:dom,... (default: the organisms' domain mixture)",
+    "hook": ANALYZE_HELP["hook"],
     "n_tokens": "activation tokens per model", "eval_tokens": "tokens used to decide which latents fire",
     "variant": "crosscoder variant", "n_latents": "latents", "k": "batchtopk k", "steps": "crosscoder steps",
     "top_k": "top-k model-specific features compared between checkpoints",
@@ -89,33 +97,40 @@ HELP = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = cli_config(DriftExampleConfig, HELP, "reproduce_drift.py", __doc__, argv)
+    cfg = cli_config(DriftExampleConfig, HELP, "reproduce_drift.py", __doc__, argv, repeated=("model", "series"))
     check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
+    # Models, hook and text are resolved (and refused) before --out is made, by analyze's own helpers.
+    acfg = check_shared_settings(cfg)
+    models = resolve_models(acfg)
+    if not models.series:
+        raise UsageError(f"drift {NO_SERIES}")
+    try:
+        series = models.checkpoint_series()
+    except SeriesError as e:
+        raise UsageError(f"--series: {e}") from e
+    short = sorted(k for k, v in series.items() if len(v.checkpoints) < 2)
+    if short:
+        raise UsageError(f"--series {short}: drift compares successive checkpoints, so a series needs at least 2")
+    hook = analysis_hook(cfg.hook, models.trio["base"])
+    train_text, _ = text_sources(acfg, load_task_set(cfg.tasks))
+    text = cfg.tasks or "the organisms' domain mixture"
+    where = models.describe()
     out = start_run(cfg, cfg.out)
 
-    if cfg.base_dir:
-        series = {"sft": series_from_dirs("sft", cfg.base_dir, cfg.sft_dirs.split(",")),
-                  "rl": series_from_dirs("rl", cfg.base_dir, cfg.rl_dirs.split(","))}
-        default = default_hook_for(cfg.base_dir)
-    else:
-        org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
-        series = {kind: series_from_organisms(org, kind) for kind in ("sft", "rl")}
-        default = default_hook(org.config.n_layers)
-    hook = cfg.hook or default
-    dirs = series["sft"].model_dirs() | series["rl"].model_dirs()
-    names = list(dirs)
-    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed,
-                           cfg.progress)
-    acfg = AnalyzeConfig(out=str(out), variant=cfg.variant, n_latents=cfg.n_latents, k=cfg.k, steps=cfg.steps,
-                         top_k=cfg.top_k, drift_mode=cfg.drift_mode, eval_tokens=cfg.eval_tokens, seed=cfg.seed,
-                         progress=cfg.progress)
-    res, summary = drift_study(series, lambda *ms: x[:, [names.index(m) for m in ms]], hook, acfg,
-                               out / "crosscoders")
+    # one store: the trio and every checkpoint (a checkpoint that is a trio model is read from its column)
+    specs, aliases = models.columns(with_series=True)
+    x = store_activations(out / "activations" / "train", specs, hook, cfg.n_tokens, train_text,
+                          progress=cfg.progress)
+    acts = Activations(x, [s.name for s in specs], aliases)
+    res, summary = drift_study(series, acts.columns, hook, acfg, out / "crosscoders")
     plots.drift_side_by_side(res, out / "figures" / "drift.png")
 
     lines = ["# Feature drift over checkpoints (reproduction of arXiv 2604.25011, feature evolution)", "",
+             "Models: " + ", ".join(f"{k} `{v}`" for k, v in where["trio"].items()) + "; series: "
+             + "; ".join(f"{k}: " + ", ".join(f"`{p}`" for p in v) for k, v in where["series"].items())
+             + f". Text: {text}.", "",
              f"Hook `{hook}`; {cfg.variant} crosscoders, {cfg.n_latents} latents, {cfg.steps} steps, "
              f"{cfg.n_tokens} tokens per model; top-{cfg.top_k} model-specific features.", "",
              "| series | top-k overlap between successive checkpoints | mean | stabilisation checkpoint "
@@ -137,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     lines += ["", "Figure: `figures/drift.png`.", "", f"Total time: {time.time() - t0:.0f} s."]
     report = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", report)
-    results = {"config": cfg.to_dict(), **provenance(), "hook": hook, "drift": summary,
+    results = {"config": cfg.to_dict(), **provenance(), "models": where, "hook": hook, "tasks": text,
+               "drift": summary,
                "seconds": round(time.time() - t0, 1)}
     atomic_write_json(out / "results.json", jsonable(results))
     print(report)

@@ -1,4 +1,5 @@
-"""Reproduce the causal test of the feature-level study (arXiv 2604.25011) on featalign's organisms.
+"""Reproduce the causal test of the feature-level study (arXiv 2604.25011) on featalign's organisms,
+or on any base / RL model pair and task set.
 
 1. Score base and RL on out-of-domain tasks (`--n-prompts` eval prompts each).
 2. Cache activations of base and RL at one middle residual layer; train a base/RL crosscoder.
@@ -16,8 +17,16 @@
 Published (Qwen models, real math RL): ablation costs the RL model 14-46 points; amplification gains
 the base 12-56 points; held-out tasks move too.
 
+The models and the text are read exactly as `python -m featalign.analyze` reads them (its model-set options,
+`featalign.analysis.inputs`): the organisms by default, else `--model base=DIR --model rl=DIR` (hub ids with
+@revision) or a `--model-set FILE` with base and rl roles. `--tasks` (a JSONL task set, scored with
+`--verifier`) gives both the tasks and the activations' text (its train rows, else all rows; eval rows for the
+held-out statistics); by default the organisms' domains are scored and their domain mixture is the text.
+
     python examples/reproduce_feature_interventions.py                      # default organisms
-    python examples/reproduce_feature_interventions.py --base-dir B --rl-dir R   # any two HF folders
+    python examples/reproduce_feature_interventions.py --model base=B --model rl=R   # any two HF folders
+    python examples/reproduce_feature_interventions.py --model-set study.yaml --tasks my_tasks.jsonl \
+        --verifier numeric --selection-tasks a,b,c --held-out-tasks d
     python examples/reproduce_feature_interventions.py --help
 
 Everything lands in `--out` (config.json, results.json, report.md, figures/); a rerun reuses the
@@ -37,14 +46,15 @@ from featalign.analysis.attribution import encoder_stats
 from featalign.analysis.success_features import (
     SuccessConfig, TaskData, success_features_for_models, success_mask,
 )
-from featalign.analysis.config import AnalyzeConfig, check_shared_settings
-from featalign.analysis.inputs import mixture_activations, open_organisms
+from featalign.analysis.config import HELP as ANALYZE_HELP
+from featalign.analysis.config import check_shared_settings
+from featalign.analysis.inputs import analysis_hook, load_task_set, resolve_models, store_activations, text_sources
 from featalign.analysis.training import train_or_load
-from featalign.cli import UsageError, check_exists, check_out_dir, check_positive, run_cli
+from featalign.cli import UsageError, check_choice, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
-from featalign.models import default_hook, default_hook_for, load_model
+from featalign.models import load_model
 from featalign.evaluation import score
-from featalign.tasks import TaskSet
+from featalign.tasks import VERIFIERS, TaskSet
 from featalign.interventions import coefficient_sweep, run_intervention
 from featalign.interventions import ablate, steer, typical_activation
 from featalign.io import atomic_write_json, atomic_write_text, provenance
@@ -58,11 +68,11 @@ class FeatureInterventionConfig(JsonConfig):
     out: str = "runs/examples/feature_interventions"
     organisms_preset: str = "default"
     organisms_dir: str | None = None
-    base_dir: str | None = None  # any HF folder; default: the organisms' base
-    rl_dir: str | None = None  # default: the organisms' final RL checkpoint
+    model_set: str | None = None  # analyze's model-set options (base and rl roles); none given: the organisms
+    model: tuple[str, ...] = ()
     hook: str | None = None  # default: blocks.<n_layers/2-1>.hook_resid_post
-    tasks: str = "organisms"  # a task set: organisms[:dom,...] or a JSONL file of prompt/answer[/task] rows
-    verifier: str = "exact"  # JSONL task sets: exact | numeric | final_answer | multiple_choice
+    tasks: str | None = None  # a task set: a JSONL file of prompt/answer[/task] rows or organisms:dom,...
+    verifier: str | None = None  # JSONL rows: exact | numeric | final_answer | ... (default: the file's, else exact)
     selection_tasks: str = "modsum,bool,sub,lookup"
     held_out_tasks: str = "compare,max"
     n_prompts: int = 500
@@ -85,22 +95,15 @@ class FeatureInterventionConfig(JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.model = tuple(self.model)
         check_shared_settings(self)
-        if bool(self.base_dir) != bool(self.rl_dir):
-            raise UsageError("--base-dir and --rl-dir go together (or pass neither for the organisms)")
-        for name in ("base_dir", "rl_dir"):
-            if getattr(self, name):
-                check_exists(getattr(self, name), f"--{name.replace('_', '-')}", "folder")
-        try:
-            if self.tasks == "organisms" or self.tasks.startswith("organisms:"):
+        if self.verifier is not None:
+            check_choice("--verifier", self.verifier, sorted(VERIFIERS))
+        try:  # organisms' domain names are checked here; a task file's names once it is loaded (in main)
+            if self.tasks is None or self.tasks == "organisms" or self.tasks.startswith("organisms:"):
                 sel, held = parse_domains(self.selection_tasks), parse_domains(self.held_out_tasks)
             else:
-                check_exists(self.tasks, "--tasks", "file")
                 sel, held = _split(self.selection_tasks), _split(self.held_out_tasks)
-                names = TaskSet.from_jsonl(self.tasks, verifier=self.verifier).names
-                unknown = sorted(set(sel + held) - set(names))
-                if unknown:
-                    raise ValueError(f"{unknown} are not tasks of {self.tasks} (it has {names})")
             coefs = [float(c) for c in _split(self.sweep_coefs)]
         except ValueError as e:
             raise UsageError(f"--selection-tasks / --held-out-tasks / --sweep-coefs: {e}") from e
@@ -117,10 +120,13 @@ class FeatureInterventionConfig(JsonConfig):
 
 
 HELP = {
-    "out": "output folder", "organisms_preset": "organisms preset to open/build when no model dirs are given",
-    "organisms_dir": "organisms folder", "base_dir": "base model folder (HF)", "rl_dir": "RL model folder (HF)",
-    "hook": "hook point", "tasks": "task set: organisms, organisms:add,sub or a JSONL file (prompt, answer, task)",
-    "verifier": "JSONL task sets: exact | numeric | final_answer | multiple_choice", "selection_tasks": "out-of-domain tasks used to select the features",
+    "out": "output folder", "organisms_preset": "organisms preset to open/build when no models are given",
+    "organisms_dir": "organisms folder", "model_set": ANALYZE_HELP["model_set"] + " (roles base and rl)",
+    "model": ANALYZE_HELP["model"] + "; needs base and rl", "hook": ANALYZE_HELP["hook"],
+    "tasks": "task set to score and to cache the activations' text on: a JSONL file (prompt, answer[, task, split]) "
+             "or organisms:add,sub (default: the organisms' domains, text their domain mixture)",
+    "verifier": "verifier of a JSONL task set: exact | numeric | final_answer | multiple_choice (default: a task-set file's own, else exact)",
+    "selection_tasks": "out-of-domain tasks used to select the features",
     "held_out_tasks": "tasks never used for selection (reported apart)", "n_prompts": "eval prompts per task",
     "n_tokens": "crosscoder training tokens per model", "eval_tokens": "tokens for firing rates / typical activations",
     "variant": "crosscoder variant", "n_latents": "latents", "k": "batchtopk k", "steps": "crosscoder steps",
@@ -129,7 +135,8 @@ HELP = {
     "min_features": "fewest features to intervene on (fallback rules below this)",
     "steer_coef": "steering coefficient in units of each feature's typical activation",
     "n_controls": "matched random feature sets per edit",
-    "n_bins": "firing-frequency quantile bins the controls are matched in", "sweep_coefs": "comma-separated steering coefficients",
+    "n_bins": "firing-frequency quantile bins the controls are matched in",
+    "sweep_coefs": "comma-separated steering coefficients",
     "sweep_controls": "controls per sweep point", "seed": "seed", "threads": "torch threads",
     "progress": "progress bars",
 }
@@ -161,39 +168,37 @@ def fmt_row(name: str, t, published: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = cli_config(FeatureInterventionConfig, HELP, "reproduce_feature_interventions.py", __doc__, argv)
+    cfg = cli_config(FeatureInterventionConfig, HELP, "reproduce_feature_interventions.py", __doc__, argv,
+                     repeated=("model",))
     check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
+    # Models, hook, tasks and text are resolved (and refused) before --out is made, by analyze's own helpers.
+    acfg = check_shared_settings(cfg)
+    models = resolve_models(acfg)
+    specs = [s for s in models.columns(with_series=False)[0] if s.name in ("base", "rl")]
+    hook = analysis_hook(cfg.hook, models.trio["base"])
+    sel_names, held_names = _split(cfg.selection_tasks), _split(cfg.held_out_tasks)
+    task_set = load_task_set(cfg.tasks, cfg.n_prompts, cfg.verifier)
+    scored = task_set if task_set is not None else TaskSet.organisms(sel_names + held_names, cfg.n_prompts)
+    unknown = sorted(set(sel_names + held_names) - set(scored.names))
+    if unknown:
+        raise UsageError(f"--selection-tasks / --held-out-tasks: {unknown} are not tasks of --tasks {cfg.tasks} "
+                         f"(it has {scored.names})")
+    train_text, eval_text = text_sources(acfg, task_set)
     out = start_run(cfg, cfg.out)
 
-    if cfg.base_dir and cfg.rl_dir:
-        dirs = {"base": cfg.base_dir, "rl": cfg.rl_dir}
-        default = default_hook_for(cfg.base_dir)
-    else:
-        org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
-        trio = org.default_trio()
-        dirs = {"base": str(trio["base"]), "rl": str(trio["rl"])}
-        default = default_hook(org.config.n_layers)
-    hook = cfg.hook or default
-    sel_names, held_names = _split(cfg.selection_tasks), _split(cfg.held_out_tasks)
-
     # 1. correctness of base and RL on every task
-    bm, rm = load_model(dirs["base"]), load_model(dirs["rl"])
+    bm, rm = (load_model(s.path, revision=s.revision) for s in specs)
     tok = bm.tokenizer
-    task_set = TaskSet.load(cfg.tasks, cfg.n_prompts, verifier=cfg.verifier) if not cfg.tasks.startswith(
-        "organisms") else TaskSet.organisms(sel_names + held_names, cfg.n_prompts)
-    tasks = task_set.subset(sel_names + held_names).tasks
+    tasks = scored.subset(sel_names + held_names).tasks
     data = {t: TaskData(task.problems, score(bm, tok, task), score(rm, tok, task)) for t, task in tasks.items()}
     subset = {t: success_mask(d.base_correct, d.rl_correct) for t, d in data.items()}
 
     # 2. crosscoder on base + RL
-    acfg = AnalyzeConfig(out=str(out), variant=cfg.variant, n_latents=cfg.n_latents, k=cfg.k, steps=cfg.steps,
-                         seed=cfg.seed, progress=cfg.progress)
-    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed,
-                           cfg.progress)
-    xe = mixture_activations(out / "activations" / "eval", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
-                            cfg.progress)
+    x = store_activations(out / "activations" / "train", specs, hook, cfg.n_tokens, train_text, progress=cfg.progress)
+    xe = store_activations(out / "activations" / "eval", specs, hook, cfg.eval_tokens, eval_text,
+                           progress=cfg.progress)
     cc = train_or_load(out / "crosscoder", ("base", "rl"), x, hook, acfg)
     # the RL model's latents (`encode_as`, the rule the edits and the success scores use): the controls
     # are matched on how often each latent fires in the model being edited
@@ -202,8 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3. RL-success features on the selection tasks only
     scfg = SuccessConfig(frac=cfg.success_frac, min_samples=cfg.min_samples, seed=cfg.seed)
-    succ = success_features_for_models(cc, dirs["base"], dirs["rl"], {t: data[t] for t in sel_names}, scfg,
-                                       progress=cfg.progress)
+    succ = success_features_for_models(cc, bm, rm, {t: data[t] for t in sel_names}, scfg, progress=cfg.progress)
     feats, rule = choose_features(succ, cfg.min_features)
     typical = typical_activation(cc, xe, feats, model="rl")
     alive = torch.isfinite(typical)
@@ -227,14 +231,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 5. steering sweep
     sweep = coefficient_sweep(bm, tok, cc, "base", feats, steer_at, [float(c) for c in _split(cfg.sweep_coefs)],
-                              tasks, n_controls=cfg.sweep_controls, seed=cfg.seed, firing_freq_L=freq, n_bins=cfg.n_bins,
-                              held_out=held_names, subset=subset, progress=cfg.progress,
+                              tasks, n_controls=cfg.sweep_controls, seed=cfg.seed, firing_freq_L=freq,
+                              n_bins=cfg.n_bins, held_out=held_names, subset=subset, progress=cfg.progress,
                               baseline={t: d.base_correct for t, d in data.items()})
     sweep.save(out / "steer_sweep.json")
     sweep.plot(out / "figures" / "steer_sweep.png", "base + RL-success features (RL decoder), accuracy vs coefficient")
 
     lines = ["# Feature interventions (reproduction of arXiv 2604.25011, section on causal tests)", "",
-             f"Models: base `{dirs['base']}`, RL `{dirs['rl']}`; hook `{hook}`; crosscoder {cfg.variant}, "
+             f"Models: base `{specs[0].path}`, RL `{specs[1].path}`; hook `{hook}`; crosscoder {cfg.variant}, "
              f"{cfg.n_latents} latents, {int((freq > 0).sum())} alive on eval activations.", "",
              f"RL-success features ({rule}): **{len(feats)}** — {feats}.",
              f"Selection tasks and their base-fail/RL-success samples: {succ.n_samples}; skipped: {succ.skipped}.",

@@ -137,9 +137,10 @@ def config_from_args(cls: type[T], args) -> T:
 
 
 def cli_config(cls: type[T], help: dict[str, str], prog: str, description: str | None = None,
-               argv: list[str] | None = None) -> T:
-    """Parse `argv` with `config_parser` into `cls` (the whole CLI of a script built on one config)."""
-    return config_from_args(cls, config_parser(cls, help, prog, description).parse_args(argv))
+               argv: list[str] | None = None, repeated: Sequence[str] = ()) -> T:
+    """Parse `argv` with `config_parser` into `cls` (the whole CLI of a script built on one config);
+    `repeated` as in `config_parser` (the model-set flags `--model` / `--series` of the examples)."""
+    return config_from_args(cls, config_parser(cls, help, prog, description, repeated).parse_args(argv))
 
 
 def start_run(cfg: JsonConfig, out: str | Path) -> Path:

@@ -7,7 +7,7 @@ per domain (base vs tuned, same prompts), and the Cochran-Mantel-Haenszel common
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,14 +213,25 @@ def transfer_matrix(
     )
 
 
+TrainDomain = str | tuple[str, ...]
+
+
 def in_out_domain_cmh(
-    base: dict[str, np.ndarray], tuned_by_train_domain: dict[str, dict[str, np.ndarray]]
+    base: dict[str, np.ndarray],
+    tuned_by_train_domain: Mapping[TrainDomain, dict[str, np.ndarray]] | Iterable[
+        tuple[TrainDomain, dict[str, np.ndarray]]],
 ) -> dict[str, CMHResult]:
-    """CMH pooled over in-domain strata and over out-of-domain strata, as in the transfer study."""
+    """CMH pooled over in-domain strata and over out-of-domain strata, as in the transfer study.
+
+    Per tuned model: its training domain and its {eval domain: correctness}, as a mapping or as (train, results)
+    pairs (two tuned models of one base may share a training domain). A training domain may be a tuple of domains
+    (a model trained on several tasks, e.g. two math benchmarks): each of them is an in-domain stratum."""
     ins, outs = [], []
-    for train_d, res in tuned_by_train_domain.items():
+    items = tuned_by_train_domain.items() if isinstance(tuned_by_train_domain, Mapping) else tuned_by_train_domain
+    for train_d, res in items:
+        trained = set(train_d) if isinstance(train_d, tuple) else {train_d}
         for eval_d, correct in res.items():
-            (ins if eval_d == train_d else outs).append((base[eval_d], correct))
+            (ins if eval_d in trained else outs).append((base[eval_d], correct))
     out = {"in_domain": cmh_odds_ratio(ins)}
     if outs:
         out["out_of_domain"] = cmh_odds_ratio(outs)
@@ -263,7 +274,8 @@ def plot_transfer_heatmap(
     plt = pyplot()
 
     lim = max(1.0, float(np.abs(matrix).max()))
-    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * len(eval_domains), 1.9 + 0.5 * len(train_domains)),
+    label_width = 0.08 * max(len(str(t)) for t in train_domains)  # room for long row labels (model names)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * len(eval_domains) + label_width, 1.9 + 0.5 * len(train_domains)),
                            layout="constrained")
     im = ax.imshow(matrix, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(matrix.shape[0]):

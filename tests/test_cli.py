@@ -158,12 +158,17 @@ def test_organisms_cli_refuses_bad_domain_and_file_out(capsys, tmp_path):
 
 @pytest.mark.parametrize("name, argv, words", [
     ("reproduce_drift", ["--variant", "l2"], ["variant must be one of"]),
-    ("reproduce_drift", ["--rl-dirs", "a,b"], ["need --base-dir"]),
+    ("reproduce_drift", ["--series", "rl=a,b"], ["--series needs the main models"]),
+    ("reproduce_drift", ["--model", "base"], ["write NAME=PATH"]),
     ("reproduce_feature_interventions", ["--selection-tasks", "modsum,chess"], ["unknown domain 'chess'"]),
     ("reproduce_feature_interventions", ["--steer-coef", "inf"], ["must be finite"]),
     ("reproduce_feature_interventions", ["--k", "0"], ["k=0 must be in 1..n_latents"]),
     ("reproduce_transfer_study", ["--pairs", "onlyone"], ["base:tuned"]),
     ("reproduce_transfer_study", ["--domains", "add,chess"], ["unknown domain 'chess'"]),
+    ("reproduce_transfer_study", ["--skip-build", "true", "--tasks", "missing.jsonl", "--pairs", ".:."],
+     ["task file missing.jsonl does not exist"]),
+    ("reproduce_transfer_study", ["--skip-build", "true", "--pairs", ".:.:chess"], ["['chess'] are not tasks"]),
+    ("reproduce_transfer_study", ["--train-tasks", "add"], ["--train-tasks names what a model set"]),
 ])
 def test_examples_refuse_bad_settings_before_work(name, argv, words, capsys, tmp_path):
     _fails(_example(name).main, argv + ["--out", str(tmp_path / "o")], capsys, *words)

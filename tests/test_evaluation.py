@@ -99,6 +99,14 @@ def test_transfer_matrix_and_in_out_split():
     cmh = in_out_domain_cmh(base, tuned)
     assert cmh["in_domain"].n_strata == 2 and cmh["out_of_domain"].n_strata == 2
     assert cmh["in_domain"].mean_delta_points == pytest.approx(50)
+    # (train, results) pairs: two tuned models may share a training domain, and pool as two in-domain strata
+    shared = in_out_domain_cmh(base, [("a", tuned["a"]), ("a", tuned["a"])])
+    assert shared["in_domain"].n_strata == shared["out_of_domain"].n_strata == 2
+    assert shared["in_domain"].mean_delta_points == pytest.approx(50)
+    # a model trained on several domains: each is in-domain, nothing is left out of domain
+    several = in_out_domain_cmh(base, {("a", "b"): tuned["a"]})
+    assert several["in_domain"].n_strata == 2 and "out_of_domain" not in several
+    assert several["in_domain"].mean_delta_points == pytest.approx((50 - 25) / 2)
 
 
 def test_figures_are_written(tmp_path):

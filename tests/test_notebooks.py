@@ -1,7 +1,8 @@
 """Execute notebooks/quickstart.ipynb and notebooks/walkthrough.ipynb on the tiny organisms (nbclient).
 
-Each notebook reads its preset from FEATALIGN_NOTEBOOK_PRESET and ends with one machine-readable line
-`RESULT {json}`; the tests check that line's numbers. The kernel is this interpreter (a kernelspec
+Each notebook reads its preset from FEATALIGN_NOTEBOOK_PRESET (and a user's model set, task set and training
+tasks from FEATALIGN_NOTEBOOK_MODEL_SET / _TASKS / _TRAIN_TASKS, what a user sets in the parameter cell) and
+ends with one machine-readable line `RESULT {json}`; the tests check that line's numbers. The kernel is this interpreter (a kernelspec
 written into a temporary JUPYTER_PATH entry), and FEATALIGN_CACHE points at a temporary folder whose
 organisms/tiny is the session's `tiny_organisms` build, so the notebooks do not rebuild the organisms.
 """
@@ -175,3 +176,70 @@ def test_walkthrough(notebook_env, tiny_organisms):
         assert sw["real"][k][0] == sw["control"][k][0]
     assert n_images(nb) >= 7
     assert not math.isnan(r["seconds"])
+
+
+# --- the same notebooks on a user's models: a model-set file and a JSONL task set ---------------------------
+
+USER_TASKS = {"sum": "add", "logic": "bool", "order": "compare", "tally": "count", "find": "lookup"}
+N_USER = 48  # problems per task: the quickstart's tiny N_PROMPTS, so its intervention scores the same problems
+
+
+@pytest.fixture
+def user_study(notebook_env, tiny_organisms, monkeypatch):
+    """The tiny organisms' folders as a user's model set (base, rl, sft and 3-checkpoint series: no organisms
+    machinery), and a JSONL task set whose tasks carry the user's names; returns the rl folder."""
+    from featalign.evaluation import eval_problems
+
+    org = tiny_organisms
+    ckpts = {k: [{"name": f"{k}-{i}", "path": str(org.model_dir(k, ckpt=i)), "role": "checkpoint", "step": i}
+                 for i in (3, 4, 5)] for k in ("rl", "sft")}
+    model_set = notebook_env / "study.json"
+    model_set.write_text(json.dumps({"models": [
+        {"name": "base", "path": str(org.base_dir), "role": "base"},
+        {"name": "rl", "path": str(org.model_dir("rl")), "role": "rl"},
+        {"name": "sft", "path": str(org.model_dir("sft")), "role": "sft"}], "series": ckpts}))
+    tasks = notebook_env / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"task": t, "prompt": p.prompt, "answer": p.answer}) + "\n"
+                             for t, d in USER_TASKS.items() for p in eval_problems(d, N_USER)))
+    monkeypatch.setenv("FEATALIGN_NOTEBOOK_MODEL_SET", str(model_set))
+    monkeypatch.setenv("FEATALIGN_NOTEBOOK_TASKS", str(tasks))
+    monkeypatch.setenv("FEATALIGN_NOTEBOOK_TRAIN_TASKS", "sum")
+    return org.model_dir("rl")
+
+
+def independent_accuracy(model_dir, domain: str) -> float:
+    """Greedy accuracy of a plain HF model on a domain's first N_USER eval problems, by the organisms' verifier."""
+    from featalign.evaluation import eval_problems, score_problems
+    from featalign.organisms.model import load_organism
+
+    model, tok = load_organism(model_dir)
+    return float(score_problems(model, tok, eval_problems(domain, N_USER)).mean())
+
+
+def test_quickstart_on_user_models(notebook_env, user_study):
+    r, nb = execute("quickstart.ipynb", notebook_env)
+    assert r["model_set"] == str(notebook_env / "study.json") and r["models"] == ["base", "rl", "sft"]
+    assert r["domain"] == "sum" and all(list(a) == list(USER_TASKS) for a in r["accuracy"].values())
+    assert r["accuracy"]["rl"]["logic"] == pytest.approx(independent_accuracy(user_study, "bool"))
+    iv = r["intervention"]
+    assert list(iv["tasks"])[0] == "sum" and set(iv["tasks"]) - {"sum"} <= set(USER_TASKS)
+    for name, t in iv["tasks"].items():  # the unedited RL model on the same problems: the accuracy of section 1
+        assert t["held_out"] == (name != "sum") and t["acc_without"] == pytest.approx(r["accuracy"]["rl"][name])
+        check_task(t, iv["n_controls"])
+    assert n_images(nb) >= 3
+
+
+def test_walkthrough_on_user_models(notebook_env, user_study):
+    r, nb = execute("walkthrough.ipynb", notebook_env)
+    assert r["model_set"] == str(notebook_env / "study.json") and r["train_tasks"] == ["sum"]
+    assert all(list(a) == list(USER_TASKS) for a in r["accuracy"].values())
+    assert r["accuracy"]["rl"]["find"] == pytest.approx(independent_accuracy(user_study, "lookup"))
+    for kind in ("rl", "sft"):  # one in-domain stratum: its mean delta is the tuned model's gain on "sum"
+        assert r["cmh"][kind]["in_domain"]["mean_delta_points"] == pytest.approx(
+            100 * (r["accuracy"][kind]["sum"] - r["accuracy"]["base"]["sum"]))
+        assert len(r["drift"][kind]["overlap"]) == 2  # the model set's 3-checkpoint series
+    ab = r["ablation"]["summary"]
+    assert list(ab["held_out"]["tasks"]) == ["tally", "find"]  # the last N_HELD_OUT out-of-domain tasks
+    assert set(ab["selection"]["tasks"]) <= {"logic", "order"}
+    assert set(r["sweep"]["real"]) == set(ab["selection"]["tasks"]) | set(ab["held_out"]["tasks"])
+    assert n_images(nb) >= 7

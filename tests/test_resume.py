@@ -181,7 +181,7 @@ def test_drift_example_killed_while_training_crosscoders(tiny_organisms, tmp_pat
 
 
 def test_feature_interventions_example_killed_and_rerun(tiny_organisms, tmp_path):
-    common = ["--base-dir", str(tiny_organisms.base_dir), "--rl-dir", str(tiny_organisms.model_dir("sft")),
+    common = ["--model", f"base={tiny_organisms.base_dir}", "--model", f"rl={tiny_organisms.model_dir('sft')}",
               "--n-prompts", "60", "--selection-tasks", "sort,compare", "--held-out-tasks", "bool", "--min-samples", "2",
               "--n-tokens", "2000", "--eval-tokens", "1000", "--n-latents", "64", "--steps", "40", "--n-controls", "2",
               "--n-bins", "2", "--sweep-coefs", "0,1", "--sweep-controls", "1", "--progress", "false"]
@@ -190,8 +190,7 @@ def test_feature_interventions_example_killed_and_rerun(tiny_organisms, tmp_path
 
 def test_transfer_example_killed_and_rerun(tiny_organisms, tmp_path):
     """Killed while it post-trains the extra domain in its copy of the organisms, rerun."""
-    common = ["--organisms-dir", str(tiny_organisms.root), "--domains", "add,count", "--eval-domains", "add,bool",
-              "--n-prompts", "40"]
+    common = ["--organisms-dir", str(tiny_organisms.root), "--domains", "add,count", "--n-prompts", "40"]
     _example_killed_and_rerun("reproduce_transfer_study.py", common, tmp_path / "tr", max_delay_s=15.0)
 
 

@@ -93,11 +93,13 @@ class AnalyzeConfig(JsonConfig):
         return not (self.model or self.model_set)
 
 
-def check_shared_settings(cfg: JsonConfig) -> None:
+def check_shared_settings(cfg: JsonConfig) -> AnalyzeConfig:
     """Check the fields another config (an example's) shares with AnalyzeConfig by AnalyzeConfig's own rules,
-    so every script refuses a bad --variant, --positions, --k ... the same way and before any work."""
+    so every script refuses a bad --variant, --positions, --k ... the same way and before any work; returns
+    that AnalyzeConfig (analyze's defaults for the rest), which the example hands to the analysis helpers
+    (`resolve_models`, `text_sources`, `train_or_load`, `drift_study`) so they read its settings as analyze's."""
     names = {f.name for f in dataclasses.fields(AnalyzeConfig)}
-    AnalyzeConfig(**{k: v for k, v in cfg.to_dict().items() if k in names})
+    return AnalyzeConfig(**{k: v for k, v in cfg.to_dict().items() if k in names})
 
 
 HELP = {

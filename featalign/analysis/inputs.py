@@ -224,14 +224,18 @@ def text_sources(cfg, task_set) -> tuple[TokenSource, TokenSource]:
     return TaskSetSource(task_set, train_split), TaskSetSource(task_set, "eval")
 
 
-def load_task_set(spec: str | None):
-    """The `--tasks` task set (None: the organisms' domains, read as their domain mixture)."""
+def load_task_set(spec: str | None, n_per_task: int | None = None, verifier: str | None = None):
+    """The `--tasks` task set (None: the organisms' domains, read as their domain mixture): `TaskSet.load`'s
+    specs (`organisms[:dom,...]` or a JSONL file), each task cut to its first `n_per_task` problems (an
+    example's `--n-prompts`), a JSONL file's rows scored by `verifier` (`--verifier`; None: a task-set file's
+    own, else exact; the organisms' domains keep their own). A missing file or a bad row is a UsageError, so a caller that loads the task set
+    first refuses it before any work."""
     if spec is None:
         return None
     from featalign.tasks import TaskSet
 
     try:
-        return TaskSet.load(spec)
+        return TaskSet.load(spec, n_per_task, **({"verifier": verifier} if verifier else {}))
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UsageError(f"--tasks {spec}: {e}") from e
 

@@ -29,6 +29,7 @@ import torch
 
 from featalign.activations import ActivationStore, TaskSetSource, cache_activations
 from featalign.analysis.attribution import encoder_stats
+from featalign.analysis.inputs import load_task_set
 from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, config_from_args, config_parser, start_run
 from featalign.crosscoder import Crosscoder
@@ -39,7 +40,6 @@ from featalign.io import atomic_write_text
 from featalign.model_set import ModelSet
 from featalign.models import ModelGroup
 from featalign.plotting import pyplot, save_figure
-from featalign.tasks import TaskSet
 
 EDITS = ("ablate", "clamp", "scale", "steer")
 
@@ -56,7 +56,7 @@ class InterventionConfig(JsonConfig):
     model_set: str | None = None
     model: tuple[str, ...] = ()
     tasks: str = "organisms"
-    verifier: str | None = None  # for a JSONL task set whose rows name none (exact | numeric | final_answer | ...)
+    verifier: str | None = None  # exact | numeric | final_answer | multiple_choice; None: the task-set file's
     n_per_task: int | None = None
     controls: int = 20
     n_bins: int = 10
@@ -94,7 +94,8 @@ HELP = {
     "model_set": "a JSON/YAML model set naming the crosscoder's models (default: the organisms)",
     "model": "a model NAME=DIR[@revision] whose NAME is one of the crosscoder's models",
     "tasks": "task set: organisms, organisms:add,sub, or a JSONL file",
-    "verifier": "verifier for JSONL rows that name none: exact | numeric | final_answer | multiple_choice",
+    "verifier": "verifier of a JSONL task set: exact | numeric | final_answer | multiple_choice (default: a task-set "
+                "file's own, else exact)",
     "n_per_task": "first N problems of each task", "controls": "matched random latent sets (0: none)",
     "n_bins": "firing-frequency quantile bins the controls are matched in",
     "positions": "where the edit applies: all | prompt (prompt tokens only) | generated (generated tokens only)",
@@ -150,11 +151,7 @@ def plan(cfg: InterventionConfig):
         spec = models[name]
     except (KeyError, ValueError) as e:
         raise UsageError(f"--model: no model named {name!r} (the crosscoder's {name!r} slot): {e}") from e
-    try:
-        kw = {"verifier": cfg.verifier} if cfg.verifier else {}
-        tasks = TaskSet.load(cfg.tasks, cfg.n_per_task, **kw)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        raise UsageError(f"--tasks {cfg.tasks}: {e}") from e
+    tasks = load_task_set(cfg.tasks, cfg.n_per_task, cfg.verifier)
     return ids, name, spec, tasks
 
 
