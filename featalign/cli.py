@@ -16,8 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 DEBUG_ENV = "FEATALIGN_DEBUG"
 INTERRUPTED = "interrupted — rerun the same command to resume"
@@ -31,10 +32,16 @@ def error_message(e: BaseException) -> str:
     """One line naming the problem and the fix (what `run_cli` prints for `e`)."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         if e.filename:
-            return (f"no space left on device while writing {e.filename}; everything committed before it is intact: "
-                    "free disk space and rerun the same command to resume")
+            return (
+                f"no space left on device while writing {e.filename}; everything committed before it is intact: "
+                "free disk space and rerun the same command to resume"
+            )
         text = e.strerror or str(e)
-        return text if "resume" in text else f"no space left on device ({text}): free disk space and rerun the same command to resume"
+        return (
+            text
+            if "resume" in text
+            else f"no space left on device ({text}): free disk space and rerun the same command to resume"
+        )
     text = " ".join(str(e).split())
     if isinstance(e, KeyError):  # str(KeyError('x')) is just "'x'"
         text = f"missing key {text}"
@@ -91,8 +98,10 @@ def check_device(device: str) -> None:
     kind = str(device).split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
         why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise UsageError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu, "
-                         "or install a CUDA build of torch on a machine with a GPU")
+        raise UsageError(
+            f"--device {device}: {why} (torch {torch.__version__}); use --device cpu, "
+            "or install a CUDA build of torch on a machine with a GPU"
+        )
     if kind == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {device}: MPS is not available here; use --device cpu")
     if kind not in ("cpu", "cuda", "mps"):

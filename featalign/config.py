@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T", bound="JsonConfig")
 
@@ -23,9 +24,7 @@ class JsonConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(
-                f"{cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(names)}"
-            )
+            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(names)}")
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name not in d:
@@ -54,7 +53,7 @@ class JsonConfig:
     def load(cls: type[T], path: str | Path) -> T:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def diff(self, other: "JsonConfig") -> dict[str, tuple[Any, Any]]:
+    def diff(self, other: JsonConfig) -> dict[str, tuple[Any, Any]]:
         """Fields whose values differ, as {name: (self, other)} (used to refuse mixed configs)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
@@ -106,26 +105,38 @@ def parse_bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def config_parser(cls: type[JsonConfig], help: dict[str, str], prog: str, description: str | None = None,
-                  repeated: Sequence[str] = ()):
+def config_parser(
+    cls: type[JsonConfig], help: dict[str, str], prog: str, description: str | None = None, repeated: Sequence[str] = ()
+):
     """An argparse parser with `--config FILE.json` and one `--field-name` flag per field of `cls`
     (int/float/bool/str by the field's annotation); `config_from_args` turns its result into `cls`.
     Fields named in `repeated` (tuples of strings, e.g. `--model NAME=DIR`) take their flag once per value."""
     import argparse
 
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", help=f"JSON file with {cls.__name__} fields (flags override it)")
     for f in dataclasses.fields(cls):
         name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         name = next((a.strip() for a in name.split("|") if a.strip() != "None"), name)  # `float | None` -> float
         t = {"int": int, "float": float, "bool": parse_bool}.get(name, str)
         if f.name in repeated:
-            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="append", default=None,
-                           help=f"{help.get(f.name, '')} (repeat for each)")
+            p.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="append",
+                default=None,
+                help=f"{help.get(f.name, '')} (repeat for each)",
+            )
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=t, default=None,
-                       help=f"{help.get(f.name, '')} (default: {f.default})")
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=t,
+            default=None,
+            help=f"{help.get(f.name, '')} (default: {f.default})",
+        )
     return p
 
 
@@ -136,8 +147,14 @@ def config_from_args(cls: type[T], args) -> T:
     return cls.from_dict(d)
 
 
-def cli_config(cls: type[T], help: dict[str, str], prog: str, description: str | None = None,
-               argv: list[str] | None = None, repeated: Sequence[str] = ()) -> T:
+def cli_config(
+    cls: type[T],
+    help: dict[str, str],
+    prog: str,
+    description: str | None = None,
+    argv: list[str] | None = None,
+    repeated: Sequence[str] = (),
+) -> T:
     """Parse `argv` with `config_parser` into `cls` (the whole CLI of a script built on one config);
     `repeated` as in `config_parser` (the model-set flags `--model` / `--series` of the examples)."""
     return config_from_args(cls, config_parser(cls, help, prog, description, repeated).parse_args(argv))

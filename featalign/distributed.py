@@ -17,8 +17,15 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-__all__ = ["DistInfo", "all_reduce", "average_gradients", "cleanup", "current", "init_distributed",
-           "torchrun_world_size"]
+__all__ = [
+    "DistInfo",
+    "all_reduce",
+    "average_gradients",
+    "cleanup",
+    "current",
+    "init_distributed",
+    "torchrun_world_size",
+]
 
 
 @dataclass

@@ -24,7 +24,8 @@ EVAL_SEED = ORGANISMS_EVAL_SEED
 
 
 def eval_problems(domain: str, n: int, seed: int = EVAL_SEED) -> list[Problem]:
-    """A domain's fixed eval-split problems (seeded), so every model is scored on the same prompts and paired tests apply."""
+    """A domain's fixed eval-split problems (seeded), so every model is scored on the same prompts and paired tests
+    apply."""
     return sample_problems(domain, n, "eval", seed)
 
 
@@ -33,10 +34,12 @@ def encode_prompt(tokenizer, prompt: str, chat_template: bool = False) -> list[i
     `<bos>`), or one user turn of its chat template followed by the assistant's generation prompt."""
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("chat_template=True but the tokenizer has no chat template; set it to False "
-                             "(or give the tokenizer one)")
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True)
+            raise ValueError(
+                "chat_template=True but the tokenizer has no chat template; set it to False (or give the tokenizer one)"
+            )
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
     return tokenizer(prompt)["input_ids"]
 
@@ -100,7 +103,7 @@ def score_problems(model, tokenizer, problems: list[Problem], batch_size: int = 
     return out
 
 
-def score(model, tokenizer, task: "Task | list[Problem]", batch_size: int | None = None) -> np.ndarray:
+def score(model, tokenizer, task: Task | list[Problem], batch_size: int | None = None) -> np.ndarray:
     """`score_task` for a Task (its own verifier and generation settings), `score_problems` for a list of
     organisms problems: the one entry point for callers that take either (interventions, sweeps)."""
     if isinstance(task, Task):
@@ -116,8 +119,13 @@ def evaluate_tasks(
 
 
 def evaluate(
-    model, tokenizer, domains: list[str], n_per_domain: int, batch_size: int = 500,
-    seed: int = EVAL_SEED, desc: str = "eval",
+    model,
+    tokenizer,
+    domains: list[str],
+    n_per_domain: int,
+    batch_size: int = 500,
+    seed: int = EVAL_SEED,
+    desc: str = "eval",
 ) -> dict[str, np.ndarray]:
     """Per-sample correctness on each organisms domain's eval split: {domain: bool[n]}."""
     return evaluate_tasks(model, tokenizer, TaskSet.organisms(domains, n_per_domain, seed), desc, batch_size)
@@ -134,6 +142,7 @@ def accuracy(results: dict[str, np.ndarray]) -> dict[str, float]:
 @dataclass
 class PairedTest:
     """Two models on the same prompts: accuracies, the discordant counts and the exact McNemar p-value."""
+
     n: int
     base_acc: float
     tuned_acc: float
@@ -172,6 +181,7 @@ def two_by_two(base_correct: np.ndarray, tuned_correct: np.ndarray) -> np.ndarra
 class CMHResult:
     """Cochran-Mantel-Haenszel common odds ratio over strata (one 2x2 table per domain), its 95% interval,
     the p-value of OR = 1 and the mean accuracy delta: the transfer study's summary statistic."""
+
     n_strata: int
     odds_ratio: float
     ci_low: float
@@ -208,8 +218,10 @@ def transfer_matrix(
 ) -> np.ndarray:
     """Accuracy delta (tuned - base, in points): rows = training domain, columns = eval domain."""
     return np.array(
-        [[100 * (tuned_by_train_domain[t][e].mean() - base[e].mean()) for e in eval_domains]
-         for t in tuned_by_train_domain]
+        [
+            [100 * (tuned_by_train_domain[t][e].mean() - base[e].mean()) for e in eval_domains]
+            for t in tuned_by_train_domain
+        ]
     )
 
 
@@ -218,8 +230,8 @@ TrainDomain = str | tuple[str, ...]
 
 def in_out_domain_cmh(
     base: dict[str, np.ndarray],
-    tuned_by_train_domain: Mapping[TrainDomain, dict[str, np.ndarray]] | Iterable[
-        tuple[TrainDomain, dict[str, np.ndarray]]],
+    tuned_by_train_domain: Mapping[TrainDomain, dict[str, np.ndarray]]
+    | Iterable[tuple[TrainDomain, dict[str, np.ndarray]]],
 ) -> dict[str, CMHResult]:
     """CMH pooled over in-domain strata and over out-of-domain strata, as in the transfer study.
 
@@ -275,14 +287,16 @@ def plot_transfer_heatmap(
 
     lim = max(1.0, float(np.abs(matrix).max()))
     label_width = 0.08 * max(len(str(t)) for t in train_domains)  # room for long row labels (model names)
-    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * len(eval_domains) + label_width, 1.9 + 0.5 * len(train_domains)),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(2.5 + 0.8 * len(eval_domains) + label_width, 1.9 + 0.5 * len(train_domains)), layout="constrained"
+    )
     im = ax.imshow(matrix, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             dark = abs(matrix[i, j]) > 0.55 * lim  # the colormap's ends are dark: white text there
-            ax.text(j, i, f"{matrix[i, j]:+.0f}", ha="center", va="center", fontsize=9,
-                    color="white" if dark else "black")
+            ax.text(
+                j, i, f"{matrix[i, j]:+.0f}", ha="center", va="center", fontsize=9, color="white" if dark else "black"
+            )
     ax.set_xticks(range(len(eval_domains)), eval_domains, rotation=30, ha="right")
     ax.set_yticks(range(len(train_domains)), train_domains)
     ax.set_xlabel("evaluation domain")

@@ -9,8 +9,9 @@ rollouts, and it is ~1.35x faster than TRL's path at the organisms' scale (docs/
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 from jaxtyping import Int
@@ -105,8 +106,11 @@ def decode(
             break
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
         out = lm(
-            input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-            use_cache=True, **{cache_kwarg: cache},
+            input_ids=tok[:, None],
+            attention_mask=attn,
+            position_ids=next_pos,
+            use_cache=True,
+            **{cache_kwarg: cache},
         )
         cache = _cache_of(out)
         logits = out.logits[:, -1, :]

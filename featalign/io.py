@@ -105,7 +105,7 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def atomic_dir(final: str | Path) -> "_AtomicDir":
+def atomic_dir(final: str | Path) -> _AtomicDir:
     """Context manager: write into a temp sibling dir, rename onto `final` on success.
 
     Used for HF checkpoint directories so that a killed run never leaves a partial
@@ -144,8 +144,11 @@ def provenance() -> dict[str, str]:
 
     import torch
 
-    stamp = {"featalign_version": featalign.__version__, "torch_version": torch.__version__,
-             "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+    stamp = {
+        "featalign_version": featalign.__version__,
+        "torch_version": torch.__version__,
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+    }
     for dist in ("transformers", "transformer-lens"):
         try:
             stamp[dist.replace("-", "_") + "_version"] = md.version(dist)

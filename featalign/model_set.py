@@ -11,9 +11,10 @@ On the command line a set is `--model base=DIR --model rl=DIR --series rl=DIR1,D
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from featalign.config import JsonConfig
 from featalign.models import ROLES, ModelGroup, ModelSpec
@@ -41,8 +42,10 @@ def parse_model_arg(arg: str) -> ModelSpec:
     """`name=path[@revision]` (name a role such as base / rl / sft, or any label) -> a ModelSpec."""
     name, sep, path = arg.partition("=")
     if not sep or not name.strip() or not path.strip():
-        raise ValueError(f"--model {arg!r}: write NAME=PATH, e.g. --model base=/ckpt/qwen-base or "
-                         "--model rl=Qwen/Qwen2.5-Math-1.5B@main")
+        raise ValueError(
+            f"--model {arg!r}: write NAME=PATH, e.g. --model base=/ckpt/qwen-base or "
+            "--model rl=Qwen/Qwen2.5-Math-1.5B@main"
+        )
     return _spec(name.strip(), path.strip())
 
 
@@ -83,8 +86,10 @@ class ModelSet(JsonConfig):
         for m in self.models:
             if m.role == role:
                 return m
-        raise KeyError(f"no model with role {role!r} in this model set (roles: {[m.role for m in self.models]}); "
-                       f"add one with --model {role}=DIR")
+        raise KeyError(
+            f"no model with role {role!r} in this model set (roles: {[m.role for m in self.models]}); "
+            f"add one with --model {role}=DIR"
+        )
 
     def group(self, dtype: str = "float32", device: str = "cpu", names: Sequence[str] | None = None) -> ModelGroup:
         """Load the main models (or `names` of them) as a `ModelGroup`."""
@@ -94,21 +99,29 @@ class ModelSet(JsonConfig):
     # --- sources --------------------------------------------------------------------------------
 
     @classmethod
-    def organisms(cls, preset: str = "default", out_dir: str | Path | None = None,
-                  domain: str | None = None) -> "ModelSet":
+    def organisms(
+        cls, preset: str = "default", out_dir: str | Path | None = None, domain: str | None = None
+    ) -> ModelSet:
         """The built-in organisms (built on first use): base, rl, sft, and the rl / sft checkpoint series."""
         org = ensure_organisms(preset, out_dir)
         domain = domain or org.config.post_train_domains[0]
         n = org.config.n_checkpoints
         return cls(
-            [_spec("base", org.model_dir("base")), _spec("rl", org.model_dir("rl", domain)),
-             _spec("sft", org.model_dir("sft", domain))],
-            {kind: [_spec(f"{kind}-ckpt{k}", org.model_dir(kind, domain, k), "checkpoint", k) for k in range(1, n + 1)]
-             for kind in ("rl", "sft")},
+            [
+                _spec("base", org.model_dir("base")),
+                _spec("rl", org.model_dir("rl", domain)),
+                _spec("sft", org.model_dir("sft", domain)),
+            ],
+            {
+                kind: [
+                    _spec(f"{kind}-ckpt{k}", org.model_dir(kind, domain, k), "checkpoint", k) for k in range(1, n + 1)
+                ]
+                for kind in ("rl", "sft")
+            },
         )
 
     @classmethod
-    def from_args(cls, models: Sequence[str], series: Sequence[str] = ()) -> "ModelSet":
+    def from_args(cls, models: Sequence[str], series: Sequence[str] = ()) -> ModelSet:
         """From CLI strings: `models` = ['base=DIR', 'rl=DIR@rev', ...], `series` = ['rl=DIR1,DIR2', ...]."""
         specs = [parse_model_arg(a) for a in models]
         out: dict[str, list[ModelSpec]] = {}
@@ -122,7 +135,7 @@ class ModelSet(JsonConfig):
         return cls(specs, out)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelSet":
+    def load(cls, path: str | Path) -> ModelSet:
         """From a JSON or YAML file (see the module docstring for the layout)."""
         path = Path(path)
         if not path.is_file():
@@ -139,8 +152,9 @@ class ModelSet(JsonConfig):
         return cls.from_dict(data)
 
     @classmethod
-    def resolve(cls, spec: str | None = None, models: Sequence[str] = (), series: Sequence[str] = (),
-                preset: str = "default") -> "ModelSet":
+    def resolve(
+        cls, spec: str | None = None, models: Sequence[str] = (), series: Sequence[str] = (), preset: str = "default"
+    ) -> ModelSet:
         """The one CLI rule: `--model`/`--series` flags, else a model-set file, else the organisms."""
         if models:
             if spec:

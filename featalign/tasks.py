@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -31,8 +32,16 @@ Verifier = Callable[[str, str], bool]
 ORGANISMS_EVAL_SEED = 1234  # the organisms' eval-split seed: every model is scored on the same prompts
 
 __all__ = [
-    "GenerationSettings", "Problem", "Task", "TaskSet", "VERIFIERS", "Verifier", "make_verifier", "organisms_task",
-    "parse_number", "final_answer",
+    "GenerationSettings",
+    "Problem",
+    "Task",
+    "TaskSet",
+    "VERIFIERS",
+    "Verifier",
+    "make_verifier",
+    "organisms_task",
+    "parse_number",
+    "final_answer",
 ]
 
 _NUMBER_RE = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?|[-+]?\.\d+")
@@ -173,7 +182,7 @@ class Task:
     def __len__(self) -> int:
         return len(self.problems)
 
-    def head(self, n: int | None) -> "Task":
+    def head(self, n: int | None) -> Task:
         """The same task on its first `n` problems (all when None)."""
         if n is None or n >= len(self.problems):
             return self
@@ -212,10 +221,10 @@ class TaskSet:
     def names(self) -> list[str]:
         return list(self.tasks)
 
-    def subset(self, names: Sequence[str]) -> "TaskSet":
+    def subset(self, names: Sequence[str]) -> TaskSet:
         return TaskSet({n: self[n] for n in names})
 
-    def head(self, n: int | None) -> "TaskSet":
+    def head(self, n: int | None) -> TaskSet:
         """Every task on its first `n` problems."""
         return TaskSet({k: t.head(n) for k, t in self.tasks.items()})
 
@@ -225,24 +234,42 @@ class TaskSet:
     # --- sources --------------------------------------------------------------------------------
 
     @classmethod
-    def organisms(cls, domains: Sequence[str] | str | None = None, n_per_task: int = 1000, seed: int | None = None,
-                  n_train: int = 0) -> "TaskSet":
+    def organisms(
+        cls,
+        domains: Sequence[str] | str | None = None,
+        n_per_task: int = 1000,
+        seed: int | None = None,
+        n_train: int = 0,
+    ) -> TaskSet:
         """The organisms' synthetic domains (all by default) on their fixed eval split."""
         names = parse_domains(domains) if domains is not None else list(DOMAINS)
         eval_seed = ORGANISMS_EVAL_SEED if seed is None else seed
-        return cls({
-            d: organisms_task(d, sample_problems(d, n_per_task, "eval", eval_seed),
-                              sample_problems(d, n_train, "train", eval_seed) if n_train else [])
-            for d in names
-        })
+        return cls(
+            {
+                d: organisms_task(
+                    d,
+                    sample_problems(d, n_per_task, "eval", eval_seed),
+                    sample_problems(d, n_train, "train", eval_seed) if n_train else [],
+                )
+                for d in names
+            }
+        )
 
     @classmethod
     def from_records(
-        cls, records: Iterable[Mapping[str, Any]], *, name: str = "task", prompt_key: str = "prompt",
-        answer_key: str = "answer", task_key: str | None = "task", split_key: str | None = "split",
-        verifier: str | Verifier = "exact", verifier_options: Mapping[str, Any] | None = None,
-        generation: GenerationSettings | None = None, where: str = "records",
-    ) -> "TaskSet":
+        cls,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        name: str = "task",
+        prompt_key: str = "prompt",
+        answer_key: str = "answer",
+        task_key: str | None = "task",
+        split_key: str | None = "split",
+        verifier: str | Verifier = "exact",
+        verifier_options: Mapping[str, Any] | None = None,
+        generation: GenerationSettings | None = None,
+        where: str = "records",
+    ) -> TaskSet:
         """Tasks from dict rows: each row's `task_key` names its task (`name` when absent), rows whose
         `split_key` is 'train' become train problems, the rest eval problems."""
         verify = make_verifier(verifier, **dict(verifier_options or {}))
@@ -252,8 +279,10 @@ class TaskSet:
         for i, row in enumerate(records):
             for key in (prompt_key, answer_key):
                 if key not in row:
-                    raise ValueError(f"{where}: row {i} has no {key!r} field (it has {sorted(row)}); "
-                                     f"name the column with prompt_key=/answer_key= (--prompt-key/--answer-key)")
+                    raise ValueError(
+                        f"{where}: row {i} has no {key!r} field (it has {sorted(row)}); "
+                        f"name the column with prompt_key=/answer_key= (--prompt-key/--answer-key)"
+                    )
             task = str(row.get(task_key, name)) if task_key else name
             bucket = trains if split_key and str(row.get(split_key, "eval")) == "train" else evals
             bucket.setdefault(task, []).append(Problem(task, str(row[prompt_key]), str(row[answer_key])))
@@ -262,7 +291,7 @@ class TaskSet:
         return cls({t: Task(t, probs, verify, gen, train_problems=trains.get(t, [])) for t, probs in evals.items()})
 
     @classmethod
-    def from_jsonl(cls, path: str | Path, **kw: Any) -> "TaskSet":
+    def from_jsonl(cls, path: str | Path, **kw: Any) -> TaskSet:
         """Tasks from a JSONL file, one `{"prompt": ..., "answer": ...[, "task": ...]}` object a line;
         the task name defaults to the file's stem."""
         path = Path(path)
@@ -274,12 +303,14 @@ class TaskSet:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({e.msg}); each line must be one JSON object") from e
+                    raise ValueError(
+                        f"{path}:{n}: not a JSON object ({e.msg}); each line must be one JSON object"
+                    ) from e
         kw.setdefault("name", path.stem)
         return cls.from_records(rows, where=str(path), **kw)
 
     @classmethod
-    def from_dataset(cls, dataset: Any, *, columns: Mapping[str, str] | None = None, **kw: Any) -> "TaskSet":
+    def from_dataset(cls, dataset: Any, *, columns: Mapping[str, str] | None = None, **kw: Any) -> TaskSet:
         """Tasks from a `datasets.Dataset` (or any iterable of dict rows); `columns` maps
         `prompt`/`answer`/`task` to the dataset's column names, e.g. `{"prompt": "question"}`."""
         cols = dict(columns or {})
@@ -287,12 +318,17 @@ class TaskSet:
             if key not in ("prompt", "answer", "task", "split"):
                 raise ValueError(f"columns: unknown key {key!r}; map 'prompt', 'answer', 'task' or 'split'")
         return cls.from_records(
-            dataset, prompt_key=cols.get("prompt", "prompt"), answer_key=cols.get("answer", "answer"),
-            task_key=cols.get("task", "task"), split_key=cols.get("split", "split"), where="dataset", **kw,
+            dataset,
+            prompt_key=cols.get("prompt", "prompt"),
+            answer_key=cols.get("answer", "answer"),
+            task_key=cols.get("task", "task"),
+            split_key=cols.get("split", "split"),
+            where="dataset",
+            **kw,
         )
 
     @classmethod
-    def load(cls, spec: str, n_per_task: int | None = None, **kw: Any) -> "TaskSet":
+    def load(cls, spec: str, n_per_task: int | None = None, **kw: Any) -> TaskSet:
         """From a CLI string: `organisms`, `organisms:add,sub`, a `.jsonl` path, or a task-set file
         (`.yaml`/`.json`) that names the JSONL with its verifier and generation settings:
 
@@ -310,17 +346,28 @@ class TaskSet:
         return cls.from_jsonl(spec, **kw).head(n_per_task)
 
     @classmethod
-    def from_spec_file(cls, path: str | Path, **kw: Any) -> "TaskSet":
+    def from_spec_file(cls, path: str | Path, **kw: Any) -> TaskSet:
         """A task-set file (see `load`): the one place a CLI user sets a verifier and generation settings."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"task-set file {path} does not exist")
         data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        known = {"path", "verifier", "verifier_options", "generation", "name", "prompt_key", "answer_key",
-                 "task_key", "split_key"}
+        known = {
+            "path",
+            "verifier",
+            "verifier_options",
+            "generation",
+            "name",
+            "prompt_key",
+            "answer_key",
+            "task_key",
+            "split_key",
+        }
         if not isinstance(data, dict) or "path" not in data:
-            raise ValueError(f"{path}: a task-set file is a mapping with a 'path' to a JSONL file (and optional "
-                             f"{', '.join(sorted(known - {'path'}))})")
+            raise ValueError(
+                f"{path}: a task-set file is a mapping with a 'path' to a JSONL file (and optional "
+                f"{', '.join(sorted(known - {'path'}))})"
+            )
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -328,4 +375,3 @@ class TaskSet:
         if "generation" in opts:
             opts["generation"] = GenerationSettings.from_dict(opts["generation"])
         return cls.from_jsonl(path.parent / str(data["path"]), **{**opts, **kw})
-

@@ -8,24 +8,31 @@ batch each rank must run, so a resumed run recomputes exactly the batches it had
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featalign.models.hooks import capture, default_hook, resolve_hooks
+from featalign import distributed
 from featalign.activations.sources import TokenSource, as_source
 from featalign.activations.store import (
-    STORE_DTYPES, ActivationStore, IncompatibleStoreError, StoreError, StoreLayout, StoreWriter, merge_manifests,
+    STORE_DTYPES,
+    ActivationStore,
+    IncompatibleStoreError,
+    StoreError,
+    StoreLayout,
+    StoreWriter,
+    merge_manifests,
 )
-from featalign import distributed
 from featalign.config import JsonConfig
 from featalign.generation import pad_batch
 from featalign.models import ModelGroup, ModelSpec
+from featalign.models.hooks import capture, default_hook, resolve_hooks
 
 
 @dataclass
@@ -55,7 +62,8 @@ class CacheConfig(JsonConfig):
 
 
 def as_group(models: Any) -> ModelGroup:
-    """Accept a ModelGroup, a list of ModelSpec or a {name: path} dict, so every entry point takes the same model arguments."""
+    """Accept a ModelGroup, a list of ModelSpec or a {name: path} dict, so every entry point takes the same model
+    arguments."""
     if isinstance(models, ModelGroup):
         return models
     if isinstance(models, dict):
@@ -98,6 +106,28 @@ def batch_rows(
     return torch.stack(per_model, dim=1)
 
 
+def store_layout(group: ModelGroup, cfg: CacheConfig) -> StoreLayout:
+    """The store's layout for `group` under `cfg`: hooks resolved on every model (default: the middle layer),
+    their one width, and the context size (`cfg.context_size`, else the shortest model context)."""
+    hooks = list(cfg.hooks or [default_hook(group.models[0].cfg.n_layers)])
+    for m in group.models:
+        resolve_hooks(m, hooks)
+    d = next(iter(group.check_widths(hooks).values()))
+    context = cfg.context_size or int(min(m.cfg.n_ctx for m in group.models))
+    return StoreLayout([s.to_dict() for s in group.specs], hooks, d, cfg.dtype, cfg.drop_bos, context)
+
+
+def check_one_source(w: StoreWriter, fp: str, out_dir: str | Path) -> None:
+    """Refuse to append rows of source `fp` to a store that holds rows of other sources only."""
+    others = [k for k in w.part["progress"] if k != fp]
+    if others and fp not in w.part["progress"] and w.rows:
+        raise IncompatibleStoreError(
+            f"{out_dir} already holds {w.rows} rows from another token source ({', '.join(others)}; this run's is "
+            f"{fp}: another --seed, --domains, --text-file or --dataset?). Appending would mix two sources in one "
+            "store: cache into a new --out, or pass --allow-new-source (allow_new_source=True) to append on purpose"
+        )
+
+
 def cache_activations(
     models: Any,
     token_source: Any = None,
@@ -122,36 +152,33 @@ def cache_activations(
     Returns the store (None on ranks other than 0 under torchrun).
     """
     cfg = config or CacheConfig()
-    if hooks is not None:
-        cfg = CacheConfig.from_dict({**cfg.to_dict(), "hooks": tuple(hooks)})
-    if n_tokens is not None:
-        cfg = CacheConfig.from_dict({**cfg.to_dict(), "n_tokens": int(n_tokens)})
+    overrides = {
+        "hooks": None if hooks is None else tuple(hooks),
+        "n_tokens": None if n_tokens is None else int(n_tokens),
+    }
+    cfg = CacheConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
     group = as_group(models)
     source = as_source(token_source)
-    m0 = group.models[0]
-    hooks = list(cfg.hooks or [default_hook(m0.cfg.n_layers)])
-    for m in group.models:
-        resolve_hooks(m, hooks)
-    d = next(iter(group.check_widths(hooks).values()))
-    context = cfg.context_size or int(min(m.cfg.n_ctx for m in group.models))
-    layout = StoreLayout([s.to_dict() for s in group.specs], hooks, d, cfg.dtype, cfg.drop_bos, context)
+    layout = store_layout(group, cfg)
+    hooks, context = list(layout.hooks), layout.context_size
     where = distributed.current(rank, world_size)
     rank, world = where.rank, where.world_size
     target = cfg.n_tokens // world + (rank < cfg.n_tokens % world)
     fp = source.fingerprint()
 
     with StoreWriter(out_dir, layout, rank, world, cfg.shard_mb, on_commit) as w:
-        others = [k for k in w.part["progress"] if k != fp]
-        if others and fp not in w.part["progress"] and w.rows and not allow_new_source:
-            raise IncompatibleStoreError(
-                f"{out_dir} already holds {w.rows} rows from another token source ({', '.join(others)}; this run's is "
-                f"{fp}: another --seed, --domains, --text-file or --dataset?). Appending would mix two sources in one "
-                "store: cache into a new --out, or pass --allow-new-source (allow_new_source=True) to append on purpose")
+        if not allow_new_source:
+            check_one_source(w, fp, out_dir)
         start = w.next_batch(fp)
         next_batch = start
-        bar = tqdm(total=target, initial=min(w.rows, target), unit="tok", unit_scale=True,
-                   desc=f"caching {len(group)} models" + (f" (rank {rank})" if world > 1 else ""),
-                   disable=not progress)
+        bar = tqdm(
+            total=target,
+            initial=min(w.rows, target),
+            unit="tok",
+            unit_scale=True,
+            desc=f"caching {len(group)} models" + (f" (rank {rank})" if world > 1 else ""),
+            disable=not progress,
+        )
         for k, ids, mask in token_batches(source, group.tokenizer, cfg.batch_size, context, start, world):
             if w.rows >= target:
                 break
@@ -161,10 +188,14 @@ def cache_activations(
             next_batch = k + world
         else:
             if w.rows == 0:
-                raise StoreError(f"the token source gave no tokens to cache (rank {rank}): pass a source with text "
-                                 "(a non-empty --text-file / dataset); nothing was written")
+                raise StoreError(
+                    f"the token source gave no tokens to cache (rank {rank}): pass a source with text "
+                    "(a non-empty --text-file / dataset); nothing was written"
+                )
             if w.rows < target:
-                warnings.warn(f"token source ran out after {w.rows} rows of the {target} asked (rank {rank})")
+                warnings.warn(
+                    f"token source ran out after {w.rows} rows of the {target} asked (rank {rank})", stacklevel=2
+                )
         w.commit(next_batch, fp)
         bar.close()
 
@@ -184,9 +215,16 @@ class StreamingActivations:
     `load_state_dict` resumes by replaying (it recomputes the skipped forwards).
     """
 
-    def __init__(self, models: Any, token_source: Any = None, hooks: Sequence[str] | None = None,
-                 batch_size: int = 1024, seed: int = 0, buffer_rows: int = 65_536,
-                 config: CacheConfig | None = None):
+    def __init__(
+        self,
+        models: Any,
+        token_source: Any = None,
+        hooks: Sequence[str] | None = None,
+        batch_size: int = 1024,
+        seed: int = 0,
+        buffer_rows: int = 65_536,
+        config: CacheConfig | None = None,
+    ):
         self.group, self.source = as_group(models), as_source(token_source)
         self.cfg = config or CacheConfig()
         m0 = self.group.models[0]
@@ -223,7 +261,7 @@ class StreamingActivations:
                 yield buf[: self.batch_size]
                 buf = buf[self.batch_size :]
 
-    def __iter__(self) -> "StreamingActivations":
+    def __iter__(self) -> StreamingActivations:
         return self
 
     def __next__(self) -> Float[Tensor, "B M H D"]:

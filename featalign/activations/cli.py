@@ -34,17 +34,34 @@ from featalign.tasks import TaskSet
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of the cache CLI; `--help` prints them with their defaults."""
-    p = argparse.ArgumentParser(prog="python -m featalign.cache", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                   help="a model (local HF folder, or hub id with an optional @revision); repeat for each. "
-                        "Default: the organisms trio")
-    p.add_argument("--model-set", default=None, metavar="FILE",
-                   help="a JSON/YAML model set (featalign.model_set.ModelSet) instead of --model flags")
+    p = argparse.ArgumentParser(
+        prog="python -m featalign.cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a model (local HF folder, or hub id with an optional @revision); repeat for each. "
+        "Default: the organisms trio",
+    )
+    p.add_argument(
+        "--model-set",
+        default=None,
+        metavar="FILE",
+        help="a JSON/YAML model set (featalign.model_set.ModelSet) instead of --model flags",
+    )
     p.add_argument("--preset", default="default", help="organisms preset when no --model is given (default|tiny)")
-    p.add_argument("--hook", action="append", default=[], metavar="NAME",
-                   help="hook point, e.g. blocks.1.hook_resid_post; repeat for several. Default: the middle layer")
-    p.add_argument("--out", type=Path, default=None, help="store folder (default: $FEATALIGN_CACHE/activations/<preset>)")
+    p.add_argument(
+        "--hook",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="hook point, e.g. blocks.1.hook_resid_post; repeat for several. Default: the middle layer",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="store folder (default: $FEATALIGN_CACHE/activations/<preset>)"
+    )
     p.add_argument("--n-tokens", type=int, default=CacheConfig.n_tokens, help="rows the store holds when done")
     p.add_argument("--batch-size", type=int, default=CacheConfig.batch_size, help="sequences per forward pass")
     p.add_argument("--context-size", type=int, default=None, help="truncate sequences to this many tokens")
@@ -52,24 +69,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--keep-bos", action="store_true", help="store BOS rows too (dropped by default)")
     p.add_argument("--shard-mb", type=float, default=CacheConfig.shard_mb)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
-                   help="a folder whose saved tokenizer every model uses instead of its own (e.g. for a model folder "
-                        "without one); loaded as saved, never rebuilt by AutoTokenizer")
-    p.add_argument("--allow-new-source", action="store_true",
-                   help="append rows of another token source to an existing store (refused by default: it mixes sources)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu | cuda | cuda:N (default: cuda when available)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder whose saved tokenizer every model uses instead of its own (e.g. for a model folder "
+        "without one); loaded as saved, never rebuilt by AutoTokenizer",
+    )
+    p.add_argument(
+        "--allow-new-source",
+        action="store_true",
+        help="append rows of another token source to an existing store (refused by default: it mixes sources)",
+    )
     src = p.add_argument_group("token source (default: the organisms' task suite, train split, all domains)")
     src.add_argument("--domains", default=None, help="task-suite domains, comma separated")
     src.add_argument("--seed", type=int, default=0, help="task-suite seed")
     src.add_argument("--text-file", type=Path, default=None, help="one sequence per line")
     src.add_argument("--dataset", default=None, help="a datasets.load_from_disk folder")
     src.add_argument("--column", default="text", help="dataset column (text or token ids)")
-    src.add_argument("--tasks", default=None, metavar="SPEC",
-                     help="a task set's problems as text (prompt + answer): a JSONL file, a task-set .yaml/.json, "
-                          "or organisms[:domains] (featalign.tasks.TaskSet.load)")
-    src.add_argument("--tasks-split", default="eval", choices=["eval", "train", "all"],
-                     help="which of the task set's problems to read with --tasks")
+    src.add_argument(
+        "--tasks",
+        default=None,
+        metavar="SPEC",
+        help="a task set's problems as text (prompt + answer): a JSONL file, a task-set .yaml/.json, "
+        "or organisms[:domains] (featalign.tasks.TaskSet.load)",
+    )
+    src.add_argument(
+        "--tasks-split",
+        default="eval",
+        choices=["eval", "train", "all"],
+        help="which of the task set's problems to read with --tasks",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
@@ -111,7 +147,9 @@ def check_args(args) -> None:
             if not parse_domains(args.domains):
                 raise ValueError("no domain named")
         except (KeyError, ValueError) as e:
-            raise UsageError(f"--domains {args.domains!r}: {e}; list them with `python -m featalign.organisms domains`") from e
+            raise UsageError(
+                f"--domains {args.domains!r}: {e}; list them with `python -m featalign.organisms domains`"
+            ) from e
     try:
         model_set = ModelSet.from_args(args.model) if args.model else None
         if args.model_set is not None:
@@ -153,9 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     source = _source(args)  # reads and checks the text / dataset before any model is loaded
-    cfg = CacheConfig(hooks=tuple(args.hook) or None, n_tokens=args.n_tokens, batch_size=args.batch_size,
-                      context_size=args.context_size, dtype=args.dtype, drop_bos=not args.keep_bos,
-                      shard_mb=args.shard_mb)
+    cfg = CacheConfig(
+        hooks=tuple(args.hook) or None,
+        n_tokens=args.n_tokens,
+        batch_size=args.batch_size,
+        context_size=args.context_size,
+        dtype=args.dtype,
+        drop_bos=not args.keep_bos,
+        shard_mb=args.shard_mb,
+    )
     tokenizer = tokenizer_from_folder(args.tokenizer) if args.tokenizer is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -170,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     store = cache_activations(group, source, out_dir=args.out, config=cfg, allow_new_source=args.allow_new_source)
     if store is not None:
         s = store.stats()
-        print(f"{store.root}: {len(store)} rows of [{', '.join(map(str, store.row_shape))}] ({store.layout.dtype}), "
-              f"{len(store.shards)} shards; models {list(store.models)}; hooks {list(store.hooks)}")
+        print(
+            f"{store.root}: {len(store)} rows of [{', '.join(map(str, store.row_shape))}] ({store.layout.dtype}), "
+            f"{len(store.shards)} shards; models {list(store.models)}; hooks {list(store.hooks)}"
+        )
         print("mean norm per (model, hook):", [[round(v, 3) for v in r] for r in s.mean_norm_MH.tolist()])
     cleanup(barrier=False)
     return 0

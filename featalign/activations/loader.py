@@ -12,7 +12,8 @@ rank takes its slice of the same global batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,9 +35,10 @@ class ActivationLoader:
     """Endless shuffled float32 `[B, M, H, D]` batches from a store, resumable exactly through
     `state_dict()`, with memory bounded by `buffer_shards` (see the module docstring); it is the
     crosscoder trainer's `ActivationSource`, and under DDP each rank reads its slice of one global batch."""
+
     def __init__(
         self,
-        store: "ActivationStore",
+        store: ActivationStore,
         batch_size: int,
         seed: int = 0,
         buffer_shards: int = 4,
@@ -48,7 +50,9 @@ class ActivationLoader:
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} must be divisible by world size {world_size}")
         if drop_last and len(store) < batch_size:
-            raise ValueError(f"the store holds {len(store)} rows, fewer than one batch of {batch_size}; cache more tokens")
+            raise ValueError(
+                f"the store holds {len(store)} rows, fewer than one batch of {batch_size}; cache more tokens"
+            )
         self.store, self.batch_size, self.seed = store, batch_size, seed
         self.buffer_shards, self.drop_last, self.normalize = max(1, buffer_shards), drop_last, normalize
         self.rank, self.world_size = rank, world_size
@@ -73,11 +77,13 @@ class ActivationLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("batch_size", self.batch_size) != self.batch_size or state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"loader state was saved with batch_size/seed {state.get('batch_size')}/{state.get('seed')}, "
-                             f"this loader has {self.batch_size}/{self.seed}")
+            raise ValueError(
+                f"loader state was saved with batch_size/seed {state.get('batch_size')}/{state.get('seed')}, "
+                f"this loader has {self.batch_size}/{self.seed}"
+            )
         self.epoch, self.pos, self._it = int(state["epoch"]), int(state["pos"]), None
 
-    def __iter__(self) -> "ActivationLoader":
+    def __iter__(self) -> ActivationLoader:
         return self
 
     def __next__(self) -> Float[Tensor, "B M H D"]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 class TokenSource(Protocol):
     """Anything that yields token-id sequences for a tokenizer and fingerprints itself, so a resumed
     cache can prove it continues the same stream."""
+
     def sequences(self, tokenizer) -> Iterator[list[int]]: ...
 
     def fingerprint(self) -> str: ...
@@ -82,7 +84,7 @@ class TaskSuiteSource:
         return "tasks:" + _hash(self.__dict__)
 
 
-def encode_problem(tokenizer, problem: "Problem") -> list[int]:
+def encode_problem(tokenizer, problem: Problem) -> list[int]:
     """`<bos> prompt answer <eos>` exactly as the organisms are trained on it (`organisms.train.encode_supervised`):
     the prompt through the tokenizer's own call (BOS where the family prepends one), the answer without
     special tokens, then eos (when the tokenizer has one)."""
@@ -146,7 +148,7 @@ class TaskSetSource:
     the fingerprint covers every problem, so a store resumes only on the same set.
     """
 
-    tasks: "TaskSet"
+    tasks: TaskSet
     split: str = "eval"
     repeat: bool = True
 
@@ -156,14 +158,14 @@ class TaskSetSource:
         if not any(self._task_problems(t) for t in self.tasks):
             raise ValueError(f"the task set has no {self.split} problems to read activations on")
 
-    def _task_problems(self, task) -> list["Problem"]:
+    def _task_problems(self, task) -> list[Problem]:
         if self.split == "eval":
             return list(task.problems)
         if self.split == "train":
             return list(task.train_problems)
         return list(task.train_problems) + list(task.problems)
 
-    def problems(self) -> list["Problem"]:
+    def problems(self) -> list[Problem]:
         """One pass over the set: the first problem of every task, then the second, ..."""
         per_task = [self._task_problems(t) for t in self.tasks]
         return [p for group in itertools.zip_longest(*per_task) for p in group if p is not None]
@@ -200,7 +202,9 @@ class TextSource:
 class TensorSource:
     """Pre-tokenized ids `[N, T]` (with `pad_id` or an attention mask marking padding) or a list of 1-D tensors."""
 
-    def __init__(self, tokens: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None, pad_id: int | None = None):
+    def __init__(
+        self, tokens: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None, pad_id: int | None = None
+    ):
         if isinstance(tokens, Tensor):
             if tokens.ndim != 2:
                 raise ValueError(f"pre-tokenized input must be [N, T], got shape {list(tokens.shape)}")

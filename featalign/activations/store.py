@@ -21,9 +21,10 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +39,11 @@ from featalign.io import atomic_write_bytes, atomic_write_json, provenance, read
 FORMAT = "featalign.activations/1"
 MANIFEST = "manifest.json"
 STATS = "stats.npz"
-STORE_DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16),
-                "bfloat16": (torch.bfloat16, np.uint16)}  # numpy has no bf16: keep its raw bits
+STORE_DTYPES = {
+    "float32": (torch.float32, np.float32),
+    "float16": (torch.float16, np.float16),
+    "bfloat16": (torch.bfloat16, np.uint16),
+}  # numpy has no bf16: keep its raw bits
 
 
 class StoreError(RuntimeError):
@@ -106,16 +110,16 @@ class Moments:
     norm_sum_MH: np.ndarray
 
     @classmethod
-    def empty(cls, shape: tuple[int, int, int]) -> "Moments":
+    def empty(cls, shape: tuple[int, int, int]) -> Moments:
         return cls(0, np.zeros(shape), np.zeros(shape), np.zeros(shape[:2]))
 
     @classmethod
-    def of(cls, x_NMHD: Tensor) -> "Moments":
+    def of(cls, x_NMHD: Tensor) -> Moments:
         x = x_NMHD.double()
         mean = x.mean(0)
         return cls(x.shape[0], mean.numpy(), ((x - mean) ** 2).sum(0).numpy(), norm_sums(x).numpy())
 
-    def merge(self, o: "Moments") -> "Moments":
+    def merge(self, o: Moments) -> Moments:
         if o.count == 0:
             return self
         if self.count == 0:
@@ -143,12 +147,20 @@ class Moments:
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, count=np.int64(self.count), mean=self.mean_MHD, m2=self.m2_MHD, norm_sum=self.norm_sum_MH,
-                 var=self.var_MHD, mean_norm=self.mean_norm_MH, norm_scalar=self.norm_scalar_MH())
+        np.savez(
+            buf,
+            count=np.int64(self.count),
+            mean=self.mean_MHD,
+            m2=self.m2_MHD,
+            norm_sum=self.norm_sum_MH,
+            var=self.var_MHD,
+            mean_norm=self.mean_norm_MH,
+            norm_scalar=self.norm_scalar_MH(),
+        )
         return buf.getvalue()
 
     @classmethod
-    def from_file(cls, path: Path) -> "Moments":
+    def from_file(cls, path: Path) -> Moments:
         with np.load(path) as z:
             return cls(int(z["count"]), z["mean"], z["m2"], z["norm_sum"])
 
@@ -187,7 +199,7 @@ def to_store_array(x: Tensor, dtype: str) -> np.ndarray:
     return y.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else y.numpy()
 
 
-def from_store_array(a: np.ndarray, dtype: str) -> Float[Tensor, "..."]:
+def from_store_array(a: np.ndarray, dtype: str) -> Float[Tensor, ...]:
     """float32 tensor from a (memmapped) store array."""
     if dtype == "bfloat16":
         return torch.from_numpy(np.array(a, copy=True).view(np.int16)).view(torch.bfloat16).float()
@@ -208,8 +220,15 @@ class StoreWriter:
     so two writers can never interleave shards of one rank.
     """
 
-    def __init__(self, root: str | Path, layout: StoreLayout, rank: int = 0, world_size: int = 1,
-                 shard_mb: float = 64.0, on_commit: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        layout: StoreLayout,
+        rank: int = 0,
+        world_size: int = 1,
+        shard_mb: float = 64.0,
+        on_commit: Callable[[dict], None] | None = None,
+    ):
         self.root, self.layout, self.rank, self.world_size = Path(root), layout, rank, world_size
         self.shard_rows = max(1, int(shard_mb * 2**20) // layout.row_bytes)
         self.on_commit = on_commit
@@ -311,7 +330,11 @@ class StoreWriter:
         if bad_MH is None or not bad_MH.any():
             return
         m, h = (int(i) for i in bad_MH.nonzero()[0])
-        hint = " (float16 overflows above 65504: use --dtype bfloat16 or float32)" if self.layout.dtype == "float16" else ""
+        hint = (
+            " (float16 overflows above 65504: use --dtype bfloat16 or float32)"
+            if self.layout.dtype == "float16"
+            else ""
+        )
         raise NonFiniteActivationError(
             f"non-finite activations (NaN/Inf) from model {self.layout.model_names[m]!r} at hook "
             f"{self.layout.hooks[h]!r} in batch {batch_idx}{hint}; nothing from this batch was written and the "
@@ -335,8 +358,13 @@ class StoreWriter:
                     f"writing shard {name}.bin failed ({e}). The store at {self.root} is intact up to its last "
                     f"shard ({rows} rows of rank {self.rank}); free disk space and re-run the same command to resume",
                 ) from e
-            entry = {"file": f"{name}.bin", "rows": self._n, "sha256": hashlib.sha256(data).hexdigest(),
-                     "stats_file": f"{name}.stats.npz", "stats_sha256": hashlib.sha256(stats).hexdigest()}
+            entry = {
+                "file": f"{name}.bin",
+                "rows": self._n,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "stats_file": f"{name}.stats.npz",
+                "stats_sha256": hashlib.sha256(stats).hexdigest(),
+            }
             self.part["shards"].append(entry)
             self._rank_moments = self._rank_moments.merge(self._moments)
         else:
@@ -356,7 +384,7 @@ class StoreWriter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -376,7 +404,9 @@ def merge_manifests(root: str | Path, moments: Moments | None = None) -> dict:
     for p in parts[1:]:
         other = StoreLayout.from_dict(p["layout"])
         if other != layout:
-            raise IncompatibleStoreError(f"rank {p['rank']} of {root} has another layout: {_layout_diff(layout, other)}")
+            raise IncompatibleStoreError(
+                f"rank {p['rank']} of {root} has another layout: {_layout_diff(layout, other)}"
+            )
     shards = [s for p in parts for s in p["shards"]]
     if moments is None or len(parts) > 1:
         moments = Moments.empty(layout.row_shape)
@@ -409,6 +439,7 @@ def merge_manifests(root: str | Path, moments: Moments | None = None) -> dict:
 class StoreStats:
     """Per-(model, hook) moments of the stored rows: count, mean, population variance, mean norm and the
     normalisation scalar sqrt(d) / E||x|| that the crosscoder uses."""
+
     count: int
     mean_MHD: Tensor
     var_MHD: Tensor
@@ -427,8 +458,10 @@ class ActivationStore:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if not (self.root / MANIFEST).exists():
-            raise FileNotFoundError(f"{self.root} is not an activation store (no {MANIFEST}); create one with "
-                                    "featalign.activations.cache_activations or `python -m featalign.cache`")
+            raise FileNotFoundError(
+                f"{self.root} is not an activation store (no {MANIFEST}); create one with "
+                "featalign.activations.cache_activations or `python -m featalign.cache`"
+            )
         self.manifest = read_json(self.root / MANIFEST)
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{self.root}: unknown store format {self.manifest.get('format')!r}, expected {FORMAT}")
@@ -468,8 +501,12 @@ class ActivationStore:
         if self.verify and i not in self._verified:
             self.check_shard(i)
         s = self.shards[i]
-        return np.memmap(self.root / s["file"], dtype=STORE_DTYPES[self.layout.dtype][1], mode="r",
-                         shape=(s["rows"], *self.row_shape))
+        return np.memmap(
+            self.root / s["file"],
+            dtype=STORE_DTYPES[self.layout.dtype][1],
+            mode="r",
+            shape=(s["rows"], *self.row_shape),
+        )
 
     def shard_tensor(self, i: int) -> Float[Tensor, "N M H D"]:
         return from_store_array(self.shard(i), self.layout.dtype)

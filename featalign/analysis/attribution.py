@@ -58,24 +58,29 @@ def model_attribution_scores(norms_LM: Tensor) -> Float[Tensor, "L M"]:
     return norms_LM / norms_LM.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-def relative_norm(norms_LM: Tensor, o: int, t: int) -> Float[Tensor, "L"]:
+def relative_norm(norms_LM: Tensor, o: int, t: int) -> Float[Tensor, " L"]:
     """Normalized Relative Norm NRN = n_t / (n_o + n_t): 1 = only in t, 0 = only in o, 0.5 = equal."""
     return norms_LM[:, t] / (norms_LM[:, o] + norms_LM[:, t]).clamp_min(1e-12)
 
 
-def decoder_cosine(dec_LMK: Tensor, a: int, b: int) -> Float[Tensor, "L"]:
+def decoder_cosine(dec_LMK: Tensor, a: int, b: int) -> Float[Tensor, " L"]:
     """Cosine between a latent's decoder vectors in models a and b (0 where either is zero)."""
     return torch.nn.functional.cosine_similarity(dec_LMK[:, a], dec_LMK[:, b], dim=-1, eps=1e-12)
 
 
-def classify(norms_LM: Tensor, models: tuple[str, ...], cfg: AttributionConfig = AttributionConfig(),
-             alive_L: Tensor | None = None) -> list[str]:
+def classify(
+    norms_LM: Tensor,
+    models: tuple[str, ...],
+    cfg: AttributionConfig | None = None,
+    alive_L: Tensor | None = None,
+) -> list[str]:
     """One class per latent: 'shared', '<m>-only', '<a>+<b>' (pair-only, N >= 3), 'mixed', or 'dead'.
 
     r_m = n_m / max n. Absent: r_m < absent_ratio. 'shared': all r_m >= shared_ratio. One model
     present -> '<m>-only'; a proper subset of >= 2 present -> the names joined by '+'; all present
     but not all strong -> 'mixed'.
     """
+    cfg = cfg or AttributionConfig()
     r_LM = norms_LM / norms_LM.max(-1, keepdim=True).values.clamp_min(1e-12)
     present = (r_LM >= cfg.absent_ratio).numpy()
     strong = (r_LM >= cfg.shared_ratio).numpy()
@@ -83,15 +88,15 @@ def classify(norms_LM: Tensor, models: tuple[str, ...], cfg: AttributionConfig =
     dead |= norms_LM.max(-1).values.numpy() <= 0
     out = []
     M = len(models)
-    for l in range(len(r_LM)):
-        if dead[l]:
+    for lat in range(len(r_LM)):
+        if dead[lat]:
             out.append("dead")
-        elif strong[l].all():
+        elif strong[lat].all():
             out.append("shared")
-        elif present[l].sum() == 1:
-            out.append(f"{models[int(present[l].argmax())]}-only")
-        elif present[l].sum() < M:
-            out.append("+".join(m for m, p in zip(models, present[l]) if p))
+        elif present[lat].sum() == 1:
+            out.append(f"{models[int(present[lat].argmax())]}-only")
+        elif present[lat].sum() < M:
+            out.append("+".join(m for m, p in zip(models, present[lat]) if p))
         else:
             out.append("mixed")
     return out
@@ -112,8 +117,9 @@ def latent_activations(cc, x_NMHD: Tensor, batch: int = 4096) -> Float[Tensor, "
 
 
 @torch.no_grad()
-def encoder_stats(cc, x_NMHD: Tensor | None = None, batch: int = 4096, model: str | int | None = None
-                  ) -> dict[str, Tensor]:
+def encoder_stats(
+    cc, x_NMHD: Tensor | None = None, batch: int = 4096, model: str | int | None = None
+) -> dict[str, Tensor]:
     """Encoder-side view of each latent.
 
     enc_share [L, M]: share of the encoder vector's norm reading from model m (which model's
@@ -126,8 +132,10 @@ def encoder_stats(cc, x_NMHD: Tensor | None = None, batch: int = 4096, model: st
     c = cc.cfg
     W_enc_LMK = cc.W_enc.detach().float().t().reshape(c.n_latents, c.n_models, -1)
     enc_n = W_enc_LMK.norm(dim=-1)
-    out = {"enc_share": enc_n / enc_n.sum(-1, keepdim=True).clamp_min(1e-12),
-           "enc_dec_cos": torch.nn.functional.cosine_similarity(W_enc_LMK, decoder_vectors(cc), dim=-1, eps=1e-12)}
+    out = {
+        "enc_share": enc_n / enc_n.sum(-1, keepdim=True).clamp_min(1e-12),
+        "enc_dec_cos": torch.nn.functional.cosine_similarity(W_enc_LMK, decoder_vectors(cc), dim=-1, eps=1e-12),
+    }
     if x_NMHD is not None:
         fired = torch.zeros(c.n_latents, dtype=torch.float64)
         total = torch.zeros(c.n_latents, dtype=torch.float64)
@@ -138,8 +146,11 @@ def encoder_stats(cc, x_NMHD: Tensor | None = None, batch: int = 4096, model: st
             fired += (f > 0).sum(0)
             total += f.sum(0)
             mx = torch.maximum(mx, f.max(0).values)
-        out |= {"firing_rate": (fired / len(x_NMHD)).float(), "mean_act": (total / fired.clamp_min(1)).float(),
-                "max_act": mx}
+        out |= {
+            "firing_rate": (fired / len(x_NMHD)).float(),
+            "mean_act": (total / fired.clamp_min(1)).float(),
+            "max_act": mx,
+        }
     return out
 
 
@@ -175,7 +186,6 @@ def latent_scaling(cc, x_NMHD: Tensor, owner_L: Tensor | None = None, batch: int
     because L1 shrank its other decoder to zero (complete shrinkage); a high nu_recon means other
     latents reconstruct it there (latent decoupling).
     """
-    c = cc.cfg
     dec_LMK = decoder_vectors(cc)
     L, M, Km = dec_LMK.shape
     if owner_L is None:
@@ -203,12 +213,14 @@ def latent_scaling(cc, x_NMHD: Tensor, owner_L: Tensor | None = None, batch: int
     return LatentScaling(owner_L, b_rec, b_err, b_rec / own(b_rec), b_err / own(b_err))
 
 
-def latent_scaling_flags(ls: LatentScaling, norms_LM: Tensor, cfg: AttributionConfig = AttributionConfig()) -> Tensor:
+def latent_scaling_flags(ls: LatentScaling, norms_LM: Tensor, cfg: AttributionConfig | None = None) -> Tensor:
     """bool [L]: latent looks specific (some model absent by norm) but Latent Scaling finds it in an absent model."""
+    cfg = cfg or AttributionConfig()
     r_LM = norms_LM / norms_LM.max(-1, keepdim=True).values.clamp_min(1e-12)
     absent = r_LM < cfg.absent_ratio
     bad = (torch.nan_to_num(ls.nu_error_LM, nan=0.0) > cfg.ls_error_threshold) | (
-        torch.nan_to_num(ls.nu_recon_LM, nan=0.0) > cfg.ls_recon_threshold)
+        torch.nan_to_num(ls.nu_recon_LM, nan=0.0) > cfg.ls_recon_threshold
+    )
     return (absent & bad).any(-1)
 
 
@@ -240,31 +252,37 @@ class Attribution:
             d["n_artifacts"] = int(self.artifact_L.sum())
         return d
 
-    def latent(self, l: int) -> dict:
-        """Every number about latent l (for feature cards and JSON)."""
-        d = {"latent": l, "class": self.classes[l],
-             "norms": dict(zip(self.models, self.norms_LM[l].tolist())),
-             "mas": dict(zip(self.models, self.mas_LM[l].tolist())),
-             "nrn": {k: float(v[l]) for k, v in self.nrn.items()},
-             "cosine": {k: float(v[l]) for k, v in self.cosine.items()}}
+    def latent(self, lat: int) -> dict:
+        """Every number about latent `lat` (for feature cards and JSON)."""
+        d = {
+            "latent": lat,
+            "class": self.classes[lat],
+            "norms": dict(zip(self.models, self.norms_LM[lat].tolist())),
+            "mas": dict(zip(self.models, self.mas_LM[lat].tolist())),
+            "nrn": {k: float(v[lat]) for k, v in self.nrn.items()},
+            "cosine": {k: float(v[lat]) for k, v in self.cosine.items()},
+        }
         for k, v in self.enc.items():
-            d[k] = dict(zip(self.models, v[l].tolist())) if v.ndim == 2 else float(v[l])
+            d[k] = dict(zip(self.models, v[lat].tolist())) if v.ndim == 2 else float(v[lat])
         if self.ls is not None:
             d["latent_scaling"] = {
-                "owner": self.models[int(self.ls.owner_L[l])],
-                **{f"{k}": dict(zip(self.models, getattr(self.ls, k + "_LM")[l].tolist()))
-                   for k in ("beta_recon", "beta_error", "nu_recon", "nu_error")},
-                "artifact": bool(self.artifact_L[l])}
+                "owner": self.models[int(self.ls.owner_L[lat])],
+                **{
+                    f"{k}": dict(zip(self.models, getattr(self.ls, k + "_LM")[lat].tolist()))
+                    for k in ("beta_recon", "beta_error", "nu_recon", "nu_error")
+                },
+                "artifact": bool(self.artifact_L[lat]),
+            }
         return d
 
 
-def attribute(cc, x_NMHD: Tensor | None = None, cfg: AttributionConfig = AttributionConfig(),
-              batch: int = 4096) -> Attribution:
+def attribute(cc, x_NMHD: Tensor | None = None, cfg: AttributionConfig | None = None, batch: int = 4096) -> Attribution:
     """MAS, pairwise NRN / cosine, classes; with activations also encoder/firing stats and Latent Scaling.
 
     `x_NMHD` (raw activations of the crosscoder's models, in its model order) should be held-out
     data; latents that never fire on it are classed 'dead'.
     """
+    cfg = cfg or AttributionConfig()
     if x_NMHD is not None:
         check_activations(cc, x_NMHD)
     dec = decoder_vectors(cc)
@@ -289,11 +307,15 @@ def check_activations(cc, x_NMHD: Tensor, names: tuple[str, ...] | None = None) 
     """Refuse activations (or model names) that do not match the crosscoder, naming what differs."""
     c = cc.cfg
     if names is not None and tuple(names) != tuple(c.models):
-        raise ValueError(f"the crosscoder was trained on models {c.models} (in that order) but got {tuple(names)}; "
-                         "pass the models the crosscoder was trained on, in its order")
+        raise ValueError(
+            f"the crosscoder was trained on models {c.models} (in that order) but got {tuple(names)}; "
+            "pass the models the crosscoder was trained on, in its order"
+        )
     want = (c.n_models, c.n_hooks, c.d_model)
     if x_NMHD.ndim != 4 or tuple(x_NMHD.shape[1:]) != want:
-        raise ValueError(f"activations of shape {list(x_NMHD.shape)} do not match the crosscoder "
-                         f"[N, {want[0]}, {want[1]}, {want[2]}] (models {c.models}, hooks {c.hooks}); "
-                         "cache the same models at the same hooks (and the same d_model)")
+        raise ValueError(
+            f"activations of shape {list(x_NMHD.shape)} do not match the crosscoder "
+            f"[N, {want[0]}, {want[1]}, {want[2]}] (models {c.models}, hooks {c.hooks}); "
+            "cache the same models at the same hooks (and the same d_model)"
+        )
     check_finite(x_NMHD, c.models, c.hooks)

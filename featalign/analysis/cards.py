@@ -1,5 +1,7 @@
 """Static HTML feature cards: top-activating contexts per model, activation histograms, attribution numbers.
 
+Usage:
+
     examples = card_examples(cc, model_dirs, latents)              # runs the models on eval text
     write_cards(out_dir, latents, examples, attribution, notes)    # out_dir/index.html + cards/<l>.html
 """
@@ -20,9 +22,19 @@ from featalign.io import atomic_write_text
 
 
 @torch.no_grad()
-def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, top_n: int = 8,
-                  context: tuple[int, int] = (16, 4), seed: int = 0, progress: bool = True, text=None,
-                  device: str = "cpu", dtype: str = "float32") -> dict:
+def card_examples(
+    cc,
+    model_dirs: dict,
+    latents: list[int],
+    n_seqs: int = 256,
+    top_n: int = 8,
+    context: tuple[int, int] = (16, 4),
+    seed: int = 0,
+    progress: bool = True,
+    text=None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
     """{latent: {model: {"top": [(activation, left, token, right)], "acts": nonzero activations}}}.
 
     `model_dirs` maps the crosscoder's model names to folders, hub ids or loaded bridges. Each model's
@@ -43,12 +55,12 @@ def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, t
     mask[:, 0] &= ids[:, 0] != tok.bos_token_id  # a <bos> activation is an outlier, never a card example
     S, T = ids.shape
     idx = torch.tensor(latents, dtype=torch.long)
-    out: dict = {l: {} for l in latents}
+    out: dict = {lat: {} for lat in latents}
     for m, (name, model) in enumerate(tqdm(list(zip(names, models)), desc="feature cards", disable=not progress)):
         acts = capture_models([model], ids.to(model.cfg.device), attn.to(model.cfg.device), cc.cfg.hooks)[:, :, 0]
         acts = acts.to(cc.W_enc.device, torch.float32)  # the crosscoder's device and dtype, whatever the model's
         f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), m, latents=idx).view(S, T, -1) * mask[..., None]
-        for j, l in enumerate(latents):
+        for j, lat in enumerate(latents):
             v = f[..., j]
             top = torch.topk(v.flatten(), min(top_n, v.numel()))
             ex = []
@@ -57,10 +69,12 @@ def card_examples(cc, model_dirs: dict, latents: list[int], n_seqs: int = 256, t
                     break
                 s, t = divmod(flat, T)
                 row = ids[s].tolist()
-                left = tok.decode([x for x in row[max(0, t - context[0]) : t] if x not in (tok.bos_token_id, tok.pad_token_id)])
+                left = tok.decode(
+                    [x for x in row[max(0, t - context[0]) : t] if x not in (tok.bos_token_id, tok.pad_token_id)]
+                )
                 right = tok.decode([x for x in row[t + 1 : t + 1 + context[1]] if x != tok.pad_token_id])
                 ex.append((float(val), left, tok.decode([row[t]]), right))
-            out[l][name] = {"top": ex, "acts": v[v > 0].tolist()}
+            out[lat][name] = {"top": ex, "acts": v[v > 0].tolist()}
     return out
 
 
@@ -95,17 +109,22 @@ def _hist_png(acts_by_model: dict[str, list[float]]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-_CSS = ("body{font-family:sans-serif;max-width:60em;margin:1em auto} table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%} .tok{background:#fd8;font-weight:bold}"
-        "code{white-space:pre}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:60em;margin:1em auto} table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%} .tok{background:#fd8;font-weight:bold}"
+    "code{white-space:pre}"
+)
 
 
 def _numbers_table(d: dict) -> str:
     rows = []
     for k, v in d.items():
         if isinstance(v, dict):
-            v = ", ".join(f"{a}: {b:.3g}" if isinstance(b, float) else f"{a}: {b}" for a, b in v.items()
-                          if not isinstance(b, dict))
+            v = ", ".join(
+                f"{a}: {b:.3g}" if isinstance(b, float) else f"{a}: {b}"
+                for a, b in v.items()
+                if not isinstance(b, dict)
+            )
         elif isinstance(v, float):
             v = f"{v:.4g}"
         rows.append(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>")
@@ -113,43 +132,63 @@ def _numbers_table(d: dict) -> str:
 
 
 def render_card(latent: int, examples: dict, numbers: dict, note: str = "") -> str:
-    """One latent's self-contained HTML page (numbers, inline histogram, top examples per model), so a card opens from disk without a server."""
-    parts = [f"<!doctype html><meta charset='utf-8'><title>latent {latent}</title><style>{_CSS}</style>",
-             f"<p><a href='../index.html'>index</a></p><h1>Latent {latent}</h1>"]
+    """One latent's self-contained HTML page (numbers, inline histogram, top examples per model), so a card opens
+    from disk without a server."""
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>latent {latent}</title><style>{_CSS}</style>",
+        f"<p><a href='../index.html'>index</a></p><h1>Latent {latent}</h1>",
+    ]
     if note:
         parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("<h2>Attribution</h2>" + _numbers_table(numbers))
     if "latent_scaling" in numbers:
         parts.append("<h3>Latent Scaling</h3>" + _numbers_table(numbers["latent_scaling"]))
-    parts.append(f"<h2>Activation histogram per model</h2><img src='data:image/png;base64,"
-                 f"{_hist_png({m: e['acts'] for m, e in examples.items()})}'>")
+    parts.append(
+        f"<h2>Activation histogram per model</h2><img src='data:image/png;base64,"
+        f"{_hist_png({m: e['acts'] for m, e in examples.items()})}'>"
+    )
     parts.append("<h2>Top-activating examples</h2>")
     for m, e in examples.items():
         parts.append(f"<h3>{html.escape(m)}</h3><table><tr><th>act</th><th>context</th></tr>")
         for val, left, tokn, right in e["top"]:
-            parts.append(f"<tr><td>{val:.3f}</td><td><code>{html.escape(left)}<span class='tok'>{html.escape(tokn)}"
-                         f"</span>{html.escape(right)}</code></td></tr>")
+            parts.append(
+                f"<tr><td>{val:.3f}</td><td><code>{html.escape(left)}<span class='tok'>{html.escape(tokn)}"
+                f"</span>{html.escape(right)}</code></td></tr>"
+            )
         if not e["top"]:
             parts.append("<tr><td colspan=2>never fires on this text</td></tr>")
         parts.append("</table>")
     return "\n".join(parts)
 
 
-def write_cards(out_dir: str | Path, latents: list[int], examples: dict, numbers: dict[int, dict],
-                notes: dict[int, str] | None = None, title: str = "Feature cards") -> Path:
+def write_cards(
+    out_dir: str | Path,
+    latents: list[int],
+    examples: dict,
+    numbers: dict[int, dict],
+    notes: dict[int, str] | None = None,
+    title: str = "Feature cards",
+) -> Path:
     """Write `cards/<latent>.html` for each latent and `index.html` linking them (no server needed)."""
     out = Path(out_dir)
     notes = notes or {}
     rows = []
-    for l in latents:
-        atomic_write_text(out / "cards" / f"{l}.html", render_card(l, examples[l], numbers[l], notes.get(l, "")))
-        n = numbers[l]
+    for lat in latents:
+        atomic_write_text(
+            out / "cards" / f"{lat}.html", render_card(lat, examples[lat], numbers[lat], notes.get(lat, ""))
+        )
+        n = numbers[lat]
         mas = ", ".join(f"{k} {v:.2f}" for k, v in n.get("mas", {}).items())
-        rows.append(f"<tr><td><a href='cards/{l}.html'>{l}</a></td><td>{html.escape(str(n.get('class', '')))}</td>"
-                    f"<td>{html.escape(mas)}</td><td>{html.escape(notes.get(l, ''))}</td></tr>")
-    atomic_write_text(out / "index.html",
-                      f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
-                      f"<h1>{html.escape(title)}</h1><table><tr><th>latent</th><th>class</th><th>MAS</th><th>why listed</th></tr>"
-                      + "".join(rows) + "</table>")
-    atomic_write_text(out / "cards.json", json.dumps({str(l): numbers[l] for l in latents}, indent=1))
+        rows.append(
+            f"<tr><td><a href='cards/{lat}.html'>{lat}</a></td><td>{html.escape(str(n.get('class', '')))}</td>"
+            f"<td>{html.escape(mas)}</td><td>{html.escape(notes.get(lat, ''))}</td></tr>"
+        )
+    atomic_write_text(
+        out / "index.html",
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<h1>{html.escape(title)}</h1><table><tr><th>latent</th><th>class</th><th>MAS</th><th>why listed</th></tr>"
+        + "".join(rows)
+        + "</table>",
+    )
+    atomic_write_text(out / "cards.json", json.dumps({str(lat): numbers[lat] for lat in latents}, indent=1))
     return out / "index.html"

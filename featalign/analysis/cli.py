@@ -4,7 +4,8 @@ With no arguments: open (or build) the default organisms, cache every model's ac
 middle residual layer (base, 5 RL and 5 SFT checkpoints) into an activation store (OUT/activations),
 train the crosscoders the analysis needs (base/RL/SFT trio, base-vs-RL and base-vs-SFT pairs, two
 base-vs-base controls, one joint crosscoder per checkpoint series), and write a report directory:
-report.json, report.md, PNG figures and HTML feature cards (index.html, one page per latent in cards/). Everything trained is
+report.json, report.md, PNG figures and HTML feature cards (index.html, one page per latent in cards/). Everything
+trained is
 cached in --out, so a rerun only redoes the analysis; a rerun with other settings retrains exactly the
 crosscoders (and recaches the activations) those settings change, and says so.
 
@@ -29,8 +30,14 @@ import torch
 
 from featalign.analysis.config import DEFAULT_STAGES, HELP, AnalyzeConfig, check_shared_settings
 from featalign.analysis.inputs import (
-    AnalysisModels, analysis_hook, load_task_set, mixture_activations, open_organisms, resolve_models,
-    store_activations, text_sources,
+    AnalysisModels,
+    analysis_hook,
+    load_task_set,
+    mixture_activations,
+    open_organisms,
+    resolve_models,
+    store_activations,
+    text_sources,
 )
 from featalign.analysis.pipeline import AnalysisContext, run_stages
 from featalign.analysis.stages import CP_MARK, STAGES, drift_study, format_interval, markdown_sections, resolve_stages
@@ -40,9 +47,25 @@ from featalign.config import config_from_args, config_parser
 from featalign.io import jsonable
 
 __all__ = [
-    "AnalyzeConfig", "CP_MARK", "DEFAULT_STAGES", "HELP", "STAGES", "TRAINED_ON_FILE", "build_parser",
-    "check_shared_settings", "drift_study", "format_interval", "jsonable", "main", "markdown", "mixture_activations",
-    "open_organisms", "resolve_config", "run", "store_activations", "train_or_load",
+    "AnalyzeConfig",
+    "CP_MARK",
+    "DEFAULT_STAGES",
+    "HELP",
+    "STAGES",
+    "TRAINED_ON_FILE",
+    "build_parser",
+    "check_shared_settings",
+    "drift_study",
+    "format_interval",
+    "jsonable",
+    "main",
+    "markdown",
+    "mixture_activations",
+    "open_organisms",
+    "resolve_config",
+    "run",
+    "store_activations",
+    "train_or_load",
 ]
 
 
@@ -78,23 +101,31 @@ def load_given_crosscoder(cfg: AnalyzeConfig, models: AnalysisModels):
         return None
     given = Crosscoder.load(cfg.crosscoder).eval()
     if len(given.cfg.hooks) != 1:
-        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on {len(given.cfg.hooks)} hooks "
-                         f"{given.cfg.hooks}; "
-                         "analyze reads one hook: pass a single-hook crosscoder")
+        raise UsageError(
+            f"--crosscoder {cfg.crosscoder} was trained on {len(given.cfg.hooks)} hooks "
+            f"{given.cfg.hooks}; "
+            "analyze reads one hook: pass a single-hook crosscoder"
+        )
     if cfg.hook and cfg.hook != given.cfg.hooks[0]:
-        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on hook {given.cfg.hooks[0]!r}, not --hook "
-                         f"{cfg.hook!r}: drop --hook (the crosscoder's own hook is used) or pass a crosscoder "
-                         "trained there")
+        raise UsageError(
+            f"--crosscoder {cfg.crosscoder} was trained on hook {given.cfg.hooks[0]!r}, not --hook "
+            f"{cfg.hook!r}: drop --hook (the crosscoder's own hook is used) or pass a crosscoder "
+            "trained there"
+        )
     if given.cfg.models != models.trio_names[: given.cfg.n_models] or given.cfg.n_models < 2:
-        raise UsageError(f"--crosscoder {cfg.crosscoder} was trained on models {given.cfg.models}; analyze needs "
-                         f"{models.trio_names} or ('base', 'rl'), in that order")
+        raise UsageError(
+            f"--crosscoder {cfg.crosscoder} was trained on models {given.cfg.models}; analyze needs "
+            f"{models.trio_names} or ('base', 'rl'), in that order"
+        )
     from transformers import AutoConfig
 
     base = models.trio["base"]
     width = AutoConfig.from_pretrained(base.path, revision=base.revision).hidden_size
     if given.cfg.d_model != width:
-        raise UsageError(f"--crosscoder {cfg.crosscoder} has d_model {given.cfg.d_model} but the models' width is "
-                         f"{width}: its activations do not match the crosscoder; pass one trained on these models")
+        raise UsageError(
+            f"--crosscoder {cfg.crosscoder} has d_model {given.cfg.d_model} but the models' width is "
+            f"{width}: its activations do not match the crosscoder; pass one trained on these models"
+        )
     return given
 
 
@@ -106,24 +137,35 @@ def analysis_context(cfg: AnalyzeConfig) -> AnalysisContext:
         models.trio = {n: models.trio[n] for n in given.cfg.models}
     hook = given.cfg.hooks[0] if given is not None else analysis_hook(cfg.hook, models.trio["base"])
     task_set = load_task_set(cfg.tasks)
-    return AnalysisContext(cfg, models, hook, text_sources(cfg, task_set), task_set,
-                           resolve_stages(cfg.stage_names), given)
+    return AnalysisContext(
+        cfg, models, hook, text_sources(cfg, task_set), task_set, resolve_stages(cfg.stage_names), given
+    )
 
 
 def report_header(ctx: AnalysisContext) -> dict:
     """The report's first sections: settings, provenance, models, hook and the stages run."""
     from featalign.io import provenance
 
-    report = {"config": ctx.cfg.to_dict(), **provenance(), "models": ctx.models.describe(), "hook": ctx.hook,
-              "stages": ctx.stage_names,
-              "tasks": ctx.cfg.tasks or "the organisms' domains"}
+    report = {
+        "config": ctx.cfg.to_dict(),
+        **provenance(),
+        "models": ctx.models.describe(),
+        "hook": ctx.hook,
+        "stages": ctx.stage_names,
+        "tasks": ctx.cfg.tasks or "the organisms' domains",
+    }
     org = ctx.models.organisms
     if org is not None:
-        report["organisms"] = {"root": str(org.root), "preset": org.config.preset,
-                               "post_train_domain": org.config.post_train_domains[0]}
+        report["organisms"] = {
+            "root": str(org.root),
+            "preset": org.config.preset,
+            "post_train_domain": org.config.post_train_domains[0],
+        }
     if ctx.given is not None:
-        report["crosscoder"] = {"dir": str(ctx.cfg.crosscoder), **{k: v for k, v in ctx.given.cfg.to_dict().items()
-                                                                    if k in ("variant", "n_latents", "k", "hooks")}}
+        report["crosscoder"] = {
+            "dir": str(ctx.cfg.crosscoder),
+            **{k: v for k, v in ctx.given.cfg.to_dict().items() if k in ("variant", "n_latents", "k", "hooks")},
+        }
     return report
 
 
@@ -152,26 +194,39 @@ def run(cfg: AnalyzeConfig) -> dict:
 def markdown(r: dict) -> str:
     """The report's Markdown summary (numbers straight from report.json): a header, then each stage's section."""
     conf = r["config"]
-    trained = (f"{conf['variant']}, {conf['n_latents']} latents, {conf['steps']} steps, lr {conf['lr']:g}, "
-               f"batch {conf['batch_size']}, trained on {conf['n_tokens']} tokens per model")
+    trained = (
+        f"{conf['variant']}, {conf['n_latents']} latents, {conf['steps']} steps, lr {conf['lr']:g}, "
+        f"batch {conf['batch_size']}, trained on {conf['n_tokens']} tokens per model"
+    )
     crosscoders = trained
     if "crosscoder" in r:
         given = r["crosscoder"]
-        crosscoders = (f"trio loaded from `{given['dir']}` ({given['variant']}, {given['n_latents']} latents); the "
-                       f"others trained here: {trained}")
+        crosscoders = (
+            f"trio loaded from `{given['dir']}` ({given['variant']}, {given['n_latents']} latents); the "
+            f"others trained here: {trained}"
+        )
     if "organisms" in r:
         org = r["organisms"]
-        models = (f"Organisms: `{org['root']}` (preset {org['preset']}, post-trained on '{org['post_train_domain']}')")
+        models = f"Organisms: `{org['root']}` (preset {org['preset']}, post-trained on '{org['post_train_domain']}')"
     else:
         models = "Models: " + ", ".join(f"{n} `{p}`" for n, p in r.get("models", {}).get("trio", {}).items())
-    lines = ["# featalign analysis report", "",
-             f"{models}, hook `{r.get('hook', conf.get('hook'))}`. Crosscoders: {crosscoders}; "
-             f"{conf['eval_tokens']} held-out tokens for attribution. Intervals: 95% percentile bootstrap (resampling "
-             f"latents / samples / features) unless marked {CP_MARK} (exact Clopper-Pearson, for a count of 0 or of "
-             "all latents).", ""]
+    lines = [
+        "# featalign analysis report",
+        "",
+        f"{models}, hook `{r.get('hook', conf.get('hook'))}`. Crosscoders: {crosscoders}; "
+        f"{conf['eval_tokens']} held-out tokens for attribution. Intervals: 95% percentile bootstrap (resampling "
+        f"latents / samples / features) unless marked {CP_MARK} (exact Clopper-Pearson, for a count of 0 or of "
+        "all latents).",
+        "",
+    ]
     lines += markdown_sections(r)
-    lines += ["", "Figures: " + ", ".join(f"`figures/{p}`" for p in r.get("figures", [])),
-              "", f"Timings (s): {r['timings_s']}", ""]
+    lines += [
+        "",
+        "Figures: " + ", ".join(f"`figures/{p}`" for p in r.get("figures", [])),
+        "",
+        f"Timings (s): {r['timings_s']}",
+        "",
+    ]
     return "\n".join(lines)
 
 

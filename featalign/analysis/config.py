@@ -75,11 +75,16 @@ class AnalyzeConfig(JsonConfig):
         from featalign.crosscoder.variants import has_field
 
         try:
-            CrosscoderConfig(n_latents=self.n_latents, variant=self.variant, seed=self.seed,
-                             variant_cfg={"k": self.k} if has_field(self.variant, "k") else None)
+            CrosscoderConfig(
+                n_latents=self.n_latents,
+                variant=self.variant,
+                seed=self.seed,
+                variant_cfg={"k": self.k} if has_field(self.variant, "k") else None,
+            )
             TrainerConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, sparsity_coef=self.sparsity_coef)
-            SuccessConfig(positions=self.positions, frac=self.success_frac, min_samples=self.min_samples,
-                          n_null=self.n_null)
+            SuccessConfig(
+                positions=self.positions, frac=self.success_frac, min_samples=self.min_samples, n_null=self.n_null
+            )
         except ValueError as e:
             raise UsageError(f"invalid setting: {e}") from e
 
@@ -110,18 +115,21 @@ HELP = {
     "model": "a model NAME=DIR[@revision] (names/roles base, rl, sft) instead of the organisms",
     "series": "a checkpoint series ROLE=DIR1,DIR2,... in training order (rl / sft), for drift",
     "tasks": "a JSONL task set ({prompt, answer[, task, split]} rows) for the activations' text and the success "
-             "stage (default: the organisms' domains)",
+    "stage (default: the organisms' domains)",
     "train_tasks": "comma-separated tasks the tuned models were trained on; the success stage scores the others "
-                   "(default: the organisms' post-training domains, or none)",
+    "(default: the organisms' post-training domains, or none)",
     "crosscoder": "analyse this trained base/rl/sft crosscoder (python -m featalign.train_crosscoder --out DIR) "
-                  "instead of training one",
+    "instead of training one",
     "hook": "hook point (default: blocks.<n_layers/2-1>.hook_resid_post)",
     "n_tokens": "tokens of training activations per model",
     "eval_tokens": "held-out tokens for attribution statistics and Latent Scaling",
     "variant": "crosscoder variant for the crosscoders trained here: batchtopk | l1 | jumprelu",
-    "n_latents": "latents per crosscoder", "k": "batchtopk: active latents per token",
-    "steps": "training steps per crosscoder", "batch_size": "crosscoder batch size (tokens)",
-    "lr": "crosscoder learning rate", "sparsity_coef": "l1/jumprelu sparsity coefficient",
+    "n_latents": "latents per crosscoder",
+    "k": "batchtopk: active latents per token",
+    "steps": "training steps per crosscoder",
+    "batch_size": "crosscoder batch size (tokens)",
+    "lr": "crosscoder learning rate",
+    "sparsity_coef": "l1/jumprelu sparsity coefficient",
     "drift_mode": "checkpoint alignment: joint (one crosscoder over base + all checkpoints) | pairwise | both",
     "top_k": "top-k model-specific features compared between successive checkpoints",
     "lean": "graded pairwise count threshold: NRN >= lean is tuned-leaning (strict classes use 0.9)",
@@ -134,5 +142,7 @@ HELP = {
     "stages": f"comma-separated subset of {DEFAULT_STAGES} (dependencies are added: cards need attribution)",
     "device": "device the models run on (caching, scoring, success features, cards): cpu | cuda | cuda:N",
     "model_dtype": "the models' dtype: float32 | bfloat16 | float16 (the crosscoders stay float32)",
-    "threads": "torch CPU threads", "seed": "seed", "progress": "progress bars (true/false)",
+    "threads": "torch CPU threads",
+    "seed": "seed",
+    "progress": "progress bars (true/false)",
 }

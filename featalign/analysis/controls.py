@@ -37,7 +37,9 @@ def control_activations(x_N1HD: Tensor, kind: str, seed: int = 0) -> Tensor:
 
 @dataclass
 class CountInterval:
-    """A latent count with its interval and how it was obtained (`bootstrap` or `clopper-pearson`), so no count is reported without its uncertainty."""
+    """A latent count with its interval and how it was obtained (`bootstrap` or `clopper-pearson`), so no count is
+    reported without its uncertainty."""
+
     count: int
     low: float
     high: float
@@ -51,8 +53,9 @@ class CountInterval:
         return f"{self.count} [{self.low:.0f}, {self.high:.0f}]"
 
 
-def count_interval(mask_L: Tensor | np.ndarray, n_resamples: int = 2000, confidence: float = 0.95,
-                   seed: int = 0) -> CountInterval:
+def count_interval(
+    mask_L: Tensor | np.ndarray, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> CountInterval:
     """Count of True entries with a percentile bootstrap interval (resampling latents).
 
     The latents of a dictionary are treated as a sample of the model's features. A count of 0 or
@@ -69,13 +72,25 @@ def count_interval(mask_L: Tensor | np.ndarray, n_resamples: int = 2000, confide
         return CountInterval(k, float(lo * n), float(hi * n), n, "clopper-pearson")
     from scipy.stats import bootstrap
 
-    res = bootstrap((m,), np.sum, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                    random_state=np.random.default_rng(seed), vectorized=True)
+    res = bootstrap(
+        (m,),
+        np.sum,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+        vectorized=True,
+    )
     return CountInterval(k, float(res.confidence_interval.low), float(res.confidence_interval.high), n, "bootstrap")
 
 
-def difference_interval(mask_a: Tensor | np.ndarray, mask_b: Tensor | np.ndarray, n_resamples: int = 2000,
-                        confidence: float = 0.95, seed: int = 0) -> dict:
+def difference_interval(
+    mask_a: Tensor | np.ndarray,
+    mask_b: Tensor | np.ndarray,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
     """count(a) - count(b) over the same latents, paired percentile bootstrap; p = share of resamples <= 0."""
     a, b = np.asarray(mask_a, float), np.asarray(mask_b, float)
     d = a - b
@@ -84,31 +99,51 @@ def difference_interval(mask_a: Tensor | np.ndarray, mask_b: Tensor | np.ndarray
     boots = d[idx].sum(1)
     alpha = 1 - confidence
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return {"difference": float(d.sum()), "low": float(lo), "high": float(hi),
-            "p_le_0": float((boots <= 0).mean()), "p_ge_0": float((boots >= 0).mean()), "n": len(d)}
+    return {
+        "difference": float(d.sum()),
+        "low": float(lo),
+        "high": float(hi),
+        "p_le_0": float((boots <= 0).mean()),
+        "p_ge_0": float((boots >= 0).mean()),
+        "n": len(d),
+    }
 
 
-def independent_difference_interval(mask_a, mask_b, n_resamples: int = 2000, confidence: float = 0.95,
-                                    seed: int = 0) -> dict:
+def independent_difference_interval(
+    mask_a, mask_b, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict:
     """count(a) - count(b) for masks over *different* dictionaries (resampled independently)."""
     a, b = np.asarray(mask_a, float), np.asarray(mask_b, float)
     rng = np.random.default_rng(seed)
-    boots = (a[rng.integers(0, len(a), (n_resamples, len(a)))].sum(1)
-             - b[rng.integers(0, len(b), (n_resamples, len(b)))].sum(1))
+    boots = a[rng.integers(0, len(a), (n_resamples, len(a)))].sum(1) - b[
+        rng.integers(0, len(b), (n_resamples, len(b)))
+    ].sum(1)
     alpha = 1 - confidence
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return {"difference": float(a.sum() - b.sum()), "low": float(lo), "high": float(hi),
-            "p_le_0": float((boots <= 0).mean()), "n_a": len(a), "n_b": len(b)}
+    return {
+        "difference": float(a.sum() - b.sum()),
+        "low": float(lo),
+        "high": float(hi),
+        "p_le_0": float((boots <= 0).mean()),
+        "n_a": len(a),
+        "n_b": len(b),
+    }
 
 
-def specific_masks(nrn_L: Tensor, alive_L: Tensor | None = None, threshold: float = 0.9,
-                   lean: float = 0.6) -> dict[str, Tensor]:
+def specific_masks(
+    nrn_L: Tensor, alive_L: Tensor | None = None, threshold: float = 0.9, lean: float = 0.6
+) -> dict[str, Tensor]:
     """Pairwise classes by NRN = n_t/(n_o+n_t): 't_only' NRN >= threshold, 'o_only' <= 1 - threshold,
     'shared' in [0.4, 0.6]; the graded 't_lean' / 'o_lean' use `lean` (NRN >= lean / <= 1 - lean);
     dead latents (alive_L False) are in none."""
     alive = torch.ones_like(nrn_L, dtype=torch.bool) if alive_L is None else alive_L.bool()
-    return {"t_only": (nrn_L >= threshold) & alive, "o_only": (nrn_L <= 1 - threshold) & alive,
-            "shared": (nrn_L >= 0.4) & (nrn_L <= 0.6) & alive,
-            "t_lean": (nrn_L >= lean) & alive, "o_lean": (nrn_L <= 1 - lean) & alive, "alive": alive}
+    return {
+        "t_only": (nrn_L >= threshold) & alive,
+        "o_only": (nrn_L <= 1 - threshold) & alive,
+        "shared": (nrn_L >= 0.4) & (nrn_L <= 0.6) & alive,
+        "t_lean": (nrn_L >= lean) & alive,
+        "o_lean": (nrn_L <= 1 - lean) & alive,
+        "alive": alive,
+    }

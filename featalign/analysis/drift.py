@@ -33,7 +33,9 @@ class SeriesError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """One checkpoint folder and its place in the series (`index` 1..n or training `step`); `CheckpointSeries.validate` orders by them."""
+    """One checkpoint folder and its place in the series (`index` 1..n or training `step`);
+    `CheckpointSeries.validate` orders by them."""
+
     index: int | None  # 1..n position in the series (None: unknown)
     step: int | None  # training step (None: unknown)
     path: str
@@ -47,18 +49,22 @@ class CheckpointSeries:
     base: str
     checkpoints: list[Checkpoint]
 
-    def validate(self) -> "CheckpointSeries":
+    def validate(self) -> CheckpointSeries:
         cks = self.checkpoints
         if not cks:
             raise SeriesError(f"series {self.name!r} has no checkpoints")
         if all(c.index is not None for c in cks):
             idx = sorted(c.index for c in cks)
             if len(set(idx)) != len(idx):
-                raise SeriesError(f"series {self.name!r}: duplicate checkpoint indices {idx}; each checkpoint needs its own")
+                raise SeriesError(
+                    f"series {self.name!r}: duplicate checkpoint indices {idx}; each checkpoint needs its own"
+                )
             missing = sorted(set(range(1, max(idx) + 1)) - set(idx))
             if missing:
-                raise SeriesError(f"series {self.name!r} has a gap: checkpoint(s) {missing} missing of 1..{max(idx)}; "
-                                  "finish building them or analyse a contiguous prefix")
+                raise SeriesError(
+                    f"series {self.name!r} has a gap: checkpoint(s) {missing} missing of 1..{max(idx)}; "
+                    "finish building them or analyse a contiguous prefix"
+                )
             self.checkpoints = sorted(cks, key=lambda c: c.index)
         elif all(c.step is not None for c in cks):
             steps = sorted(c.step for c in cks)
@@ -66,15 +72,19 @@ class CheckpointSeries:
                 raise SeriesError(f"series {self.name!r}: duplicate steps {steps}; the order is ambiguous")
             gaps = np.diff([0] + steps)
             if len(gaps) > 1 and gaps.max() > 1.5 * np.median(gaps):
-                raise SeriesError(f"series {self.name!r} looks like it has a gap: steps {steps} (spacing {gaps.tolist()}); "
-                                  "pass every checkpoint or give explicit indices")
+                raise SeriesError(
+                    f"series {self.name!r} looks like it has a gap: steps {steps} (spacing {gaps.tolist()}); "
+                    "pass every checkpoint or give explicit indices"
+                )
             self.checkpoints = sorted(cks, key=lambda c: c.step)
             for i, c in enumerate(self.checkpoints):
                 c.index = i + 1
         else:
             unknown = [c.path for c in cks if c.step is None and c.index is None]
-            raise SeriesError(f"series {self.name!r}: unknown order for {unknown or [c.path for c in cks]} "
-                              "(no checkpoint index or step in featalign.json); pass steps/indices explicitly")
+            raise SeriesError(
+                f"series {self.name!r}: unknown order for {unknown or [c.path for c in cks]} "
+                "(no checkpoint index or step in featalign.json); pass steps/indices explicitly"
+            )
         return self
 
     @property
@@ -85,7 +95,9 @@ class CheckpointSeries:
         return dict(zip(self.names, [self.base] + [c.path for c in self.checkpoints]))
 
 
-def series_from_dirs(name: str, base: str | Path, dirs: list[str | Path], steps: list[int] | None = None) -> CheckpointSeries:
+def series_from_dirs(
+    name: str, base: str | Path, dirs: list[str | Path], steps: list[int] | None = None
+) -> CheckpointSeries:
     """Series from checkpoint folders; order from `steps` or from each folder's featalign.json."""
     cks = []
     for i, d in enumerate(dirs):
@@ -115,7 +127,9 @@ def series_from_organisms(org, kind: str, domain: str | None = None) -> Checkpoi
 
 @dataclass
 class DriftConfig(JsonConfig):
-    """Thresholds of the drift analysis: top-k size, the NRN that counts as model-specific, the stabilisation tolerances, and the decoder cosine a pairwise match needs."""
+    """Thresholds of the drift analysis: top-k size, the NRN that counts as model-specific, the stabilisation
+    tolerances, and the decoder cosine a pairwise match needs."""
+
     top_k: int = 50
     specific_threshold: float = 0.9  # NRN vs base at or above this -> model-specific (for "new features")
     stable_tol: float = 0.05  # |s_t - s_final| <= tol ...
@@ -159,6 +173,7 @@ def topk_entry_index(topk_sets: list[set[int]], feats: list[int]) -> np.ndarray:
 class DriftResult:
     """Drift of one checkpoint series (joint or pairwise alignment): per-checkpoint top-k, successive overlaps,
     stabilisation and top-k entry of each final top-k feature, specific / new feature counts, and the drift curves."""
+
     series: str
     mode: str
     indices: list[int]  # checkpoint positions 1..n
@@ -174,25 +189,34 @@ class DriftResult:
 
     def summary(self) -> dict:
         st = np.array(self.stabilisation)
-        return {"series": self.series, "mode": self.mode, "k": len(self.final_features), "overlap": self.overlap,
-                "mean_overlap": float(np.mean(self.overlap)) if self.overlap else None,
-                "stabilisation_median": float(np.median(st)) if len(st) else None,
-                "stabilisation_median_95": median_interval(st),
-                "stabilisation_hist": {int(k): int((st == k).sum()) for k in self.indices},
-                "topk_entry_median": float(np.median(self.topk_entry)) if self.topk_entry else None,
-                "topk_entry_median_95": median_interval(self.topk_entry),
-                "n_specific": self.n_specific, "new_features": self.new_features, "steps": self.steps}
+        return {
+            "series": self.series,
+            "mode": self.mode,
+            "k": len(self.final_features),
+            "overlap": self.overlap,
+            "mean_overlap": float(np.mean(self.overlap)) if self.overlap else None,
+            "stabilisation_median": float(np.median(st)) if len(st) else None,
+            "stabilisation_median_95": median_interval(st),
+            "stabilisation_hist": {int(k): int((st == k).sum()) for k in self.indices},
+            "topk_entry_median": float(np.median(self.topk_entry)) if self.topk_entry else None,
+            "topk_entry_median_95": median_interval(self.topk_entry),
+            "n_specific": self.n_specific,
+            "new_features": self.new_features,
+            "steps": self.steps,
+        }
 
 
 def median_interval(x, n_resamples: int = 2000, seed: int = 0) -> list[float] | None:
-    """95% percentile bootstrap interval of the median (None without data; a constant sample gets a zero-width interval)."""
+    """95% percentile bootstrap interval of the median (None without data; a constant sample gets a zero-width
+    interval)."""
     x = np.asarray(x, float)
     if len(x) < 2 or np.all(x == x[0]):
         return [float(x[0]), float(x[0])] if len(x) else None
     from scipy.stats import bootstrap
 
-    r = bootstrap((x,), np.median, n_resamples=n_resamples, method="percentile",
-                  random_state=np.random.default_rng(seed))
+    r = bootstrap(
+        (x,), np.median, n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed)
+    )
     return [float(r.confidence_interval.low), float(r.confidence_interval.high)]
 
 
@@ -200,9 +224,15 @@ def _cos(a: Tensor, b: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
 
 
-def drift_joint(dec_LMK: Tensor, cfg: DriftConfig = DriftConfig(), alive_L: Tensor | None = None,
-                series: str = "", steps: list[int | None] | None = None) -> DriftResult:
+def drift_joint(
+    dec_LMK: Tensor,
+    cfg: DriftConfig | None = None,
+    alive_L: Tensor | None = None,
+    series: str = "",
+    steps: list[int | None] | None = None,
+) -> DriftResult:
     """Drift from one joint crosscoder's decoders `[L, 1 + n, K]` (model 0 = base, then checkpoints in order)."""
+    cfg = cfg or DriftConfig()
     L, M, _ = dec_LMK.shape
     if M < 3:
         raise SeriesError("a joint drift crosscoder needs the base and >= 2 checkpoints")
@@ -220,9 +250,20 @@ def drift_joint(dec_LMK: Tensor, cfg: DriftConfig = DriftConfig(), alive_L: Tens
     alive = torch.ones(L, dtype=torch.bool) if alive_L is None else alive_L
     spec = [set(torch.nonzero((s_LT[:, t] >= cfg.specific_threshold) & alive).flatten().tolist()) for t in range(T)]
     new = [len(spec[0])] + [len(spec[t] - spec[t - 1]) for t in range(1, T)]
-    return DriftResult(series, "joint", list(range(1, T + 1)), list(steps or [None] * T), tops, overlap, final,
-                       stab.tolist(), topk_entry_index(sets, final).tolist(), [len(s) for s in spec], new,
-                       {"nrn": s_LT[final].tolist(), "cos_base": cos_base_LT[final].tolist()})
+    return DriftResult(
+        series,
+        "joint",
+        list(range(1, T + 1)),
+        list(steps or [None] * T),
+        tops,
+        overlap,
+        final,
+        stab.tolist(),
+        topk_entry_index(sets, final).tolist(),
+        [len(s) for s in spec],
+        new,
+        {"nrn": s_LT[final].tolist(), "cos_base": cos_base_LT[final].tolist()},
+    )
 
 
 def _match(a_AK: Tensor, b_BK: Tensor, min_cos: float) -> list[tuple[int, int, float]]:
@@ -236,9 +277,15 @@ def _match(a_AK: Tensor, b_BK: Tensor, min_cos: float) -> list[tuple[int, int, f
     return [(int(i), int(j), float(c[i, j])) for i, j in zip(r, q) if c[i, j] >= min_cos]
 
 
-def drift_pairwise(decs: list[Tensor], cfg: DriftConfig = DriftConfig(), alive: list[Tensor | None] | None = None,
-                   series: str = "", steps: list[int | None] | None = None) -> DriftResult:
+def drift_pairwise(
+    decs: list[Tensor],
+    cfg: DriftConfig | None = None,
+    alive: list[Tensor | None] | None = None,
+    series: str = "",
+    steps: list[int | None] | None = None,
+) -> DriftResult:
     """Drift from per-checkpoint (base, ckpt_t) crosscoders' decoders, each `[L_t, 2, K]` (base first)."""
+    cfg = cfg or DriftConfig()
     T = len(decs)
     if T < 2:
         raise SeriesError("pairwise drift needs >= 2 checkpoints")
@@ -273,13 +320,25 @@ def drift_pairwise(decs: list[Tensor], cfg: DriftConfig = DriftConfig(), alive: 
     for t in range(1, T):
         m = _match(decs[t][spec[t], 1], decs[t - 1][spec[t - 1], 1], cfg.match_cos)
         new.append(len(spec[t]) - len(m))
-    return DriftResult(series, "pairwise", list(range(1, T + 1)), list(steps or [None] * T), tops, overlap,
-                       final, stab.tolist(), entry, [len(x) for x in spec], new,
-                       {"nrn": s_FT.tolist(), "cos_base": cos_base.tolist()})
+    return DriftResult(
+        series,
+        "pairwise",
+        list(range(1, T + 1)),
+        list(steps or [None] * T),
+        tops,
+        overlap,
+        final,
+        stab.tolist(),
+        entry,
+        [len(x) for x in spec],
+        new,
+        {"nrn": s_FT.tolist(), "cos_base": cos_base.tolist()},
+    )
 
 
-def compare_stabilisation(a: DriftResult, b: DriftResult, n_resamples: int = 2000, seed: int = 0,
-                          what: str = "stabilisation") -> dict:
+def compare_stabilisation(
+    a: DriftResult, b: DriftResult, n_resamples: int = 2000, seed: int = 0, what: str = "stabilisation"
+) -> dict:
     """Does series a stabilise earlier than b? Median difference (bootstrap CI) and a one-sided Mann-Whitney U.
 
     `what`: "stabilisation" (value-based: within tolerance of the final state) or "topk_entry"
@@ -292,9 +351,16 @@ def compare_stabilisation(a: DriftResult, b: DriftResult, n_resamples: int = 200
     d = [np.median(rng.choice(x, len(x))) - np.median(rng.choice(y, len(y))) for _ in range(n_resamples)]
     p = mannwhitneyu(x, y, alternative="less").pvalue if len(x) and len(y) else float("nan")
     ov = np.array(a.overlap) - np.array(b.overlap) if len(a.overlap) == len(b.overlap) else None
-    return {"what": what, "a": a.series, "b": b.series, "median_a": float(np.median(x)), "median_b": float(np.median(y)),
-            "median_diff": float(np.median(x) - np.median(y)),
-            "median_diff_95": [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))],
-            "mannwhitney_p_a_earlier": float(p),
-            "mean_overlap_a": float(np.mean(a.overlap)), "mean_overlap_b": float(np.mean(b.overlap)),
-            "overlap_diff_per_pair": ov.tolist() if ov is not None else None}
+    return {
+        "what": what,
+        "a": a.series,
+        "b": b.series,
+        "median_a": float(np.median(x)),
+        "median_b": float(np.median(y)),
+        "median_diff": float(np.median(x) - np.median(y)),
+        "median_diff_95": [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))],
+        "mannwhitney_p_a_earlier": float(p),
+        "mean_overlap_a": float(np.mean(a.overlap)),
+        "mean_overlap_b": float(np.mean(b.overlap)),
+        "overlap_diff_per_pair": ov.tolist() if ov is not None else None,
+    }

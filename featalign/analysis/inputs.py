@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from featalign.activations import (
-    ActivationStore, DomainMixtureSource, TaskSetSource, TokenSource, cache_activations, default_hook, resolve_hooks,
+    ActivationStore,
+    DomainMixtureSource,
+    TaskSetSource,
+    TokenSource,
+    cache_activations,
+    default_hook,
+    resolve_hooks,
 )
 from featalign.activations.store import rank_manifest_name
 from featalign.cli import UsageError
@@ -62,10 +69,14 @@ class AnalysisModels:
         """{role: CheckpointSeries} with the base first and checkpoints named `role@1..n` (drift's names)."""
         from featalign.analysis.drift import Checkpoint, CheckpointSeries
 
-        return {kind: CheckpointSeries(kind, self.trio["base"].path,
-                                       [Checkpoint(k, recorded_step(spec), spec.path) for k, spec in
-                                        enumerate(self.series[kind], 1)]).validate()
-                for kind in self.series_kinds()}
+        return {
+            kind: CheckpointSeries(
+                kind,
+                self.trio["base"].path,
+                [Checkpoint(k, recorded_step(spec), spec.path) for k, spec in enumerate(self.series[kind], 1)],
+            ).validate()
+            for kind in self.series_kinds()
+        }
 
     def columns(self, with_series: bool) -> tuple[list[ModelSpec], dict[str, str]]:
         """The store's models (trio, then checkpoints as `role@k`) and aliases: a checkpoint that is a trio
@@ -79,18 +90,22 @@ class AnalysisModels:
                 if (ckpt.path, ckpt.revision) in where:
                     aliases[name] = where[(ckpt.path, ckpt.revision)]
                 else:
-                    specs.append(ModelSpec(name, ckpt.path, role="checkpoint", step=ckpt.step or k,
-                                           revision=ckpt.revision))
+                    specs.append(
+                        ModelSpec(name, ckpt.path, role="checkpoint", step=ckpt.step or k, revision=ckpt.revision)
+                    )
                     where[(ckpt.path, ckpt.revision)] = name
         return specs, aliases
 
     def describe(self) -> dict:
         """The report's record of the models: every path (with revision) by name."""
+
         def where(s: ModelSpec) -> str:
             return s.path + (f"@{s.revision}" if s.revision else "")
 
-        return {"trio": {n: where(s) for n, s in self.trio.items()},
-                "series": {k: [where(s) for s in v] for k, v in self.series.items()}}
+        return {
+            "trio": {n: where(s) for n, s in self.trio.items()},
+            "series": {k: [where(s) for s in v] for k, v in self.series.items()},
+        }
 
 
 def recorded_step(spec: ModelSpec) -> int | None:
@@ -119,14 +134,18 @@ def resolve_models(cfg) -> AnalysisModels:
     roles = {m.role: m for m in reversed(model_set.models)}  # the first model of a role wins
     missing = [r for r in ("base", "rl") if r not in roles]
     if missing:
-        raise UsageError(f"the model set has no {' or '.join(missing)} model (roles: "
-                         f"{[m.role for m in model_set.models]}); analyze needs base and rl (and sft for the trio): "
-                         "--model base=DIR --model rl=DIR --model sft=DIR")
+        raise UsageError(
+            f"the model set has no {' or '.join(missing)} model (roles: "
+            f"{[m.role for m in model_set.models]}); analyze needs base and rl (and sft for the trio): "
+            "--model base=DIR --model rl=DIR --model sft=DIR"
+        )
     trio = {r: roles[r] for r in TRIO_ROLES if r in roles}
     unknown = sorted(set(model_set.series) - set(trio))
     if unknown:
-        raise UsageError(f"--series {unknown}: a series belongs to a tuned model of the set (rl / sft), "
-                         f"which has roles {sorted(trio)}")
+        raise UsageError(
+            f"--series {unknown}: a series belongs to a tuned model of the set (rl / sft), "
+            f"which has roles {sorted(trio)}"
+        )
     return AnalysisModels(trio, dict(model_set.series), organisms)
 
 
@@ -167,8 +186,17 @@ def _store_status(root: Path, specs: list[ModelSpec], hook: str, fingerprint: st
     return "complete"
 
 
-def store_activations(root: str | Path, specs: list[ModelSpec], hook: str, n_tokens: int, source: TokenSource, *,
-                      device: str = "cpu", dtype: str = "float32", progress: bool = True) -> torch.Tensor:
+def store_activations(
+    root: str | Path,
+    specs: list[ModelSpec],
+    hook: str,
+    n_tokens: int,
+    source: TokenSource,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool = True,
+) -> torch.Tensor:
     """`[n_tokens, M, 1, D]` activations of `specs` (in that order) at `hook` on `source`, read from the store at
     `root`. The store is cached there by `cache_activations` (resuming an interrupted run); a store of other
     models, another hook or another source is replaced, with a warning; one that holds more models or
@@ -182,8 +210,9 @@ def store_activations(root: str | Path, specs: list[ModelSpec], hook: str, n_tok
         except KeyError as e:
             raise UsageError(f"--hook: {e.args[0]}") from e
         if status == "other":
-            warnings.warn(f"{root} holds activations of other models, another hook or another text; recaching them",
-                          stacklevel=2)
+            warnings.warn(
+                f"{root} holds activations of other models, another hook or another text; recaching them", stacklevel=2
+            )
             shutil.rmtree(root)
         cache_activations(group, source, hooks=[hook], out_dir=root, n_tokens=n_tokens, progress=progress)
     store = ActivationStore(root)
@@ -192,13 +221,13 @@ def store_activations(root: str | Path, specs: list[ModelSpec], hook: str, n_tok
     return x_NMHD if index == list(range(len(store.models))) else x_NMHD[:, index].contiguous()
 
 
-def mixture_activations(root: str | Path, model_dirs: dict[str, str], hook: str, n_tokens: int, split: str,
-                        seed: int, progress: bool = True) -> torch.Tensor:
+def mixture_activations(
+    root: str | Path, model_dirs: dict[str, str], hook: str, n_tokens: int, split: str, seed: int, progress: bool = True
+) -> torch.Tensor:
     """`[N, M, 1, D]` activations of `model_dirs` ({name: folder}) on the organisms' domain mixture
     (`DomainMixtureSource`), the text `python -m featalign.analyze` reads by default, via a store at `root`."""
     specs = [ModelSpec(n, str(d), role=n if n in ROLES else "other") for n, d in model_dirs.items()]
-    return store_activations(root, specs, hook, n_tokens, DomainMixtureSource(split, seed, n_tokens),
-                             progress=progress)
+    return store_activations(root, specs, hook, n_tokens, DomainMixtureSource(split, seed, n_tokens), progress=progress)
 
 
 @dataclass
@@ -218,8 +247,10 @@ def text_sources(cfg, task_set) -> tuple[TokenSource, TokenSource]:
     """(train, eval) text: the organisms' domain mixture (seed, seed + 1) when no task set is given, else the
     task set's train problems (all problems when it has none) and its eval problems."""
     if task_set is None:
-        return (DomainMixtureSource("train", cfg.seed, cfg.n_tokens),
-                DomainMixtureSource("eval", cfg.seed + 1, cfg.eval_tokens))
+        return (
+            DomainMixtureSource("train", cfg.seed, cfg.n_tokens),
+            DomainMixtureSource("eval", cfg.seed + 1, cfg.eval_tokens),
+        )
     train_split = "train" if any(t.train_problems for t in task_set) else "all"
     return TaskSetSource(task_set, train_split), TaskSetSource(task_set, "eval")
 
@@ -228,7 +259,8 @@ def load_task_set(spec: str | None, n_per_task: int | None = None, verifier: str
     """The `--tasks` task set (None: the organisms' domains, read as their domain mixture): `TaskSet.load`'s
     specs (`organisms[:dom,...]` or a JSONL file), each task cut to its first `n_per_task` problems (an
     example's `--n-prompts`), a JSONL file's rows scored by `verifier` (`--verifier`; None: a task-set file's
-    own, else exact; the organisms' domains keep their own). A missing file or a bad row is a UsageError, so a caller that loads the task set
+    own, else exact; the organisms' domains keep their own). A missing file or a bad row is a UsageError, so a caller
+    that loads the task set
     first refuses it before any work."""
     if spec is None:
         return None

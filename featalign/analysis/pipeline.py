@@ -6,10 +6,11 @@ The stages themselves and their registry are in `featalign.analysis.stages`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ class Stage:
     pipeline prepares (and times) before the stages run."""
 
     name: str
-    run: Callable[["AnalysisContext"], Sections]
+    run: Callable[[AnalysisContext], Sections]
     markdown: Callable[[dict], list[str]]
     requires: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()
@@ -61,18 +62,32 @@ class AnalysisContext:
         """Training activations: the trio, plus every checkpoint when drift runs (one store row, all models)."""
         with_series = "drift" in self.stage_names
         specs, aliases = self.models.columns(with_series)
-        x_NMHD = store_activations(self.out / "activations" / "train", specs, self.hook, self.cfg.n_tokens,
-                                   self.sources[0], device=self.cfg.device, dtype=self.cfg.model_dtype,
-                                   progress=self.cfg.progress)
+        x_NMHD = store_activations(
+            self.out / "activations" / "train",
+            specs,
+            self.hook,
+            self.cfg.n_tokens,
+            self.sources[0],
+            device=self.cfg.device,
+            dtype=self.cfg.model_dtype,
+            progress=self.cfg.progress,
+        )
         return Activations(x_NMHD, [s.name for s in specs], aliases)
 
     @cached_property
     def eval(self) -> Activations:
         """Held-out activations of the trio (attribution statistics, Latent Scaling)."""
         specs, _ = self.models.columns(with_series=False)
-        x_NMHD = store_activations(self.out / "activations" / "eval", specs, self.hook, self.cfg.eval_tokens,
-                                   self.sources[1], device=self.cfg.device, dtype=self.cfg.model_dtype,
-                                   progress=self.cfg.progress)
+        x_NMHD = store_activations(
+            self.out / "activations" / "eval",
+            specs,
+            self.hook,
+            self.cfg.eval_tokens,
+            self.sources[1],
+            device=self.cfg.device,
+            dtype=self.cfg.model_dtype,
+            progress=self.cfg.progress,
+        )
         return Activations(x_NMHD, [s.name for s in specs])
 
     @cached_property

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -37,7 +37,8 @@ def nrn_histograms(nrn_by_name: dict[str, np.ndarray], path, title: str = "") ->
 
 
 def mas_histograms(mas_LM: np.ndarray, models, path, title: str = "") -> Path:
-    """Histogram (log counts) of each model's attribution score: mass near 1 means latents that model owns, near 1/M shared ones."""
+    """Histogram (log counts) of each model's attribution score: mass near 1 means latents that model owns, near 1/M
+    shared ones."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for m, name in enumerate(models):
@@ -66,9 +67,11 @@ def ternary(mas_L3: np.ndarray, models, path, colors=None, title: str = "") -> P
     return _save(fig, path)
 
 
-def latent_scaling_scatter(nu_err: np.ndarray, nu_rec: np.ndarray, labels: list[str], path, thresholds=(0.3, 0.5),
-                           title: str = "") -> Path:
-    """nu_error against nu_recon with the artifact thresholds drawn, so complete-shrinkage and decoupling artifacts stand out."""
+def latent_scaling_scatter(
+    nu_err: np.ndarray, nu_rec: np.ndarray, labels: list[str], path, thresholds=(0.3, 0.5), title: str = ""
+) -> Path:
+    """nu_error against nu_recon with the artifact thresholds drawn, so complete-shrinkage and decoupling artifacts
+    stand out."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4))
     for lab in sorted(set(labels)):
@@ -122,8 +125,15 @@ def count_bars_figure(rows: Sequence[tuple], ylabel: str = "model-specific laten
     top = max(float(hi.max(initial=0.0)), float(c.max(initial=0.0)), 1.0)
     for i, r in enumerate(rows):
         text = f"{r[1]:.0f} of {r[4]}" if len(r) > 4 else f"{r[1]:.0f}"
-        ax.annotate(text, (x[i], max(hi[i], c[i])), xytext=(0, 4), textcoords="offset points", ha="center",
-                    va="bottom", fontsize=8)
+        ax.annotate(
+            text,
+            (x[i], max(hi[i], c[i])),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_ylim(0, top * 1.2)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right", fontsize=8)
@@ -162,15 +172,22 @@ def drift_side_by_side(results: dict, path) -> Path:
 
 
 def success_sets(per_task_sizes: dict[str, int], n_features: int, null_95, path, title: str = "") -> Path:
-    """Per-task RL-success set sizes and their intersection, with the random-subset null's 95% interval on the intersection."""
+    """Per-task RL-success set sizes and their intersection, with the random-subset null's 95% interval on the
+    intersection."""
     plt = _plt()
     labels = list(per_task_sizes) + ["∩ all"]
     vals = list(per_task_sizes.values()) + [n_features]
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(labels), 3.4))
     ax.bar(range(len(vals)), vals, color=["C0"] * (len(vals) - 1) + ["C3"])
     if null_95:
-        ax.errorbar([len(vals) - 1], [np.mean(null_95)], yerr=[[np.mean(null_95) - null_95[0]], [null_95[1] - np.mean(null_95)]],
-                    fmt="kx", capsize=4, label="random-subset null (95%)")
+        ax.errorbar(
+            [len(vals) - 1],
+            [np.mean(null_95)],
+            yerr=[[np.mean(null_95) - null_95[0]], [null_95[1] - np.mean(null_95)]],
+            fmt="kx",
+            capsize=4,
+            label="random-subset null (95%)",
+        )
         ax.legend(fontsize=7)
     ax.set_xticks(range(len(vals)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("selected latents")

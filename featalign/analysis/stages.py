@@ -9,13 +9,17 @@ new stage here plus its test; `python -m featalign.analyze --stages NAME` then r
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from featalign.analysis.controls import (
-    control_activations, count_interval, difference_interval, independent_difference_interval, specific_masks,
+    control_activations,
+    count_interval,
+    difference_interval,
+    independent_difference_interval,
+    specific_masks,
 )
 from featalign.analysis.pipeline import AnalysisContext, Sections, Stage, as_numpy
 from featalign.cli import UsageError
@@ -26,9 +30,11 @@ CP_MARK = "†"  # marks an exact Clopper-Pearson interval (a count of 0 or n ha
 TRIO_CLASSES = ("rl-only", "sft-only", "base-only")
 
 
-def stage(name: str, markdown: Callable[[dict], list[str]], requires: tuple[str, ...] = (),
-          uses: tuple[str, ...] = ()) -> Callable:
+def stage(
+    name: str, markdown: Callable[[dict], list[str]], requires: tuple[str, ...] = (), uses: tuple[str, ...] = ()
+) -> Callable:
     """Register the decorated `run(ctx) -> sections` function as stage `name`."""
+
     def register(run: Callable[[AnalysisContext], Sections]) -> Callable:
         STAGES[name] = Stage(name, run, markdown, requires, uses)
         return run
@@ -70,11 +76,13 @@ def trio_counts(att, alive_L: torch.Tensor) -> dict:
     alive = alive_L.numpy()
     masks = {c: np.array([k == c for k in att.classes]) for c in TRIO_CLASSES}
     masks_ls = {c: np.array([k == c for k in att.classes_ls]) for c in ("rl-only", "sft-only")}
-    return {"n_alive": int(alive.sum()),
-            "trio": {c: count_interval(m[alive]).as_dict() for c, m in masks.items()},
-            "trio_after_latent_scaling": {c: count_interval(m[alive]).as_dict() for c, m in masks_ls.items()},
-            "trio_sft_minus_rl": difference_interval(masks["sft-only"][alive], masks["rl-only"][alive]),
-            "trio_sft_minus_rl_after_ls": difference_interval(masks_ls["sft-only"][alive], masks_ls["rl-only"][alive])}
+    return {
+        "n_alive": int(alive.sum()),
+        "trio": {c: count_interval(m[alive]).as_dict() for c, m in masks.items()},
+        "trio_after_latent_scaling": {c: count_interval(m[alive]).as_dict() for c, m in masks_ls.items()},
+        "trio_sft_minus_rl": difference_interval(masks["sft-only"][alive], masks["rl-only"][alive]),
+        "trio_sft_minus_rl_after_ls": difference_interval(masks_ls["sft-only"][alive], masks_ls["rl-only"][alive]),
+    }
 
 
 def attribution_figures(att, alive_L: torch.Tensor, models: tuple[str, ...], figures, acfg) -> None:
@@ -85,9 +93,13 @@ def attribution_figures(att, alive_L: torch.Tensor, models: tuple[str, ...], fig
     plots.mas_histograms(as_numpy(att.mas_LM[alive_L]), models, figures / "mas_hist.png", "trio: decoder-norm shares")
     if len(models) == 3:
         class_colour = {"shared": "C0", "rl-only": "C3", "sft-only": "C2", "base-only": "C1"}
-        plots.ternary(as_numpy(att.mas_LM[alive_L]), models, figures / "ternary.png",
-                      [class_colour.get(c, "grey") for c, a in zip(att.classes, alive) if a],
-                      "model attribution (alive latents)")
+        plots.ternary(
+            as_numpy(att.mas_LM[alive_L]),
+            models,
+            figures / "ternary.png",
+            [class_colour.get(c, "grey") for c, a in zip(att.classes, alive) if a],
+            "model attribution (alive latents)",
+        )
     specific = np.array([c.endswith("-only") for c in att.classes]) & alive
     if not specific.any():
         return
@@ -97,10 +109,14 @@ def attribution_figures(att, alive_L: torch.Tensor, models: tuple[str, ...], fig
         return np.nanmax(np.where(share_of_max_LM < acfg.absent_ratio, as_numpy(nu_LM), np.nan), axis=1)
 
     with np.errstate(all="ignore"):
-        plots.latent_scaling_scatter(nu_where_absent(att.ls.nu_error_LM)[specific],
-                                     nu_where_absent(att.ls.nu_recon_LM)[specific],
-                                     [c for c, s in zip(att.classes, specific) if s], figures / "latent_scaling.png",
-                                     (acfg.ls_error_threshold, acfg.ls_recon_threshold), "model-specific latents")
+        plots.latent_scaling_scatter(
+            nu_where_absent(att.ls.nu_error_LM)[specific],
+            nu_where_absent(att.ls.nu_recon_LM)[specific],
+            [c for c, s in zip(att.classes, specific) if s],
+            figures / "latent_scaling.png",
+            (acfg.ls_error_threshold, acfg.ls_recon_threshold),
+            "model-specific latents",
+        )
 
 
 def attribution_markdown(r: dict) -> list[str]:
@@ -108,18 +124,26 @@ def attribution_markdown(r: dict) -> list[str]:
     q1 = r.get("q1_specific_latents", {})
     if "trio" not in q1:
         return []
-    lines = ["## Q1. Are there more SFT-specific latents than RL-specific ones?", "",
-             f"Trio crosscoder ({', '.join(r.get('models', {}).get('trio', ['base', 'rl', 'sft']))}), "
-             f"{q1.get('n_alive')} alive latents:", "",
-             "| class | count [95% CI] | after Latent Scaling |", "|---|---|---|"]
+    lines = [
+        "## Q1. Are there more SFT-specific latents than RL-specific ones?",
+        "",
+        f"Trio crosscoder ({', '.join(r.get('models', {}).get('trio', ['base', 'rl', 'sft']))}), "
+        f"{q1.get('n_alive')} alive latents:",
+        "",
+        "| class | count [95% CI] | after Latent Scaling |",
+        "|---|---|---|",
+    ]
     for c in TRIO_CLASSES:
         after = q1.get("trio_after_latent_scaling", {}).get(c)
         lines.append(f"| {c} | {format_interval(q1['trio'][c])} | {format_interval(after) if after else '-'} |")
     d, d_ls = q1.get("trio_sft_minus_rl", {}), q1.get("trio_sft_minus_rl_after_ls", {})
     if d:
-        lines += ["", f"SFT-only minus RL-only: {d['difference']:+.0f} [{d['low']:+.0f}, {d['high']:+.0f}] "
-                  f"(share of resamples <= 0: {d['p_le_0']:.3f}); after Latent Scaling: "
-                  f"{d_ls['difference']:+.0f} [{d_ls['low']:+.0f}, {d_ls['high']:+.0f}]."]
+        lines += [
+            "",
+            f"SFT-only minus RL-only: {d['difference']:+.0f} [{d['low']:+.0f}, {d['high']:+.0f}] "
+            f"(share of resamples <= 0: {d['p_le_0']:.3f}); after Latent Scaling: "
+            f"{d_ls['difference']:+.0f} [{d_ls['low']:+.0f}, {d_ls['high']:+.0f}].",
+        ]
     return lines
 
 
@@ -142,11 +166,18 @@ def attribution_stage(ctx: AnalysisContext) -> Sections:
 def pair_counts(masks: dict, nrn_L: torch.Tensor) -> dict:
     """Counts (with intervals) of one pairwise crosscoder's NRN classes among its alive latents."""
     alive = as_numpy(masks["alive"])
-    counted = {"tuned_only": "t_only", "base_only": "o_only", "shared": "shared", "tuned_lean": "t_lean",
-               "base_lean": "o_lean"}
-    return {"n_alive": int(alive.sum()),
-            **{key: count_interval(as_numpy(masks[m])[alive]).as_dict() for key, m in counted.items()},
-            "nrn_sd": float(as_numpy(nrn_L)[alive].std())}
+    counted = {
+        "tuned_only": "t_only",
+        "base_only": "o_only",
+        "shared": "shared",
+        "tuned_lean": "t_lean",
+        "base_lean": "o_lean",
+    }
+    return {
+        "n_alive": int(alive.sum()),
+        **{key: count_interval(as_numpy(masks[m])[alive]).as_dict() for key, m in counted.items()},
+        "nrn_sd": float(as_numpy(nrn_L)[alive].std()),
+    }
 
 
 def pairwise_crosscoders(ctx: AnalysisContext) -> tuple[dict, dict]:
@@ -176,19 +207,26 @@ def controls_markdown(r: dict) -> list[str]:
     if "pairwise" not in q1:
         return []
     lines = [] if "trio" in q1 else ["## Q1. Are there more SFT-specific latents than RL-specific ones?", ""]
-    lines += ["", "Pairwise crosscoders (NRN >= 0.9 tuned-only, <= 0.1 base-only) next to the base-vs-base nulls:", "",
-              "| crosscoder | alive | tuned-only | base-only | shared (0.4-0.6) | "
-              f"tuned-leaning (>= {r['config']['lean']}) | base-leaning | sd(NRN) |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Pairwise crosscoders (NRN >= 0.9 tuned-only, <= 0.1 base-only) next to the base-vs-base nulls:",
+        "",
+        "| crosscoder | alive | tuned-only | base-only | shared (0.4-0.6) | "
+        f"tuned-leaning (>= {r['config']['lean']}) | base-leaning | sd(NRN) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for k, v in q1["pairwise"].items():
         classes = ("tuned_only", "base_only", "shared", "tuned_lean", "base_lean")
         cells = " | ".join(format_interval(v[c]) for c in classes)
         lines.append(f"| {k} | {v['n_alive']} | {cells} | {v['nrn_sd']:.3f} |")
     if "pairwise_sft_minus_rl_tuned_only" in q1:
         only, lean = q1["pairwise_sft_minus_rl_tuned_only"], q1["pairwise_sft_minus_rl_tuned_lean"]
-        lines += ["", f"SFT minus RL (pairwise), tuned-only: {only['difference']:+.0f} [{only['low']:+.0f}, "
-                  f"{only['high']:+.0f}]; tuned-leaning: {lean['difference']:+.0f} [{lean['low']:+.0f}, "
-                  f"{lean['high']:+.0f}]."]
+        lines += [
+            "",
+            f"SFT minus RL (pairwise), tuned-only: {only['difference']:+.0f} [{only['low']:+.0f}, "
+            f"{only['high']:+.0f}]; tuned-leaning: {lean['difference']:+.0f} [{lean['low']:+.0f}, "
+            f"{lean['high']:+.0f}].",
+        ]
     return lines
 
 
@@ -204,13 +242,20 @@ def controls_stage(ctx: AnalysisContext) -> Sections:
         alive_sft, alive_rl = as_numpy(sft["alive"]), as_numpy(rl["alive"])
         for key, m in (("tuned_only", "t_only"), ("tuned_lean", "t_lean")):
             q1[f"pairwise_sft_minus_rl_{key}"] = independent_difference_interval(
-                as_numpy(sft[m])[alive_sft], as_numpy(rl[m])[alive_rl])
-    plots.nrn_histograms({k: as_numpy(v[masks[k]["alive"]]) for k, v in nrns.items()}, ctx.figures / "nrn_hist.png",
-                         "NRN of alive latents: base-vs-tuned next to base-vs-base controls")
-    rows = [(f"{k}: tuned-only", *(v["tuned_only"][f] for f in ("count", "low", "high", "n", "method")))
-            for k, v in q1["pairwise"].items()]
-    plots.count_bars(rows, ctx.figures / "specific_counts.png",
-                     title="tuned-only latents (NRN >= 0.9) among the alive ones")
+                as_numpy(sft[m])[alive_sft], as_numpy(rl[m])[alive_rl]
+            )
+    plots.nrn_histograms(
+        {k: as_numpy(v[masks[k]["alive"]]) for k, v in nrns.items()},
+        ctx.figures / "nrn_hist.png",
+        "NRN of alive latents: base-vs-tuned next to base-vs-base controls",
+    )
+    rows = [
+        (f"{k}: tuned-only", *(v["tuned_only"][f] for f in ("count", "low", "high", "n", "method")))
+        for k, v in q1["pairwise"].items()
+    ]
+    plots.count_bars(
+        rows, ctx.figures / "specific_counts.png", title="tuned-only latents (NRN >= 0.9) among the alive ones"
+    )
     return {"q1_specific_latents": q1}
 
 
@@ -238,8 +283,9 @@ def drift_study(series: dict, columns, hook: str, cfg, crosscoder_dir) -> tuple[
             decoders, alive = [], []
             for name in s.names[1:]:
                 x_NMHD = columns("base", name)
-                cc = train_or_load(crosscoder_dir / f"drift-{kind}-pair-{name.split('@')[1]}", ("base", name), x_NMHD,
-                                   hook, cfg)
+                cc = train_or_load(
+                    crosscoder_dir / f"drift-{kind}-pair-{name.split('@')[1]}", ("base", name), x_NMHD, hook, cfg
+                )
                 decoders.append(decoder_vectors(cc))
                 alive.append(fired(cc, x_NMHD))
             key = kind if cfg.drift_mode == "pairwise" else f"{kind}-pairwise"
@@ -251,8 +297,10 @@ def drift_study(series: dict, columns, hook: str, cfg, crosscoder_dir) -> tuple[
     return results, summary
 
 
-NO_SERIES = ("not run: the model set has no checkpoint series; pass --series rl=DIR1,DIR2,... (and/or sft=...), "
-             "or a model-set file with a 'series' entry, to measure drift")
+NO_SERIES = (
+    "not run: the model set has no checkpoint series; pass --series rl=DIR1,DIR2,... (and/or sft=...), "
+    "or a model-set file with a 'series' entry, to measure drift"
+)
 
 
 def drift_markdown(r: dict) -> list[str]:
@@ -263,22 +311,29 @@ def drift_markdown(r: dict) -> list[str]:
     lines = ["", "## Q2. Do SFT features stabilise earlier than RL's?", ""]
     if "skipped" in q2:
         return lines + [f"Drift {q2['skipped']}."]
-    lines += ["| series | mode | top-k overlap between successive checkpoints | mean | stabilisation checkpoint "
-              "(median [95% CI]) | top-k entry checkpoint (median [95% CI]) | new specific per checkpoint |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| series | mode | top-k overlap between successive checkpoints | mean | stabilisation checkpoint "
+        "(median [95% CI]) | top-k entry checkpoint (median [95% CI]) | new specific per checkpoint |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for k, v in q2.items():
         if k.startswith("sft_vs_rl"):
             continue
         stab, entry = v["stabilisation_median_95"], v["topk_entry_median_95"]
-        lines.append(f"| {k} | {v['mode']} | {', '.join(f'{o:.2f}' for o in v['overlap'])} | {v['mean_overlap']:.2f} | "
-                     f"{v['stabilisation_median']:.1f} [{stab[0]:.1f}, {stab[1]:.1f}] | {v['topk_entry_median']:.1f} "
-                     f"[{entry[0]:.1f}, {entry[1]:.1f}] | {v['new_features']} |")
+        lines.append(
+            f"| {k} | {v['mode']} | {', '.join(f'{o:.2f}' for o in v['overlap'])} | {v['mean_overlap']:.2f} | "
+            f"{v['stabilisation_median']:.1f} [{stab[0]:.1f}, {stab[1]:.1f}] | {v['topk_entry_median']:.1f} "
+            f"[{entry[0]:.1f}, {entry[1]:.1f}] | {v['new_features']} |"
+        )
     for key, label in (("sft_vs_rl", "stabilisation"), ("sft_vs_rl_topk_entry", "top-k entry")):
         if key in q2:
             c = q2[key]
             low, high = c["median_diff_95"]
-            lines += ["", f"Median {label} SFT - RL: {c['median_diff']:+.1f} checkpoints [{low:+.1f}, {high:+.1f}]; "
-                      f"one-sided Mann-Whitney p (SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}."]
+            lines += [
+                "",
+                f"Median {label} SFT - RL: {c['median_diff']:+.1f} checkpoints [{low:+.1f}, {high:+.1f}]; "
+                f"one-sided Mann-Whitney p (SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}.",
+            ]
     return lines
 
 
@@ -289,8 +344,9 @@ def drift_stage(ctx: AnalysisContext) -> Sections:
 
     if not ctx.models.series:
         return {"q2_drift": {"skipped": NO_SERIES}}
-    results, summary = drift_study(ctx.models.checkpoint_series(), ctx.train.columns, ctx.hook, ctx.cfg,
-                                   ctx.out / "crosscoders")
+    results, summary = drift_study(
+        ctx.models.checkpoint_series(), ctx.train.columns, ctx.hook, ctx.cfg, ctx.out / "crosscoders"
+    )
     plots.drift_side_by_side(results, ctx.figures / "drift.png")
     return {"q2_drift": summary}
 
@@ -307,21 +363,29 @@ def success_markdown(r: dict) -> list[str]:
     if "error" in q3:
         return lines + [f"Not computed: {q3['error']}"]
     boot, null = q3.get("bootstrap", {}), q3["null"]
-    lines += [f"Tasks: {', '.join(f'{t} ({n} samples)' for t, n in q3['n_samples'].items())}; skipped: "
-              f"{q3['skipped'] or 'none'}.", "",
-              f"Per-task sets: {q3['per_task_sizes']}. Intersection: **{q3['n_features']} latents** "
-              f"(bootstrap 95% {boot.get('size_95')}); features {q3['features'][:50]}. Selected in at least half "
-              f"of the tasks: {q3['n_majority']} latents (null {null['majority_size_mean']:.1f}, 95% "
-              f"{null['majority_size_95']}).",
-              f"Mean pairwise overlap |A∩B|/min: {q3['mean_pairwise_overlap']:.2f}.",
-              f"Random-subset null ({null['n']} repeats): intersection {null['size_mean']:.1f} "
-              f"(95% {null['size_95']}), mean overlap {null['mean_overlap_mean']:.2f} (95% "
-              f"[{null['mean_overlap_95'][0]:.2f}, {null['mean_overlap_95'][1]:.2f}]); Jaccard of null sets with the "
-              f"real set {null['jaccard_with_real_mean']:.2f}."]
+    lines += [
+        f"Tasks: {', '.join(f'{t} ({n} samples)' for t, n in q3['n_samples'].items())}; skipped: "
+        f"{q3['skipped'] or 'none'}.",
+        "",
+        f"Per-task sets: {q3['per_task_sizes']}. Intersection: **{q3['n_features']} latents** "
+        f"(bootstrap 95% {boot.get('size_95')}); features {q3['features'][:50]}. Selected in at least half "
+        f"of the tasks: {q3['n_majority']} latents (null {null['majority_size_mean']:.1f}, 95% "
+        f"{null['majority_size_95']}).",
+        f"Mean pairwise overlap |A∩B|/min: {q3['mean_pairwise_overlap']:.2f}.",
+        f"Random-subset null ({null['n']} repeats): intersection {null['size_mean']:.1f} "
+        f"(95% {null['size_95']}), mean overlap {null['mean_overlap_mean']:.2f} (95% "
+        f"[{null['mean_overlap_95'][0]:.2f}, {null['mean_overlap_95'][1]:.2f}]); Jaccard of null sets with the "
+        f"real set {null['jaccard_with_real_mean']:.2f}.",
+    ]
     if q3.get("gradient"):
-        lines += ["", "Agreement of Score_k with activation x gradient (per task): " + "; ".join(
-            f"{t}: Spearman {g['spearman']:.2f}, top-{g['top_k']} Jaccard {g['top_k_jaccard']:.2f}"
-            for t, g in q3["gradient"].items())]
+        lines += [
+            "",
+            "Agreement of Score_k with activation x gradient (per task): "
+            + "; ".join(
+                f"{t}: Spearman {g['spearman']:.2f}, top-{g['top_k']} Jaccard {g['top_k_jaccard']:.2f}"
+                for t, g in q3["gradient"].items()
+            ),
+        ]
     return lines
 
 
@@ -333,25 +397,50 @@ def success_stage(ctx: AnalysisContext) -> Sections:
     from featalign.analysis.success_features import SuccessConfig, TooFewSamplesError, success_features_for_models
 
     cfg = ctx.cfg
-    success_cfg = SuccessConfig(positions=cfg.positions, frac=cfg.success_frac, min_samples=cfg.min_samples,
-                                n_null=cfg.n_null, seed=cfg.seed)
+    success_cfg = SuccessConfig(
+        positions=cfg.positions, frac=cfg.success_frac, min_samples=cfg.min_samples, n_null=cfg.n_null, seed=cfg.seed
+    )
     tasks = success_tasks(cfg, ctx.models, ctx.task_set, progress=cfg.progress)
     dirs = ctx.models.model_dirs(("base", "rl"))
     try:
-        success = success_features_for_models(ctx.trio, dirs["base"], dirs["rl"], tasks, success_cfg,
-                                              gradient=cfg.gradient, progress=cfg.progress,
-                                              device=cfg.device, dtype=cfg.model_dtype)
+        success = success_features_for_models(
+            ctx.trio,
+            dirs["base"],
+            dirs["rl"],
+            tasks,
+            success_cfg,
+            gradient=cfg.gradient,
+            progress=cfg.progress,
+            device=cfg.device,
+            dtype=cfg.model_dtype,
+        )
     except TooFewSamplesError as e:
         return {"q3_success_features": {"error": str(e)}}
     ctx.results["success"] = success
     summary = success.summary()
     # the selection as an artifact the intervention CLI reads (`--features OUT/success_features.json`)
     trio_dir = cfg.crosscoder or str(ctx.out / "crosscoders" / "trio")
-    atomic_write_json(ctx.out / "success_features.json", jsonable({
-        "features": success.features, "majority_features": success.majority, "tasks": success.tasks,
-        "crosscoder": trio_dir, "models": dirs, "hook": ctx.hook, **provenance()}))
-    plots.success_sets(summary["per_task_sizes"], summary["n_features"], summary["null"].get("size_95"),
-                       ctx.figures / "success_sets.png", "RL-success features per task and their intersection")
+    atomic_write_json(
+        ctx.out / "success_features.json",
+        jsonable(
+            {
+                "features": success.features,
+                "majority_features": success.majority,
+                "tasks": success.tasks,
+                "crosscoder": trio_dir,
+                "models": dirs,
+                "hook": ctx.hook,
+                **provenance(),
+            }
+        ),
+    )
+    plots.success_sets(
+        summary["per_task_sizes"],
+        summary["n_features"],
+        summary["null"].get("size_95"),
+        ctx.figures / "success_sets.png",
+        "RL-success features per task and their intersection",
+    )
     return {"q3_success_features": summary}
 
 
@@ -387,8 +476,20 @@ def cards_stage(ctx: AnalysisContext) -> Sections:
 
     att, trio = ctx.results["attribution"], ctx.trio
     chosen = card_latents(att, trio.cfg.models, ctx.cfg.n_cards, ctx.results.get("success"))
-    examples = card_examples(trio, ctx.models.model_dirs(trio.cfg.models), list(chosen), progress=ctx.cfg.progress,
-                             device=ctx.cfg.device, dtype=ctx.cfg.model_dtype)
-    write_cards(ctx.out, list(chosen), examples, {i: att.latent(i) for i in chosen}, chosen,
-                "featalign feature cards (trio crosscoder)")
+    examples = card_examples(
+        trio,
+        ctx.models.model_dirs(trio.cfg.models),
+        list(chosen),
+        progress=ctx.cfg.progress,
+        device=ctx.cfg.device,
+        dtype=ctx.cfg.model_dtype,
+    )
+    write_cards(
+        ctx.out,
+        list(chosen),
+        examples,
+        {i: att.latent(i) for i in chosen},
+        chosen,
+        "featalign feature cards (trio crosscoder)",
+    )
     return {"cards": {"index": str(ctx.out / "index.html"), "n": len(chosen)}}

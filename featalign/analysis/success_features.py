@@ -37,6 +37,7 @@ class TooFewSamplesError(ValueError):
 class SuccessConfig(JsonConfig):
     """Settings of the RL-success selection: the crosscoder slots of base and RL, the pooled positions, the
     fraction-of-max threshold, the minimum samples and tasks, and the null / bootstrap repeats."""
+
     base: str = "base"  # crosscoder model names
     rl: str = "rl"
     positions: str = "last"  # "last": the last prompt token (predicts the answer); "all": mean over prompt tokens
@@ -65,7 +66,7 @@ def success_mask(base_correct: np.ndarray, rl_correct: np.ndarray) -> np.ndarray
     return ~b & r
 
 
-def feature_scores(f_rl_SL: Tensor, f_base_SL: Tensor) -> Float[Tensor, "L"]:
+def feature_scores(f_rl_SL: Tensor, f_base_SL: Tensor) -> Float[Tensor, " L"]:
     """Score_k = mean_s f_k(RL)_s - f_k(base)_s."""
     return (f_rl_SL.float() - f_base_SL.float()).mean(0)
 
@@ -84,8 +85,11 @@ def pairwise_overlap(sets: dict[str, set[int]]) -> dict[str, dict[str, float]]:
     for a, b in itertools.combinations(sets, 2):
         A, B = sets[a], sets[b]
         inter = len(A & B)
-        out[f"{a}|{b}"] = {"overlap": inter / max(1, min(len(A), len(B))), "jaccard": inter / max(1, len(A | B)),
-                           "intersection": inter}
+        out[f"{a}|{b}"] = {
+            "overlap": inter / max(1, min(len(A), len(B))),
+            "jaccard": inter / max(1, len(A | B)),
+            "intersection": inter,
+        }
     return out
 
 
@@ -97,6 +101,7 @@ def _intersect(sets: list[set[int]]) -> set[int]:
 class SuccessResult:
     """What the selection found: per-task scores and sets, the intersection and majority sets, pairwise overlaps,
     the random-subset null, the bootstrap over success samples and (optionally) the gradient-score agreement."""
+
     tasks: list[str]
     n_samples: dict[str, int]  # base-fail / RL-success samples per used task
     skipped: dict[str, str]  # task -> why (with its count)
@@ -111,32 +116,46 @@ class SuccessResult:
 
     def summary(self) -> dict:
         ov = [v["overlap"] for v in self.overlap.values()]
-        return {"tasks": self.tasks, "n_samples": self.n_samples, "skipped": self.skipped,
-                "per_task_sizes": {t: len(v) for t, v in self.per_task.items()},
-                "features": self.features, "n_features": len(self.features),
-                "majority_features": self.majority, "n_majority": len(self.majority),
-                "mean_pairwise_overlap": float(np.mean(ov)) if ov else None,
-                "pairwise_overlap": self.overlap, "null": self.null, "bootstrap": self.bootstrap,
-                "gradient": self.gradient}
+        return {
+            "tasks": self.tasks,
+            "n_samples": self.n_samples,
+            "skipped": self.skipped,
+            "per_task_sizes": {t: len(v) for t, v in self.per_task.items()},
+            "features": self.features,
+            "n_features": len(self.features),
+            "majority_features": self.majority,
+            "n_majority": len(self.majority),
+            "mean_pairwise_overlap": float(np.mean(ov)) if ov else None,
+            "pairwise_overlap": self.overlap,
+            "null": self.null,
+            "bootstrap": self.bootstrap,
+            "gradient": self.gradient,
+        }
 
 
 def rl_success_features(
-    f_rl: dict[str, Tensor], f_base: dict[str, Tensor], base_correct: dict[str, np.ndarray],
-    rl_correct: dict[str, np.ndarray], cfg: SuccessConfig = SuccessConfig(),
+    f_rl: dict[str, Tensor],
+    f_base: dict[str, Tensor],
+    base_correct: dict[str, np.ndarray],
+    rl_correct: dict[str, np.ndarray],
+    cfg: SuccessConfig | None = None,
 ) -> SuccessResult:
     """Select RL-success features from per-sample latents `[S, L]` of each task (all of its eval samples).
 
     Tasks with fewer than `cfg.min_samples` success samples are skipped and listed with their count;
     if fewer than `cfg.min_tasks` remain, `TooFewSamplesError` says how many each task had.
     """
+    cfg = cfg or SuccessConfig()
     counts, skipped, sel = {}, {}, {}
     for t in f_rl:
         m = success_mask(base_correct[t], rl_correct[t])
         if len(m) != len(f_rl[t]) or len(m) != len(f_base[t]):
-            raise ValueError(f"task {t}: {len(m)} correctness entries but {len(f_rl[t])} / {len(f_base[t])} latent rows")
+            raise ValueError(
+                f"task {t}: {len(m)} correctness entries but {len(f_rl[t])} / {len(f_base[t])} latent rows"
+            )
         n = int(m.sum())
         if n < cfg.min_samples:
-            skipped[t] = (f"only {n} base-fail/RL-success samples of {len(m)} (need >= {cfg.min_samples})")
+            skipped[t] = f"only {n} base-fail/RL-success samples of {len(m)} (need >= {cfg.min_samples})"
         else:
             counts[t], sel[t] = n, torch.from_numpy(np.nonzero(m)[0])
     if len(sel) < cfg.min_tasks:
@@ -144,13 +163,22 @@ def rl_success_features(
         raise TooFewSamplesError(
             f"RL-success features need >= {cfg.min_tasks} tasks with >= {cfg.min_samples} base-fail/RL-success "
             f"samples each; got {len(sel)} ({detail}). Evaluate more samples per task, lower min_samples, "
-            "or use organisms where RL transfers out of domain")
+            "or use organisms where RL transfers out of domain"
+        )
     tasks = list(sel)
     scores = {t: feature_scores(f_rl[t][sel[t]], f_base[t][sel[t]]) for t in tasks}
     per_task = {t: select_features(scores[t], cfg.frac) for t in tasks}
     inter = _intersect([per_task[t] for t in tasks])
-    res = SuccessResult(tasks, counts, skipped, scores, {t: sorted(v) for t, v in per_task.items()}, sorted(inter),
-                        sorted(_majority(list(per_task.values()))), pairwise_overlap(per_task))
+    res = SuccessResult(
+        tasks,
+        counts,
+        skipped,
+        scores,
+        {t: sorted(v) for t, v in per_task.items()},
+        sorted(inter),
+        sorted(_majority(list(per_task.values()))),
+        pairwise_overlap(per_task),
+    )
     rng = np.random.default_rng(cfg.seed)
     res.null = _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng)
     res.bootstrap = _bootstrap(f_rl, f_base, sel, tasks, inter, cfg, rng)
@@ -181,10 +209,16 @@ def _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng) -> dict:
         overlaps.append(np.mean([v["overlap"] for v in pairwise_overlap(sets).values()]))
         jac.append(len(i & inter) / max(1, len(i | inter)))
     q = lambda a: [float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))]  # noqa: E731
-    return {"n": cfg.n_null, "size_mean": float(np.mean(sizes)), "size_95": q(sizes),
-            "majority_size_mean": float(np.mean(maj)), "majority_size_95": q(maj),
-            "mean_overlap_mean": float(np.mean(overlaps)), "mean_overlap_95": q(overlaps),
-            "jaccard_with_real_mean": float(np.mean(jac))}
+    return {
+        "n": cfg.n_null,
+        "size_mean": float(np.mean(sizes)),
+        "size_95": q(sizes),
+        "majority_size_mean": float(np.mean(maj)),
+        "majority_size_95": q(maj),
+        "mean_overlap_mean": float(np.mean(overlaps)),
+        "mean_overlap_95": q(overlaps),
+        "jaccard_with_real_mean": float(np.mean(jac)),
+    }
 
 
 def _bootstrap(f_rl, f_base, sel, tasks, inter, cfg, rng) -> dict:
@@ -201,10 +235,13 @@ def _bootstrap(f_rl, f_base, sel, tasks, inter, cfg, rng) -> dict:
             freq[k] = freq.get(k, 0) + 1
     if not sizes:
         return {}
-    return {"n": cfg.n_boot, "size_95": [float(np.quantile(sizes, 0.025)), float(np.quantile(sizes, 0.975))],
-            "size_mean": float(np.mean(sizes)),
-            "selection_frequency": {int(k): freq.get(k, 0) / cfg.n_boot for k in sorted(inter)},
-            "stable_features": sorted(int(k) for k, v in freq.items() if v / cfg.n_boot >= 0.8)}
+    return {
+        "n": cfg.n_boot,
+        "size_95": [float(np.quantile(sizes, 0.025)), float(np.quantile(sizes, 0.975))],
+        "size_mean": float(np.mean(sizes)),
+        "selection_frequency": {int(k): freq.get(k, 0) / cfg.n_boot for k in sorted(inter)},
+        "stable_features": sorted(int(k) for k, v in freq.items() if v / cfg.n_boot >= 0.8),
+    }
 
 
 def agreement(score_L: Tensor, attr_L: Tensor, k: int) -> dict:
@@ -214,8 +251,12 @@ def agreement(score_L: Tensor, attr_L: Tensor, k: int) -> dict:
     k = max(1, k)
     a, b = set(score_L.topk(k).indices.tolist()), set(attr_L.topk(k).indices.tolist())
     rho = spearmanr(score_L.numpy(), attr_L.numpy())
-    return {"spearman": float(rho.statistic), "spearman_p": float(rho.pvalue), "top_k": k,
-            "top_k_jaccard": len(a & b) / len(a | b)}
+    return {
+        "spearman": float(rho.statistic),
+        "spearman_p": float(rho.pvalue),
+        "top_k": k,
+        "top_k_jaccard": len(a & b) / len(a | b),
+    }
 
 
 # --- latents from running models ----------------------------------------------------------------------
@@ -247,8 +288,9 @@ def _pool(f_STL: Tensor, mask_ST: Tensor, last_S: Tensor, positions: str) -> Ten
 
 
 @torch.no_grad()
-def sample_latents(cc, model, tokenizer, problems, model_index: int, positions: str = "last",
-                   batch: int = 128) -> Float[Tensor, "S L"]:
+def sample_latents(
+    cc, model, tokenizer, problems, model_index: int, positions: str = "last", batch: int = 128
+) -> Float[Tensor, "S L"]:
     """Per-sample latents of one model (a `featalign.models.load_model` bridge) on prompts, pooled over
     `positions` (last prompt token or all)."""
     from featalign.models import capture_models
@@ -266,15 +308,15 @@ def sample_latents(cc, model, tokenizer, problems, model_index: int, positions: 
     return torch.cat(out)
 
 
-def gradient_attribution(cc, model, tokenizer, problems, model_index: int, positions: str = "last",
-                         batch: int = 64) -> Float[Tensor, "S L"]:
+def gradient_attribution(
+    cc, model, tokenizer, problems, model_index: int, positions: str = "last", batch: int = 64
+) -> Float[Tensor, "S L"]:
     """Activation x gradient of log p(correct answer + <eos> | prompt) for each latent, per sample.
 
     The model's hook activation is replaced by the crosscoder reconstruction plus the (frozen)
     reconstruction error, so the forward pass is unchanged and only the latents carry gradient.
     """
-    from featalign.models import hf_model_of
-    from featalign.models import edit_hooks
+    from featalign.models import edit_hooks, hf_model_of
 
     if cc.cfg.n_hooks != 1:
         raise ValueError("gradient attribution supports one-hook crosscoders; pass a crosscoder trained on one hook")
@@ -337,11 +379,19 @@ def organism_tasks(org, rl_name: str | None = None, tasks: list[str] | None = No
 
 
 def success_features_for_models(
-    cc, base_dir, rl_dir, tasks: dict[str, TaskData], cfg: SuccessConfig = SuccessConfig(),
-    gradient: bool = False, progress: bool = True, device: str = "cpu", dtype: str = "float32",
+    cc,
+    base_dir,
+    rl_dir,
+    tasks: dict[str, TaskData],
+    cfg: SuccessConfig | None = None,
+    gradient: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> SuccessResult:
     """Run base and RL on every task's samples, encode, and select RL-success features (+ gradient score).
     Folders are loaded on `device` in `dtype`; the crosscoder stays where it is (activations go to it)."""
+    cfg = cfg or SuccessConfig()
     from featalign.models import as_model
 
     names = tuple(cc.cfg.models)
@@ -353,14 +403,17 @@ def success_features_for_models(
     tok = bm.tokenizer
     for name, mdl in ((cfg.base, bm), (cfg.rl, rm)):
         if mdl.cfg.d_model != cc.cfg.d_model:
-            raise ValueError(f"model {name} has width {mdl.cfg.d_model} but the crosscoder expects "
-                             f"d_model={cc.cfg.d_model}: pass the models it was trained on")
+            raise ValueError(
+                f"model {name} has width {mdl.cfg.d_model} but the crosscoder expects "
+                f"d_model={cc.cfg.d_model}: pass the models it was trained on"
+            )
     f_rl, f_base = {}, {}
     for t, td in tqdm(tasks.items(), desc="success features: encode tasks", disable=not progress):
         f_rl[t] = sample_latents(cc, rm, tok, td.problems, ri, cfg.positions)
         f_base[t] = sample_latents(cc, bm, tok, td.problems, bi, cfg.positions)
-    res = rl_success_features(f_rl, f_base, {t: d.base_correct for t, d in tasks.items()},
-                              {t: d.rl_correct for t, d in tasks.items()}, cfg)
+    res = rl_success_features(
+        f_rl, f_base, {t: d.base_correct for t, d in tasks.items()}, {t: d.rl_correct for t, d in tasks.items()}, cfg
+    )
     if gradient:
         agree = {}
         for t in res.tasks:

@@ -11,7 +11,7 @@ plug-in variant (`featalign.crosscoder.variants`: l1, batchtopk, jumprelu, ...).
 """
 
 from featalign.crosscoder.config import FORMAT_VERSION, CrosscoderConfig, TrainerConfig
-from featalign.crosscoder.data import ActivationSource, PlantedTruth, InMemoryActivations, planted_data
+from featalign.crosscoder.data import ActivationSource, InMemoryActivations, PlantedTruth, planted_data
 from featalign.crosscoder.evaluate import evaluate
 from featalign.crosscoder.model import Crosscoder
 from featalign.crosscoder.train import NaNLossError, StepCallback, Trainer, train_crosscoder
@@ -19,7 +19,22 @@ from featalign.crosscoder.variants import REGISTRY as VARIANTS
 from featalign.crosscoder.variants import TrainOutput, Variant, VariantConfig, register
 
 __all__ = [
-    "FORMAT_VERSION", "ActivationSource", "Crosscoder", "CrosscoderConfig", "NaNLossError", "PlantedTruth",
-    "InMemoryActivations", "StepCallback", "TrainOutput", "Trainer", "TrainerConfig", "VARIANTS", "Variant",
-    "VariantConfig", "evaluate", "planted_data", "register", "train_crosscoder",
+    "FORMAT_VERSION",
+    "ActivationSource",
+    "Crosscoder",
+    "CrosscoderConfig",
+    "NaNLossError",
+    "PlantedTruth",
+    "InMemoryActivations",
+    "StepCallback",
+    "TrainOutput",
+    "Trainer",
+    "TrainerConfig",
+    "VARIANTS",
+    "Variant",
+    "VariantConfig",
+    "evaluate",
+    "planted_data",
+    "register",
+    "train_crosscoder",
 ]

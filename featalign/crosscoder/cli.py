@@ -26,20 +26,22 @@ import torch
 from featalign.cli import UsageError, check_choice, check_device, check_exists, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, parse_bool
 from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
-from featalign.distributed import cleanup, init_distributed, torchrun_world_size
 from featalign.crosscoder.variants import REGISTRY, field_help
+from featalign.distributed import cleanup, init_distributed, torchrun_world_size
 
 # Flag help comes from each config field's `help` metadata (featalign.crosscoder.variants.help_field); the
 # variant's fields get one flag each, shared by the variants that have a field of that name.
 # `seed` exists in both configs; the trainer's is exposed as --train-seed.
 TRAINER_RENAMES = {"seed": "train_seed"}
-TRAINER_HELP = {"seed": "seed of the training data order (batch shuffling), the normalisation estimate and "
-                        "dead-latent resampling (--seed seeds the weight initialisation)"}
+TRAINER_HELP = {
+    "seed": "seed of the training data order (batch shuffling), the normalisation estimate and "
+    "dead-latent resampling (--seed seeds the weight initialisation)"
+}
 # Crosscoder fields whose default is resolved at run time from the activation source, not the dataclass default.
 RUNTIME_DEFAULTS = {
     "models": "the store's / file's models; for the organisms base,rl,sft",
     "hooks": "the store's / file's hooks; for the organisms the middle residual layer "
-             "blocks.<n_layers/2-1>.hook_resid_post",
+    "blocks.<n_layers/2-1>.hook_resid_post",
     "d_model": "the activations' width",
 }
 
@@ -91,14 +93,14 @@ RUN_HELP = {
     "organisms_preset": "organisms preset to build/reuse when no --store/--activations is given: default | tiny",
     "organisms_dir": "organisms folder (default: the featalign cache dir for the preset)",
     "model_dirs": "name=path pairs, comma-separated (e.g. base=/ckpt/base,rl=/ckpt/grpo): cache these HF models "
-                  "instead of the organisms trio",
+    "instead of the organisms trio",
     "n_tokens": "tokens of activations to cache for training (organisms path; into <out>/activations)",
     "eval_tokens": "held-out tokens (eval split, <out>/eval_activations) for the final FVU / L0 / dead evaluation",
     "splice_seqs": "eval sequences for the splice-in loss (0 skips it)",
     "activations": "a .safetensors file with an 'acts' tensor [N, M, H, D] to train on instead of caching",
     "store": "an ActivationStore directory (featalign.activations) to train on",
     "eval_store": "a held-out ActivationStore (same models and hooks, other text) for the final evaluation with "
-                  "--store; without it the last --eval-tokens rows of the training store are used (in-sample)",
+    "--store; without it the last --eval-tokens rows of the training store are used (in-sample)",
     "no_eval": "skip the final evaluation",
     "fresh": "delete --out before starting instead of resuming",
     "log_to": "extra metric sinks, comma-separated: tensorboard, wandb (JSONL is always written)",
@@ -117,8 +119,13 @@ def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, dest: str, help
         default = ",".join(map(str, default))
     if "tuple" in t:
         conv = float if "float" in t else str
-        p.add_argument(flag, dest=dest, type=lambda s, c=conv: tuple(c(x) for x in s.split(",") if x),
-                       default=None, help=f"{help_text} (default: {default})")
+        p.add_argument(
+            flag,
+            dest=dest,
+            type=lambda s, c=conv: tuple(c(x) for x in s.split(",") if x),
+            default=None,
+            help=f"{help_text} (default: {default})",
+        )
     elif t == "bool":
         p.add_argument(flag, dest=dest, type=parse_bool, default=None, help=f"{help_text} (default: {default})")
     else:
@@ -139,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     for f in dataclasses.fields(RunOptions):
         if f.type == "bool":
-            g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", default=None,
-                           help=RUN_HELP.get(f.name, ""))
+            g.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_true",
+                default=None,
+                help=RUN_HELP.get(f.name, ""),
+            )
         else:
             _add_field(g, f, f.name, RUN_HELP.get(f.name, ""), f.default)
     g = p.add_argument_group("crosscoder")
@@ -179,7 +191,9 @@ def _load_file(path: str) -> dict:
         else:
             d = json.loads(text)
     except ValueError as e:  # json.JSONDecodeError and yaml.YAMLError's message name the line
-        raise UsageError(f"--config {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {e}") from e
+        raise UsageError(
+            f"--config {path} is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {e}"
+        ) from e
     except Exception as e:  # yaml.YAMLError is not a ValueError
         raise UsageError(f"--config {path} is not valid YAML: {e}") from e
     if not isinstance(d, dict):
@@ -209,8 +223,10 @@ def resolve_configs(argv: list[str] | None = None) -> tuple[dict, dict, RunOptio
         own = {f.name for f in dataclasses.fields(REGISTRY[variant].Config)} if variant in REGISTRY else set(flags)
         alien = sorted(set(flags) - own)
         if alien:
-            raise SystemExit(f"--{', --'.join(a.replace('_', '-') for a in alien)}: not a field of variant "
-                             f"{variant!r} (its fields: {', '.join(sorted(own)) or 'none'})")
+            raise SystemExit(
+                f"--{', --'.join(a.replace('_', '-') for a in alien)}: not a field of variant "
+                f"{variant!r} (its fields: {', '.join(sorted(own)) or 'none'})"
+            )
         cc["variant_cfg"] = {**dict(cc.get("variant_cfg") or {}), **flags}
     for f in dataclasses.fields(TrainerConfig):
         v = getattr(args, TRAINER_RENAMES.get(f.name, f.name))
@@ -238,7 +254,9 @@ def check_run(run: RunOptions) -> None:
     check_out_dir(run.out)
     for name in ("activations", "store", "eval_store"):
         if getattr(run, name):
-            check_exists(getattr(run, name), f"--{name.replace('_', '-')}", "file" if name == "activations" else "folder")
+            check_exists(
+                getattr(run, name), f"--{name.replace('_', '-')}", "file" if name == "activations" else "folder"
+            )
     if run.organisms_dir and Path(run.organisms_dir).exists():
         check_exists(run.organisms_dir, "--organisms-dir", "folder")
     if run.model_dirs:
@@ -251,8 +269,10 @@ def _check_organism_names(cc: dict, run: RunOptions) -> None:
         return
     unknown = [n for n in cc["models"] if n not in ("base", "rl", "sft")]
     if unknown:
-        raise UsageError(f"unknown model(s) {unknown} for the organisms: choose from base, rl, sft (or name other "
-                         "models with --model-dirs name=path,... or train on a --store)")
+        raise UsageError(
+            f"unknown model(s) {unknown} for the organisms: choose from base, rl, sft (or name other "
+            "models with --model-dirs name=path,... or train on a --store)"
+        )
 
 
 def _parse_model_dirs(spec: str) -> dict[str, str]:
@@ -300,7 +320,8 @@ def _activations_file(path: str, cc: dict, eval_tokens: int) -> tuple[torch.Tens
         if key not in cc:
             raise UsageError(
                 f"--activations {path} does not name its {key} (no '{key}' in the file's safetensors metadata): "
-                f"pass {flag} a,b,... in the order of the tensor's {'model' if key == 'models' else 'hook'} axis")
+                f"pass {flag} a,b,... in the order of the tensor's {'model' if key == 'models' else 'hook'} axis"
+            )
     cc.setdefault("d_model", x.shape[-1])
     if tuple(x.shape[1:3]) != (len(cc["models"]), len(cc["hooks"])):
         raise UsageError(
@@ -321,8 +342,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
     featalign.activations.cache_activations, plus an eval-split store for the final evaluation.
     `in_sample` says whether the eval rows are rows the crosscoder also trains on.
     """
-    from featalign.activations import ActivationStore, TaskSuiteSource, cache_activations
-    from featalign.models import default_hook, default_hook_for
+    from featalign.activations import ActivationStore
     from featalign.crosscoder.data import InMemoryActivations
 
     batch, seed = int(tr.get("batch_size", TrainerConfig.batch_size)), int(tr.get("seed", TrainerConfig.seed))
@@ -330,66 +350,108 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
     if run.activations:
         x, x_eval, in_sample = _activations_file(run.activations, cc, run.eval_tokens)
         if in_sample and not run.no_eval:
-            warnings.warn(f"{run.activations} has no 'eval_acts' tensor: evaluating on its last {len(x_eval)} rows, "
-                          "which the crosscoder also trains on (in-sample FVU); add held-out rows as 'eval_acts'",
-                          stacklevel=2)
-        src = InMemoryActivations(x, batch, seed=seed, models=tuple(cc["models"]), hooks=tuple(cc["hooks"]), rank=r, world_size=w)
+            warnings.warn(
+                f"{run.activations} has no 'eval_acts' tensor: evaluating on its last {len(x_eval)} rows, "
+                "which the crosscoder also trains on (in-sample FVU); add held-out rows as 'eval_acts'",
+                stacklevel=2,
+            )
+        src = InMemoryActivations(
+            x, batch, seed=seed, models=tuple(cc["models"]), hooks=tuple(cc["hooks"]), rank=r, world_size=w
+        )
         return src, x_eval, {}, in_sample
-    model_dirs: dict[str, str] = {}
-    eval_x = None
-    in_sample = False
     if run.store:
-        store = ActivationStore(run.store)
+        store, eval_x, model_dirs = ActivationStore(run.store), None, {}
         cc.setdefault("models", store.models)
         cc.setdefault("hooks", store.hooks)
     else:
-        if run.model_dirs:
-            trio = _parse_model_dirs(run.model_dirs)
-            default = default_hook_for(next(iter(trio.values())))
-        else:
-            from featalign.organisms.build import ensure_organisms
+        store, eval_x, model_dirs = _cache_models(cc, run, out, dist_info)
+    cc.setdefault("d_model", store.row_shape[-1])
+    in_sample = False
+    if eval_x is None and not run.no_eval:
+        eval_x, in_sample = _eval_rows(store, run)
+    return store.loader(batch, seed=seed, rank=r, world_size=w), eval_x, model_dirs, in_sample
 
-            if dist_info.is_main:
-                ensure_organisms(run.organisms_preset, run.organisms_dir)
-            if dist_info.enabled:
-                torch.distributed.barrier()
-            org = ensure_organisms(run.organisms_preset, run.organisms_dir)
-            trio, default = org.default_trio(), default_hook(org.config.n_layers)
-        names = tuple(cc.get("models", tuple(trio)))
-        unknown = [n for n in names if n not in trio]
-        if unknown:
-            raise UsageError(f"unknown model(s) {unknown}; available: {sorted(trio)} (name them with "
-                             "--model-dirs name=path,... or cache a store with `python -m featalign.cache` and pass --store)")
-        model_dirs = {n: str(trio[n]) for n in names}
-        cc.setdefault("models", names)
-        cc.setdefault("hooks", (default,))
-        if dist_info.is_main:  # resumable; a finished store is reused as is
-            cache_activations(model_dirs, TaskSuiteSource(split="train"), hooks=cc["hooks"], out_dir=out / "activations",
-                              n_tokens=run.n_tokens, rank=0, world_size=1)
-            if not run.no_eval:
-                cache_activations(model_dirs, TaskSuiteSource(split="eval", seed=1), hooks=cc["hooks"],
-                                  out_dir=out / "eval_activations", n_tokens=run.eval_tokens, rank=0, world_size=1)
+
+def _cache_models(cc: dict, run: RunOptions, out: Path, dist_info):
+    """Without --store: cache the named models' (default: the organisms trio's) activations into <out>, resumably;
+    returns (training store, eval rows or None, model dirs)."""
+    from featalign.activations import ActivationStore, TaskSuiteSource, cache_activations
+    from featalign.models import default_hook, default_hook_for
+
+    eval_x = None
+    if run.model_dirs:
+        trio = _parse_model_dirs(run.model_dirs)
+        default = default_hook_for(next(iter(trio.values())))
+    else:
+        from featalign.organisms.build import ensure_organisms
+
+        if dist_info.is_main:
+            ensure_organisms(run.organisms_preset, run.organisms_dir)
         if dist_info.enabled:
             torch.distributed.barrier()
-        store = ActivationStore(out / "activations")
+        org = ensure_organisms(run.organisms_preset, run.organisms_dir)
+        trio, default = org.default_trio(), default_hook(org.config.n_layers)
+    names = tuple(cc.get("models", tuple(trio)))
+    unknown = [n for n in names if n not in trio]
+    if unknown:
+        raise UsageError(
+            f"unknown model(s) {unknown}; available: {sorted(trio)} (name them with "
+            "--model-dirs name=path,... or cache a store with `python -m featalign.cache` and pass --store)"
+        )
+    model_dirs = {n: str(trio[n]) for n in names}
+    cc.setdefault("models", names)
+    cc.setdefault("hooks", (default,))
+    if dist_info.is_main:  # resumable; a finished store is reused as is
+        cache_activations(
+            model_dirs,
+            TaskSuiteSource(split="train"),
+            hooks=cc["hooks"],
+            out_dir=out / "activations",
+            n_tokens=run.n_tokens,
+            rank=0,
+            world_size=1,
+        )
         if not run.no_eval:
-            eval_x = ActivationStore(out / "eval_activations").read()
-    cc.setdefault("d_model", store.row_shape[-1])
-    if eval_x is None and not run.no_eval:
-        if run.eval_store:
-            held = ActivationStore(run.eval_store)
-            if (held.models, held.hooks, held.row_shape) != (store.models, store.hooks, store.row_shape):
-                raise UsageError(f"--eval-store holds models {held.models}, hooks {held.hooks}, rows {held.row_shape}; "
-                                 f"the training store has {store.models}, {store.hooks}, {store.row_shape}: "
-                                 "cache the held-out text with the same models and hooks")
-            eval_x = held.read(0, run.eval_tokens)
-        else:
-            eval_x = store.read(max(0, len(store) - run.eval_tokens))
-            in_sample = True
-            warnings.warn(f"evaluating on the last {len(eval_x)} rows of the training store, which the crosscoder "
-                          "also trains on (in-sample FVU); pass --eval-store with activations of held-out text",
-                          stacklevel=2)
-    return store.loader(batch, seed=seed, rank=r, world_size=w), eval_x, model_dirs, in_sample
+            cache_activations(
+                model_dirs,
+                TaskSuiteSource(split="eval", seed=1),
+                hooks=cc["hooks"],
+                out_dir=out / "eval_activations",
+                n_tokens=run.eval_tokens,
+                rank=0,
+                world_size=1,
+            )
+    if dist_info.enabled:
+        torch.distributed.barrier()
+    store = ActivationStore(out / "activations")
+    if not run.no_eval:
+        eval_x = ActivationStore(out / "eval_activations").read()
+    return store, eval_x, model_dirs
+
+
+def _eval_rows(store, run: RunOptions):
+    """(eval rows, in_sample): --eval-store's first rows, else the training store's last (in-sample, warned)."""
+    from featalign.activations import ActivationStore
+
+    in_sample = False
+    if run.eval_store:
+        held = ActivationStore(run.eval_store)
+        if (held.models, held.hooks, held.row_shape) != (store.models, store.hooks, store.row_shape):
+            raise UsageError(
+                f"--eval-store holds models {held.models}, hooks {held.hooks}, rows {held.row_shape}; "
+                f"the training store has {store.models}, {store.hooks}, {store.row_shape}: "
+                "cache the held-out text with the same models and hooks"
+            )
+        eval_x = held.read(0, run.eval_tokens)
+    else:
+        eval_x = store.read(max(0, len(store) - run.eval_tokens))
+        in_sample = True
+        warnings.warn(
+            f"evaluating on the last {len(eval_x)} rows of the training store, which the crosscoder "
+            "also trains on (in-sample FVU); pass --eval-store with activations of held-out text",
+            stacklevel=2,
+        )
+    return eval_x, in_sample
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -438,14 +500,19 @@ def main(argv: list[str] | None = None) -> dict:
             sae_dir = out / "sae_baseline"
             source.load_state_dict({"epoch": 0, "pos": 0, "seed": tcfg.seed, "batch_size": tcfg.batch_size})
             sae_k = run.sae_k or getattr(cfg.variant_cfg, "k", 32)
-            sae = train_base_sae(source, sae_dir, model_index=base, steps=tcfg.steps, k=sae_k,
-                                 d_sae=cfg.n_latents, lr=tcfg.lr)
+            sae = train_base_sae(
+                source, sae_dir, model_index=base, steps=tcfg.steps, k=sae_k, d_sae=cfg.n_latents, lr=tcfg.lr
+            )
             report["sae_baseline"] = {"dir": str(sae_dir)}
             if x_eval is not None:
                 report["sae_baseline"]["eval"] = sae_baseline_eval(sae, x_eval, cfg.models)
                 atomic_write_json(sae_dir / "featalign_eval.json", report["sae_baseline"]["eval"])
-                print(f"base SAE (sae_lens) applied to every model: "
-                      + ", ".join(f"{k} FVU {v['fvu']:.4f} L0 {v['l0']:.1f}" for k, v in report["sae_baseline"]["eval"].items()))
+                print(
+                    "base SAE (sae_lens) applied to every model: "
+                    + ", ".join(
+                        f"{k} FVU {v['fvu']:.4f} L0 {v['l0']:.1f}" for k, v in report["sae_baseline"]["eval"].items()
+                    )
+                )
         if dist_info.is_main:
             _print_report(out, report)
         finished = True
@@ -463,13 +530,18 @@ def _print_report(out: Path, report: dict) -> None:
     print(f"load it with: featalign.crosscoder.Crosscoder.load({str(out)!r})")
     ev = report.get("eval")
     if ev:
-        print(f"eval ({ev['n_tokens']} {'in-sample' if ev.get('in_sample') else 'held-out'} tokens): L0 {ev['l0']:.1f}, dead {ev['dead_frac']:.3%}")
+        print(
+            f"eval ({ev['n_tokens']} {'in-sample' if ev.get('in_sample') else 'held-out'} tokens): "
+            f"L0 {ev['l0']:.1f}, dead {ev['dead_frac']:.3%}"
+        )
         for name, r in ev["per_model"].items():
             line = f"  {name:>6}: FVU {r['fvu']:.4f}"
             if "splice" in r:
                 s = r["splice"]
-                line += (f"  splice-in loss {s['spliced']:.4f} (clean {s['clean']:.4f}, zero-abl {s['zero']:.4f},"
-                         f" recovered {s['loss_recovered']:.3f})")
+                line += (
+                    f"  splice-in loss {s['spliced']:.4f} (clean {s['clean']:.4f}, zero-abl {s['zero']:.4f},"
+                    f" recovered {s['loss_recovered']:.3f})"
+                )
             print(line)
         print(f"  -> {out / 'eval.json'}")
 

@@ -61,7 +61,7 @@ class CrosscoderConfig(JsonConfig):
         v.validate(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CrosscoderConfig":
+    def from_dict(cls, d: dict[str, Any]) -> CrosscoderConfig:
         """As `JsonConfig.from_dict`; fields of the chosen variant may also be given at the top level
         (`{"variant": "batchtopk", "k": 32}`), they are moved into `variant_cfg`."""
         d = dict(d)
@@ -89,11 +89,16 @@ class CrosscoderConfig(JsonConfig):
 
 
 #: format 1 kept every variant's fields at the top level under these names (all of them in every file)
-_V1_FIELDS = {"l1": {"n_shared": "n_shared", "shared_penalty": "shared_penalty"},
-              "batchtopk": {k: k for k in ("k", "sparse_decode", "threshold_ema", "aux_k", "aux_coef")},
-              "jumprelu": {"jumprelu_init_threshold": "init_threshold", "jumprelu_bandwidth": "bandwidth"}}
-_V1_STATE = {"l1": {"penalty": "variant.penalty"}, "batchtopk": {"threshold": "variant.threshold"},
-             "jumprelu": {"log_threshold": "variant.log_threshold"}}
+_V1_FIELDS = {
+    "l1": {"n_shared": "n_shared", "shared_penalty": "shared_penalty"},
+    "batchtopk": {k: k for k in ("k", "sparse_decode", "threshold_ema", "aux_k", "aux_coef")},
+    "jumprelu": {"jumprelu_init_threshold": "init_threshold", "jumprelu_bandwidth": "bandwidth"},
+}
+_V1_STATE = {
+    "l1": {"penalty": "variant.penalty"},
+    "batchtopk": {"threshold": "variant.threshold"},
+    "jumprelu": {"log_threshold": "variant.log_threshold"},
+}
 
 
 def migrate_config(d: dict[str, Any], version: int) -> dict[str, Any]:
@@ -104,7 +109,7 @@ def migrate_config(d: dict[str, Any], version: int) -> dict[str, Any]:
     names = _V1_FIELDS.get(d.get("variant", "l1"), {})
     nested = {}
     for fields in _V1_FIELDS.values():
-        for old, new in fields.items():
+        for old in fields:
             if old in d:
                 v = d.pop(old)
                 if old in names:
@@ -133,7 +138,9 @@ class TrainerConfig(JsonConfig):
     batch_size: int = help_field(2048, "global batch size in tokens (split across DDP ranks)")
     lr: float = help_field(1e-3, "peak Adam learning rate")
     adam_betas: tuple[float, float] = help_field((0.9, 0.999), "Adam betas")
-    warmup_steps: float = help_field(100, "linear lr warmup: a number of steps (>= 1), or a fraction of the steps (< 1)")
+    warmup_steps: float = help_field(
+        100, "linear lr warmup: a number of steps (>= 1), or a fraction of the steps (< 1)"
+    )
     decay_frac: float = help_field(0.2, "lr decays linearly to 0 over this final fraction of the steps")
     # 1.0, not the 2 of arXiv 2604.25011: on the organisms 2.0 doubles the FVU and quintuples the dead
     # latents at the same budget (docs/crosscoder.md, "Quality on the organisms")
@@ -145,7 +152,9 @@ class TrainerConfig(JsonConfig):
     checkpoint_every: int = help_field(500, "write a resumable checkpoint every N steps (0 = only at the end)")
     log_every: int = help_field(50, "log metrics every N steps (0 = only the last step)")
     norm_batches: int = help_field(8, "batches used to estimate normalisation scalars when the source has none")
-    resample_every: int = help_field(0, "resample dead latents toward badly reconstructed tokens every N steps (0 = never)")
+    resample_every: int = help_field(
+        0, "resample dead latents toward badly reconstructed tokens every N steps (0 = never)"
+    )
     resample_until: float = help_field(0.6, "only resample during this first fraction of the steps")
 
     def __post_init__(self) -> None:
@@ -159,8 +168,9 @@ class TrainerConfig(JsonConfig):
         if not 0 <= self.decay_frac <= 1:
             raise ValueError(f"decay_frac must be in [0, 1], got {self.decay_frac}")
         if self.warmup_steps < 0 or (self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps)):
-            raise ValueError(f"warmup_steps must be a whole number of steps >= 1 or a fraction in [0, 1), "
-                             f"got {self.warmup_steps}")
+            raise ValueError(
+                f"warmup_steps must be a whole number of steps >= 1 or a fraction in [0, 1), got {self.warmup_steps}"
+            )
         for name in ("checkpoint_every", "log_every", "resample_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = never / only at the end), got {getattr(self, name)}")

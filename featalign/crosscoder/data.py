@@ -15,8 +15,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 
-def check_finite(x_NMHD: Tensor, models: tuple[str, ...] | None = None, hooks: tuple[str, ...] | None = None,
-                 what: str = "activations") -> None:
+def check_finite(
+    x_NMHD: Tensor,
+    models: tuple[str, ...] | None = None,
+    hooks: tuple[str, ...] | None = None,
+    what: str = "activations",
+) -> None:
     """Refuse activations with NaN/inf entries, naming how many rows and the first (model, hook) holding them.
 
     One NaN row makes every statistic computed over the rows NaN (FVU, Latent Scaling betas, firing
@@ -28,10 +32,13 @@ def check_finite(x_NMHD: Tensor, models: tuple[str, ...] | None = None, hooks: t
         return
     rows = int(bad_NMH.flatten(1).any(1).sum())
     m, h = (int(i) for i in bad_NMH.any(0).nonzero()[0])
-    where = (f"model {models[m]!r}" if models else f"model slot {m}") + (f", hook {hooks[h]!r}" if hooks else f", hook slot {h}")
+    where = (f"model {models[m]!r}" if models else f"model slot {m}") + (
+        f", hook {hooks[h]!r}" if hooks else f", hook slot {h}"
+    )
     raise ValueError(
         f"{what} hold NaN/inf in {rows} of {x_NMHD.shape[0]} rows (first at {where}); drop those rows, e.g. "
-        "x[torch.isfinite(x).flatten(1).all(1)], or re-cache them (a fp16 store overflows above 65504)")
+        "x[torch.isfinite(x).flatten(1).all(1)], or re-cache them (a fp16 store overflows above 65504)"
+    )
 
 
 @runtime_checkable
@@ -71,8 +78,9 @@ class InMemoryActivations:
         if x_NMHD.ndim == 3:  # one hook: the batches the trainer reads are still [B, M, 1, D]
             x_NMHD = x_NMHD[:, :, None, :]
         if x_NMHD.ndim != 4:
-            raise ValueError(f"expected [N, M, H, D] (or [N, M, D] for one hook) activations, "
-                             f"got shape {list(x_NMHD.shape)}")
+            raise ValueError(
+                f"expected [N, M, H, D] (or [N, M, D] for one hook) activations, got shape {list(x_NMHD.shape)}"
+            )
         if batch_size % world_size:
             raise ValueError(f"global batch {batch_size} must be divisible by world size {world_size}")
         if x_NMHD.shape[0] < batch_size:
@@ -94,7 +102,7 @@ class InMemoryActivations:
             self._perm = torch.randperm(self.x.shape[0], generator=g)
         return self._perm
 
-    def __iter__(self) -> "InMemoryActivations":
+    def __iter__(self) -> InMemoryActivations:
         return self
 
     def __next__(self) -> Tensor:
@@ -168,8 +176,11 @@ def planted_data(
         n = min(chunk, n_tokens - s)
         fires_NF = torch.rand(n, n_feat, generator=g) < p_fire
         mags_NF = (0.5 + torch.rand(n, n_feat, generator=g)) * fires_NF
-        x_NMD = (mags_NF @ dirs_FMD.reshape(n_feat, -1)).view(n, M, d_model) if n_tokens > chunk else \
-            torch.einsum("nf,fmd->nmd", mags_NF, dirs_FMD)
+        x_NMD = (
+            (mags_NF @ dirs_FMD.reshape(n_feat, -1)).view(n, M, d_model)
+            if n_tokens > chunk
+            else torch.einsum("nf,fmd->nmd", mags_NF, dirs_FMD)
+        )
         x_NMD += noise * torch.randn(x_NMD.shape, generator=g)
         parts.append(x_NMD)
     x_NMD = parts[0] if len(parts) == 1 else torch.cat(parts)

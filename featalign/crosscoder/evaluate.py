@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -82,8 +83,12 @@ def _organisms_eval_text(tokenizer, n_seqs: int, seed: int) -> tuple[Tensor, Ten
 
 @torch.no_grad()
 def splice_in_loss(
-    crosscoder, models: Mapping[str, Any], tokens_BT: Tensor | None = None, target_BT: Tensor | None = None,
-    n_seqs: int = 256, seed: int = 0,
+    crosscoder,
+    models: Mapping[str, Any],
+    tokens_BT: Tensor | None = None,
+    target_BT: Tensor | None = None,
+    n_seqs: int = 256,
+    seed: int = 0,
 ) -> dict[str, dict]:
     """Next-token loss of each model with its hook activations replaced by the crosscoder's reconstruction.
 
@@ -96,8 +101,7 @@ def splice_in_loss(
     Reconstructions come from all models' clean activations (the encoder is shared); padding and the
     first position (`<bos>`, an outlier crosscoders skip) keep their clean value.
     """
-    from featalign.models import hf_model_of
-    from featalign.models import as_model, capture_models, edit_hooks
+    from featalign.models import as_model, capture_models, edit_hooks, hf_model_of
     from featalign.organisms.train import answer_loss
 
     cfg = crosscoder.cfg
@@ -118,6 +122,7 @@ def splice_in_loss(
     x_hat_NMHD = crosscoder(acts_BTMHD[keep_BT].to(crosscoder.W_dec.device)).cpu()
     out = {}
     for mi, (name, model) in enumerate(zip(cfg.models, loaded)):
+
         def loss_with(replacement_NHD: Tensor | None) -> float:
             def make(hi: int):
                 def fn(act_BTD: Tensor) -> Tensor | None:
@@ -126,6 +131,7 @@ def splice_in_loss(
                     act_BTD = act_BTD.clone()
                     act_BTD[keep_BT.to(act_BTD.device)] = replacement_NHD[:, hi].to(act_BTD)
                     return act_BTD
+
                 return fn
 
             with edit_hooks(model, {h: make(hi) for hi, h in enumerate(cfg.hooks)}):
@@ -134,6 +140,10 @@ def splice_in_loss(
 
         clean, spliced = loss_with(None), loss_with(x_hat_NMHD[:, mi])
         zero = loss_with(torch.zeros_like(x_hat_NMHD[:, mi]))
-        out[name] = {"clean": clean, "spliced": spliced, "zero": zero,
-                     "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan")}
+        out[name] = {
+            "clean": clean,
+            "spliced": spliced,
+            "zero": zero,
+            "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"),
+        }
     return out

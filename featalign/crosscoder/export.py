@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -56,8 +57,7 @@ def _hook_index(cc: Crosscoder, hook: str | int | None) -> int:
 
 
 @torch.no_grad()
-def to_sae_lens(cc: Crosscoder, model: str | int, hook: str | int | None = None,
-                model_id: str | None = None) -> "SAE":
+def to_sae_lens(cc: Crosscoder, model: str | int, hook: str | int | None = None, model_id: str | None = None) -> SAE:
     """Model `model`'s slice of `cc` at `hook` (the only hook by default) as an in-memory sae_lens SAE.
 
     `sae.encode(x_BD)` equals `cc.encode_as(x_BD, model, hook)` and `sae.decode(f_BL)` equals
@@ -87,21 +87,39 @@ def to_sae_lens(cc: Crosscoder, model: str | int, hook: str | int | None = None,
         tensors["threshold"] = theta_L
     dtype = str(cc.W_enc.dtype).removeprefix("torch.")
     meta = SAEMetadata(
-        model_name=model_id or c.models[m], hook_name=c.hooks[h], hook_head_index=None,
-        featalign={"crosscoder_model": c.models[m], "crosscoder_models": list(c.models), "variant": c.variant,
-                   "rule": f"Crosscoder.encode_as(x, {c.models[m]!r}, hook={c.hooks[h]!r})",
-                   "provenance": provenance()},
+        model_name=model_id or c.models[m],
+        hook_name=c.hooks[h],
+        hook_head_index=None,
+        featalign={
+            "crosscoder_model": c.models[m],
+            "crosscoder_models": list(c.models),
+            "variant": c.variant,
+            "rule": f"Crosscoder.encode_as(x, {c.models[m]!r}, hook={c.hooks[h]!r})",
+            "provenance": provenance(),
+        },
     )
-    kw = dict(d_in=c.d_model, d_sae=c.n_latents, dtype=dtype, device="cpu", apply_b_dec_to_input=False,
-              normalize_activations="none", metadata=meta)
+    kw = dict(
+        d_in=c.d_model,
+        d_sae=c.n_latents,
+        dtype=dtype,
+        device="cpu",
+        apply_b_dec_to_input=False,
+        normalize_activations="none",
+        metadata=meta,
+    )
     sae_cls, cfg = (StandardSAE, StandardSAEConfig(**kw)) if theta_L is None else (JumpReLUSAE, JumpReLUSAEConfig(**kw))
     sae = sae_cls(cfg)
     sae.load_state_dict({k: v.to(device="cpu", dtype=cc.W_enc.dtype).contiguous() for k, v in tensors.items()})
     return sae
 
 
-def export_sae_lens(cc: Crosscoder | str | Path, model: str | int, out_dir: str | Path,
-                    hook: str | int | None = None, model_id: str | None = None) -> Path:
+def export_sae_lens(
+    cc: Crosscoder | str | Path,
+    model: str | int,
+    out_dir: str | Path,
+    hook: str | int | None = None,
+    model_id: str | None = None,
+) -> Path:
     """Write model `model`'s slice of `cc` (a crosscoder or its saved folder) at `hook` into `out_dir` in
     sae_lens' format (`cfg.json` + `sae_weights.safetensors`, written atomically), loadable with
     `sae_lens.SAE.load_from_disk(out_dir)`; see `to_sae_lens` for what it computes. Returns `out_dir`."""
@@ -121,14 +139,18 @@ def export_sae_lens(cc: Crosscoder | str | Path, model: str | int, out_dir: str 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's parser (its `--help` is this module's docstring and one line per flag)."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("crosscoder", metavar="CROSSCODER_DIR",
-                   help="a trained crosscoder folder (cfg.json + crosscoder.safetensors)")
+    p.add_argument(
+        "crosscoder", metavar="CROSSCODER_DIR", help="a trained crosscoder folder (cfg.json + crosscoder.safetensors)"
+    )
     p.add_argument("--model", required=True, help="which model's slice to export (one of the crosscoder's models)")
     p.add_argument("--out", required=True, help="output folder for the sae_lens SAE (created if missing)")
     p.add_argument("--hook", default=None, help="hook to export (required when the crosscoder has several)")
-    p.add_argument("--model-id", default=None,
-                   help="the SAE's metadata.model_name: the HF id / path tools load the model from "
-                        "(default: the crosscoder's model name)")
+    p.add_argument(
+        "--model-id",
+        default=None,
+        help="the SAE's metadata.model_name: the HF id / path tools load the model from "
+        "(default: the crosscoder's model name)",
+    )
     return p
 
 
@@ -142,8 +164,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cc = Crosscoder.load(src)
     path = export_sae_lens(cc, args.model, out, args.hook, args.model_id)
     kind = "standard (ReLU)" if cc.variant.jumprelu_threshold(cc) is None else "jumprelu"
-    print(f"{cc.cfg.models[cc.model_index(args.model)]}'s slice of {src} ({cc.cfg.variant}, {cc.cfg.n_latents} "
-          f"latents) -> {path}/ as a sae_lens {kind} SAE; load it with sae_lens.SAE.load_from_disk({str(path)!r})")
+    print(
+        f"{cc.cfg.models[cc.model_index(args.model)]}'s slice of {src} ({cc.cfg.variant}, {cc.cfg.n_latents} "
+        f"latents) -> {path}/ as a sae_lens {kind} SAE; load it with sae_lens.SAE.load_from_disk({str(path)!r})"
+    )
     return path
 
 

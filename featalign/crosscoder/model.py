@@ -9,8 +9,8 @@ The sparsity mechanism is a plug-in (`featalign.crosscoder.variants`), held as `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from jaxtyping import Float
@@ -25,8 +25,15 @@ from featalign.io import atomic_write_bytes, atomic_write_json, provenance, read
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "crosscoder.safetensors"
 
-__all__ = ["CFG_FILE", "WEIGHTS_FILE", "Crosscoder", "TrainOutput", "check_format_version", "read_config",
-           "write_config"]
+__all__ = [
+    "CFG_FILE",
+    "WEIGHTS_FILE",
+    "Crosscoder",
+    "TrainOutput",
+    "check_format_version",
+    "read_config",
+    "write_config",
+]
 
 
 class Crosscoder(nn.Module):
@@ -79,13 +86,13 @@ class Crosscoder(nn.Module):
         """Per-(model, hook) decoder norms in normalised space (the basis of attribution scores)."""
         return self.W_dec_LMHD.norm(dim=-1)
 
-    def dec_norm_sum(self) -> Float[Tensor, "L"]:
+    def dec_norm_sum(self) -> Float[Tensor, " L"]:
         """sum over (model, hook) blocks of each latent's decoder norm (normalised space): the weight of
         L1's penalty and of BatchTopK's selection, so that no block's scale decides alone."""
         c = self.cfg
         return self.W_dec.view(c.n_latents, c.n_models * c.n_hooks, c.d_model).norm(dim=-1).sum(-1)
 
-    def _scale_K(self) -> Float[Tensor, "K"]:
+    def _scale_K(self) -> Float[Tensor, " K"]:
         D = self.cfg.d_model
         return self.norm_scale[:, :, None].expand(-1, -1, D).reshape(-1)
 
@@ -124,8 +131,9 @@ class Crosscoder(nn.Module):
             raise ValueError(f"model {model!r} is not one of the crosscoder's models {c.models}")
         return c.models.index(model)
 
-    def encode_as(self, x: Tensor, model: str | int, hook: str | int | None = None,
-                  latents: Tensor | None = None) -> Float[Tensor, "B S"]:
+    def encode_as(
+        self, x: Tensor, model: str | int, hook: str | int | None = None, latents: Tensor | None = None
+    ) -> Float[Tensor, "B S"]:
         """Model m's latent activations from model m's activations alone: the one rule featalign uses
         wherever "model m's features" are read (success scores, typical activations, firing rates of
         matched controls, feature cards, interventions in a live model).
@@ -145,8 +153,9 @@ class Crosscoder(nn.Module):
         """
         return self.encoder_as(model, hook, latents)(x)
 
-    def encoder_as(self, model: str | int, hook: str | int | None = None,
-                   latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    def encoder_as(
+        self, model: str | int, hook: str | int | None = None, latents: Tensor | None = None
+    ) -> Callable[[Tensor], Tensor]:
         """`x -> encode_as(x, model, hook, latents)` with the summed encoder rows, scales, bias and the
         variant's constants read once (a snapshot: later weight updates do not reach it)."""
         c = self.cfg
@@ -171,8 +180,10 @@ class Crosscoder(nn.Module):
         def encode(x: Tensor) -> Tensor:
             x_BHD = x.reshape(-1, 1, c.d_model) if x.ndim == 2 and one_hook else x
             if tuple(x_BHD.shape[1:]) != (len(hooks), c.d_model):
-                raise ValueError(f"expected model {name!r}'s activations [B, {len(hooks)}, {c.d_model}] "
-                                 f"(hooks {tuple(c.hooks[h] for h in hooks)}), got {list(x.shape)}")
+                raise ValueError(
+                    f"expected model {name!r}'s activations [B, {len(hooks)}, {c.d_model}] "
+                    f"(hooks {tuple(c.hooks[h] for h in hooks)}), got {list(x.shape)}"
+                )
             pre_BS = b_S.expand(x_BHD.shape[0], -1)
             for i, W_DS in enumerate(W_hDS):
                 pre_BS = torch.addmm(pre_BS, x_BHD[:, i].to(W_DS.dtype), W_DS)
@@ -218,8 +229,9 @@ class Crosscoder(nn.Module):
             return dead
         err_BK = (x_BK - x_hat_BK).float()
         w_B = err_BK.pow(2).sum(-1)
-        choice = torch.multinomial(w_B.clamp_min(1e-12), dead.numel(), replacement=dead.numel() > w_B.numel(),
-                                   generator=generator)
+        choice = torch.multinomial(
+            w_B.clamp_min(1e-12), dead.numel(), replacement=dead.numel() > w_B.numel(), generator=generator
+        )
         e_DK = err_BK[choice]
         e_DND = e_DK.view(-1, c.n_models * c.n_hooks, c.d_model)
         dec_norm_N = self.W_dec.view(c.n_latents, -1, c.d_model)[alive].norm(dim=-1).mean(0)
@@ -245,7 +257,7 @@ class Crosscoder(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Crosscoder":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Crosscoder:
         """Load a crosscoder written by `save` (or by `python -m featalign.train_crosscoder`)."""
         directory = Path(directory)
         if not (directory / CFG_FILE).exists() or not (directory / WEIGHTS_FILE).exists():
@@ -260,8 +272,9 @@ def write_config(directory: str | Path, cfg: CrosscoderConfig) -> None:
     """Write `directory/cfg.json` atomically: the config, this featalign's format version and a provenance
     stamp. The one writer of the file, so `Crosscoder.save` and the trainer (which writes it first, to
     refuse a resume with other settings) can never disagree on its contents."""
-    atomic_write_json(Path(directory) / CFG_FILE,
-                      {**cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()})
+    atomic_write_json(
+        Path(directory) / CFG_FILE, {**cfg.to_dict(), "format_version": FORMAT_VERSION, "provenance": provenance()}
+    )
 
 
 def read_config(directory: str | Path) -> tuple[CrosscoderConfig, int]:

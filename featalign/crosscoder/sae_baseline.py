@@ -9,8 +9,8 @@ sae_lens's inference format (a JumpReLU SAE: `cfg.json` + `sae_weights.safetenso
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from jaxtyping import Float
@@ -49,17 +49,33 @@ def train_base_sae(
             yield next(source)[:, model_index, hook_index].float()
 
     torch.manual_seed(seed)
-    sae = TrainingSAE.from_dict({
-        "architecture": "batchtopk", "d_in": d_in, "d_sae": d_sae, "k": k,
-        "normalize_activations": "expected_average_only_in", "apply_b_dec_to_input": False,
-        "metadata": {"model_name": models[model_index] if models else f"model{model_index}",
-                     "hook_name": hooks[hook_index] if hooks else f"hook{hook_index}"},
-    })
+    sae = TrainingSAE.from_dict(
+        {
+            "architecture": "batchtopk",
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "k": k,
+            "normalize_activations": "expected_average_only_in",
+            "apply_b_dec_to_input": False,
+            "metadata": {
+                "model_name": models[model_index] if models else f"model{model_index}",
+                "hook_name": hooks[hook_index] if hooks else f"hook{hook_index}",
+            },
+        }
+    )
     tcfg = SAETrainerConfig(
-        total_training_samples=steps * B, train_batch_size_samples=B, lr=lr, lr_end=lr / 10,
-        lr_scheduler_name="constant", lr_warm_up_steps=warmup_steps, lr_decay_steps=steps // 5,
-        device="cpu", n_batches_for_norm_estimate=8, logger=LoggingConfig(log_to_wandb=False),
-        dead_feature_window=max(1, 200_000 // B), feature_sampling_window=max(1, steps // 4),
+        total_training_samples=steps * B,
+        train_batch_size_samples=B,
+        lr=lr,
+        lr_end=lr / 10,
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=warmup_steps,
+        lr_decay_steps=steps // 5,
+        device="cpu",
+        n_batches_for_norm_estimate=8,
+        logger=LoggingConfig(log_to_wandb=False),
+        dead_feature_window=max(1, 200_000 // B),
+        feature_sampling_window=max(1, steps // 4),
     )
     trained = SAETrainer(cfg=tcfg, sae=sae, data_provider=provider()).fit()
     out_dir = Path(out_dir)

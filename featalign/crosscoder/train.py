@@ -15,8 +15,9 @@ import contextlib
 import io
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,11 @@ from tqdm.auto import tqdm
 from featalign import distributed
 from featalign.activations.normalization import norm_scales_from_mean, norm_sums
 from featalign.crosscoder.config import (
-    FORMAT_VERSION, RESUMABLE_CHANGES, CrosscoderConfig, TrainerConfig, migrate_state_dict,
+    FORMAT_VERSION,
+    RESUMABLE_CHANGES,
+    CrosscoderConfig,
+    TrainerConfig,
+    migrate_state_dict,
 )
 from featalign.crosscoder.data import ActivationSource
 from featalign.crosscoder.model import Crosscoder, TrainOutput, check_format_version, read_config, write_config
@@ -154,8 +159,9 @@ class Trainer:
         self.model = Crosscoder(cfg).to(self.device)
         # fused Adam: one kernel over all parameters, faster than the foreach path on CPU
         # (benchmarks/bench_crosscoder.py times the step with it)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=trainer_cfg.lr, betas=trainer_cfg.adam_betas,
-                                    fused=True)
+        self.opt = torch.optim.Adam(
+            self.model.parameters(), lr=trainer_cfg.lr, betas=trainer_cfg.adam_betas, fused=True
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.tcfg))
         self.step = 0
         if self.out_dir is not None:
@@ -235,8 +241,9 @@ class Trainer:
             scales = norm_scales_from_mean(sums / n, self.cfg.d_model)
         scales = torch.as_tensor(scales, dtype=torch.float32)
         if tuple(scales.shape) != (self.cfg.n_models, self.cfg.n_hooks):
-            raise ValueError(f"norm scales have shape {list(scales.shape)}, "
-                             f"expected [{self.cfg.n_models}, {self.cfg.n_hooks}]")
+            raise ValueError(
+                f"norm scales have shape {list(scales.shape)}, expected [{self.cfg.n_models}, {self.cfg.n_hooks}]"
+            )
         self.model.norm_scale.copy_(scales)
 
     # --- training -----------------------------------------------------------------------------
@@ -258,26 +265,18 @@ class Trainer:
         return fired, n_tok, stats
 
     def train(self) -> Crosscoder:
-        if self.out_dir is not None and (self.out_dir / CHECKPOINT_FILE).exists():
-            self._check_resume_configs()
-            self.load_checkpoint()
-        else:
-            torch.manual_seed(self.tcfg.seed)
-            # checkpoint.pt saves the Python and NumPy RNG states too: seed them so that two runs of one
-            # command (or a killed run and its resume) write byte-identical files.
-            random.seed(self.tcfg.seed)
-            np.random.seed(self.tcfg.seed)
-            self._init_norm_scale()
-            self._write_configs()
-        loggers = (_Loggers(self.out_dir, self._loggers_backends,
-                            {"crosscoder": self.cfg.to_dict(), "trainer": self.tcfg.to_dict()}) if self._writes else None)
-        if loggers is not None:
-            loggers.truncate_after(self.step)
+        """Train to `steps` (resuming from out_dir's checkpoint), log, checkpoint; returns the crosscoder."""
+        loggers = self._start()
         params = list(self.model.parameters())
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.tcfg.bf16
-                    else contextlib.nullcontext())
-        pbar = tqdm(total=self.tcfg.steps, initial=self.step, desc=f"crosscoder[{self.cfg.variant}]",
-                    disable=not (self.progress and self.dist.is_main))
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.tcfg.bf16 else contextlib.nullcontext()
+        )
+        pbar = tqdm(
+            total=self.tcfg.steps,
+            initial=self.step,
+            desc=f"crosscoder[{self.cfg.variant}]",
+            disable=not (self.progress and self.dist.is_main),
+        )
         self.model.train()
         while self.step < self.tcfg.steps:
             x_BMHD = next(self.source).to(self.device)
@@ -285,22 +284,7 @@ class Trainer:
             coef = sparsity_coef_at(self.step, self.tcfg)
             with autocast:
                 out = self.model.training_forward(x_BK, coef)
-            loss_check = out.loss.detach().float().clone()
-            if self.dist.enabled:
-                distributed.all_reduce(loss_check)
-            if not torch.isfinite(loss_check):
-                if self.out_dir is None:
-                    kept = "this run was in memory (out_dir=None), nothing was saved"
-                else:
-                    ckpt = self.out_dir / CHECKPOINT_FILE
-                    kept = (f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else
-                            f"no checkpoint was written yet (the first comes at step {self.tcfg.checkpoint_every or self.tcfg.steps})")
-                resumable = self.out_dir is not None and (self.out_dir / CHECKPOINT_FILE).exists()
-                raise NaNLossError(
-                    f"loss is {loss_check.item()} at step {self.step}; stopped without saving, {kept}. If the "
-                    f"activations hold NaN/inf, fix them and rerun{' to resume' if resumable else ''}; otherwise "
-                    "train with a lower --lr or a --grad-clip into a new --out (a resume refuses changed settings)."
-                )
+            self._check_loss(out.loss)
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if self.dist.enabled:
@@ -313,30 +297,81 @@ class Trainer:
             self.model.update_firing(fired, n_tok)
             self.model.variant.update(stats)
             self.step += 1
-            if (self.tcfg.resample_every and self.step % self.tcfg.resample_every == 0
-                    and self.step <= self.tcfg.resample_until * self.tcfg.steps):
+            if (
+                self.tcfg.resample_every
+                and self.step % self.tcfg.resample_every == 0
+                and self.step <= self.tcfg.resample_until * self.tcfg.steps
+            ):
                 self._resample(x_BK, out.x_hat_BK.detach())
-            last = self.step == self.tcfg.steps
-            row = None
-            if _every(self.step, self.tcfg.log_every) or last:
-                row = self._metrics_row(out, x_BK, coef)
-                if loggers is not None:
-                    loggers.log(row)
-                pbar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.3f}")
-            if _every(self.step, self.tcfg.checkpoint_every) or last:
-                self.save_checkpoint()
-            pbar.update(1)
-            if self.on_step is not None:
-                metrics = row if row is not None else {
-                    "step": self.step, "loss": out.loss.detach().float().item(),
-                    **{k: v.float().item() for k, v in out.parts.items()}}
-                self.on_step(self.step, self.model, metrics)
+            self._report(out, x_BK, coef, loggers, pbar)
         pbar.close()
         if loggers is not None:
             loggers.close()
         if self._writes:
             self.model.save(self.out_dir)
         return self.model
+
+    def _start(self) -> _Loggers | None:
+        """Resume from the checkpoint, or seed everything and write the configs; the metric sinks (rank 0)."""
+        if self.out_dir is not None and (self.out_dir / CHECKPOINT_FILE).exists():
+            self._check_resume_configs()
+            self.load_checkpoint()
+        else:
+            torch.manual_seed(self.tcfg.seed)
+            # checkpoint.pt saves the Python and NumPy RNG states too: seed them so that two runs of one
+            # command (or a killed run and its resume) write byte-identical files.
+            random.seed(self.tcfg.seed)
+            np.random.seed(self.tcfg.seed)
+            self._init_norm_scale()
+            self._write_configs()
+        if not self._writes:
+            return None
+        configs = {"crosscoder": self.cfg.to_dict(), "trainer": self.tcfg.to_dict()}
+        loggers = _Loggers(self.out_dir, self._loggers_backends, configs)
+        loggers.truncate_after(self.step)
+        return loggers
+
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """Stop on a non-finite loss (on every rank alike) before the step touches the weights, saying what is kept."""
+        loss_check = loss.detach().float().clone()
+        if self.dist.enabled:
+            distributed.all_reduce(loss_check)
+        if torch.isfinite(loss_check):
+            return
+        if self.out_dir is None:
+            kept = "this run was in memory (out_dir=None), nothing was saved"
+        else:
+            ckpt = self.out_dir / CHECKPOINT_FILE
+            kept = (
+                f"the last good checkpoint ({ckpt}) is kept"
+                if ckpt.exists()
+                else "no checkpoint was written yet (the first comes at step "
+                f"{self.tcfg.checkpoint_every or self.tcfg.steps})"
+            )
+        resumable = self.out_dir is not None and (self.out_dir / CHECKPOINT_FILE).exists()
+        raise NaNLossError(
+            f"loss is {loss_check.item()} at step {self.step}; stopped without saving, {kept}. If the "
+            f"activations hold NaN/inf, fix them and rerun{' to resume' if resumable else ''}; otherwise "
+            "train with a lower --lr or a --grad-clip into a new --out (a resume refuses changed settings)."
+        )
+
+    def _report(self, out, x_BK: torch.Tensor, coef: float, loggers, pbar) -> None:
+        """After a step: metrics every log_every (and last), a checkpoint every checkpoint_every, on_step."""
+        last = self.step == self.tcfg.steps
+        row = None
+        if _every(self.step, self.tcfg.log_every) or last:
+            row = self._metrics_row(out, x_BK, coef)
+            if loggers is not None:
+                loggers.log(row)
+            pbar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.3f}")
+        if _every(self.step, self.tcfg.checkpoint_every) or last:
+            self.save_checkpoint()
+        pbar.update(1)
+        if self.on_step is not None:
+            if row is None:
+                parts = {k: v.float().item() for k, v in out.parts.items()}
+                row = {"step": self.step, "loss": out.loss.detach().float().item(), **parts}
+            self.on_step(self.step, self.model, row)
 
     @torch.no_grad()
     def _resample(self, x_BK: torch.Tensor, x_hat_BK: torch.Tensor) -> None:
@@ -360,8 +395,9 @@ class Trainer:
     def _metrics_row(self, out: TrainOutput, x_BK: torch.Tensor, coef: float) -> dict:
         fvu = fvu_per_model(x_BK, out.x_hat_BK.detach(), self.cfg)
         l0 = out.l0() if callable(out.l0) else out.l0
-        vals = torch.cat([torch.stack([out.loss.detach().float(), l0.float()] +
-                                      [v.float() for v in out.parts.values()]), fvu])
+        vals = torch.cat(
+            [torch.stack([out.loss.detach().float(), l0.float()] + [v.float() for v in out.parts.values()]), fvu]
+        )
         if self.dist.enabled:
             distributed.all_reduce(vals)
             vals /= self.dist.world_size
@@ -370,8 +406,11 @@ class Trainer:
             row[k] = vals[2 + i].item()
         for m, name in enumerate(self.cfg.models):
             row[f"fvu/{name}"] = vals[2 + len(out.parts) + m].item()
-        row |= {"dead_frac": self.model.dead_mask().float().mean().item(), "lr": self.sched.get_last_lr()[0],
-                "sparsity_coef": coef}
+        row |= {
+            "dead_frac": self.model.dead_mask().float().mean().item(),
+            "lr": self.sched.get_last_lr()[0],
+            "sparsity_coef": coef,
+        }
         return row | self.model.variant.log_row()
 
 
@@ -381,7 +420,10 @@ def _every(step: int, n: int) -> bool:
 
 
 def train_crosscoder(
-    cfg: CrosscoderConfig, trainer_cfg: TrainerConfig, source: ActivationSource, out_dir: str | Path | None = None,
+    cfg: CrosscoderConfig,
+    trainer_cfg: TrainerConfig,
+    source: ActivationSource,
+    out_dir: str | Path | None = None,
     **kw,
 ) -> Crosscoder:
     """Convenience wrapper: `Trainer(...).train()`."""

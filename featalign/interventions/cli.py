@@ -87,7 +87,7 @@ class InterventionConfig(JsonConfig):
 
 HELP = {
     "crosscoder": "trained crosscoder folder (python -m featalign.train_crosscoder --out DIR)",
-    "features": "latent ids to edit: 3,17,40 or a JSON file holding a list (or {\"features\": [...]})",
+    "features": 'latent ids to edit: 3,17,40 or a JSON file holding a list (or {"features": [...]})',
     "edit": "ablate (remove the latents' contribution) | clamp | scale | steer (add coef x typical activation)",
     "value": "clamp value, scale factor or steering coefficient",
     "edit_model": "which of the crosscoder's models to edit (default: rl if present, else the last)",
@@ -95,14 +95,19 @@ HELP = {
     "model": "a model NAME=DIR[@revision] whose NAME is one of the crosscoder's models",
     "tasks": "task set: organisms, organisms:add,sub, or a JSONL file",
     "verifier": "verifier of a JSONL task set: exact | numeric | final_answer | multiple_choice (default: a task-set "
-                "file's own, else exact)",
-    "n_per_task": "first N problems of each task", "controls": "matched random latent sets (0: none)",
+    "file's own, else exact)",
+    "n_per_task": "first N problems of each task",
+    "controls": "matched random latent sets (0: none)",
     "n_bins": "firing-frequency quantile bins the controls are matched in",
     "positions": "where the edit applies: all | prompt (prompt tokens only) | generated (generated tokens only)",
     "n_tokens": "activation rows (task problems' tokens) for firing rates and typical activations",
-    "batch_size": "generation / caching batch size", "seed": "seed of the control draws", "out": "output folder",
-    "device": "cpu | cuda | cuda:N", "dtype": "model dtype: float32 | bfloat16 | float16",
-    "threads": "torch threads", "progress": "progress bars",
+    "batch_size": "generation / caching batch size",
+    "seed": "seed of the control draws",
+    "out": "output folder",
+    "device": "cpu | cuda | cuda:N",
+    "dtype": "model dtype: float32 | bfloat16 | float16",
+    "threads": "torch threads",
+    "progress": "progress bars",
 }
 
 
@@ -117,7 +122,7 @@ def read_features(spec: str) -> tuple[int, ...]:
         data = json.loads(check_exists(spec, "--features").read_text())
         data = data.get("features", data) if isinstance(data, dict) else data
         if not isinstance(data, list):
-            raise UsageError(f"--features {spec}: expected a JSON list of latent ids or {{\"features\": [...]}}")
+            raise UsageError(f'--features {spec}: expected a JSON list of latent ids or {{"features": [...]}}')
         return as_feature_ids(data)
     try:
         return as_feature_ids([int(s) for s in spec.split(",") if s.strip()])
@@ -143,8 +148,9 @@ def plan(cfg: InterventionConfig):
         raise UsageError(f"--crosscoder {cfg.crosscoder}: {e}") from e
     ids = read_features(cfg.features)
     if not ids or max(ids) >= cc_cfg.n_latents:
-        raise UsageError(f"--features: ids must lie in [0, {cc_cfg.n_latents}) (the crosscoder's latents); got "
-                         f"{list(ids) or 'none'}")
+        raise UsageError(
+            f"--features: ids must lie in [0, {cc_cfg.n_latents}) (the crosscoder's latents); got {list(ids) or 'none'}"
+        )
     name = pick_edit_model(cfg, tuple(cc_cfg.models))
     try:
         models = ModelSet.resolve(cfg.model_set, cfg.model)
@@ -163,22 +169,30 @@ def edit_factory(cfg: InterventionConfig, cc: Crosscoder, x_NMHD: torch.Tensor, 
         return lambda ids: clamp(ids, cfg.value)
     if cfg.edit == "scale":
         return lambda ids: scale(ids, cfg.value)
-    return lambda ids: steer(ids, cfg.value, typical_activation(cc, x_NMHD, ids, model=name).nan_to_num(0.0),
-                             decoder=name)
+    return lambda ids: steer(
+        ids, cfg.value, typical_activation(cc, x_NMHD, ids, model=name).nan_to_num(0.0), decoder=name
+    )
 
 
 def markdown(res: InterventionResult, cfg: InterventionConfig) -> str:
     """report.md: one row per task, the edit's delta with its interval next to McNemar and control p."""
     what = cfg.edit if cfg.value is None else f"{cfg.edit} ({cfg.value:g})"
-    lines = [f"# Intervention: {what} of {len(res.features)} latents in `{res.model_name}`", "",
-             f"Crosscoder `{cfg.crosscoder}`, latents {res.features}; {len(res.control_features)} random latent sets "
-             f"matched on firing frequency as controls. Delta = accuracy with - without the edit (95% paired "
-             "bootstrap interval); control p = share of controls moving accuracy at least as much.", "",
-             "| task | n | acc without | acc with | delta [95% CI] | McNemar p | control p |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Intervention: {what} of {len(res.features)} latents in `{res.model_name}`",
+        "",
+        f"Crosscoder `{cfg.crosscoder}`, latents {res.features}; {len(res.control_features)} random latent sets "
+        f"matched on firing frequency as controls. Delta = accuracy with - without the edit (95% paired "
+        "bootstrap interval); control p = share of controls moving accuracy at least as much.",
+        "",
+        "| task | n | acc without | acc with | delta [95% CI] | McNemar p | control p |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task, t in res.tasks.items():
         cp = "-" if np.isnan(t.control_p) else f"{t.control_p:.3g}"
-        lines.append(f"| {task} | {t.n} | {t.acc_without:.3f} | {t.acc_with:.3f} | {t.delta:+.3f} "
-                     f"[{t.ci_low:+.3f}, {t.ci_high:+.3f}] | {t.mcnemar_p:.3g} | {cp} |")
+        lines.append(
+            f"| {task} | {t.n} | {t.acc_without:.3f} | {t.acc_with:.3f} | {t.delta:+.3f} "
+            f"[{t.ci_low:+.3f}, {t.ci_high:+.3f}] | {t.mcnemar_p:.3g} | {cp} |"
+        )
     return "\n".join(lines + ["", "Figure: `figures/deltas.png`."]) + "\n"
 
 
@@ -189,15 +203,28 @@ def plot_deltas(res: InterventionResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tasks) + 2), 3.4))
     for i, t in enumerate(res.tasks.values()):
         if t.control_deltas:
-            ax.scatter(np.full(len(t.control_deltas), i) + np.linspace(-0.15, 0.15, len(t.control_deltas)),
-                       t.control_deltas, s=10, color="0.6", label="controls" if i == 0 else None)
-        ax.errorbar([i], [t.delta], yerr=[[t.delta - t.ci_low], [t.ci_high - t.delta]], fmt="o", color="C3",
-                    capsize=3, label="edit (95% CI)" if i == 0 else None)
+            ax.scatter(
+                np.full(len(t.control_deltas), i) + np.linspace(-0.15, 0.15, len(t.control_deltas)),
+                t.control_deltas,
+                s=10,
+                color="0.6",
+                label="controls" if i == 0 else None,
+            )
+        ax.errorbar(
+            [i],
+            [t.delta],
+            yerr=[[t.delta - t.ci_low], [t.ci_high - t.delta]],
+            fmt="o",
+            color="C3",
+            capsize=3,
+            label="edit (95% CI)" if i == 0 else None,
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
     ax.set_ylabel("accuracy delta")
-    ax.set_title(f"edit of latents {res.features[:8]}{'...' if len(res.features) > 8 else ''} in {res.model_name}",
-                 fontsize=9)
+    ax.set_title(
+        f"edit of latents {res.features[:8]}{'...' if len(res.features) > 8 else ''} in {res.model_name}", fontsize=9
+    )
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -210,16 +237,34 @@ def run(cfg: InterventionConfig) -> InterventionResult:
     cc = Crosscoder.load(cfg.crosscoder, device=cfg.device).eval()
     group = ModelGroup.load([spec], dtype=cfg.dtype, device=cfg.device)
     model = group.models[0]
-    cache_activations(group, TaskSetSource(tasks), hooks=list(cc.cfg.hooks), out_dir=out / "activations",
-                      n_tokens=cfg.n_tokens, progress=cfg.progress)
+    cache_activations(
+        group,
+        TaskSetSource(tasks),
+        hooks=list(cc.cfg.hooks),
+        out_dir=out / "activations",
+        n_tokens=cfg.n_tokens,
+        progress=cfg.progress,
+    )
     x_NHD = ActivationStore(out / "activations").read(0, cfg.n_tokens)[:, 0].to(cfg.device, torch.float32)
     # model m's latents read only slot m (`encode_as`): a broadcast view stands in for the other slots
     x_NMHD = x_NHD.unsqueeze(1).expand(-1, cc.cfg.n_models, -1, -1)
     freq_L = encoder_stats(cc, x_NMHD, model=name)["firing_rate"] if cfg.controls else None
     with torch.no_grad():
-        res = run_intervention(model, model.tokenizer, cc, name, ids, edit_factory(cfg, cc, x_NMHD, name), tasks,
-                               n_controls=cfg.controls, seed=cfg.seed, batch_size=cfg.batch_size,
-                               firing_freq_L=freq_L, positions=cfg.positions, n_bins=cfg.n_bins)
+        res = run_intervention(
+            model,
+            model.tokenizer,
+            cc,
+            name,
+            ids,
+            edit_factory(cfg, cc, x_NMHD, name),
+            tasks,
+            n_controls=cfg.controls,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            firing_freq_L=freq_L,
+            positions=cfg.positions,
+            n_bins=cfg.n_bins,
+        )
     res.save(out / "results.json")
     plot_deltas(res, out / "figures" / "deltas.png")
     atomic_write_text(out / "report.md", markdown(res, cfg))

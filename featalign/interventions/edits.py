@@ -50,16 +50,15 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from featalign.crosscoder.model import Crosscoder
-from featalign.models import hf_model_of
-from featalign.models import edit_hooks
+from featalign.models import edit_hooks, hf_model_of
 
 POSITIONS = ("all", "prompt", "generated")
 KINDS = ("ablate", "clamp", "scale", "steer")
@@ -95,8 +94,10 @@ def as_feature_ids(features) -> tuple[int, ...]:
     ids = []
     for k in features:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise ValueError(f"feature ids must be integers, got {k!r} ({type(k).__name__}); "
-                             "pass latent indices (or a bool tensor mask)")
+            raise ValueError(
+                f"feature ids must be integers, got {k!r} ({type(k).__name__}); "
+                "pass latent indices (or a bool tensor mask)"
+            )
         ids.append(int(k))
     dup = sorted({k for k in ids if ids.count(k) > 1})
     if dup:
@@ -153,8 +154,7 @@ def typical_activation(
     n = torch.zeros(len(ids), dtype=torch.float64)
     for i in range(0, x_NMHD.shape[0], batch):
         x = x_NMHD[i : i + batch].to(dev)
-        f = (crosscoder.encode(x)[:, ids.to(dev)] if m is None
-             else crosscoder.encode_as(x[:, m], m, latents=ids.to(dev)))
+        f = crosscoder.encode(x)[:, ids.to(dev)] if m is None else crosscoder.encode_as(x[:, m], m, latents=ids.to(dev))
         s += f.sum(0).double().cpu()
         n += (f != 0).sum(0).double().cpu()
     return (s / n).float()  # 0/0 -> NaN for never-firing features
@@ -260,9 +260,7 @@ def _check_hooks(crosscoder: Crosscoder, hooks: Sequence[str] | None) -> tuple[s
     hooks = tuple(hooks)
     for hk in hooks:
         if hk not in trained:
-            raise ValueError(
-                f"hook {hk!r}: this crosscoder was trained on {trained}; it can only intervene there"
-            )
+            raise ValueError(f"hook {hk!r}: this crosscoder was trained on {trained}; it can only intervene there")
     return hooks
 
 
@@ -275,8 +273,12 @@ def _hidden_size(lm: torch.nn.Module) -> int | None:
 
 
 def hook_fns(
-    crosscoder: Crosscoder, model_name: str, edits: Edit | Sequence[Edit], positions: str = "all",
-    hooks: Sequence[str] | None = None, prompt_len: int | None = None,
+    crosscoder: Crosscoder,
+    model_name: str,
+    edits: Edit | Sequence[Edit],
+    positions: str = "all",
+    hooks: Sequence[str] | None = None,
+    prompt_len: int | None = None,
 ) -> dict[str, Callable[[Tensor], Tensor | None]]:
     """Hook factory: {hook name: fn(activation [B, T, D]) -> edited activation or None}, for
     `featalign.models.edit_hooks` or any hook mechanism that passes that activation. Validates every input.
@@ -296,10 +298,7 @@ def hook_fns(
         if e.decoder is not None:
             _slot(crosscoder, e.decoder, "steer decoder")
     hooks = _check_hooks(crosscoder, hooks)
-    return {
-        hk: _EditFn(crosscoder, m, crosscoder.cfg.hooks.index(hk), edits, positions, prompt_len)
-        for hk in hooks
-    }
+    return {hk: _EditFn(crosscoder, m, crosscoder.cfg.hooks.index(hk), edits, positions, prompt_len) for hk in hooks}
 
 
 @dataclass
@@ -326,8 +325,13 @@ class LogitMonitor:
 
 @contextmanager
 def intervene(
-    model: torch.nn.Module, crosscoder: Crosscoder, model_name: str, edits: Edit | Sequence[Edit],
-    positions: str = "all", hooks: Sequence[str] | None = None, prompt_len: int | None = None,
+    model: torch.nn.Module,
+    crosscoder: Crosscoder,
+    model_name: str,
+    edits: Edit | Sequence[Edit],
+    positions: str = "all",
+    hooks: Sequence[str] | None = None,
+    prompt_len: int | None = None,
 ) -> Iterator[LogitMonitor]:
     """Apply `edits` to `model` (a TransformerBridge from `featalign.models.load_model`) at the crosscoder's hooks
     (or the subset `hooks`) while the context is open; `model_name` is the model's slot in the

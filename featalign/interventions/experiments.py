@@ -23,9 +23,9 @@ Example::
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,6 @@ from featalign.interventions.edits import Edit, as_feature_ids, check_features, 
 from featalign.io import atomic_write_json, provenance, read_json
 from featalign.organisms.tasks import Problem
 from featalign.tasks import Task, TaskSet
-
 
 # --- matched random controls ---------------------------------------------------------------------
 
@@ -161,7 +160,7 @@ class InterventionResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InterventionResult":
+    def from_dict(cls, d: dict) -> InterventionResult:
         d = dict(d)
         d["tasks"] = {k: TaskResult(**v) for k, v in d["tasks"].items()}
         return cls(**d)
@@ -171,7 +170,7 @@ class InterventionResult:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "InterventionResult":
+    def load(cls, path: str | Path) -> InterventionResult:
         d = read_json(path)
         d.pop("provenance", None)
         return cls.from_dict(d)
@@ -180,11 +179,29 @@ class InterventionResult:
         """Selection tasks and held-out tasks separately: per-task rows and the mean delta."""
         out = {}
         for group, held in (("selection", False), ("held_out", True)):
-            rows = {k: {f: getattr(t, f) for f in ("n", "acc_without", "acc_with", "delta", "ci_low",
-                                                  "ci_high", "mcnemar_p", "control_p", "subset_n",
-                                                  "subset_acc_without", "subset_acc_with", "subset_delta",
-                                                  "subset_control_p", "nonfinite_frac")}
-                    for k, t in self.tasks.items() if t.held_out == held}
+            rows = {
+                k: {
+                    f: getattr(t, f)
+                    for f in (
+                        "n",
+                        "acc_without",
+                        "acc_with",
+                        "delta",
+                        "ci_low",
+                        "ci_high",
+                        "mcnemar_p",
+                        "control_p",
+                        "subset_n",
+                        "subset_acc_without",
+                        "subset_acc_with",
+                        "subset_delta",
+                        "subset_control_p",
+                        "nonfinite_frac",
+                    )
+                }
+                for k, t in self.tasks.items()
+                if t.held_out == held
+            }
             if rows:
                 out[group] = {"tasks": rows, "mean_delta": float(np.mean([r["delta"] for r in rows.values()]))}
         return out
@@ -203,9 +220,16 @@ def paired_bootstrap_ci(
         return float("nan"), float("nan")
     if np.all(d == d[0]):  # every resample gives the same delta
         return float(d[0]), float(d[0])
-    res = bootstrap((a, b), lambda x, y, axis: y.mean(axis) - x.mean(axis), paired=True, vectorized=True,
-                    n_resamples=n_resamples, confidence_level=level, method="percentile",
-                    random_state=np.random.default_rng(seed))
+    res = bootstrap(
+        (a, b),
+        lambda x, y, axis: y.mean(axis) - x.mean(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -264,12 +288,103 @@ def _check_masks(masks: dict[str, np.ndarray] | None, tasks: dict[str, list[Prob
 
 
 @torch.no_grad()
+def _warn_nonfinite(real_edit: Edit, nonfinite: dict[str, float]) -> None:
+    """Non-finite logits are counted, never raised: say where, and what to change."""
+    bad = {k: v for k, v in nonfinite.items() if v > 0}
+    if bad:
+        warnings.warn(
+            f"{real_edit!r} gave NaN/inf logits on {', '.join(f'{k}: {v:.1%} of rows' for k, v in bad.items())}"
+            " (its decoded answers count as wrong); lower the coefficient",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _draw_controls(
+    firing_freq_L, ids: tuple[int, ...], n_controls: int, seed: int, n_bins: int, n_latents: int
+) -> list[tuple[int, ...]]:
+    """`n_controls` random latent sets matched to `ids` on firing frequency (none for 0)."""
+    if n_controls <= 0:
+        return []
+    if firing_freq_L is None:
+        raise ValueError("firing_freq_L (one firing frequency per latent) is needed for the controls")
+    if len(_freq_array(firing_freq_L)) != n_latents:
+        raise ValueError(
+            f"firing_freq_L has {len(_freq_array(firing_freq_L))} entries, the crosscoder has {n_latents} latents"
+        )
+    return matched_random_features(firing_freq_L, ids, n_controls, seed, n_bins)
+
+
+def _task_result(
+    task: str,
+    held_out: bool,
+    w0: np.ndarray,
+    w1: np.ndarray,
+    ctrl_deltas: list[float],
+    ctrl_sub: list[float],
+    mask: np.ndarray | None,
+    nonfinite: float,
+    n_resamples: int,
+    seed: int,
+    with_controls: bool,
+) -> TaskResult:
+    """One task's numbers: accuracies without (`w0`) / with (`w1`) the edit, McNemar, bootstrap, control p,
+    and the same on the selected samples `mask` when given."""
+    test = mcnemar_paired(w0, w1)
+    delta = float(w1.mean() - w0.mean())
+    lo, hi = paired_bootstrap_ci(w0, w1, n_resamples, seed)
+    rank, p_ctrl = control_stats(delta, ctrl_deltas)
+    sub = {}
+    if mask is not None and mask.any():
+        s0, s1 = w0[mask], w1[mask]
+        sub = dict(
+            subset_n=int(mask.sum()),
+            subset_acc_without=float(s0.mean()),
+            subset_acc_with=float(s1.mean()),
+            subset_delta=float(s1.mean() - s0.mean()),
+            subset_mcnemar_p=mcnemar_paired(s0, s1).p_value,
+            subset_control_deltas=ctrl_sub,
+            subset_control_p=control_stats(float(s1.mean() - s0.mean()), ctrl_sub)[1] if with_controls else None,
+        )
+    return TaskResult(
+        task=task,
+        held_out=held_out,
+        n=len(w0),
+        acc_without=float(w0.mean()),
+        acc_with=float(w1.mean()),
+        delta=delta,
+        ci_low=lo,
+        ci_high=hi,
+        newly_correct=test.base_fail_tuned_ok,
+        newly_wrong=test.base_ok_tuned_fail,
+        mcnemar_p=test.p_value,
+        **sub,
+        nonfinite_frac=nonfinite,
+        control_deltas=ctrl_deltas,
+        control_rank=rank,
+        control_p=p_ctrl,
+        correct_without=w0.tolist(),
+        correct_with=w1.tolist(),
+    )
+
+
 def run_intervention(
-    model, tokenizer, crosscoder: Crosscoder, model_name: str, features,
-    edit_factory: Callable[[tuple[int, ...]], Edit], tasks: "TaskSet | dict[str, Task | list[Problem]]",
-    n_controls: int = 20, seed: int = 0, batch_size: int = 500, firing_freq_L=None,
-    held_out: set[str] | Sequence[str] = (), positions: str = "all", n_bins: int = 10,
-    n_resamples: int = 2000, subset: dict[str, np.ndarray] | None = None,
+    model,
+    tokenizer,
+    crosscoder: Crosscoder,
+    model_name: str,
+    features,
+    edit_factory: Callable[[tuple[int, ...]], Edit],
+    tasks: TaskSet | dict[str, Task | list[Problem]],
+    n_controls: int = 20,
+    seed: int = 0,
+    batch_size: int = 500,
+    firing_freq_L=None,
+    held_out: set[str] | Sequence[str] = (),
+    positions: str = "all",
+    n_bins: int = 10,
+    n_resamples: int = 2000,
+    subset: dict[str, np.ndarray] | None = None,
     baseline: dict[str, np.ndarray] | None = None,
 ) -> InterventionResult:
     """Accuracy per task without / with `edit_factory(features)` on `model` (slot `model_name` of
@@ -293,20 +408,12 @@ def run_intervention(
     baseline = _check_masks(baseline, tasks, "baseline")
     if baseline and set(baseline) != set(tasks):
         raise ValueError(f"baseline must give every task; missing {sorted(set(tasks) - set(baseline))}")
-    controls: list[tuple[int, ...]] = []
-    if n_controls > 0:
-        if firing_freq_L is None:
-            raise ValueError("firing_freq_L (one firing frequency per latent) is needed for the controls")
-        if len(_freq_array(firing_freq_L)) != crosscoder.cfg.n_latents:
-            raise ValueError(f"firing_freq_L has {len(_freq_array(firing_freq_L))} entries, "
-                             f"the crosscoder has {crosscoder.cfg.n_latents} latents")
-        controls = matched_random_features(firing_freq_L, ids, n_controls, seed, n_bins)
+    controls = _draw_controls(firing_freq_L, ids, n_controls, seed, n_bins, crosscoder.cfg.n_latents)
     real_edit = _edit(edit_factory, ids)
     control_edits = [_edit(edit_factory, c) for c in controls]
 
     base = baseline or _score_tasks(model, tokenizer, tasks, batch_size)
-    edited, nonfinite = _score_edited(model, tokenizer, crosscoder, model_name, real_edit, tasks, batch_size,
-                                      positions)
+    edited, nonfinite = _score_edited(model, tokenizer, crosscoder, model_name, real_edit, tasks, batch_size, positions)
     ctrl_deltas: dict[str, list[float]] = {k: [] for k in tasks}
     ctrl_sub: dict[str, list[float]] = {k: [] for k in tasks}
     for e in control_edits:
@@ -316,32 +423,24 @@ def run_intervention(
             if k in subset and subset[k].any():
                 m = subset[k]
                 ctrl_sub[k].append(float(got[k][m].mean() - base[k][m].mean()))
-    bad = {k: v for k, v in nonfinite.items() if v > 0}
-    if bad:
-        warnings.warn(f"{real_edit!r} gave NaN/inf logits on {', '.join(f'{k}: {v:.1%} of rows' for k, v in bad.items())}"
-                      " (its decoded answers count as wrong); lower the coefficient", RuntimeWarning, stacklevel=2)
+    _warn_nonfinite(real_edit, nonfinite)
 
-    out = {}
-    for i, k in enumerate(tasks):
-        w0, w1 = base[k], edited[k]
-        test = mcnemar_paired(w0, w1)
-        delta = float(w1.mean() - w0.mean())
-        lo, hi = paired_bootstrap_ci(w0, w1, n_resamples, seed + i)
-        rank, p_ctrl = control_stats(delta, ctrl_deltas[k])
-        sub = {}
-        if k in subset and subset[k].any():
-            s0, s1 = w0[subset[k]], w1[subset[k]]
-            sub = dict(subset_n=int(subset[k].sum()), subset_acc_without=float(s0.mean()),
-                       subset_acc_with=float(s1.mean()), subset_delta=float(s1.mean() - s0.mean()),
-                       subset_mcnemar_p=mcnemar_paired(s0, s1).p_value, subset_control_deltas=ctrl_sub[k],
-                       subset_control_p=control_stats(float(s1.mean() - s0.mean()), ctrl_sub[k])[1] if controls else None)
-        out[k] = TaskResult(
-            task=k, held_out=k in held, n=len(w0), acc_without=float(w0.mean()), acc_with=float(w1.mean()),
-            delta=delta, ci_low=lo, ci_high=hi, newly_correct=test.base_fail_tuned_ok,
-            newly_wrong=test.base_ok_tuned_fail, mcnemar_p=test.p_value, **sub, nonfinite_frac=nonfinite[k],
-            control_deltas=ctrl_deltas[k], control_rank=rank, control_p=p_ctrl, correct_without=w0.tolist(),
-            correct_with=w1.tolist(),
+    out = {
+        k: _task_result(
+            k,
+            k in held,
+            base[k],
+            edited[k],
+            ctrl_deltas[k],
+            ctrl_sub[k],
+            subset.get(k),
+            nonfinite[k],
+            n_resamples,
+            seed + i,
+            bool(controls),
         )
+        for i, k in enumerate(tasks)
+    }
     return InterventionResult(model_name, list(ids), repr(real_edit), seed, [list(c) for c in controls], out)
 
 
@@ -360,7 +459,7 @@ class SweepResult:
         return {"coefs": self.coefs, "results": [r.to_dict() for r in self.results], "provenance": self.provenance}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SweepResult":
+    def from_dict(cls, d: dict) -> SweepResult:
         return cls(list(d["coefs"]), [InterventionResult.from_dict(r) for r in d["results"]], d.get("provenance", {}))
 
     def save(self, path: str | Path) -> Path:
@@ -368,7 +467,7 @@ class SweepResult:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SweepResult":
+    def load(cls, path: str | Path) -> SweepResult:
         return cls.from_dict(read_json(path))
 
     @property
@@ -382,14 +481,24 @@ class SweepResult:
         for c, r in zip(self.coefs, self.results):
             for k, t in r.tasks.items():
                 cd = np.asarray(t.control_deltas, dtype=float)
-                out.append(dict(
-                    coef=c, task=k, held_out=t.held_out, acc_without=t.acc_without, acc_with=t.acc_with,
-                    delta=t.delta, ci_low=t.ci_low, ci_high=t.ci_high, mcnemar_p=t.mcnemar_p,
-                    subset_acc_with=t.subset_acc_with, control_p=t.control_p,
-                    control_lo=float(np.percentile(cd, 5)) if cd.size else float("nan"),
-                    control_hi=float(np.percentile(cd, 95)) if cd.size else float("nan"),
-                    nonfinite_frac=t.nonfinite_frac,
-                ))
+                out.append(
+                    dict(
+                        coef=c,
+                        task=k,
+                        held_out=t.held_out,
+                        acc_without=t.acc_without,
+                        acc_with=t.acc_with,
+                        delta=t.delta,
+                        ci_low=t.ci_low,
+                        ci_high=t.ci_high,
+                        mcnemar_p=t.mcnemar_p,
+                        subset_acc_with=t.subset_acc_with,
+                        control_p=t.control_p,
+                        control_lo=float(np.percentile(cd, 5)) if cd.size else float("nan"),
+                        control_hi=float(np.percentile(cd, 95)) if cd.size else float("nan"),
+                        nonfinite_frac=t.nonfinite_frac,
+                    )
+                )
         return out
 
     def nonfinite_coefs(self) -> list[float]:
@@ -407,20 +516,34 @@ class SweepResult:
         cols = min(4, len(tasks))
         rows_n = -(-len(tasks) // cols)
         fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.2 * rows_n), squeeze=False, sharey=True)
-        for ax in axes.flat[len(tasks):]:
+        for ax in axes.flat[len(tasks) :]:
             ax.set_visible(False)
         for ax, k in zip(axes.flat, tasks):
             rs = [r for r in rows if r["task"] == k]
             x = np.array([r["coef"] for r in rs])
             y = np.array([r["acc_with"] for r in rs])
             base = rs[0]["acc_without"]
-            ax.errorbar(x, y, yerr=[y - (base + np.array([r["ci_low"] for r in rs])),
-                                    (base + np.array([r["ci_high"] for r in rs])) - y],
-                        marker="o", capsize=3, label="features")
+            ax.errorbar(
+                x,
+                y,
+                yerr=[
+                    y - (base + np.array([r["ci_low"] for r in rs])),
+                    (base + np.array([r["ci_high"] for r in rs])) - y,
+                ],
+                marker="o",
+                capsize=3,
+                label="features",
+            )
             lo = np.array([r["control_lo"] for r in rs])
             if np.isfinite(lo).any():
-                ax.fill_between(x, base + lo, base + np.array([r["control_hi"] for r in rs]), alpha=0.25,
-                                color="gray", label="matched controls (5-95%)")
+                ax.fill_between(
+                    x,
+                    base + lo,
+                    base + np.array([r["control_hi"] for r in rs]),
+                    alpha=0.25,
+                    color="gray",
+                    label="matched controls (5-95%)",
+                )
             ax.axhline(base, color="k", lw=0.8, ls="--", label="no edit")
             bad = [r["coef"] for r in rs if r["nonfinite_frac"] > 0]
             if bad:
@@ -437,9 +560,17 @@ class SweepResult:
 
 @torch.no_grad()
 def coefficient_sweep(
-    model, tokenizer, crosscoder: Crosscoder, model_name: str, features,
-    edit_at: Callable[[tuple[int, ...], float], Edit], coefs: Sequence[float], tasks: "TaskSet | dict[str, Task | list[Problem]]",
-    n_controls: int = 20, progress: bool = True, **kwargs,
+    model,
+    tokenizer,
+    crosscoder: Crosscoder,
+    model_name: str,
+    features,
+    edit_at: Callable[[tuple[int, ...], float], Edit],
+    coefs: Sequence[float],
+    tasks: TaskSet | dict[str, Task | list[Problem]],
+    n_controls: int = 20,
+    progress: bool = True,
+    **kwargs,
 ) -> SweepResult:
     """`run_intervention` with `edit_at(ids, coef)` for each coefficient (e.g.
     `lambda ids, c: steer(ids, c, typical, decoder="rl")` or `lambda ids, c: scale(ids, c)`), with
@@ -456,12 +587,26 @@ def coefficient_sweep(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # summarised once below
         for c in tqdm(coefs, desc="coefficient sweep", disable=not progress):
-            results.append(run_intervention(model, tokenizer, crosscoder, model_name, features,
-                                            lambda ids, c=c: edit_at(ids, c), tasks, n_controls=n_controls,
-                                            baseline=baseline, **kwargs))
+            results.append(
+                run_intervention(
+                    model,
+                    tokenizer,
+                    crosscoder,
+                    model_name,
+                    features,
+                    lambda ids, c=c: edit_at(ids, c),
+                    tasks,
+                    n_controls=n_controls,
+                    baseline=baseline,
+                    **kwargs,
+                )
+            )
     out = SweepResult(coefs, results, provenance())
     bad = out.nonfinite_coefs()
     if bad:
-        warnings.warn(f"coefficient sweep: NaN/inf logits at coefficients {bad} (their answers count as wrong)",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"coefficient sweep: NaN/inf logits at coefficients {bad} (their answers count as wrong)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return out

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
@@ -33,11 +34,11 @@ _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 _PRE_BLOCK = ("hook_embed", "hook_pos_embed", "embed.", "pos_embed.", "rotary_emb.", "embed_ln.")
 
 
-
 def hf_model_of(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face causal LM inside a TransformerBridge (or the model itself): the hook points
     live in it, so a plain HF forward (generation's KV-cache steps) fires them too."""
     return getattr(model, "original_model", model)
+
 
 def default_hook(n_layers: int) -> str:
     """The residual stream after the first half of the blocks (`blocks.{n//2-1}.hook_resid_post`).
@@ -48,7 +49,7 @@ def default_hook(n_layers: int) -> str:
     return f"blocks.{max(n_layers // 2 - 1, 0)}.hook_resid_post"
 
 
-def default_hook_for(model: "str | Path | TransformerBridge") -> str:
+def default_hook_for(model: str | Path | TransformerBridge) -> str:
     """`default_hook` of a loaded bridge, or of a model folder / hub id read from its config alone."""
     if hasattr(model, "cfg") and hasattr(model.cfg, "n_layers"):
         return default_hook(model.cfg.n_layers)
@@ -59,7 +60,7 @@ def default_hook_for(model: "str | Path | TransformerBridge") -> str:
     return default_hook(cfg.num_hidden_layers)
 
 
-def resolve_hooks(bridge: "TransformerBridge", hooks: Sequence[str]) -> list[str]:
+def resolve_hooks(bridge: TransformerBridge, hooks: Sequence[str]) -> list[str]:
     """Check every name exists on `bridge`; an unknown one raises with its closest matches."""
     if isinstance(hooks, str):
         hooks = [hooks]
@@ -90,7 +91,7 @@ def stop_layer(hooks: Sequence[str], n_layers: int) -> int | None:
 
 
 def capture(
-    bridge: "TransformerBridge",
+    bridge: TransformerBridge,
     tokens_BT: Int[Tensor, "B T"],
     attention_mask_BT: Int[Tensor, "B T"],
     hooks: Sequence[str],
@@ -119,11 +120,12 @@ def capture(
     return got
 
 
-def _bridge_of(model: torch.nn.Module) -> "TransformerBridge":
+def _bridge_of(model: torch.nn.Module) -> TransformerBridge:
     if not hasattr(model, "hook_dict"):
         raise TypeError(
             f"{type(model).__name__} has no TransformerLens hook points: load models with featalign.models.load_model "
-            "(a TransformerBridge), which every featalign stage uses")
+            "(a TransformerBridge), which every featalign stage uses"
+        )
     return model  # type: ignore[return-value]
 
 
@@ -146,7 +148,8 @@ def check_editable(model: torch.nn.Module, name: str) -> None:
         raise ValueError(
             f"{name} is read from {target} on this architecture, and an edit there changes only the MLP input, "
             "not the residual stream: edit hook_attn_out (resid_mid = resid_pre + attn_out, so an added direction "
-            "is the same) or hook_resid_pre / hook_resid_post")
+            "is the same) or hook_resid_pre / hook_resid_post"
+        )
 
 
 @contextmanager
@@ -204,8 +207,9 @@ def capture_models(
         chunks = []
         for i in range(0, tokens_BT.shape[0], batch_size):
             dev = bridge.cfg.device
-            got = capture(bridge, tokens_BT[i : i + batch_size].to(dev), attention_mask_BT[i : i + batch_size].to(dev),
-                          hooks)
+            got = capture(
+                bridge, tokens_BT[i : i + batch_size].to(dev), attention_mask_BT[i : i + batch_size].to(dev), hooks
+            )
             chunks.append(torch.stack([got[h].float().cpu() for h in hooks], dim=2))  # [b, T, H, D]
         per_model.append(torch.cat(chunks))
     return torch.stack(per_model, dim=2)

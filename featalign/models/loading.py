@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,7 +42,8 @@ class ModelSpec(JsonConfig):
 
 
 def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """A torch dtype from its name (float32 | bfloat16 | float16) or a dtype; anything else is refused with the valid names."""
+    """A torch dtype from its name (float32 | bfloat16 | float16) or a dtype; anything else is refused with the valid
+    names."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -50,7 +52,8 @@ def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-#: Spaces, digits, punctuation and words: a tokenizer rebuilt wrongly (the qwen2 tokenizer trap, docs/real_models.md) differs here.
+#: Spaces, digits, punctuation and words: a tokenizer rebuilt wrongly (the qwen2 tokenizer trap, docs/real_models.md)
+#: differs here.
 TOKENIZER_PROBE = "The quick brown fox: max 3 9 4 = 9, 12+34=46; sort 9313=1339."
 
 
@@ -64,12 +67,15 @@ def _explicit_tokenizer(path: Path):
 
 def tokenizer_from_folder(path: str | Path, add_bos_token: bool = False):
     """The tokenizer saved in `path` exactly as saved: its `tokenizer.json` through `PreTrainedTokenizerFast`
-    (AutoTokenizer may rebuild it as the architecture's class: the qwen2 tokenizer trap, docs/real_models.md), else `AutoTokenizer`.
+    (AutoTokenizer may rebuild it as the architecture's class: the qwen2 tokenizer trap, docs/real_models.md), else
+    `AutoTokenizer`.
     `add_bos_token=True` is the form TransformerLens keeps instead of reloading it through AutoTokenizer."""
     path = Path(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
-                                "save one there with tokenizer.save_pretrained(folder)")
+        raise FileNotFoundError(
+            f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+            "save one there with tokenizer.save_pretrained(folder)"
+        )
     kw = {"add_bos_token": True} if add_bos_token else {}
     if (path / "tokenizer.json").exists():
         from transformers import PreTrainedTokenizerFast
@@ -86,7 +92,8 @@ def _tokenizes_like(tok, reference) -> bool:
     """Same ids for the probe (special tokens aside) and the same BOS/EOS/pad ids."""
     ids = lambda t: t(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]  # noqa: E731
     return ids(tok) == ids(reference) and all(
-        getattr(tok, a) == getattr(reference, a) for a in ("bos_token_id", "eos_token_id"))
+        getattr(tok, a) == getattr(reference, a) for a in ("bos_token_id", "eos_token_id")
+    )
 
 
 def _kept_by_transformer_lens(tok, model: str):
@@ -97,7 +104,8 @@ def _kept_by_transformer_lens(tok, model: str):
         raise ValueError(
             f"model {model}: TransformerLens replaced the tokenizer passed to load_model by an AutoTokenizer that "
             "tokenizes differently, and this tokenizer was never saved to a folder, so it cannot be kept: save it "
-            "(tok.save_pretrained(dir)) and pass tokenizer_from_folder(dir) (CLI: --tokenizer dir)")
+            "(tok.save_pretrained(dir)) and pass tokenizer_from_folder(dir) (CLI: --tokenizer dir)"
+        )
     return tokenizer_from_folder(src, add_bos_token=True)
 
 
@@ -108,12 +116,13 @@ def load_model(
     compatibility_mode: bool = False,
     tokenizer=None,
     revision: str | None = None,
-) -> "TransformerBridge":
+) -> TransformerBridge:
     """Load a local HF folder (or a hub id, where online) as a `TransformerBridge` in eval mode.
 
     The bridge's tokenizer is checked against the reference one (`tokenizer` if given, else the folder's
     own `tokenizer.json`) on a probe string: TransformerLens may swap in an AutoTokenizer that tokenizes
-    differently (the qwen2 tokenizer trap, docs/real_models.md: a char-level tokenizer in a `qwen2` folder loses its spaces),
+    differently (the qwen2 tokenizer trap, docs/real_models.md: a char-level tokenizer in a `qwen2` folder loses its
+    spaces),
     in which case the reference is passed again in the form TransformerLens keeps; if even that fails the
     load is refused, so activations are never cached with wrong tokens. A local folder without a
     tokenizer (and no `tokenizer` given) is refused naming the folder."""
@@ -128,7 +137,8 @@ def load_model(
             raise FileNotFoundError(
                 f"model folder {local} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the tokenizer "
                 f"into it (tokenizer.save_pretrained('{local}')), or pass one (load_model(path, tokenizer=...); "
-                "CLI: --tokenizer DIR)")
+                "CLI: --tokenizer DIR)"
+            )
         tokenizer = tokenizer or _explicit_tokenizer(local)
         if reference is None and (local / "tokenizer.json").exists():
             reference = tokenizer or tokenizer_from_folder(local)
@@ -138,8 +148,9 @@ def load_model(
 
     def boot(tok):
         try:
-            return TransformerBridge.boot_transformers(name, device=device, dtype=torch_dtype(dtype), tokenizer=tok,
-                                                      revision=revision)
+            return TransformerBridge.boot_transformers(
+                name, device=device, dtype=torch_dtype(dtype), tokenizer=tok, revision=revision
+            )
         except KeyError as e:  # TransformerLens reloads a tokenizer by its folder name, which an unsaved one lacks
             if tok is None or "name_or_path" not in str(e):
                 raise
@@ -154,16 +165,18 @@ def load_model(
     if reference is not None and not _tokenizes_like(bridge.tokenizer, reference):
         bridge = boot(_kept_by_transformer_lens(reference, name))
         if not _tokenizes_like(bridge.tokenizer, reference):
-            raise ValueError(f"model {name}: the bridge's tokenizer ({type(bridge.tokenizer).__name__}) tokenizes "
-                             f"{TOKENIZER_PROBE!r} differently from the folder's own tokenizer even when it is passed "
-                             "explicitly; pass the right one with --tokenizer DIR / load_model(path, tokenizer=...)")
+            raise ValueError(
+                f"model {name}: the bridge's tokenizer ({type(bridge.tokenizer).__name__}) tokenizes "
+                f"{TOKENIZER_PROBE!r} differently from the folder's own tokenizer even when it is passed "
+                "explicitly; pass the right one with --tokenizer DIR / load_model(path, tokenizer=...)"
+            )
     if compatibility_mode:
         bridge.enable_compatibility_mode()
     bridge.eval()
     return ensure_rotary_dtype(ensure_kv_cache_compat(bridge))
 
 
-def as_model(model: "str | Path | TransformerBridge", **load_kw) -> "TransformerBridge":
+def as_model(model: str | Path | TransformerBridge, **load_kw) -> TransformerBridge:
     """A loaded bridge as it is; a folder or hub id through `load_model` (so stages take either)."""
     if hasattr(model, "hook_dict"):
         return model  # type: ignore[return-value]
@@ -230,17 +243,20 @@ def _weight_dtype(attn: torch.nn.Module) -> torch.dtype | None:
 
 def _cast_output_to(attn: torch.nn.Module) -> Callable[..., torch.Tensor | None]:
     """Forward hook for hook_rot_q / hook_rot_k: the rotated q or k back in the attention's dtype."""
+
     def hook(_module: torch.nn.Module, _args: tuple, out: Any) -> torch.Tensor | None:
         dtype = _weight_dtype(attn)
         if dtype is not None and isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != dtype:
             return out.to(dtype)
         return None
+
     return hook
 
 
 def _cast_position_embeddings(attn: torch.nn.Module) -> Callable[..., tuple[tuple, dict] | None]:
     """Forward pre-hook fallback where the bridge has no hook_rot_q/k: (cos, sin) in the attention's dtype,
     as Llama's rotary embedding returns them (RoPE then runs in that dtype)."""
+
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         pe, dtype = kwargs.get("position_embeddings"), _weight_dtype(attn)
         if dtype is None or not isinstance(pe, tuple) or not all(isinstance(t, torch.Tensor) for t in pe):
@@ -248,6 +264,7 @@ def _cast_position_embeddings(attn: torch.nn.Module) -> Callable[..., tuple[tupl
         if all(t.dtype == dtype for t in pe):
             return None
         return args, {**kwargs, "position_embeddings": tuple(t.to(dtype) for t in pe)}
+
     return hook
 
 
@@ -303,7 +320,7 @@ class ModelGroup:
     """N related models on the same tokens: specs[i] describes models[i]."""
 
     specs: list[ModelSpec]
-    models: list["TransformerBridge"] = field(repr=False)
+    models: list[TransformerBridge] = field(repr=False)
 
     def __post_init__(self) -> None:
         if len(self.specs) != len(self.models) or not self.specs:
@@ -315,16 +332,22 @@ class ModelGroup:
 
     @classmethod
     def load(
-        cls, specs: Sequence[ModelSpec], dtype: str = "float32", device: str = "cpu", compatibility_mode: bool = False,
+        cls,
+        specs: Sequence[ModelSpec],
+        dtype: str = "float32",
+        device: str = "cpu",
+        compatibility_mode: bool = False,
         tokenizer=None,
-    ) -> "ModelGroup":
+    ) -> ModelGroup:
         """Load every spec's model; `tokenizer` (one for all, e.g. `tokenizer_from_folder(dir)`) overrides theirs."""
         specs = list(specs)
-        return cls(specs, [load_model(s.path, dtype, device, compatibility_mode, tokenizer, revision=s.revision)
-                           for s in specs])
+        return cls(
+            specs,
+            [load_model(s.path, dtype, device, compatibility_mode, tokenizer, revision=s.revision) for s in specs],
+        )
 
     @classmethod
-    def from_paths(cls, paths: dict[str, str | Path], **kw) -> "ModelGroup":
+    def from_paths(cls, paths: dict[str, str | Path], **kw) -> ModelGroup:
         """{'base': dir, 'rl': dir, ...}: names that are roles get that role."""
         specs = [ModelSpec(n, str(p), role=n if n in ROLES else "other") for n, p in paths.items()]
         return cls.load(specs, **kw)

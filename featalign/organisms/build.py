@@ -60,7 +60,7 @@ class Organisms:
     config: OrganismConfig
 
     @classmethod
-    def open(cls, root: str | Path) -> "Organisms":
+    def open(cls, root: str | Path) -> Organisms:
         """Open an organisms folder read-only, with the config it was built with (any preset)."""
         root = Path(root)
         if not (root / "config.json").exists():
@@ -100,7 +100,8 @@ class Organisms:
         """Every model folder complete and the evaluation summary written."""
         dirs = [self.base_dir] + [
             self.model_dir(kind, d, k)
-            for d in self.config.post_train_domains for kind in POST_TRAIN_KINDS
+            for d in self.config.post_train_domains
+            for kind in POST_TRAIN_KINDS
             for k in range(1, self.config.n_checkpoints + 1)
         ]
         return all(is_complete(d) for d in dirs) and (self.eval_dir / "summary.json").exists()
@@ -148,7 +149,11 @@ def _pretrain(org: Organisms, tokenizer) -> None:
 
     every = max(1, cfg.pretrain_steps // 6)
     run_steps(
-        model, loss_fn, cfg.pretrain_steps, cfg.pretrain_lr, cfg.pretrain_warmup,
+        model,
+        loss_fn,
+        cfg.pretrain_steps,
+        cfg.pretrain_lr,
+        cfg.pretrain_warmup,
         state_path=org.root / "_state" / "base.pt",
         save_at=lambda s: s % every == 0 or s == cfg.pretrain_steps,
         desc="pretrain base",
@@ -187,8 +192,10 @@ def _checkpoint_steps(total: int, n: int) -> list[int]:
 def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
     cfg = org.config
     run = org.run_dir(kind, domain)
-    if (all(is_complete(org.model_dir(kind, domain, k)) for k in range(1, cfg.n_checkpoints + 1))
-            and (run / TRAIN_LOG).exists()):
+    if (
+        all(is_complete(org.model_dir(kind, domain, k)) for k in range(1, cfg.n_checkpoints + 1))
+        and (run / TRAIN_LOG).exists()
+    ):
         return
     model, _ = load_organism(org.base_dir)
     prompts = post_train_prompts(cfg, domain)
@@ -202,9 +209,11 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
             "raise post_train_prompts or lower the batch size"
         )
     if kind == "sft":
+
         def loss_fn(step: int):
             ids, mask = encode_supervised([prompts[i] for i in batches[step]], tokenizer)
             return answer_loss(model, ids, mask), {}
+
         lr = cfg.sft_lr
     else:
         ref = load_organism(org.base_dir)[0] if cfg.rl_kl_beta > 0 else None
@@ -213,21 +222,41 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
         def loss_fn(step: int):
             gen = torch.Generator().manual_seed(_seed(cfg.seed, "rollout", domain, step))
             return grpo_loss(
-                model, [prompts[i] for i in batches[step]], tokenizer, cfg.rl_group_size,
-                cfg.rl_temperature, max_new, gen, ref_model=ref, beta=cfg.rl_kl_beta,
+                model,
+                [prompts[i] for i in batches[step]],
+                tokenizer,
+                cfg.rl_group_size,
+                cfg.rl_temperature,
+                max_new,
+                gen,
+                ref_model=ref,
+                beta=cfg.rl_kl_beta,
             )
+
         lr = cfg.rl_lr
 
     def on_save(step: int) -> None:
         k = ckpts.index(step) + 1
-        meta = {"role": kind, "domain": domain, "checkpoint": k, "step": step, "epoch": step / len(batches) * epochs,
-                "config": cfg.to_dict()}
+        meta = {
+            "role": kind,
+            "domain": domain,
+            "checkpoint": k,
+            "step": step,
+            "epoch": step / len(batches) * epochs,
+            "config": cfg.to_dict(),
+        }
         save_organism(model, org.model_dir(kind, domain, k), meta, tokenizer)
 
     logs = run_steps(
-        model, loss_fn, len(batches), lr, warmup=max(1, len(batches) // 20),
+        model,
+        loss_fn,
+        len(batches),
+        lr,
+        warmup=max(1, len(batches) // 20),
         state_path=org.root / "_state" / f"{kind}-{domain}.pt",
-        save_at=lambda s: s in ckpts, on_save=on_save, desc=f"{kind} {domain}",
+        save_at=lambda s: s in ckpts,
+        on_save=on_save,
+        desc=f"{kind} {domain}",
     )
     # every step's row (the state carries the rows of the steps before a resume), written whole
     atomic_write_text(run / TRAIN_LOG, "".join(json.dumps(row) + "\n" for row in logs))
@@ -249,7 +278,9 @@ def _evaluate_all(org: Organisms) -> dict:
             continue
         model, tok = load_organism(path)
         res = evaluate(model, tok, domains, cfg.eval_samples, cfg.eval_batch, desc=f"eval {name}")
-        atomic_write_json(f, {"n_per_domain": cfg.eval_samples, "correct": {d: c.astype(int).tolist() for d, c in res.items()}})
+        atomic_write_json(
+            f, {"n_per_domain": cfg.eval_samples, "correct": {d: c.astype(int).tolist() for d, c in res.items()}}
+        )
         results[name] = res
     return summarise(org, results)
 
@@ -272,14 +303,24 @@ def summarise(org: Organisms, results: dict[str, dict[str, np.ndarray]]) -> dict
         mat = transfer_matrix(base, tuned, domains)
         cmh = in_out_domain_cmh(base, tuned)
         summary["transfer"][kind] = {
-            "train_domains": list(cfg.post_train_domains), "eval_domains": domains,
-            "delta_points": mat.tolist(), "cmh": {k: vars(v) for k, v in cmh.items()},
+            "train_domains": list(cfg.post_train_domains),
+            "eval_domains": domains,
+            "delta_points": mat.tolist(),
+            "cmh": {k: vars(v) for k, v in cmh.items()},
         }
-        plot_transfer_heatmap(mat, list(cfg.post_train_domains), domains, org.eval_dir / f"transfer_{kind}.png",
-                              title=f"{kind.upper()}: accuracy delta vs base")
+        plot_transfer_heatmap(
+            mat,
+            list(cfg.post_train_domains),
+            domains,
+            org.eval_dir / f"transfer_{kind}.png",
+            title=f"{kind.upper()}: accuracy delta vs base",
+        )
     for d in cfg.post_train_domains:
-        plot_accuracy_bars({n: acc[n] for n in ("base", f"sft-{d}", f"rl-{d}")}, org.eval_dir / f"accuracy_{d}.png",
-                           title=f"organisms post-trained on '{d}'")
+        plot_accuracy_bars(
+            {n: acc[n] for n in ("base", f"sft-{d}", f"rl-{d}")},
+            org.eval_dir / f"accuracy_{d}.png",
+            title=f"organisms post-trained on '{d}'",
+        )
     atomic_write_json(org.eval_dir / "summary.json", summary)
     atomic_write_text(org.eval_dir / "summary.md", summary_markdown(summary))
     return summary
@@ -290,20 +331,42 @@ def summary_markdown(summary: dict) -> str:
     acc = summary["accuracy"]
     names = list(acc)
     domains = list(acc["base"])
-    lines = ["# Organisms evaluation", "", "Greedy accuracy (%) on each domain's eval split.", "",
-             "| domain | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [
+        "# Organisms evaluation",
+        "",
+        "Greedy accuracy (%) on each domain's eval split.",
+        "",
+        "| domain | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for d in domains:
         lines.append(f"| {d} | " + " | ".join(f"{100 * acc[n][d]:.1f}" for n in names) + " |")
-    lines += ["", "Base-fail / tuned-success samples per domain (McNemar b), and exact McNemar p.", "",
-              "| model | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    lines += [
+        "",
+        "Base-fail / tuned-success samples per domain (McNemar b), and exact McNemar p.",
+        "",
+        "| model | " + " | ".join(domains) + " |",
+        "|---" * (len(domains) + 1) + "|",
+    ]
     for n, tests in summary["paired_tests"].items():
-        lines.append(f"| {n} | " + " | ".join(f"{t['base_fail_tuned_ok']} (p={format_p(t['p_value'])})" for t in tests.values()) + " |")
-    lines += ["", "CMH common odds ratio (tuned vs base correct), pooled over strata.", "",
-              "| kind | scope | strata | OR | 95% CI | p | mean delta (pts) |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {n} | "
+            + " | ".join(f"{t['base_fail_tuned_ok']} (p={format_p(t['p_value'])})" for t in tests.values())
+            + " |"
+        )
+    lines += [
+        "",
+        "CMH common odds ratio (tuned vs base correct), pooled over strata.",
+        "",
+        "| kind | scope | strata | OR | 95% CI | p | mean delta (pts) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind, t in summary["transfer"].items():
         for scope, c in t["cmh"].items():
-            lines.append(f"| {kind} | {scope} | {c['n_strata']} | {c['odds_ratio']:.2f} | "
-                         f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}] | {format_p(c['p_value'])} | {c['mean_delta_points']:+.1f} |")
+            lines.append(
+                f"| {kind} | {scope} | {c['n_strata']} | {c['odds_ratio']:.2f} | "
+                f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}] | {format_p(c['p_value'])} | {c['mean_delta_points']:+.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -21,10 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or resume building) the organisms, then evaluate them")
     b.add_argument("--preset", default="default", choices=sorted(PRESETS), help="size preset (default: default)")
-    b.add_argument("--out", default=None,
-                   help=f"output folder (default: ${CACHE_ENV} or the user cache dir, /organisms/<preset>)")
-    b.add_argument("--post-train-domains", default=None,
-                   help=f"comma-separated domains for single-domain SFT+RL runs (default: the preset's, count for default, add for tiny); from {sorted(DOMAINS)}")
+    b.add_argument(
+        "--out", default=None, help=f"output folder (default: ${CACHE_ENV} or the user cache dir, /organisms/<preset>)"
+    )
+    b.add_argument(
+        "--post-train-domains",
+        default=None,
+        help="comma-separated domains for single-domain SFT+RL runs (default: the preset's, count for default, "
+        f"add for tiny); from {sorted(DOMAINS)}",
+    )
     b.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     b.add_argument("--no-eval", action="store_true", help="skip evaluating the models")
     sub.add_parser("domains", help="list the task domains")
@@ -43,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise UsageError(f"--post-train-domains: {e}") from e
         if not overrides["post_train_domains"]:
-            raise UsageError("--post-train-domains names no domain; list them with `python -m featalign.organisms domains`")
+            raise UsageError(
+                "--post-train-domains names no domain; list them with `python -m featalign.organisms domains`"
+            )
     if args.seed is not None:
         overrides["seed"] = args.seed
     cfg = preset_config(args.preset, **overrides)
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_eval:
         print((org.eval_dir / "summary.md").read_text())
         print(f"figures: {org.eval_dir}/*.png")
-    print("timings (s):", json.dumps(json.loads((org.root / 'timings.json').read_text())))
+    print("timings (s):", json.dumps(json.loads((org.root / "timings.json").read_text())))
     return 0
 
 

@@ -16,6 +16,7 @@ CACHE_ENV = "FEATALIGN_CACHE"
 class OrganismConfig(JsonConfig):
     """Everything that determines an organisms build (architecture, pretraining, post-training, checkpoints,
     evaluation); a folder built with other values is refused with the differing fields named."""
+
     preset: str = "default"
     seed: int = 0
     # architecture (Llama: keeps the char-level tokenizer intact; see docs/organisms.md)
@@ -58,15 +59,29 @@ class OrganismConfig(JsonConfig):
 PRESETS: dict[str, dict] = {
     "default": {},
     "tiny": dict(
-        preset="tiny", d_model=32, n_layers=2, n_heads=2, d_mlp=96, pretrain_steps=400,
-        pretrain_batch=64, pretrain_lr=5e-3, pretrain_warmup=10, post_train_prompts=160, post_train_domains=("add",),
-        sft_batch=16, rl_prompts_per_step=8, rl_group_size=4, eval_samples=64, eval_batch=256,
+        preset="tiny",
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        d_mlp=96,
+        pretrain_steps=400,
+        pretrain_batch=64,
+        pretrain_lr=5e-3,
+        pretrain_warmup=10,
+        post_train_prompts=160,
+        post_train_domains=("add",),
+        sft_batch=16,
+        rl_prompts_per_step=8,
+        rl_group_size=4,
+        eval_samples=64,
+        eval_batch=256,
     ),
 }
 
 
 def preset_config(name: str, **overrides) -> OrganismConfig:
-    """A preset (`tiny` for tests, `default` for the pipeline) with optional field overrides; unknown presets are refused."""
+    """A preset (`tiny` for tests, `default` for the pipeline) with optional field overrides; unknown presets are
+    refused."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     kw = dict(PRESETS[name])
@@ -87,4 +102,3 @@ def default_cache_dir() -> Path:
 def default_organisms_dir(preset: str = "default") -> Path:
     """Where a preset is built and looked for: `<default_cache_dir()>/organisms/<preset>`."""
     return default_cache_dir() / "organisms" / preset
-

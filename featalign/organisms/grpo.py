@@ -51,16 +51,21 @@ def grpo_loss(
     prompts = [tokenizer(p.prompt)["input_ids"] for p in problems for _ in range(group_size)]
     model.eval()
     gen = decode(
-        model, prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-        temperature=temperature, generator=generator,
+        model,
+        prompts,
+        max_new_tokens,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        temperature=temperature,
+        generator=generator,
     )
     model.train()
     texts = completion_texts(gen, tokenizer, tokenizer.eos_token_id)
     answers = [p for p in problems for _ in range(group_size)]
     ended = (gen.completion_ids_BC == tokenizer.eos_token_id).any(1)
-    rewards = torch.tensor(
-        [float(get_domain(p.domain).verify(t, p.answer)) for t, p in zip(texts, answers)]
-    ) * ended.float()  # a completion that never ends is wrong
+    rewards = (
+        torch.tensor([float(get_domain(p.domain).verify(t, p.answer)) for t, p in zip(texts, answers)]) * ended.float()
+    )  # a completion that never ends is wrong
     adv = group_advantages(rewards.view(len(problems), group_size)).view(-1)
     logp, mask = completion_logprobs(model, gen)
     # ratio = exp(logp - logp.detach()) == 1 on-policy; its gradient is that of logp
@@ -79,8 +84,12 @@ def grpo_loss(
     informative = (adv != 0).float()[:, None] * mask
     denom = informative.sum() if beta == 0 else mask.sum()
     loss = (per_tok * mask).sum() / denom.clamp(min=1)
-    info = {"reward": float(rewards.mean()), "kl": float(kl), "len": float(mask.sum(1).mean()),
-            "informative": float((adv != 0).float().mean())}
+    info = {
+        "reward": float(rewards.mean()),
+        "kl": float(kl),
+        "len": float(mask.sum(1).mean()),
+        "informative": float((adv != 0).float().mean()),
+    }
     return loss, info
 
 
@@ -88,4 +97,3 @@ def grpo_max_new_tokens(problems: list[Problem], tokenizer) -> int:
     """Generation budget for a batch: the longest reference answer plus room for `<eos>` and one wrong extra token."""
     longest = max(len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) for p in problems)
     return longest + 2  # room for <eos> and one wrong extra token
-

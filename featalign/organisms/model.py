@@ -38,9 +38,7 @@ def new_model(cfg: OrganismConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaF
     return LlamaForCausalLM(hf_cfg)
 
 
-def save_organism(
-    model: LlamaForCausalLM, directory: str | Path, meta: dict[str, Any], tokenizer=None
-) -> Path:
+def save_organism(model: LlamaForCausalLM, directory: str | Path, meta: dict[str, Any], tokenizer=None) -> Path:
     """Write an HF model folder (weights, config, tokenizer, featalign.json) atomically."""
     directory = Path(directory)
     with atomic_dir(directory) as tmp:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 EVAL_FRACTION = 0.2  # share of each domain's prompt space reserved for evaluation
 
@@ -23,6 +23,7 @@ EVAL_FRACTION = 0.2  # share of each domain's prompt space reserved for evaluati
 @dataclass(frozen=True)
 class Problem:
     """One task instance: the prompt the model continues and the canonical answer the verifier compares with."""
+
     domain: str
     prompt: str  # without <bos>; the model continues right after it
     answer: str  # canonical answer, without <eos>
@@ -31,6 +32,7 @@ class Problem:
 @dataclass(frozen=True)
 class Domain:
     """A task domain: a seeded generator of (prompt, answer) pairs of mixed difficulty and an exact verifier."""
+
     name: str
     family: str
     description: str
@@ -107,9 +109,9 @@ def _bool_expr(rng: random.Random, depth: int) -> tuple[str, int]:
     if op == "!":
         e, v = _bool_expr(rng, depth - 1)
         return f"!{e}", 1 - v
-    (l, lv), (r, rv) = _bool_expr(rng, depth - 1), _bool_expr(rng, rng.randint(0, depth - 1))
+    (lhs, lv), (rhs, rv) = _bool_expr(rng, depth - 1), _bool_expr(rng, rng.randint(0, depth - 1))
     v = (lv & rv) if op == "&" else (lv | rv)
-    return f"({l}{op}{r})", v
+    return f"({lhs}{op}{rhs})", v
 
 
 def _bool(rng: random.Random) -> tuple[str, str]:

@@ -7,8 +7,8 @@ run resumed from a saved state ends bitwise equal to an uninterrupted one (on CP
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,7 @@ from featalign.io import atomic_write_bytes, canonical_for_pickle
 from featalign.organisms.tasks import Problem
 
 
-def encode_supervised(
-    problems: list[Problem], tokenizer
-) -> tuple[Int[Tensor, "B T"], Float[Tensor, "B T"]]:
+def encode_supervised(problems: list[Problem], tokenizer) -> tuple[Int[Tensor, "B T"], Float[Tensor, "B T"]]:
     """Right-padded `<bos> prompt answer <eos>` ids and a mask that is 1 on answer and <eos> targets.
 
     The mask is aligned with the *targets* `ids[:, 1:]` (shape [B, T-1] after shifting by the caller).
@@ -122,4 +120,3 @@ def run_steps(
             save_state(state_path, model, opt, step + 1, logs)
     model.eval()
     return logs
-

@@ -5,13 +5,33 @@ To add one: a file here with a `VariantConfig` dataclass and a `@register`-ed `V
 from its own module (`featalign.crosscoder.variants.batchtopk.BatchTopKConfig`).
 """
 
+# the registry: importing a variant's file registers it
+from featalign.crosscoder.variants import (  # noqa: E402, F401
+    batchtopk,
+    jumprelu,
+    l1,
+    matryoshka,  # noqa: E402, F401
+)
 from featalign.crosscoder.variants.base import (
-    REGISTRY, TrainOutput, Variant, VariantConfig, field_help, has_field, help_field, register, variant_class,
+    REGISTRY,
+    TrainOutput,
+    Variant,
+    VariantConfig,
+    field_help,
+    has_field,
+    help_field,
+    register,
+    variant_class,
 )
 
-# the registry: importing a variant's file registers it
-from featalign.crosscoder.variants import l1, batchtopk, jumprelu  # noqa: E402, F401
-from featalign.crosscoder.variants import matryoshka  # noqa: E402, F401
-
-__all__ = ["REGISTRY", "TrainOutput", "Variant", "VariantConfig", "field_help", "has_field", "help_field", "register",
-           "variant_class"]
+__all__ = [
+    "REGISTRY",
+    "TrainOutput",
+    "Variant",
+    "VariantConfig",
+    "field_help",
+    "has_field",
+    "help_field",
+    "register",
+    "variant_class",
+]

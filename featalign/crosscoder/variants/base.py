@@ -11,8 +11,9 @@ this interface, so adding a variant is one file plus its registration (see `vari
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ def help_field(default: Any, help: str, **kw) -> Any:
 class VariantConfig(JsonConfig):
     """Fields of one variant (subclasses add theirs with `help_field`)."""
 
-    def validate(self, cc: "CrosscoderConfig") -> None:
+    def validate(self, cc: CrosscoderConfig) -> None:
         """Checks that need the crosscoder's shape (e.g. k <= n_latents); raise ValueError naming the fix."""
 
 
@@ -62,30 +63,32 @@ class Variant(nn.Module):
     #: fresh latent should not dominate), 1 where a latent must win a top-k competition to learn at all
     resample_encoder_scale: ClassVar[float] = 0.2
 
-    def __init__(self, cc_cfg: "CrosscoderConfig", cfg: VariantConfig):
+    def __init__(self, cc_cfg: CrosscoderConfig, cfg: VariantConfig):
         super().__init__()
         self.cfg = cfg
         self.n_latents = cc_cfg.n_latents
 
-    def activation_for(self, cc: "Crosscoder", latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    def activation_for(self, cc: Crosscoder, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
         """Inference rule: a function from pre-activations `x W_enc + b_enc` `[B, S]` to latent activations,
         per token and per latent (never depending on the batch), for all latents or for the ids `latents`
         (the columns of its input). Whatever it needs from the crosscoder (a threshold, decoder norms) is
         read once here, so a hook that encodes on every forward call does not recompute it."""
         raise NotImplementedError
 
-    def jumprelu_threshold(self, cc: "Crosscoder") -> Tensor | None:
+    def jumprelu_threshold(self, cc: Crosscoder) -> Tensor | None:
         """The inference rule in the form sae_lens can load (`featalign.crosscoder.export`): None if it is
         `relu(pre)`, else the per-latent threshold θ [L] of `relu(pre) · H(pre − θ)` (sae_lens' JumpReLU).
         A variant whose rule has neither form leaves this unimplemented and cannot be exported."""
-        raise NotImplementedError(f"variant {self.name!r} has no sae_lens form of its inference rule "
-                                  "(implement jumprelu_threshold to export it)")
+        raise NotImplementedError(
+            f"variant {self.name!r} has no sae_lens form of its inference rule "
+            "(implement jumprelu_threshold to export it)"
+        )
 
-    def activation(self, cc: "Crosscoder", pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
+    def activation(self, cc: Crosscoder, pre_BS: Tensor, latents: Tensor | None = None) -> Tensor:
         """`activation_for(cc, latents)(pre_BS)`."""
         return self.activation_for(cc, latents)(pre_BS)
 
-    def training_forward(self, cc: "Crosscoder", x_BK: Tensor, sparsity_coef: float) -> TrainOutput:
+    def training_forward(self, cc: Crosscoder, x_BK: Tensor, sparsity_coef: float) -> TrainOutput:
         """Loss on normalised input `[B, K]`: summed squared error per token (mean over tokens) plus the
         variant's sparsity / auxiliary terms."""
         raise NotImplementedError

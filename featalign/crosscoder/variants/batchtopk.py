@@ -12,8 +12,8 @@ maths (the same selection) through dense matmuls: the reference the tests compar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,10 @@ class BatchTopKConfig(VariantConfig):
     """Selection size, inference threshold and aux-k loss (`sparsity_coef` is not used)."""
 
     k: int = help_field(32, "mean active latents per token (the top k*B of the batch are kept)")
-    sparse_decode: bool = help_field(True, "sparse decoder + encoder backward through the active latents only "
-                                           "(false: dense reference path, same maths)")
+    sparse_decode: bool = help_field(
+        True,
+        "sparse decoder + encoder backward through the active latents only (false: dense reference path, same maths)",
+    )
     threshold_ema: float = help_field(0.01, "EMA rate of the inference threshold")
     # 64, not 256: equal recovery, attribution and FVU on the issue-13 planted benchmark at half the
     # step time (the aux pairs outnumber the selected ones 8:1 at 256; docs/crosscoder.md, BatchTopK quality)
@@ -37,14 +39,18 @@ class BatchTopKConfig(VariantConfig):
     # a few batches, not dead_tokens (~100 steps at batch 2048): the aux loss then reaches unused latents
     # from the first steps (attribution 0.955 -> 1.0 on the planted benchmark; docs/crosscoder.md)
     aux_dead_tokens: int = help_field(
-        8192, "the aux-k loss trains latents that have not fired for more than this many tokens "
-           "(0: the crosscoder's dead_tokens, i.e. only latents already counted dead)")
+        8192,
+        "the aux-k loss trains latents that have not fired for more than this many tokens "
+        "(0: the crosscoder's dead_tokens, i.e. only latents already counted dead)",
+    )
 
     def validate(self, cc) -> None:
         if not 0 < self.k <= cc.n_latents:
             raise ValueError(f"k={self.k} must be in 1..n_latents={cc.n_latents}")
         if self.aux_dead_tokens < 0:
-            raise ValueError(f"aux_dead_tokens ({self.aux_dead_tokens}) must be >= 0 (0 = the crosscoder's dead_tokens)")
+            raise ValueError(
+                f"aux_dead_tokens ({self.aux_dead_tokens}) must be >= 0 (0 = the crosscoder's dead_tokens)"
+            )
         if self.aux_k < 1 or not 0 < self.threshold_ema <= 1:
             raise ValueError(f"aux_k ({self.aux_k}) must be >= 1 and threshold_ema ({self.threshold_ema}) in (0, 1]")
 
@@ -81,8 +87,9 @@ class _GatherPre(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             B = x_BK.shape[0]
             counts_B = torch.bincount(rows, minlength=B)
-            gx = F.embedding_bag(cols, W_enc_KL.t(), torch.cumsum(counts_B, 0) - counts_B, mode="sum",
-                                 per_sample_weights=g_N)
+            gx = F.embedding_bag(
+                cols, W_enc_KL.t(), torch.cumsum(counts_B, 0) - counts_B, mode="sum", per_sample_weights=g_N
+            )
         return None, None, gx, gW, gb, None, None, None
 
 
@@ -117,7 +124,8 @@ class _SparseDecode(torch.autograd.Function):
         gv = gW = gb = None
         if ctx.needs_input_grad[0]:
             gv = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                g_BK, W_dec_LK, cols, offsets_B, rows, 0, -1).to(ctx.vdt)
+                g_BK, W_dec_LK, cols, offsets_B, rows, 0, -1
+            ).to(ctx.vdt)
         if ctx.needs_input_grad[1]:
             order, offsets_L = ctx.grouping if ctx.grouping is not None else by_latent(cols, W_dec_LK.shape[0])
             gW = F.embedding_bag(rows[order], g_BK, offsets_L, mode="sum", per_sample_weights=v[order])
@@ -265,12 +273,19 @@ class BatchTopK(Variant):
             min_sel = _min_selected(sel[vals > 0])
         return Selection(rows, cols, vals, P_BL, min_sel, grouping)
 
-    def _finish(self, cc, x_BK: Tensor, x_hat_BK: Tensor, recon: Tensor, sel: Selection, fired_L, l0,
-                parts: dict | None = None) -> TrainOutput:
+    def _finish(
+        self, cc, x_BK: Tensor, x_hat_BK: Tensor, recon: Tensor, sel: Selection, fired_L, l0, parts: dict | None = None
+    ) -> TrainOutput:
         aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.P_BL)
         loss = recon + self.cfg.aux_coef * aux
-        return TrainOutput(loss, {"recon": recon.detach(), **(parts or {}), "aux": aux.detach()}, x_hat_BK, fired_L,
-                           l0, {"min_selected": sel.min_selected})
+        return TrainOutput(
+            loss,
+            {"recon": recon.detach(), **(parts or {}), "aux": aux.detach()},
+            x_hat_BK,
+            fired_L,
+            l0,
+            {"min_selected": sel.min_selected},
+        )
 
     def training_forward(self, cc, x_BK: Tensor, sparsity_coef: float = 0.0) -> TrainOutput:
         if self.cfg.sparse_decode:
@@ -321,8 +336,9 @@ class BatchTopK(Variant):
         # gradient must still reach it (as in sae_lens / EleutherAI sparsify)
         cdt = compute_dtype(x_BK)
         vals = _GatherPre.apply(P_BL.reshape(-1), flat_idx, x_BK.to(cdt), cc.W_enc, cc.b_enc, rows, cols, grouping)
-        e_hat_BK = _SparseDecode.apply(vals, cc.W_dec.to(cdt), None, rows, cols, torch.arange(B, device=x_BK.device) * kk,
-                                       grouping)
+        e_hat_BK = _SparseDecode.apply(
+            vals, cc.W_dec.to(cdt), None, rows, cols, torch.arange(B, device=x_BK.device) * kk, grouping
+        )
         e_BK = (x_BK - x_hat_BK).detach().float()
         scale = min(dead_idx.numel() / self.cfg.aux_k, 1.0)  # weaker when few latents are dead
         return scale * (e_hat_BK.float() - e_BK).pow(2).sum(-1).mean()

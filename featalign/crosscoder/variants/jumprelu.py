@@ -4,8 +4,8 @@ with straight-through (rectangle-kernel) gradients for θ (Rajamanoharan et al. 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +22,9 @@ class JumpReLUConfig(VariantConfig):
 
     def validate(self, cc) -> None:
         if not (self.init_threshold > 0 and self.bandwidth > 0):
-            raise ValueError(f"jumprelu init_threshold ({self.init_threshold}) and bandwidth ({self.bandwidth}) "
-                             "must be > 0")
+            raise ValueError(
+                f"jumprelu init_threshold ({self.init_threshold}) and bandwidth ({self.bandwidth}) must be > 0"
+            )
 
 
 def _rect(z: Tensor) -> Tensor:
@@ -65,7 +66,6 @@ class _Step(torch.autograd.Function):
         return None, g_theta, None
 
 
-
 @register
 class JumpReLU(Variant):
     """State: the learned `log_threshold` [L] (θ = exp, so it stays positive)."""
@@ -98,5 +98,6 @@ class JumpReLU(Variant):
         with torch.no_grad():
             n_active_L = torch.count_nonzero(f_BL, dim=0)  # one pass for both firing and L0
             fired_L, l0 = n_active_L > 0, n_active_L.sum().float() / f_BL.shape[0]
-        return TrainOutput(loss, {"recon": recon.detach(), "sparsity": sparsity.detach().float()},
-                           x_hat_BK, fired_L, l0)
+        return TrainOutput(
+            loss, {"recon": recon.detach(), "sparsity": sparsity.detach().float()}, x_hat_BK, fired_L, l0
+        )

@@ -7,8 +7,8 @@ Penalty: sum_l f_l · penalty_l · sum_n ||W_dec[l, n]|| over the (model, hook) 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ class _Scratch:
             self._free.pop(next(iter(self._free)))
         self._free[key] = bufs
 
-    def __deepcopy__(self, memo) -> "_Scratch":
+    def __deepcopy__(self, memo) -> _Scratch:
         return _Scratch()
 
     def __getstate__(self) -> dict:
@@ -72,8 +72,10 @@ class _Scratch:
 def _check_stamp(lease: tuple, what: str) -> None:
     stamp, n = lease[:2]
     if stamp[0] != n:
-        raise RuntimeError(f"{what} of an l1 training_forward whose buffers a later training_forward has reused; "
-                           "run backward (and read l0) before the next training_forward")
+        raise RuntimeError(
+            f"{what} of an l1 training_forward whose buffers a later training_forward has reused; "
+            "run backward (and read l0) before the next training_forward"
+        )
 
 
 class _DenseL1(torch.autograd.Function):
@@ -83,7 +85,8 @@ class _DenseL1(torch.autograd.Function):
         recon = sum((x_hat - x)^2) / B,  sparsity = sum(f · w) / B,  w_l = penalty_l · sum_n ||W_dec[l, n]||
 
     (n: the (model, hook) blocks), plus f itself (L0 when logged); which latents fired comes out
-    of the backward (see `fired` below). Inputs are cast once to the compute dtype `cdt` (bf16 under autocast, fp32 master
+    of the backward (see `fired` below). Inputs are cast once to the compute dtype `cdt` (bf16 under autocast, fp32
+    master
     weights; gradients come back in the inputs' dtypes). It replaces autograd's graph, which spent
     ~half of a bf16 step outside the GEMMs (docs/crosscoder.md, Performance). Each [B, L] piece
     of work is one GEMM or one elementwise pass:
@@ -116,10 +119,15 @@ class _DenseL1(torch.autograd.Function):
         def make() -> dict:  # constant parts (ones column, zero padding) are written once
             xa_BKp = torch.zeros(B, Kp, dtype=cdt, device=dev)
             xa_BKp[:, K] = 1
-            return {"xa": xa_BKp, "Wa": torch.zeros(Kp, L, dtype=cdt, device=dev),
-                    "Wd": torch.zeros(L, Kp, dtype=cdt, device=dev), "f": torch.empty(B, L, dtype=cdt, device=dev),
-                    "out": torch.empty(B, Kp, dtype=cdt, device=dev), "err": torch.empty(B, K, dtype=edt, device=dev),
-                    "stamp": [0]}
+            return {
+                "xa": xa_BKp,
+                "Wa": torch.zeros(Kp, L, dtype=cdt, device=dev),
+                "Wd": torch.zeros(L, Kp, dtype=cdt, device=dev),
+                "f": torch.empty(B, L, dtype=cdt, device=dev),
+                "out": torch.empty(B, Kp, dtype=cdt, device=dev),
+                "err": torch.empty(B, K, dtype=edt, device=dev),
+                "stamp": [0],
+            }
 
         bufs = ws.take(("fwd", key), make) if ws is not None else make()
         bufs["stamp"][0] += 1
@@ -213,7 +221,6 @@ class _DenseL1(torch.autograd.Function):
         return gx, gWe, gbe, gWd, gbd, None, None, None, None, None
 
 
-
 @register
 class L1(Variant):
     """ReLU + decoder-norm-weighted L1. State: the per-latent `penalty` buffer [L]."""
@@ -244,8 +251,17 @@ class L1(Variant):
         cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else cc.W_enc.dtype
         lease: list = []
         recon, sparsity, x_hat_BK, f_BL = _DenseL1.apply(
-            x_BK, cc.W_enc, cc.b_enc, cc.W_dec, cc.b_dec, self.penalty, cc.cfg.n_models * cc.cfg.n_hooks,
-            cdt, self._scratch, lease)
+            x_BK,
+            cc.W_enc,
+            cc.b_enc,
+            cc.W_dec,
+            cc.b_dec,
+            self.penalty,
+            cc.cfg.n_models * cc.cfg.n_hooks,
+            cdt,
+            self._scratch,
+            lease,
+        )
         loss = recon + sparsity_coef * sparsity
         B = x_BK.shape[0]
 

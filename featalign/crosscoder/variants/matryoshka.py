@@ -22,7 +22,8 @@ class MatryoshkaConfig(BatchTopKConfig):
     """BatchTopK's fields plus the nested prefixes."""
 
     prefix_fracs: tuple[float, ...] = help_field(
-        (0.125, 0.25, 0.5, 1.0), "nested prefix sizes as fractions of n_latents, increasing, the last 1.0")
+        (0.125, 0.25, 0.5, 1.0), "nested prefix sizes as fractions of n_latents, increasing, the last 1.0"
+    )
 
     def validate(self, cc) -> None:
         super().validate(cc)
