@@ -209,3 +209,14 @@ def test_rendered_tables_agree_with_their_json():
     # the check can fail: a hand-edited number is caught
     edited = page.replace("| **count** (in-domain) | 58.0 |", "| **count** (in-domain) | 60.4 |")
     assert edited != page and render.render(edited) != edited
+
+
+def test_contributing_names_only_files_that_exist():
+    """docs/contributing.md says which files a new variant, stage or architecture touches: keep it true."""
+    import re
+
+    text = (ROOT / "docs" / "contributing.md").read_text()
+    paths = {p for p in re.findall(r"`([\w./-]+/[\w./-]*)`", text) if "<" not in p and not p.startswith("-")}
+    assert len(paths) >= 15  # the page names its files; an edit that drops the list should fail here
+    missing = sorted(p for p in paths if not (ROOT / p.rstrip("/")).exists())
+    assert missing == []
