@@ -41,7 +41,7 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     env = {**os.environ, "BASE": str(base), "RL": str(dirs["rl"]), "SFT": str(dirs["sft"]),
            "RL_CKPTS": f"{dirs['rl-1']},{dirs['rl']}", "SFT_CKPTS": f"{dirs['sft-1']},{dirs['sft']}",
            "TASKS": str(tasks), "MAX_NEW_TOKENS": "6", "HOOK": "blocks.0.hook_resid_post", "DEVICE": "cpu",
-           "DTYPE": "bfloat16", "CACHE_TOKENS": "2000", "ANALYZE_TOKENS": "800", "N_LATENTS": "64", "K": "4",
+           "DTYPE": "bfloat16", "CACHE_TOKENS": "2000", "ANALYZE_TOKENS": "800", "EVAL_TOKENS": "600", "N_LATENTS": "64", "K": "4",
            "STEPS": "30", "BATCH": "64", "ANALYZE_LATENTS": "32", "ANALYZE_STEPS": "20", "CONTROLS": "2",
            "FEATURES": "0,1,2", "OUT": str(out), "FEATALIGN_TEST_THREADS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
