@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def _load_file(path: str) -> dict:
     return d
 
 
-def resolve_configs(argv: list[str] | None = None) -> tuple[dict, dict, RunOptions]:
+def resolve_configs(argv: Sequence[str] | None = None) -> tuple[dict, dict, RunOptions]:
     """Flags over file over defaults -> (crosscoder overrides, trainer overrides, run options)."""
     args = build_parser().parse_args(argv)
     file = _load_file(args.config) if args.config else {}
@@ -454,7 +455,7 @@ def _eval_rows(store, run: RunOptions):
     return eval_x, in_sample
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     """Train (or resume) one crosscoder into `--out` and evaluate it; raises rather than exits, for `run_cli`."""
     from featalign.crosscoder.evaluate import evaluate, splice_in_loss
     from featalign.crosscoder.train import Trainer

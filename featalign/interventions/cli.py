@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,7 +272,7 @@ def run(cfg: InterventionConfig) -> InterventionResult:
     return res
 
 
-def main(argv: list[str] | None = None) -> InterventionResult:
+def main(argv: Sequence[str] | None = None) -> InterventionResult:
     """Parse, check, run; prints the report. Raises rather than exits, for `run_cli`."""
     t0 = time.time()
     cfg = config_from_args(InterventionConfig, build_parser().parse_args(argv))
