@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -120,7 +120,8 @@ def config_parser(
     for f in dataclasses.fields(cls):
         name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         name = next((a.strip() for a in name.split("|") if a.strip() != "None"), name)  # `float | None` -> float
-        t = {"int": int, "float": float, "bool": parse_bool}.get(name, str)
+        parsers: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": parse_bool}
+        t = parsers.get(name, str)
         if f.name in repeated:
             p.add_argument(
                 "--" + f.name.replace("_", "-"),

@@ -11,6 +11,7 @@ per rank (documented in docs/crosscoder.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,7 @@ def cleanup(barrier: bool = True) -> None:
             dist.destroy_process_group()
 
 
-def average_gradients(params: list[torch.Tensor], world_size: int) -> None:
+def average_gradients(params: Sequence[torch.Tensor], world_size: int) -> None:
     """One flat all-reduce of every gradient, then divide by the world size."""
     grads = [p.grad for p in params if p.grad is not None]
     flat = _flatten_dense_tensors(grads)

@@ -230,7 +230,8 @@ TrainDomain = str | tuple[str, ...]
 
 def in_out_domain_cmh(
     base: dict[str, np.ndarray],
-    tuned_by_train_domain: Mapping[TrainDomain, dict[str, np.ndarray]]
+    tuned_by_train_domain: Mapping[str, dict[str, np.ndarray]]
+    | Mapping[TrainDomain, dict[str, np.ndarray]]
     | Iterable[tuple[TrainDomain, dict[str, np.ndarray]]],
 ) -> dict[str, CMHResult]:
     """CMH pooled over in-domain strata and over out-of-domain strata, as in the transfer study.
@@ -238,7 +239,8 @@ def in_out_domain_cmh(
     Per tuned model: its training domain and its {eval domain: correctness}, as a mapping or as (train, results)
     pairs (two tuned models of one base may share a training domain). A training domain may be a tuple of domains
     (a model trained on several tasks, e.g. two math benchmarks): each of them is an in-domain stratum."""
-    ins, outs = [], []
+    ins: list[tuple[np.ndarray, np.ndarray]] = []  # (base, tuned) correctness per stratum
+    outs: list[tuple[np.ndarray, np.ndarray]] = []
     items = tuned_by_train_domain.items() if isinstance(tuned_by_train_domain, Mapping) else tuned_by_train_domain
     for train_d, res in items:
         trained = set(train_d) if isinstance(train_d, tuple) else {train_d}

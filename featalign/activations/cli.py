@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -186,7 +187,7 @@ def _source(args):
     return TaskSuiteSource(domains=domains, seed=args.seed)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Cache the models' activations into `--out` (resumes a partial store); raises rather than exits, for `run_cli`."""
     args = build_parser().parse_args(argv)
     check_args(args)

@@ -234,7 +234,7 @@ class StoreWriter:
         self.on_commit = on_commit
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "shards").mkdir(exist_ok=True)
-        self._lock_fd = self._lock()
+        self._lock_fd: int | None = self._lock()  # None once closed
         try:
             self._check_compatible()
             self.part = self._load_part()
@@ -346,7 +346,7 @@ class StoreWriter:
         idx = len(self.part["shards"])
         name = f"shards/r{self.rank:03d}-{idx:06d}"
         if self._n:
-            data = memoryview(self._buf[: self._n]).cast("B")
+            data = self._buf[: self._n].data.cast("B")
             stats = self._moments.to_bytes()
             try:
                 atomic_write_bytes(self.root / f"{name}.bin", data)
@@ -379,9 +379,10 @@ class StoreWriter:
             self.on_commit(entry)
 
     def close(self) -> None:
-        if getattr(self, "_lock_fd", None) is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+        fd = getattr(self, "_lock_fd", None)  # absent when __init__ failed before taking the lock
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
             self._lock_fd = None
 
     def __enter__(self) -> StoreWriter:

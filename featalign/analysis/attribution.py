@@ -248,6 +248,7 @@ class Attribution:
     def summary(self) -> dict:
         d = {"models": list(self.models), "n_latents": len(self.classes), "class_counts": self.counts()}
         if self.classes_ls is not None:
+            assert self.artifact_L is not None  # `attribute` sets ls, artifact_L and classes_ls together
             d["class_counts_after_latent_scaling"] = self.counts(after_ls=True)
             d["n_artifacts"] = int(self.artifact_L.sum())
         return d
@@ -265,6 +266,7 @@ class Attribution:
         for k, v in self.enc.items():
             d[k] = dict(zip(self.models, v[lat].tolist())) if v.ndim == 2 else float(v[lat])
         if self.ls is not None:
+            assert self.artifact_L is not None  # `attribute` sets ls, artifact_L and classes_ls together
             d["latent_scaling"] = {
                 "owner": self.models[int(self.ls.owner_L[lat])],
                 **{

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     return config_parser(AnalyzeConfig, HELP, "python -m featalign.analyze", __doc__, repeated=("model", "series"))
 
 
-def resolve_config(argv: list[str] | None) -> AnalyzeConfig:
+def resolve_config(argv: Sequence[str] | None) -> AnalyzeConfig:
     """Flags over `--config` over defaults; every value checked (AnalyzeConfig), the stage names and every path too."""
     args = build_parser().parse_args(argv)
     if args.config:
@@ -230,7 +231,7 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     """Run the analysis into `--out` and print its report; raises rather than exits, for `run_cli`."""
     cfg = resolve_config(argv)
     report = run(cfg)

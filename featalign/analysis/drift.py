@@ -17,6 +17,7 @@ cosine to the base direction), and new specific features per checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +54,10 @@ class CheckpointSeries:
         cks = self.checkpoints
         if not cks:
             raise SeriesError(f"series {self.name!r} has no checkpoints")
-        if all(c.index is not None for c in cks):
-            idx = sorted(c.index for c in cks)
+        known_idx = [c.index for c in cks if c.index is not None]
+        known_steps = [c.step for c in cks if c.step is not None]
+        if len(known_idx) == len(cks):  # every checkpoint has an index
+            idx = sorted(known_idx)
             if len(set(idx)) != len(idx):
                 raise SeriesError(
                     f"series {self.name!r}: duplicate checkpoint indices {idx}; each checkpoint needs its own"
@@ -65,9 +68,9 @@ class CheckpointSeries:
                     f"series {self.name!r} has a gap: checkpoint(s) {missing} missing of 1..{max(idx)}; "
                     "finish building them or analyse a contiguous prefix"
                 )
-            self.checkpoints = sorted(cks, key=lambda c: c.index)
-        elif all(c.step is not None for c in cks):
-            steps = sorted(c.step for c in cks)
+            self.checkpoints = [c for _, c in sorted(zip(known_idx, cks), key=lambda p: p[0])]
+        elif len(known_steps) == len(cks):  # every checkpoint has a step
+            steps = sorted(known_steps)
             if len(set(steps)) != len(steps):
                 raise SeriesError(f"series {self.name!r}: duplicate steps {steps}; the order is ambiguous")
             gaps = np.diff([0] + steps)
@@ -76,7 +79,7 @@ class CheckpointSeries:
                     f"series {self.name!r} looks like it has a gap: steps {steps} (spacing {gaps.tolist()}); "
                     "pass every checkpoint or give explicit indices"
                 )
-            self.checkpoints = sorted(cks, key=lambda c: c.step)
+            self.checkpoints = [c for _, c in sorted(zip(known_steps, cks), key=lambda p: p[0])]
             for i, c in enumerate(self.checkpoints):
                 c.index = i + 1
         else:
@@ -280,7 +283,7 @@ def _match(a_AK: Tensor, b_BK: Tensor, min_cos: float) -> list[tuple[int, int, f
 def drift_pairwise(
     decs: list[Tensor],
     cfg: DriftConfig | None = None,
-    alive: list[Tensor | None] | None = None,
+    alive: Sequence[Tensor | None] | None = None,
     series: str = "",
     steps: list[int | None] | None = None,
 ) -> DriftResult:

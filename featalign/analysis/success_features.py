@@ -223,7 +223,8 @@ def _random_subset_null(f_rl, f_base, tasks, counts, inter, cfg, rng) -> dict:
 
 def _bootstrap(f_rl, f_base, sel, tasks, inter, cfg, rng) -> dict:
     """Resample each task's success samples: interval of the set size, selection frequency per feature."""
-    sizes, freq = [], {}
+    sizes: list[int] = []
+    freq: dict[int, int] = {}  # feature -> bootstrap draws that selected it
     for _ in range(cfg.n_boot):
         sets = []
         for t in tasks:

@@ -17,7 +17,7 @@ TRAINED_ON_FILE = "trained_on.json"
 
 def activations_sha256(x: torch.Tensor) -> str:
     """SHA-256 of a tensor's bytes: two trainings saw the same activations exactly when these agree."""
-    return hashlib.sha256(memoryview(x.detach().cpu().contiguous().numpy()).cast("B")).hexdigest()
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().data.cast("B")).hexdigest()
 
 
 def crosscoder_configs(models: tuple[str, ...], hook: str, d_model: int, n_rows: int, cfg: Any):

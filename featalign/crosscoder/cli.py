@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,18 +112,18 @@ RUN_HELP = {
 }
 
 
-def _add_field(p: argparse.ArgumentParser, f: dataclasses.Field, dest: str, help_text: str, default: Any) -> None:
+def _add_field(p: argparse._ActionsContainer, f: dataclasses.Field, dest: str, help_text: str, default: Any) -> None:
     """`default`: the value shown in --help, or a `str` describing a default resolved at run time."""
     flag = "--" + dest.replace("_", "-")
     t = str(f.type)
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
     if "tuple" in t:
-        conv = float if "float" in t else str
+        conv: Callable[[str], Any] = float if "float" in t else str
         p.add_argument(
             flag,
             dest=dest,
-            type=lambda s, c=conv: tuple(c(x) for x in s.split(",") if x),
+            type=lambda s: tuple(conv(x) for x in s.split(",") if x),
             default=None,
             help=f"{help_text} (default: {default})",
         )
@@ -207,7 +208,7 @@ def _load_file(path: str) -> dict:
     return d
 
 
-def resolve_configs(argv: list[str] | None = None) -> tuple[dict, dict, RunOptions]:
+def resolve_configs(argv: Sequence[str] | None = None) -> tuple[dict, dict, RunOptions]:
     """Flags over file over defaults -> (crosscoder overrides, trainer overrides, run options)."""
     args = build_parser().parse_args(argv)
     file = _load_file(args.config) if args.config else {}
@@ -315,8 +316,9 @@ def _activations_file(path: str, cc: dict, eval_tokens: int) -> tuple[torch.Tens
         raise UsageError(f"--activations {path}: 'acts' has shape {list(x.shape)}, expected [N, M, H, D]")
     named = {"models": meta.get("models"), "hooks": meta.get("hooks") or meta.get("hook")}
     for key, flag in (("models", "--models"), ("hooks", "--hooks")):
-        if key not in cc and named[key]:
-            cc[key] = tuple(named[key].split(","))
+        spec = named[key]
+        if key not in cc and spec:
+            cc[key] = tuple(spec.split(","))
         if key not in cc:
             raise UsageError(
                 f"--activations {path} does not name its {key} (no '{key}' in the file's safetensors metadata): "
@@ -360,7 +362,7 @@ def _sources(cc: dict, tr: dict, run: RunOptions, out: Path, dist_info):
         )
         return src, x_eval, {}, in_sample
     if run.store:
-        store, eval_x, model_dirs = ActivationStore(run.store), None, {}
+        store, eval_x, model_dirs = ActivationStore(Path(run.store)), None, {}
         cc.setdefault("models", store.models)
         cc.setdefault("hooks", store.hooks)
     else:
@@ -379,6 +381,7 @@ def _cache_models(cc: dict, run: RunOptions, out: Path, dist_info):
     from featalign.models import default_hook, default_hook_for
 
     eval_x = None
+    trio: Mapping[str, str | Path]  # name -> model folder
     if run.model_dirs:
         trio = _parse_model_dirs(run.model_dirs)
         default = default_hook_for(next(iter(trio.values())))
@@ -435,7 +438,7 @@ def _eval_rows(store, run: RunOptions):
 
     in_sample = False
     if run.eval_store:
-        held = ActivationStore(run.eval_store)
+        held = ActivationStore(Path(run.eval_store))
         if (held.models, held.hooks, held.row_shape) != (store.models, store.hooks, store.row_shape):
             raise UsageError(
                 f"--eval-store holds models {held.models}, hooks {held.hooks}, rows {held.row_shape}; "
@@ -454,7 +457,7 @@ def _eval_rows(store, run: RunOptions):
     return eval_x, in_sample
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     """Train (or resume) one crosscoder into `--out` and evaluate it; raises rather than exits, for `run_cli`."""
     from featalign.crosscoder.evaluate import evaluate, splice_in_loss
     from featalign.crosscoder.train import Trainer
@@ -499,7 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
             base = cfg.models.index("base") if "base" in cfg.models else 0
             sae_dir = out / "sae_baseline"
             source.load_state_dict({"epoch": 0, "pos": 0, "seed": tcfg.seed, "batch_size": tcfg.batch_size})
-            sae_k = run.sae_k or getattr(cfg.variant_cfg, "k", 32)
+            sae_k = run.sae_k or int(getattr(cfg.variant_cfg, "k", 32))
             sae = train_base_sae(
                 source, sae_dir, model_index=base, steps=tcfg.steps, k=sae_k, d_sae=cfg.n_latents, lr=tcfg.lr
             )

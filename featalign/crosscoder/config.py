@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from featalign.config import JsonConfig
 from featalign.crosscoder.variants import VariantConfig, help_field, variant_class
@@ -158,7 +158,7 @@ class TrainerConfig(JsonConfig):
     resample_until: float = help_field(0.6, "only resample during this first fraction of the steps")
 
     def __post_init__(self) -> None:
-        self.adam_betas = tuple(self.adam_betas)
+        self.adam_betas = cast("tuple[float, float]", tuple(self.adam_betas))  # a JSON list -> the tuple
         for name in ("steps", "batch_size", "norm_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -46,6 +46,8 @@ class Crosscoder(nn.Module):
     """
 
     variant: Variant
+    norm_scale: Tensor  # buffer [M, H]
+    tokens_since_fired: Tensor  # buffer [L], int64
 
     def __init__(self, cfg: CrosscoderConfig):
         super().__init__()
@@ -168,7 +170,7 @@ class Crosscoder(nn.Module):
         else:
             hooks = list(range(c.n_hooks))
         W_MHDL = self.W_enc.view(c.n_models, c.n_hooks, c.d_model, c.n_latents)
-        b_S = self.b_enc
+        b_S: Tensor = self.b_enc
         if latents is not None:
             latents = torch.as_tensor(latents, dtype=torch.long, device=self.W_enc.device)
             W_MHDL, b_S = W_MHDL[..., latents], b_S[latents]

@@ -174,10 +174,17 @@ class Trainer:
     def _writes(self) -> bool:
         return self.dist.is_main and self.out_dir is not None
 
+    @property
+    def _dir(self) -> Path:
+        """`out_dir`, where one is required: writing (`_writes`) and resuming only happen with one."""
+        if self.out_dir is None:
+            raise ValueError("this trainer has no out_dir (an in-memory run writes nothing and cannot resume)")
+        return self.out_dir
+
     def _check_resume_configs(self) -> None:
-        old_cc, _ = read_config(self.out_dir)
+        old_cc, _ = read_config(self._dir)
         diffs = {f"crosscoder.{k}": v for k, v in old_cc.diff(self.cfg).items()}
-        old_tr = TrainerConfig.load(self.out_dir / TRAINER_CFG_FILE)
+        old_tr = TrainerConfig.load(self._dir / TRAINER_CFG_FILE)
         diffs |= {f"trainer.{k}": v for k, v in old_tr.diff(self.tcfg).items() if k not in RESUMABLE_CHANGES}
         if diffs:
             lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
@@ -189,8 +196,8 @@ class Trainer:
     def _write_configs(self) -> None:
         if not self._writes:
             return
-        write_config(self.out_dir, self.cfg)
-        self.tcfg.save(self.out_dir / TRAINER_CFG_FILE)
+        write_config(self._dir, self.cfg)
+        self.tcfg.save(self._dir / TRAINER_CFG_FILE)
 
     def save_checkpoint(self) -> None:
         if not self._writes:
@@ -206,11 +213,12 @@ class Trainer:
         }
         buf = io.BytesIO()
         torch.save(canonical_for_pickle(state), buf)  # a resumed run writes the uninterrupted run's bytes
-        atomic_write_bytes(self.out_dir / CHECKPOINT_FILE, buf.getvalue())
+        atomic_write_bytes(self._dir / CHECKPOINT_FILE, buf.getvalue())
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.out_dir / CHECKPOINT_FILE, map_location=self.device, weights_only=False)
-        version = check_format_version(state.get("format_version"), self.out_dir / CHECKPOINT_FILE)
+        path = self._dir / CHECKPOINT_FILE
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        version = check_format_version(state.get("format_version"), path)
         self.model.load_state_dict(migrate_state_dict(state["model"], self.cfg.variant, version))
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -228,7 +236,8 @@ class Trainer:
         scales = getattr(self.source, "norm_scales", lambda: None)()
         if scales is None:
             start = self.source.state_dict()
-            sums, n = torch.zeros(self.cfg.n_models, self.cfg.n_hooks, dtype=torch.float64), 0
+            sums = torch.zeros(self.cfg.n_models, self.cfg.n_hooks, dtype=torch.float64)
+            n: float = 0  # a token count; a float once all-reduced across ranks
             for _ in range(self.tcfg.norm_batches):
                 x = next(self.source)
                 sums += norm_sums(x)
@@ -308,7 +317,7 @@ class Trainer:
         if loggers is not None:
             loggers.close()
         if self._writes:
-            self.model.save(self.out_dir)
+            self.model.save(self._dir)
         return self.model
 
     def _start(self) -> _Loggers | None:
@@ -327,7 +336,7 @@ class Trainer:
         if not self._writes:
             return None
         configs = {"crosscoder": self.cfg.to_dict(), "trainer": self.tcfg.to_dict()}
-        loggers = _Loggers(self.out_dir, self._loggers_backends, configs)
+        loggers = _Loggers(self._dir, self._loggers_backends, configs)
         loggers.truncate_after(self.step)
         return loggers
 

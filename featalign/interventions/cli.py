@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,13 +166,13 @@ def edit_factory(cfg: InterventionConfig, cc: Crosscoder, x_NMHD: torch.Tensor, 
     """ids -> Edit; `steer` scales each latent's typical activation in the edited model (0 if it never fires)."""
     if cfg.edit == "ablate":
         return ablate
+    value = cfg.value
+    assert value is not None  # InterventionConfig refuses every edit but ablate without --value
     if cfg.edit == "clamp":
-        return lambda ids: clamp(ids, cfg.value)
+        return lambda ids: clamp(ids, value)
     if cfg.edit == "scale":
-        return lambda ids: scale(ids, cfg.value)
-    return lambda ids: steer(
-        ids, cfg.value, typical_activation(cc, x_NMHD, ids, model=name).nan_to_num(0.0), decoder=name
-    )
+        return lambda ids: scale(ids, value)
+    return lambda ids: steer(ids, value, typical_activation(cc, x_NMHD, ids, model=name).nan_to_num(0.0), decoder=name)
 
 
 def markdown(res: InterventionResult, cfg: InterventionConfig) -> str:
@@ -271,7 +272,7 @@ def run(cfg: InterventionConfig) -> InterventionResult:
     return res
 
 
-def main(argv: list[str] | None = None) -> InterventionResult:
+def main(argv: Sequence[str] | None = None) -> InterventionResult:
     """Parse, check, run; prints the report. Raises rather than exits, for `run_cli`."""
     t0 = time.time()
     cfg = config_from_args(InterventionConfig, build_parser().parse_args(argv))

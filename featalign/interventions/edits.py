@@ -208,6 +208,7 @@ class _EditFn:
             if e.kind in ("clamp", "scale"):
                 extra = _per_feature(e.value, len(ids), dev, cc.W_dec.dtype)
             elif e.kind == "steer":
+                assert e.typical is not None  # `steer` always sets it
                 extra = (float(e.value) * e.typical.to(dev, cc.W_dec.dtype)) @ block.d_SD  # [D]
             self.parts.append((e, block, extra))
         self.offset: int | None = None  # tokens of the current sequence seen so far
@@ -216,16 +217,15 @@ class _EditFn:
     def _delta(self, x_ND: Tensor) -> Tensor:
         delta = torch.zeros(x_ND.shape[0], x_ND.shape[1], dtype=self.parts[0][1].d_SD.dtype, device=x_ND.device)
         for e, block, extra in self.parts:
+            if e.kind == "ablate":
+                delta += -block.encode(x_ND) @ block.d_SD
+                continue
+            assert extra is not None  # __init__ sets it for every edit but ablate
             if e.kind == "steer":
                 delta += extra
                 continue
             f = block.encode(x_ND)
-            if e.kind == "ablate":
-                new_minus_f = -f
-            elif e.kind == "clamp":
-                new_minus_f = extra - f
-            else:
-                new_minus_f = (extra - 1) * f
+            new_minus_f = extra - f if e.kind == "clamp" else (extra - 1) * f
             delta += new_minus_f @ block.d_SD
         return delta
 

@@ -23,9 +23,10 @@ Example::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -272,7 +273,7 @@ def _edit(edit_factory: Callable[[tuple[int, ...]], Edit], ids: tuple[int, ...])
     return e
 
 
-def _check_masks(masks: dict[str, np.ndarray] | None, tasks: dict[str, list[Problem]], what: str) -> dict:
+def _check_masks(masks: dict[str, np.ndarray] | None, tasks: Mapping[str, Sized], what: str) -> dict:
     if masks is None:
         return {}
     unknown = set(masks) - set(tasks)
@@ -334,7 +335,7 @@ def _task_result(
     delta = float(w1.mean() - w0.mean())
     lo, hi = paired_bootstrap_ci(w0, w1, n_resamples, seed)
     rank, p_ctrl = control_stats(delta, ctrl_deltas)
-    sub = {}
+    sub: dict[str, Any] = {}  # the subset_* fields of TaskResult
     if mask is not None and mask.any():
         s0, s1 = w0[mask], w1[mask]
         sub = dict(
@@ -558,6 +559,11 @@ class SweepResult:
         return save_figure(fig, path)
 
 
+def _at_coef(edit_at: Callable[[tuple[int, ...], float], Edit], c: float) -> Callable[[tuple[int, ...]], Edit]:
+    """`ids -> edit_at(ids, c)`: one coefficient's edit factory."""
+    return lambda ids: edit_at(ids, c)
+
+
 @torch.no_grad()
 def coefficient_sweep(
     model,
@@ -594,7 +600,7 @@ def coefficient_sweep(
                     crosscoder,
                     model_name,
                     features,
-                    lambda ids, c=c: edit_at(ids, c),
+                    _at_coef(edit_at, c),
                     tasks,
                     n_controls=n_controls,
                     baseline=baseline,

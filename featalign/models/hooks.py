@@ -25,6 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge import TransformerBridge
 
 #: f(activation_BTD) -> replacement, or None to leave the activation as it is (a read-only hook).
@@ -129,7 +130,7 @@ def _bridge_of(model: torch.nn.Module) -> TransformerBridge:
     return model  # type: ignore[return-value]
 
 
-def hook_point(model: torch.nn.Module, name: str) -> torch.nn.Module:
+def hook_point(model: torch.nn.Module, name: str) -> HookPoint:
     """The HookPoint module behind hook `name` (aliases such as `hook_resid_post` resolved by the bridge)."""
     bridge = _bridge_of(model)
     resolve_hooks(bridge, [name])

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 ROLES = ("base", "rl", "sft", "checkpoint", "other")
+#: a module type kept through the `ensure_*` patches, which return the model they are given
+_ModuleT = TypeVar("_ModuleT", bound=torch.nn.Module)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -76,7 +78,7 @@ def tokenizer_from_folder(path: str | Path, add_bos_token: bool = False):
             f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
             "save one there with tokenizer.save_pretrained(folder)"
         )
-    kw = {"add_bos_token": True} if add_bos_token else {}
+    kw: dict[str, Any] = {"add_bos_token": True} if add_bos_token else {}
     if (path / "tokenizer.json").exists():
         from transformers import PreTrainedTokenizerFast
 
@@ -200,7 +202,7 @@ def _drop_duplicate_past_key_values(_module, args, kwargs):
     return None
 
 
-def ensure_kv_cache_compat(model: torch.nn.Module) -> torch.nn.Module:
+def ensure_kv_cache_compat(model: _ModuleT) -> _ModuleT:
     """Make a TransformerBridge's attention see the KV cache under every transformers version.
 
     transformers 5.24 renamed the cache argument that decoder layers pass to attention from
@@ -268,7 +270,7 @@ def _cast_position_embeddings(attn: torch.nn.Module) -> Callable[..., tuple[tupl
     return hook
 
 
-def ensure_rotary_dtype(model: torch.nn.Module) -> torch.nn.Module:
+def ensure_rotary_dtype(model: _ModuleT) -> _ModuleT:
     """Make a TransformerBridge of a bf16/fp16 model whose rotary embedding returns float32 cos/sin run.
 
     OLMo, OLMo 2, OLMo 3 and FlexOlmo compute RoPE in float32 on purpose: their rotary embedding returns
@@ -292,8 +294,9 @@ def ensure_rotary_dtype(model: torch.nn.Module) -> torch.nn.Module:
         if not isinstance(module, PositionEmbeddingsAttentionBridge):
             continue
         rot = [getattr(module, n, None) for n in ("hook_rot_q", "hook_rot_k")]
-        if all(isinstance(h, torch.nn.Module) for h in rot):
-            for h in rot:
+        rot_hooks = [h for h in rot if isinstance(h, torch.nn.Module)]
+        if len(rot_hooks) == len(rot):  # both are modules
+            for h in rot_hooks:
                 h.register_forward_hook(_cast_output_to(module))
         else:
             module.register_forward_pre_hook(_cast_position_embeddings(module), with_kwargs=True)

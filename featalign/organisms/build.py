@@ -15,10 +15,12 @@ featalign.json is rebuilt) and training states are saved at every checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -387,10 +389,10 @@ def build_organisms(
         tokenizer = build_tokenizer()
         t0 = time.time()
         timings = read_json(root / "timings.json") if (root / "timings.json").exists() else {}
-        stages = [("base", lambda: _pretrain(org, tokenizer))]
+        stages: list[tuple[str, Callable[[], object]]] = [("base", lambda: _pretrain(org, tokenizer))]
         for d in cfg.post_train_domains:
             for kind in POST_TRAIN_KINDS:
-                stages.append((f"{kind}-{d}", lambda k=kind, d=d: _post_train(org, k, d, tokenizer)))
+                stages.append((f"{kind}-{d}", functools.partial(_post_train, org, kind, d, tokenizer)))
         if evaluate_models:
             stages.append(("eval", lambda: _evaluate_all(org)))
         for name, fn in tqdm(stages, desc=f"organisms ({cfg.preset})"):

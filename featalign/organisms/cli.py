@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 from featalign.cli import UsageError, check_out_dir, run_cli
 from featalign.organisms.config import CACHE_ENV, PRESETS, default_organisms_dir, preset_config
 from featalign.organisms.tasks import DOMAINS, parse_domains
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """`build` or list `domains`; raises rather than exits, for `run_cli`."""
     p = argparse.ArgumentParser(
         prog="python -m featalign.organisms",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EVAL_FRACTION = 0.2  # share of each domain's prompt space reserved for evaluation
@@ -164,7 +164,7 @@ def get_domain(name: str) -> Domain:
     return DOMAINS[name]
 
 
-def parse_domains(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+def parse_domains(spec: str | Sequence[str]) -> list[str]:
     """'add,sub' or ['add', 'sub'] -> validated list (empty entries dropped)."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     names = [n for n in names if n]

@@ -62,6 +62,8 @@ class Variant(nn.Module):
     #: encoder norm of a resampled latent relative to the mean alive one: small for ReLU-type variants (a
     #: fresh latent should not dominate), 1 where a latent must win a top-k competition to learn at all
     resample_encoder_scale: ClassVar[float] = 0.2
+    #: this variant's config; each subclass re-annotates it with its own `Config` type
+    cfg: VariantConfig
 
     def __init__(self, cc_cfg: CrosscoderConfig, cfg: VariantConfig):
         super().__init__()

@@ -227,6 +227,8 @@ class BatchTopK(Variant):
     name = "batchtopk"
     Config = BatchTopKConfig
     resample_encoder_scale = 1.0
+    cfg: BatchTopKConfig
+    threshold: Tensor  # buffer, float64 scalar
 
     def __init__(self, cc_cfg, cfg: BatchTopKConfig):
         super().__init__(cc_cfg, cfg)

@@ -72,6 +72,7 @@ class JumpReLU(Variant):
 
     name = "jumprelu"
     Config = JumpReLUConfig
+    cfg: JumpReLUConfig
 
     def __init__(self, cc_cfg, cfg: JumpReLUConfig):
         super().__init__(cc_cfg, cfg)

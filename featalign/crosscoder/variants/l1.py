@@ -227,6 +227,8 @@ class L1(Variant):
 
     name = "l1"
     Config = L1Config
+    cfg: L1Config
+    penalty: Tensor  # buffer [L]
 
     def __init__(self, cc_cfg, cfg: L1Config):
         super().__init__(cc_cfg, cfg)

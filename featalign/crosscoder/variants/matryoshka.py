@@ -47,6 +47,7 @@ class Matryoshka(BatchTopK):
 
     name = "matryoshka"
     Config = MatryoshkaConfig
+    cfg: MatryoshkaConfig
 
     def training_forward(self, cc, x_BK: Tensor, sparsity_coef: float = 0.0) -> TrainOutput:
         sel = self.select(cc, x_BK)
