@@ -2,7 +2,8 @@
 
 A crosscoder over the same model twice (identical inputs) should find no specific latents; the base
 against itself on disjoint token halves (the two sides uncorrelated) finds many. A base-vs-tuned
-count means something only next to these two (DESIGN §1, the 2026 workshop result).
+count means something only next to these two (the calibration of the 2026 crosscoder workshop result;
+docs/analysis.md).
 """
 
 from __future__ import annotations

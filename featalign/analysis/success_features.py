@@ -1,4 +1,4 @@
-"""RL-success features: latents that carry RL's out-of-domain wins (feature-level study, DESIGN §1).
+"""RL-success features: latents that carry RL's out-of-domain wins (the feature-level study; docs/analysis.md).
 
 On each out-of-domain task, take the samples the base model fails and the RL model solves; score
 each latent by Score_k = mean over those samples of f_k(RL activations) - f_k(base activations);

@@ -74,10 +74,6 @@ class Edit:
     typical: Tensor | None = None  # steer: a_k per feature
     decoder: str | None = None  # steer: whose decoder directions (default: the hooked model)
 
-    @property
-    def needs_encoding(self) -> bool:
-        return self.kind != "steer"
-
 
 def as_feature_ids(features) -> tuple[int, ...]:
     """Feature ids from a list / tensor of integers or a bool mask, each id once.
