@@ -56,7 +56,7 @@ def organisms_group(tmp: Path) -> tuple[ModelGroup, str]:
         org = Organisms(root, OrganismConfig.load(root / "config.json"))
         trio = org.default_trio()
         if all(is_complete(p) for p in trio.values()):
-            return ModelGroup.from_paths(trio), f"default organisms at {root}"
+            return ModelGroup.from_paths(trio), "the default organisms (built, from $FEATALIGN_CACHE)"
     tok = build_tokenizer()
     paths = {}
     for i, n in enumerate(("base", "rl", "sft")):

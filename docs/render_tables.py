@@ -59,7 +59,48 @@ def real_models_plan(path: Path) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
+def bench_cache(path: Path) -> str:
+    """`benchmarks/bench_cache.py --json` of one run: caching vs a bare forward, store RSS, loader vs a step."""
+    b = json.loads(path.read_text())
+    rss = b["rss_at_1000000"]
+    rows = [
+        ("caching at the default middle layer vs bare HF forward (full depth, no hooks)",
+         f"**{b['cache_middle_ratio_vs_bare']:.2f}x** ({b['cache_middle_tokens_per_s']:,.0f} vs "
+         f"{b['bare_hf_tokens_per_s']:,.0f} tok/s)", ">= 0.85x"),
+        ("caching at the last layer (no early stop, pure overhead) vs bare HF forward",
+         f"{b['cache_last_ratio_vs_bare']:.2f}x ({b['cache_last_tokens_per_s']:,.0f} tok/s)", "(>= 0.85x)"),
+        (f"RSS writing 1M rows ({b['rss_row_shape']} {b['rss_store_dtype']})",
+         f"VmRSS {rss['vmrss_mb']:.0f} MB, process peak {rss['peak_rss_mb']:.0f} MB "
+         f"({b['rss_write_rows_per_s'] / 1e3:.0f}k rows/s)", "flat"),
+        ("loader rows/s vs a crosscoder step's consumption (3 x 256 -> 8192, batch 4096)",
+         f"**{b['loader_float32_ratio_vs_crosscoder']:.0f}x** f32 ({b['loader_float32_d256_rows_per_s'] / 1e3:.0f}k "
+         f"rows/s), {b['loader_bfloat16_ratio_vs_crosscoder']:.0f}x bf16 vs "
+         f"{b['crosscoder_step_rows_per_s']:,.0f} rows/s measured", ">= 20x"),
+    ]
+    lines = ["| figure | result | target |", "|---|---|---|"] + [f"| {a} | {r} | {t} |" for a, r, t in rows]
+    lines += ["", f"Models: {b['models']}; {b['tokens']:,} tokens, batches of {b['batch_sequences']} sequences, "
+              f"best of {b['repeats']}, {b['threads']} torch thread."]
+    return "\n".join(lines)
+
+
+def bench_cache_compare(runs: dict[str, Path]) -> str:
+    """Caching ratios of several runs of the same benchmark under the same conditions, one row each."""
+    lines = ["| run | middle layer vs bare | last layer vs bare | loader f32 vs a step |", "|---|---|---|---|"]
+    for name, path in runs.items():
+        b = json.loads(path.read_text())
+        lines.append(f"| {name} | {b['cache_middle_ratio_vs_bare']:.2f}x | {b['cache_last_ratio_vs_bare']:.2f}x | "
+                     f"{b['loader_float32_ratio_vs_crosscoder']:.0f}x |")
+    return "\n".join(lines)
+
+
+BENCH = DOCS / "bench"
+RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.json"),
+             "bench-cache-compare-2026-12-02": lambda: bench_cache_compare({
+                 "today's code, run 1 (the table above)": BENCH / "bench_cache.json",
+                 "today's code, run 2": BENCH / "bench_cache_2026-12-02_run2.json",
+                 "before the refactor (1139bb7), run 1": BENCH / "bench_cache_2026-12-02_1139bb7_run1.json",
+                 "before the refactor (1139bb7), run 2": BENCH / "bench_cache_2026-12-02_1139bb7_run2.json"}),
+             "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
