@@ -29,6 +29,7 @@ from featalign.config import JsonConfig, parse_bool
 from featalign.crosscoder.config import CrosscoderConfig, TrainerConfig
 from featalign.crosscoder.variants import REGISTRY, field_help
 from featalign.distributed import cleanup, init_distributed, torchrun_world_size
+from featalign.model_set import ModelSet
 
 # Flag help comes from each config field's `help` metadata (featalign.crosscoder.variants.help_field); the
 # variant's fields get one flag each, shared by the variants that have a field of that name.
@@ -93,8 +94,8 @@ RUN_HELP = {
     "out": "output directory (cfg.json, crosscoder.safetensors, metrics.jsonl, eval.json, checkpoint.pt)",
     "organisms_preset": "organisms preset to build/reuse when no --store/--activations is given: default | tiny",
     "organisms_dir": "organisms folder (default: the featalign cache dir for the preset)",
-    "model_dirs": "name=path pairs, comma-separated (e.g. base=/ckpt/base,rl=/ckpt/grpo): cache these HF models "
-    "instead of the organisms trio",
+    "model_dirs": "name=path pairs, comma-separated (e.g. base=/ckpt/base,rl=/ckpt/grpo), or a model-set file "
+    "(JSON/YAML): cache these HF models instead of the organisms trio",
     "n_tokens": "tokens of activations to cache for training (organisms path; into <out>/activations)",
     "eval_tokens": "held-out tokens (eval split, <out>/eval_activations) for the final FVU / L0 / dead evaluation",
     "splice_seqs": "eval sequences for the splice-in loss (0 skips it)",
@@ -277,8 +278,20 @@ def _check_organism_names(cc: dict, run: RunOptions) -> None:
 
 
 def _parse_model_dirs(spec: str) -> dict[str, str]:
-    """`name=path,...` -> {name: path}, each path an existing model folder."""
+    """`name=path,...` or a model-set file (`featalign.model_set.ModelSet`, JSON/YAML: its main models)
+    -> {name: path}, each path an existing model folder."""
     out: dict[str, str] = {}
+    if Path(spec).suffix in (".json", ".yaml", ".yml"):
+        try:
+            models = ModelSet.load(spec).models
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise UsageError(f"--model-dirs {spec}: {e}") from e
+        if any(m.revision for m in models):
+            raise UsageError(
+                f"--model-dirs {spec}: hub revisions are cached by `python -m featalign.cache "
+                "--model-set FILE`; train on that store with --store"
+            )
+        spec = ",".join(f"{m.name}={m.path}" for m in models)
     for item in filter(None, spec.split(",")):
         if "=" not in item:
             raise UsageError(f"--model-dirs expects name=path pairs, comma-separated; got {item!r}")
