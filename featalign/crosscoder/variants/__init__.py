@@ -6,11 +6,11 @@ from its own module (`featalign.crosscoder.variants.batchtopk.BatchTopKConfig`).
 """
 
 # the registry: importing a variant's file registers it
-from featalign.crosscoder.variants import (  # noqa: E402, F401
+from featalign.crosscoder.variants import (  # noqa: F401
     batchtopk,
     jumprelu,
     l1,
-    matryoshka,  # noqa: E402, F401
+    matryoshka,
 )
 from featalign.crosscoder.variants.base import (
     REGISTRY,
