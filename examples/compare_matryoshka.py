@@ -20,12 +20,11 @@ import torch
 
 from featalign.analysis.attribution import attribute
 from featalign.analysis.config import AnalyzeConfig
-from featalign.analysis.inputs import mixture_activations, open_organisms
+from featalign.analysis.inputs import organisms_train_eval
 from featalign.analysis.training import train_or_load
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.crosscoder import evaluate
 from featalign.io import atomic_write_json, atomic_write_text, provenance
-from featalign.models import default_hook
 
 
 @dataclass
@@ -85,15 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     out = start_run(cfg, cfg.out)
-    org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
-    trio = org.default_trio()
-    names = tuple(n for n in cfg.models.split(",") if n)
-    dirs = {n: str(trio[n]) for n in names}
-    hook = default_hook(org.config.n_layers)
-    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress)
-    xe = mixture_activations(out / "activations" / "eval", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1,
-                            cfg.progress)
-    res = {"config": cfg.to_dict(), **provenance(), "organisms": str(org.root), "hook": hook, "variants": {}}
+    names, hook, x, xe, organisms_root = organisms_train_eval(cfg, out)
+    res = {"config": cfg.to_dict(), **provenance(), "organisms": organisms_root, "hook": hook, "variants": {}}
     for v in (v for v in cfg.variants.split(",") if v):
         t = time.time()
         acfg = AnalyzeConfig(out=str(out), variant=v, n_latents=cfg.n_latents, k=cfg.k, steps=cfg.steps,

@@ -230,6 +230,22 @@ def mixture_activations(
     return store_activations(root, specs, hook, n_tokens, DomainMixtureSource(split, seed, n_tokens), progress=progress)
 
 
+def organisms_train_eval(cfg, out: Path) -> tuple[tuple[str, ...], str, torch.Tensor, torch.Tensor, str]:
+    """(names, hook, train, held-out activations, organisms root) of `cfg.models` ('base,rl' from the organisms'
+    trio) at the default middle hook: the measurement examples' shared input. `cfg` needs `organisms_preset`,
+    `organisms_dir`, `models`, `n_tokens`, `eval_tokens`, `seed` and `progress`; held-out text uses `seed + 1`."""
+    org = open_organisms(cfg.organisms_preset, cfg.organisms_dir)
+    trio = org.default_trio()
+    names = tuple(n for n in cfg.models.split(",") if n)
+    dirs = {n: str(trio[n]) for n in names}
+    hook = default_hook(org.config.n_layers)
+    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress)
+    xe = mixture_activations(
+        out / "activations" / "eval", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1, cfg.progress
+    )
+    return names, hook, x, xe, str(org.root)
+
+
 @dataclass
 class Activations:
     """Rows of several models (`names`, in column order) with aliases, read by model name."""

@@ -68,6 +68,11 @@ def format_interval(d: dict) -> str:
     return f"{d['count']} [{d['low']:.0f}, {d['high']:.0f}]{mark}"
 
 
+def format_difference(d: dict) -> str:
+    """'+difference [+low, +high]' of a signed count difference (`difference_interval`'s result)."""
+    return f"{d['difference']:+.0f} [{d['low']:+.0f}, {d['high']:+.0f}]"
+
+
 # --- attribution: the trio crosscoder's model-specific latents --------------------------------------------
 
 
@@ -140,9 +145,8 @@ def attribution_markdown(r: dict) -> list[str]:
     if d:
         lines += [
             "",
-            f"SFT-only minus RL-only: {d['difference']:+.0f} [{d['low']:+.0f}, {d['high']:+.0f}] "
-            f"(share of resamples <= 0: {d['p_le_0']:.3f}); after Latent Scaling: "
-            f"{d_ls['difference']:+.0f} [{d_ls['low']:+.0f}, {d_ls['high']:+.0f}].",
+            f"SFT-only minus RL-only: {format_difference(d)} (share of resamples <= 0: {d['p_le_0']:.3f}); "
+            f"after Latent Scaling: {format_difference(d_ls)}.",
         ]
     return lines
 
@@ -223,9 +227,8 @@ def controls_markdown(r: dict) -> list[str]:
         only, lean = q1["pairwise_sft_minus_rl_tuned_only"], q1["pairwise_sft_minus_rl_tuned_lean"]
         lines += [
             "",
-            f"SFT minus RL (pairwise), tuned-only: {only['difference']:+.0f} [{only['low']:+.0f}, "
-            f"{only['high']:+.0f}]; tuned-leaning: {lean['difference']:+.0f} [{lean['low']:+.0f}, "
-            f"{lean['high']:+.0f}].",
+            f"SFT minus RL (pairwise), tuned-only: {format_difference(only)}; "
+            f"tuned-leaning: {format_difference(lean)}.",
         ]
     return lines
 
