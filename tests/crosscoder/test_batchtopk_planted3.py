@@ -29,7 +29,15 @@ def _bench():
 @pytest.mark.slow
 def test_batchtopk_recovers_planted_3_model_dictionary_at_300_steps():
     b = _bench()
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the suite runs one test at a time: this one, the largest, gets both cores
+    try:
+        _check_planted_recovery(b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_planted_recovery(b) -> None:
     x, truth = b.planted(200_000 + 10_000)  # 200k training tokens, seen 3 times in 300 steps of 2048
     x_train, x_eval = x[:200_000], x[200_000:]
     r = b.run_setting("default", "batchtopk", {}, x_train, x_eval, truth, 300, 2048, 4096, "cpu")
