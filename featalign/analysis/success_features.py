@@ -15,6 +15,7 @@ means model m's representation drives the latent differently.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,11 +282,27 @@ def prompt_batch(tokenizer, problems, with_answer: bool = False) -> tuple[Tensor
     return ids_ST, mask, torch.tensor(lens) - 1
 
 
-def _pool(f_STL: Tensor, mask_ST: Tensor, last_S: Tensor, positions: str) -> Tensor:
+def pool_positions(f_STX: Tensor, mask_ST: Tensor, last_S: Tensor, positions: str) -> Tensor:
+    """[S, X]: per sample, the last prompt token's row (`positions='last'`) or the mean over prompt positions."""
     if positions == "last":
-        return f_STL[torch.arange(len(f_STL)), last_S]
+        return f_STX[torch.arange(len(f_STX)), last_S]
     w = mask_ST.float()
-    return (f_STL * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+    return (f_STX * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+
+
+@torch.no_grad()
+def prompt_activations(
+    model, tokenizer, problems, hooks, batch: int = 128
+) -> Iterator[tuple[Float[Tensor, "S T H D"], Tensor, Tensor]]:
+    """Per batch of prompts: (hook activations [S, T, H, D], prompt-position mask [S, T], last prompt index [S])
+    of one model (a `featalign.models.load_model` bridge), on the model's device and dtype."""
+    from featalign.models import capture_models
+
+    for i in range(0, len(problems), batch):
+        ids, mask, last = prompt_batch(tokenizer, problems[i : i + batch])
+        # right-padded and causal: padding never reaches a real position, so no attention mask is needed
+        ids = ids.to(model.cfg.device)
+        yield capture_models([model], ids, torch.ones_like(ids), hooks)[:, :, 0], mask, last
 
 
 @torch.no_grad()
@@ -294,18 +311,12 @@ def sample_latents(
 ) -> Float[Tensor, "S L"]:
     """Per-sample latents of one model (a `featalign.models.load_model` bridge) on prompts, pooled over
     `positions` (last prompt token or all)."""
-    from featalign.models import capture_models
-
     out = []
-    for i in range(0, len(problems), batch):
-        ids, mask, last = prompt_batch(tokenizer, problems[i : i + batch])
-        # right-padded and causal: padding never reaches a real position, so no attention mask is needed
-        ids = ids.to(model.cfg.device)
-        acts = capture_models([model], ids, torch.ones_like(ids), cc.cfg.hooks)[:, :, 0]  # [S, T, H, D]
+    for acts, mask, last in prompt_activations(model, tokenizer, problems, cc.cfg.hooks, batch):
         acts = acts.to(cc.W_enc.device, torch.float32)  # the crosscoder's device and dtype, whatever the model's
-        S, T = ids.shape
+        S, T = mask.shape
         f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), model_index).view(S, T, -1)
-        out.append(_pool(f, mask, last, positions))
+        out.append(pool_positions(f, mask, last, positions))
     return torch.cat(out)
 
 
@@ -345,7 +356,7 @@ def gradient_attribution(
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
         (logp * ans[:, 1:]).sum().backward()
         f = holder["f"]
-        out.append(_pool((f * f.grad).detach(), mask, last, positions))
+        out.append(pool_positions((f * f.grad).detach(), mask, last, positions))
         model.zero_grad(set_to_none=True)
     return torch.cat(out)
 
