@@ -64,11 +64,13 @@ def weighted_jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; 0 when either vector is 0 (a domain on which nothing fires shares nothing)."""
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     return float(a @ b) / (na * nb) if na > 0 and nb > 0 else 0.0
 
 
 def jaccard(a: set, b: set) -> float:
+    """|a & b| / |a | b|; 0 for two empty sets (no evidence of sharing)."""
     return len(a & b) / len(a | b) if a | b else 0.0
 
 
