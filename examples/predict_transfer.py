@@ -4,8 +4,9 @@ prediction against measured transfer (`featalign.analysis.transfer_prediction`).
 1. Ground truth: single-domain RL (GRPO) and SFT from the same base on every domain of `--domains` (the
    organisms: built here into a copy of the organisms folder, as `reproduce_transfer_study.py` does), each
    evaluated on every domain: the measured transfer matrices (accuracy delta, log odds ratio per pair). On your
-   own models: `--base DIR --rl TASK=DIR,... [--sft TASK=DIR,...] --tasks FILE`, each tuned model trained on
-   one task of the task set, all scored here.
+   own models: analyze's model-set options (`--model base=DIR --model rl-math=DIR ...` or `--model-set FILE`)
+   with the tuned models named `rl-<task>` / `sft-<task>` (each trained on one task of `--tasks`), all
+   scored here.
 2. The base model's features: a 1-model crosscoder (an SAE; BatchTopK by default) trained on the base's
    activations at the middle residual hook (the organisms' domain mixture, or the task set's text).
 3. Per domain, the base's profile on `--n-prompts` prompts (mean latent activation, mean residual, top latents
@@ -16,7 +17,8 @@ prediction against measured transfer (`featalign.analysis.transfer_prediction`).
 
     python examples/predict_transfer.py                                   # default organisms, every domain
     python examples/predict_transfer.py --domains add,sub,count,sort      # fewer RL runs
-    python examples/predict_transfer.py --base B --rl math=R1,code=R2 --tasks my_tasks.jsonl --verifier numeric
+    python examples/predict_transfer.py --model base=B --model rl-math=R1 --model rl-code=R2 \
+        --model sft-math=S1 --tasks my_tasks.jsonl --verifier numeric
 
 Outputs in `--out`: config.json, results.json, report.md, figures/ (scatter per measure, matrices side by side).
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from featalign.analysis.config import HELP as ANALYZE_HELP
 from featalign.analysis.config import AnalyzeConfig
 from featalign.analysis.inputs import (
     load_task_set,
@@ -53,10 +56,11 @@ from featalign.analysis.transfer_prediction import (
     score_all,
     similarity_matrices,
 )
-from featalign.cli import UsageError, check_exists, check_out_dir, check_positive, run_cli
+from featalign.cli import UsageError, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.evaluation import eval_problems, evaluate_tasks
 from featalign.io import atomic_write_json, atomic_write_text, jsonable, provenance, read_json
+from featalign.model_set import ModelSet
 from featalign.models import ModelSpec, default_hook_for, load_model
 from featalign.organisms.build import build_organisms
 from featalign.organisms.tasks import parse_domains
@@ -69,9 +73,8 @@ class PredictConfig(JsonConfig):
     organisms_preset: str = "default"
     organisms_dir: str | None = None
     domains: str | None = None  # organisms: single-domain RL + SFT runs (default: every pretraining domain)
-    base: str | None = None  # your own models: the base folder
-    rl: str | None = None  # TASK=DIR,... RL models, each trained on one task of --tasks
-    sft: str | None = None  # TASK=DIR,... SFT models (optional)
+    model_set: str | None = None  # your own models (analyze's model-set options): base + rl-<task> / sft-<task>
+    model: tuple[str, ...] = ()
     tasks: str | None = None
     verifier: str | None = None
     n_prompts: int = 200  # per domain: the base's profile (and the scoring of your own models)
@@ -95,14 +98,11 @@ class PredictConfig(JsonConfig):
             check_positive(f"--{name.replace('_', '-')}", getattr(self, name))
         if self.positions not in ("all", "last"):
             raise UsageError(f"--positions must be all or last, got {self.positions!r}")
-        if self.user_models:
-            if not (self.base and self.rl and self.tasks):
-                raise UsageError("your own models need --base DIR, --rl TASK=DIR,... and --tasks FILE together")
-            check_exists(self.base, "--base model folder", "folder")
-            for flag in ("rl", "sft"):
-                for task, d in self.tuned(flag).items():
-                    check_exists(d, f"--{flag} {task}= model folder", "folder")
-        elif self.domains is not None:
+        self.model = tuple(self.model)
+        if self.user_models and not self.tasks:
+            raise UsageError("your own models need the task set their rl-<task> / sft-<task> models were trained on: "
+                             "add --tasks FILE")
+        if not self.user_models and self.domains is not None:
             try:
                 if len(parse_domains(self.domains)) < 2:
                     raise ValueError("--domains needs at least two domains (transfer is between domains)")
@@ -111,24 +111,29 @@ class PredictConfig(JsonConfig):
 
     @property
     def user_models(self) -> bool:
-        return bool(self.base or self.rl or self.sft)
+        return bool(self.model or self.model_set)
 
-    def tuned(self, flag: str) -> dict[str, str]:
-        """{task: folder} of `--rl` / `--sft` ('TASK=DIR,...')."""
-        out = {}
-        for entry in filter(None, (getattr(self, flag) or "").split(",")):
-            task, sep, d = entry.partition("=")
-            if not sep or not task or not d:
-                raise UsageError(f"--{flag} entries must be TASK=DIR, got {entry!r}")
-            out[task] = d
-        return out
+
+def tuned_models(model_set: ModelSet) -> dict[str, dict[str, ModelSpec]]:
+    """{'rl': {task: spec}, 'sft': {task: spec}} from a model set's names `rl-<task>` / `sft-<task>` (the
+    organisms' folder names): each tuned model trained on one task."""
+    out: dict[str, dict[str, ModelSpec]] = {}
+    for m in model_set.models:
+        kind, sep, task = m.name.partition("-")
+        if sep and kind in ("rl", "sft") and task:
+            out.setdefault(kind, {})[task] = m
+    if "rl" not in out:
+        raise UsageError(f"the model set names no RL model rl-<task> (names: {model_set.names}); e.g. "
+                         "--model base=B --model rl-math=R1 --model rl-code=R2 [--model sft-math=S1]")
+    return out
 
 
 HELP = {
     "out": "output folder", "organisms_preset": "organisms preset", "organisms_dir": "organisms folder",
     "domains": "organisms: comma-separated domains, one RL + one SFT run on each (default: every domain)",
-    "base": "your own models: the base model folder", "rl": "your own RL models: TASK=DIR,... (one task each)",
-    "sft": "your own SFT models: TASK=DIR,... (optional)",
+    "model_set": ANALYZE_HELP["model_set"] + ": a base and tuned models named rl-<task> / sft-<task>",
+    "model": "a model NAME=DIR[@revision]: the base (base=DIR) and tuned models named rl-<task> / sft-<task>, "
+             "each trained on one task of --tasks",
     "tasks": "your own models' task set (a JSONL / task-set file with several tasks)",
     "verifier": "verifier of a JSONL task set (default: the file's own, else exact)",
     "n_prompts": "prompts per domain for the base's profile (and for scoring your own models)",
@@ -173,20 +178,42 @@ def organisms_ground_truth(cfg: PredictConfig, out: Path) -> GroundTruth:
     return GroundTruth(str(org.base_dir), task_set, base, tuned, source)
 
 
-def user_ground_truth(cfg: PredictConfig) -> GroundTruth:
-    """Your base and tuned models, each scored on every task of the task set."""
+@dataclass
+class UserInputs:
+    """Your task set and models, resolved and checked against each other before anything is loaded or written."""
+
+    task_set: TaskSet
+    model_set: ModelSet
+    base: ModelSpec
+    tuned: dict[str, dict[str, ModelSpec]]
+
+
+def user_inputs(cfg: PredictConfig) -> UserInputs:
     task_set = load_task_set(cfg.tasks, cfg.n_prompts, cfg.verifier)
-    tuned_dirs = {kind: cfg.tuned(kind) for kind in ("rl", "sft") if getattr(cfg, kind)}
-    unknown = sorted({t for d in tuned_dirs.values() for t in d} - set(task_set.names))
+    try:
+        model_set = ModelSet.resolve(cfg.model_set, cfg.model)
+        base = model_set.role("base")
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    tuned = tuned_models(model_set)
+    unknown = sorted({t for d in tuned.values() for t in d} - set(task_set.names))
     if unknown:
-        raise UsageError(f"--rl/--sft name tasks {unknown} that are not in --tasks ({task_set.names})")
+        raise UsageError(
+            f"rl-<task> / sft-<task> models name tasks {unknown} that are not in --tasks ({task_set.names})"
+        )
+    return UserInputs(task_set, model_set, base, tuned)
 
-    def scored(path: str) -> dict[str, np.ndarray]:
-        model = load_model(path)
-        return evaluate_tasks(model, model.tokenizer, task_set, desc=f"eval {Path(path).name}")
 
-    tuned = {kind: {t: scored(d) for t, d in dirs.items()} for kind, dirs in tuned_dirs.items()}
-    return GroundTruth(cfg.base, task_set, scored(cfg.base), tuned, {"tasks": cfg.tasks, "tuned": tuned_dirs})
+def user_ground_truth(cfg: PredictConfig, inputs: UserInputs) -> GroundTruth:
+    """Your base and tuned models, each scored on every task of the task set."""
+
+    def scored(m: ModelSpec) -> dict[str, np.ndarray]:
+        model = load_model(m.path, revision=m.revision)
+        return evaluate_tasks(model, model.tokenizer, inputs.task_set, desc=f"eval {m.name}")
+
+    tuned = {kind: {t: scored(m) for t, m in specs.items()} for kind, specs in inputs.tuned.items()}
+    source = {"tasks": cfg.tasks, "models": [m.to_dict() for m in inputs.model_set.models]}
+    return GroundTruth(inputs.base.path, inputs.task_set, scored(inputs.base), tuned, source)
 
 
 def base_sae(cfg: PredictConfig, gt: GroundTruth, hook: str, out: Path):
@@ -222,12 +249,13 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = cli_config(PredictConfig, HELP, "predict_transfer.py", __doc__, argv)
+    cfg = cli_config(PredictConfig, HELP, "predict_transfer.py", __doc__, argv, repeated=("model",))
     check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
+    inputs = user_inputs(cfg) if cfg.user_models else None  # refused before anything is written
     out = start_run(cfg, cfg.out)
-    gt = user_ground_truth(cfg) if cfg.user_models else organisms_ground_truth(cfg, out)
+    gt = user_ground_truth(cfg, inputs) if inputs is not None else organisms_ground_truth(cfg, out)
     hook = cfg.hook or default_hook_for(gt.base_dir)
     cc = base_sae(cfg, gt, hook, out)
     pcfg = PredictionConfig(positions=cfg.positions, top_k=cfg.top_k, n_permutations=cfg.n_permutations,

@@ -115,11 +115,16 @@ def test_profile_equals_a_one_prompt_at_a_time_loop(tiny_sae):
     np.testing.assert_allclose(prof.resid_D, torch.stack(resid).mean(0).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_example_on_tiny_organisms_measures_the_transfer_it_scores(tiny_organisms, tmp_path):
+def _example():
     spec = importlib.util.spec_from_file_location("predict_transfer", EXAMPLE)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["predict_transfer"] = mod  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_example_on_tiny_organisms_measures_the_transfer_it_scores(tiny_organisms, tmp_path):
+    mod = _example()
     out = tmp_path / "run"
     r = mod.main(
         [
@@ -161,6 +166,67 @@ def test_example_on_tiny_organisms_measures_the_transfer_it_scores(tiny_organism
     assert (out / "figures" / "matrices.png").exists() and (out / "report.md").read_text().count("| ngram") == 4
     from featalign.cli import UsageError
 
-    with pytest.raises(UsageError, match="--base DIR"):  # bad input: refused before anything is written
-        mod.main(["--out", str(tmp_path / "bad"), "--rl", "math=/nonexistent"])
+    with pytest.raises(UsageError, match="add --tasks"):  # bad input: refused before anything is written
+        mod.main(["--out", str(tmp_path / "bad"), "--model", f"base={tiny_organisms.base_dir}"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_example_on_user_models_and_tasks(tiny_organisms, tmp_path):
+    """A user's model set (base, rl-<task>, sft-<task>) on a JSONL task set: an RL model that is a copy of the
+    base transfers by exactly 0 everywhere; a task the set lacks is refused before anything is written."""
+    import json
+    import shutil
+
+    from featalign.cli import UsageError
+    from featalign.organisms.tasks import sample_problems
+
+    mod = _example()
+    base = tiny_organisms.base_dir
+    copy = shutil.copytree(base, tmp_path / "rl-copy")
+    rows = [
+        {"task": t, "prompt": p.prompt, "answer": p.answer}
+        for t, d in {"logic": "bool", "order": "compare", "sum": "add"}.items()
+        for p in sample_problems(d, 24, "eval", 3)
+    ]
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [
+        "--tasks",
+        str(tasks),
+        "--n-latents",
+        "32",
+        "--steps",
+        "20",
+        "--n-tokens",
+        "1500",
+        "--n-permutations",
+        "50",
+        "--n-boot",
+        "20",
+        "--progress",
+        "false",
+        "--attribution",
+        "false",
+    ]
+    with pytest.raises(UsageError, match="math"):
+        mod.main(["--model", f"base={base}", "--model", f"rl-math={copy}", "--out", str(tmp_path / "bad"), *common])
+    assert not (tmp_path / "bad").exists()
+    r = mod.main(
+        [
+            "--model",
+            f"base={base}",
+            "--model",
+            f"rl-logic={copy}",
+            "--model",
+            f"rl-order={tiny_organisms.model_dir('sft')}",
+            "--model",
+            f"sft-sum={copy}",
+            "--out",
+            str(tmp_path / "run"),
+            *common,
+        ]
+    )
+    assert r["tasks"] == ["logic", "order", "sum"] and r["train"]["rl_delta"] == ["logic", "order"]
+    assert r["transfer"]["rl_delta"][0] == [0.0, 0.0, 0.0] and r["transfer"]["sft_delta"] == [[0.0, 0.0, 0.0]]
+    assert any(v != 0 for v in r["transfer"]["rl_delta"][1])  # the SFT-trained model in an rl- slot does move
+    assert "attribution" not in r["scores"]["rl_delta"]
