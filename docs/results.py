@@ -234,12 +234,14 @@ def cell(
     point: Callable[[dict], float],
     fmt: Callable[[float], str],
     detail: Callable[[dict], str] | None = None,
+    spread: bool = True,
 ) -> str:
     """One table cell over seeds: each seed's value (with `detail`, e.g. its interval), then with several
-    seeds the mean and min-max range of `point` over seeds."""
+    seeds the mean and min-max range of `point` over seeds (`spread=False`: the values only, for p-values,
+    whose mean means nothing)."""
     shown = [(detail or (lambda r: fmt(point(r))))(r) for r in runs]
-    if len(runs) == 1:
-        return shown[0]
+    if len(runs) == 1 or not spread:
+        return " / ".join(shown)
     v = [point(r) for r in runs]
     return " / ".join(shown) + f" (mean {fmt(statistics.fmean(v))}, range {fmt(min(v))} to {fmt(max(v))})"
 
@@ -342,6 +344,21 @@ def load_runs(folder: Path = DATA) -> list[dict]:
     return runs
 
 
+RUNS = ("analysis", "interventions", "drift", "transfer")
+
+
+def code_stamps(runs: list[dict]) -> str:
+    """The runs' version stamps: once when every run of every seed has the same, else each run's."""
+    each = {
+        (r["seed"], part): ", ".join(f"{k} {v}" for k, v in sorted(r[part]["stamp"].items()))
+        for r in runs
+        for part in RUNS
+    }
+    if len(set(each.values())) == 1:
+        return next(iter(each.values())) + " (every run)"
+    return "; ".join(f"seed {s} {part}: {v}" for (s, part), v in each.items())
+
+
 def header(runs: list[dict]) -> str:
     seeds = [r["seed"] for r in runs]
     o = runs[0]["organisms"]
@@ -377,9 +394,8 @@ their defaults on the **{oc["preset"]} organisms** (d_model {oc["d_model"]}, {oc
 {oc["pretrain_steps"]} steps on all {len(oc["pretrain_domains"])} domains; SFT (lr {oc["sft_lr"]:g}) and GRPO
 (lr {oc["rl_lr"]:g}, {oc["rl_group_size"]} rollouts, {oc["rl_prompts_per_step"]} prompts/step) on the same
 {oc["post_train_prompts"]} `{post}` prompts, {oc["sft_epochs"]} epoch each, {oc["n_checkpoints"]} checkpoints
-each; {oc["eval_samples"]} eval samples per domain). Code: {
-        ", ".join(f"{k} {v}" for k, v in sorted(runs[0]["analysis"]["stamp"].items()))
-    }; the organisms' eval: {", ".join(f"{k} {v}" for k, v in sorted(stamp(st).items()))}.
+each; {oc["eval_samples"]} eval samples per domain). Code: {code_stamps(runs)}; the organisms' eval:
+{", ".join(f"{k} {v}" for k, v in sorted(stamp(st).items()))}.
 
 Settings (the CLI's defaults): hook `{runs[0]["analysis"]["hook"]}`; {a["n_tokens"]:,} training tokens per model,
 {a["eval_tokens"]:,} held-out tokens; every crosscoder **{a["variant"]}**, {a["n_latents"]} latents, k = {a["k"]},
@@ -679,9 +695,9 @@ def q3_section(runs: list[dict]) -> str:
     g = lambda r, key: [v[key] for v in q(r)["gradient"].values()]
     compact = all(q(r)["n_features"] > 0 for r in runs) and inter.key == "above"
     answer = (
-        "Yes: the intersection is non-empty and above the random-subset null"
+        "yes, the intersection is non-empty and above the random-subset null"
         if compact
-        else "No: there is no intersection beyond what random samples of the same size give"
+        else "no, there is no intersection beyond what random samples of the same size give"
     )
     rl = next(m for m in runs[0]["organisms"]["paired_tests"] if m.startswith("rl"))
     pt = runs[0]["organisms"]["paired_tests"][rl]
@@ -738,8 +754,8 @@ def q4_rows(runs: list[dict]) -> list[list[str]]:
                     name,
                     cell(runs, lambda r, t=t: 100 * t(r)["acc_with"], lambda x: f"{x:.1f}", acc),
                     cell(runs, lambda r, t=t: 100 * t(r)["delta"], signed, delta),
-                    cell(runs, lambda r, t=t: t(r)["mcnemar_p"], pval),
-                    cell(runs, lambda r, t=t: t(r)["control_p"], pval),
+                    cell(runs, lambda r, t=t: t(r)["mcnemar_p"], pval, spread=False),
+                    cell(runs, lambda r, t=t: t(r)["control_p"], pval, spread=False),
                     cell(runs, lambda r, t=t: 100 * t(r)["subset_acc_with"], count, sub),
                     PUBLISHED["features"][kind] if i == 0 else "",
                 ]

@@ -420,7 +420,7 @@ def _hand_record(
                 "steer_coef": 1.0,
                 "sweep_controls": 1,
             },
-            "success": {"tasks": ["a"], "n_samples": {"a": 3}},
+            "success": {"tasks": ["a"], "n_samples": {"a": 3}}, "stamp": {"featalign_version": "0"},
             "features": [1, 2],
             "rule": "hand",
             "seconds": 5.0,
@@ -428,8 +428,9 @@ def _hand_record(
             "steer_base": edit(_row()),
             "sweep": [{"coef": 1.0, "task": t, "delta": -0.01} for t in ("a", "b")],
         },
-        "drift": {"seconds": 3.0, "drift": {"sft": sft, "rl": rl}},
-        "transfer": {"domains": ["a"], "config": {"n_prompts": 10}, "seconds": 2.0, "rl": transfer, "sft": transfer},
+        "drift": {"seconds": 3.0, "drift": {"sft": sft, "rl": rl}, "stamp": {"featalign_version": "0"}},
+        "transfer": {"domains": ["a"], "config": {"n_prompts": 10}, "seconds": 2.0,
+                     "stamp": {"featalign_version": "0"}, "rl": transfer, "sft": transfer},
     }
 
 
@@ -437,6 +438,10 @@ def test_results_wording_follows_the_intervals():
     res = _results()
     one = res.render([_hand_record(0)])
     assert "**One crosscoder seed (0).**" in one
+    assert "Code: featalign_version 0 (every run);" in one
+    other = _hand_record(0)
+    other["drift"]["stamp"] = {"featalign_version": "1"}
+    assert "seed 0 drift: featalign_version 1; seed 0 transfer: featalign_version 0;" in res.render([other])
     # an interval that includes 0 is "no evidence", one above 0 a direction; never the point estimate alone
     assert "Graded (NRN ≥ 0.6): no evidence of a difference: the 95% interval [−2, +5] includes 0." in one
     above = res.render([_hand_record(0, lean=(3, 9))])
