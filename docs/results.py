@@ -68,6 +68,9 @@ def strip_paths(obj: Any, roots: Sequence[tuple[str, Path]]) -> Any:
         return {k: strip_paths(v, roots) for k, v in obj.items()}
     if isinstance(obj, list):
         return [strip_paths(v, roots) for v in obj]
+    if isinstance(obj, str) and "=" in obj and obj.split("=", 1)[1].startswith(("/", "~")):  # NAME=PATH
+        name, path = obj.split("=", 1)
+        return f"{name}={strip_paths(path, roots)}"
     if isinstance(obj, str) and obj.startswith(("/", "~")):
         p = Path(obj).expanduser().resolve()
         for name, root in roots:
@@ -89,16 +92,10 @@ def pick(d: dict, keys: Sequence[str]) -> dict:
 def compact_analysis(r: dict) -> dict:
     """What the page uses of `python -m featalign.analyze`'s report.json."""
     q3 = r["q3_success_features"]
-    return {
-        "config": r["config"],
-        "stamp": stamp(r),
-        "hook": r["hook"],
-        "models": r["models"],
-        "timings_s": r["timings_s"],
-        "attribution": r["attribution"],
-        "q1": r["q1_specific_latents"],
-        "q2": r["q2_drift"],
-        "q3": {
+    if "error" in q3:  # the stage ran and said why it could not answer (e.g. too few success samples)
+        q3_part: dict = {"error": q3["error"]}
+    else:
+        q3_part = {
             **pick(
                 q3,
                 (
@@ -114,7 +111,17 @@ def compact_analysis(r: dict) -> dict:
             ),
             "bootstrap_size_95": q3["bootstrap"]["size_95"],
             "gradient": {t: pick(g, ("spearman", "top_k_jaccard")) for t, g in q3["gradient"].items()},
-        },
+        }
+    return {
+        "config": r["config"],
+        "stamp": stamp(r),
+        "hook": r["hook"],
+        "models": r["models"],
+        "timings_s": r["timings_s"],
+        "attribution": r["attribution"],
+        "q1": r["q1_specific_latents"],
+        "q2": r["q2_drift"],
+        "q3": q3_part,
     }
 
 
@@ -197,7 +204,19 @@ def collect(analysis: Path, interventions: Path, drift: Path, transfer: Path, or
         outs = {Path(folder).resolve()} | ({Path(recorded).expanduser().resolve()} if recorded else set())
         out[name] = strip_paths(part, [("organisms", org)] + [("out", o) for o in sorted(outs)])
     out["organisms"] = strip_paths(compact_organisms(org), [("organisms", org)])
+    left = [s for s in strings(out) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
+    if left:
+        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
     return out
+
+
+def strings(obj: Any) -> list[str]:
+    """Every string value in a JSON-like object."""
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in strings(v)]
+    return [obj] if isinstance(obj, str) else []
 
 
 # --- formatting -----------------------------------------------------------------------------------------
@@ -511,7 +530,7 @@ def q1_section(runs: list[dict]) -> str:
     )
     att = lambda r: r["analysis"]["attribution"]
     classes = ", ".join(
-        f"{cell(runs, lambda r, k=k: att(r)['class_counts'][k], count)} {k}" for k in ("shared", "mixed", "dead")
+        f"{cell(runs, lambda r, k=k: att(r)['class_counts'].get(k, 0), count)} {k}" for k in ("shared", "mixed", "dead")
     )
     after = ", ".join(
         f"{cell(runs, lambda r, k=k: q(r)['trio_after_latent_scaling'][k]['count'], count)} {k}"
@@ -643,6 +662,11 @@ Figure: `figures/drift.png`."""
 
 def q3_section(runs: list[dict]) -> str:
     q = lambda r: r["analysis"]["q3"]
+    if any("error" in q(r) for r in runs):
+        why = "; ".join(f"seed {r['seed']}: {q(r).get('error', 'answered')}" for r in runs)
+        return f"""## Q3. Is there a compact RL-success feature set shared across tasks?
+
+**Not answered by these runs**: the success stage stopped ({why})."""
     tasks = q(runs[0])["tasks"]
     samples = ", ".join(f"{t} {cell(runs, lambda r, t=t: q(r)['n_samples'][t], count)}" for t in tasks)
     skipped = "; ".join(f"{t}: {why}" for t, why in q(runs[0])["skipped"].items()) or "none"

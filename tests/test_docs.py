@@ -488,6 +488,56 @@ def test_results_refuse_seeds_from_two_builds(tmp_path):
         res.load_runs(tmp_path)
 
 
+def _example(name):
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
+    """collect + render on the four runs' real outputs (tiny organisms, tiny sizes)."""
+    import json
+
+    from featalign.analysis.cli import main as analyze
+
+    res, root, out = _results(), tiny_organisms.root, tmp_path / "runs"
+    small = ["--n-tokens", "1000", "--eval-tokens", "400", "--n-latents", "32", "--steps", "10", "--progress", "false"]
+    analyze(["--organisms-dir", str(root), "--organisms-preset", "tiny", "--out", str(out / "analysis"), "--k", "4",
+             "--batch-size", "256", "--top-k", "4", "--min-samples", "1", "--n-null", "2", "--n-cards", "1",
+             "--gradient", "false", *small])
+    # the tiny RL model has no base-fail / RL-success samples: the SFT model takes the RL role (test_examples.py)
+    _example("reproduce_feature_interventions").main([
+        "--model", f"base={tiny_organisms.base_dir}", "--model", f"rl={tiny_organisms.model_dir('sft')}",
+        "--out", str(out / "fi"), "--n-prompts", "100", "--selection-tasks", "sort,compare,lookup",
+        "--held-out-tasks", "bool", "--min-samples", "3", "--n-controls", "2", "--n-bins", "2",
+        "--sweep-coefs", "0,1", "--sweep-controls", "1", *small])
+    drift = ["--organisms-dir", str(root), "--out", str(out / "drift"), "--top-k", "4", *small]
+    _example("reproduce_drift").main(drift)
+    _example("reproduce_transfer_study").main(["--organisms-dir", str(root), "--out", str(out / "tr"),
+                                               "--domains", "add", "--n-prompts", "40"])
+    dirs = dict(analysis=out / "analysis", interventions=out / "fi", drift=out / "drift", transfer=out / "tr",
+                organisms=root)
+    rec = res.collect(**dirs, seed=0)
+    report = json.loads((out / "analysis" / "report.json").read_text())
+    fi = json.loads((out / "fi" / "results.json").read_text())
+    # the page's numbers are the runs' numbers, and no path of this machine is kept
+    assert rec["analysis"]["q1"] == report["q1_specific_latents"]
+    assert [row["delta"] for row in rec["interventions"]["sweep"]] == [row["delta"] for row in fi["sweep"]]
+    assert rec["analysis"]["models"]["trio"]["base"] == "<organisms>/base"
+    assert rec["interventions"]["config"]["model"] == ["base=<organisms>/base", "rl=<organisms>/sft-add/ckpt-5"]
+    assert str(tmp_path) not in json.dumps(rec) and str(root) not in json.dumps(rec)
+    page = res.render([rec])
+    held = fi["ablate_rl"]["held_out"]["tasks"]["bool"]
+    row = next(ln for ln in page.splitlines() if ln.startswith("| ablate in RL | bool (held out) |"))
+    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in row
+    with pytest.raises(ValueError, match="--seed 0, not 1"):
+        res.collect(**dirs, seed=1)
+
+
 def test_contributing_names_only_files_that_exist():
     """docs/contributing.md says which files a new variant, stage or architecture touches: keep it true."""
     import re
