@@ -507,8 +507,10 @@ def q1_section(runs: list[dict]) -> str:
     if none_specific:
         answer = (
             "No, not at the published threshold: neither post-training produces a single tuned-specific "
-            "latent (NRN ≥ 0.9) in its pairwise crosscoder, the same as the same-tokens null"
+            "latent (NRN ≥ 0.9) in its pairwise crosscoder"
         )
+        null_zero = all(q(r)["pairwise"]["control-same"]["tuned_only"]["count"] == 0 for r in runs)
+        answer += ", the same as the same-tokens null" if null_zero else " (the same-tokens null has some)"
     else:
         answer = {
             "above": "Yes",

@@ -444,6 +444,10 @@ def test_results_wording_follows_the_intervals():
     assert "seed 0 drift: featalign_version 1; seed 0 transfer: featalign_version 0;" in res.render([other])
     # an interval that includes 0 is "no evidence", one above 0 a direction; never the point estimate alone
     assert "Graded (NRN ≥ 0.6): no evidence of a difference: the 95% interval [−2, +5] includes 0." in one
+    assert "in its pairwise crosscoder, the same as the same-tokens null.**" in one
+    noisy = _hand_record(0)
+    noisy["analysis"]["q1"]["pairwise"]["control-same"]["tuned_only"] = _iv(2, 0, 6)
+    assert "in its pairwise crosscoder (the same-tokens null has some).**" in res.render([noisy])
     above = res.render([_hand_record(0, lean=(3, 9))])
     assert "Graded (NRN ≥ 0.6): SFT has more tuned-leaning latents: the 95% interval [+3, +9] is above 0." in above
     # Q2: an interval reaching 0 with p < 0.05 is "weakly"; an interval below 0 with p < 0.05 is "yes"
