@@ -4,6 +4,7 @@
     python docs/render_tables.py --check  # exit 1 if a page disagrees with its JSON (tests run this)
 
 A block is the text between `<!-- table:NAME -->` and `<!-- /table:NAME -->`; NAME picks the renderer.
+A page in `whole_pages()` (docs/results.md, by `docs/results.py`) is written whole, not by blocks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -18,7 +20,11 @@ DOCS = Path(__file__).resolve().parent
 
 def organisms_build(path: Path) -> str:
     """Accuracy per domain and in/out-of-domain deltas of one organisms build (`eval/summary.json`)."""
-    s = json.loads(path.read_text())
+    return organisms_table(json.loads(path.read_text()))
+
+
+def organisms_table(s: dict) -> str:
+    """The accuracy table of one organisms build's `eval/summary.json` (already read), with its stamp."""
     acc = s["accuracy"]
     models = ["base"] + sorted(k for k in acc if k != "base")
     domains = list(s["config"]["pretrain_domains"])
@@ -114,11 +120,21 @@ def render(text: str) -> str:
     return BLOCK.sub(sub, text)
 
 
+def whole_pages() -> dict[str, Callable[[], str]]:
+    """Pages written whole by a script from committed JSON (not table blocks): name -> `() -> text`."""
+    if str(DOCS) not in sys.path:  # on the path when run as a script, not when loaded from a file (tests)
+        sys.path.insert(0, str(DOCS))
+    import results  # docs/results.py
+
+    return {"results.md": results.render_page}
+
+
 def main(check: bool) -> int:
     stale = []
+    generated = whole_pages()
     for page in sorted(DOCS.glob("*.md")):
         text = page.read_text()
-        new = render(text)
+        new = generated[page.name]() if page.name in generated else render(text)
         if new != text:
             stale.append(page.name)
             if not check:

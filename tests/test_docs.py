@@ -211,6 +211,337 @@ def test_rendered_tables_agree_with_their_json():
     assert edited != page and render.render(edited) != edited
 
 
+# --- docs/results.md, written whole from docs/data/results/seed-*.json ----------------------------------------
+
+
+def _results():
+    spec = importlib.util.spec_from_file_location("featalign_docs_results", ROOT / "docs" / "results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def test_results_page_agrees_with_its_json():
+    import copy
+    import json
+
+    res = _results()
+    page = (ROOT / "docs" / "results.md").read_text()
+    assert res.render_page() == page, (
+        "docs/results.md disagrees with docs/data/results: run python docs/results.py render"
+    )
+    files = sorted((ROOT / "docs" / "data" / "results").glob("seed-*.json"))
+    assert files and sum(f.stat().st_size for f in files) < 200_000
+    runs = res.load_runs()
+    # no path of the machine that ran it: every absolute path was rewritten to <organisms>/... or <out>/...
+    assert not [s for r in runs for s in _strings(r) if s.startswith(("/", "~"))]
+    assert not any(m in page for m in ("/work/", "/tmp/", "/home/", "/root/"))
+    # the check can fail: one number changed in the JSON changes the page, in the row that shows it
+    edited = copy.deepcopy(runs)
+    edited[0]["interventions"]["ablate_rl"]["held_out"]["tasks"]["max"]["mcnemar_p"] = 0.5
+    new = res.render(edited)
+    assert new != page and [ln for ln in new.splitlines() if ln not in page.splitlines()][0].startswith(
+        "| ablate in RL | max (held out) |"
+    )
+    # render_tables.py --check covers this page too (one check for every generated page)
+    spec = importlib.util.spec_from_file_location("featalign_docs_render2", ROOT / "docs" / "render_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    assert tables.whole_pages()["results.md"]() == page
+    assert json.loads(files[0].read_text())["seed"] == runs[0]["seed"]
+
+
+def _iv(c, lo, hi):
+    return {"count": c, "low": lo, "high": hi}
+
+
+def _cmh(odds, lo, hi, delta=1.0):
+    return {"odds_ratio": odds, "ci_low": lo, "ci_high": hi, "p_value": 0.01, "n_strata": 1, "mean_delta_points": delta}
+
+
+def _row(delta=-0.01, ci=(-0.03, 0.01), control_p=0.5):
+    return {
+        "acc_without": 0.5,
+        "acc_with": 0.5 + delta,
+        "delta": delta,
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "mcnemar_p": 0.3,
+        "control_p": control_p,
+        "subset_acc_without": 1.0,
+        "subset_acc_with": 0.9,
+        "subset_control_p": 0.6,
+    }
+
+
+def _series(overlap, entry, stab):
+    return {
+        "overlap": overlap,
+        "mean_overlap": sum(overlap) / len(overlap),
+        "topk_entry_median": entry,
+        "topk_entry_median_95": [entry - 1, entry + 1],
+        "stabilisation_median": stab,
+        "stabilisation_median_95": [stab, stab],
+        "n_specific": [0, 0, 0],
+    }
+
+
+def _hand_record(
+    seed, lean=(-2, 5), entry=(-2, 0, 0.03), ablate=((-0.03, 0.01), 0.5), rl_out=(0.8, 0.95), sft_alive=700
+):
+    """A small seed record by hand (two domains `a`, `b`; trained on `a`), its deciding numbers as given."""
+    sft, rl = _series([0.6, 0.8], 2, 2), _series([0.5, 0.7], 3, 1)
+    diff = lambda lo, hi, p: {
+        "median_diff": (lo + hi) / 2,
+        "median_diff_95": [lo, hi],
+        "mannwhitney_p_a_earlier": p,
+        "overlap_diff_per_pair": [0.1, 0.1],
+    }
+    pair = lambda n, sd: {
+        "n_alive": n,
+        "nrn_sd": sd,
+        **{
+            c: _iv(0, 0, 4)
+            for c in ("tuned_only", "base_only", "tuned_lean", "base_lean")
+        },
+        "shared": _iv(n, n - 4, n),
+    }
+    disjoint = {**pair(900, 0.3), "tuned_only": _iv(50, 40, 60)}
+    edit = lambda bool_row: {"selection": {"tasks": {"a": bool_row}}, "held_out": {"tasks": {"b": _row()}}}
+    org_cfg = {
+        "preset": "hand",
+        "d_model": 8,
+        "n_layers": 1,
+        "pretrain_steps": 10,
+        "pretrain_domains": ["a", "b"],
+        "sft_lr": 0.1,
+        "rl_lr": 0.01,
+        "rl_group_size": 2,
+        "rl_prompts_per_step": 2,
+        "post_train_prompts": 4,
+        "post_train_domains": ["a"],
+        "sft_epochs": 1,
+        "n_checkpoints": 3,
+        "eval_samples": 10,
+    }
+    cmh = {"in_domain": _cmh(3.0, 2.0, 4.0, 20.0), "out_of_domain": _cmh((rl_out[0] + rl_out[1]) / 2, *rl_out, -1.0)}
+    transfer = {
+        "cmh": cmh,
+        "delta_points": [[20.0, -1.0]],
+        "eval_domains": ["a", "b"],
+        "family_means": {"a": {"same_family": -1.0, "other_families": -1.0}},
+    }
+    return {
+        "format_version": 1,
+        "seed": seed,
+        "organisms": {
+            "config": org_cfg,
+            "provenance": {"featalign_version": "0"},
+            "timings_s": {},
+            "summary": {
+                "accuracy": {"base": {"a": 0.5, "b": 0.5}, "sft-a": {"a": 0.9, "b": 0.1}, "rl-a": {"a": 0.7, "b": 0.5}},
+                "config": {"pretrain_domains": ["a", "b"], "post_train_domains": ["a"]},
+                "transfer": {"rl": {"cmh": cmh}, "sft": {"cmh": cmh}},
+            },
+            "paired_tests": {"rl-a": {"b": {"base_fail_tuned_ok": 3, "base_ok_tuned_fail": 5}}},
+        },
+        "analysis": {
+            "config": {
+                "n_tokens": 100,
+                "eval_tokens": 50,
+                "variant": "batchtopk",
+                "n_latents": 16,
+                "k": 2,
+                "steps": 5,
+                "batch_size": 8,
+                "lr": 0.001,
+                "top_k": 4,
+                "success_frac": 0.2,
+                "threads": 1,
+            },
+            "stamp": {"featalign_version": "0"},
+            "hook": "h",
+            "timings_s": {"total": 10.0},
+            "attribution": {"class_counts": {"shared": 10, "mixed": 2, "dead": 4}, "n_artifacts": 0},
+            "q1": {
+                "pairwise": {
+                    "base-vs-rl": pair(600, 0.01),
+                    "base-vs-sft": pair(sft_alive, 0.05),
+                    "control-same": pair(650, 0.001),
+                    "control-disjoint": disjoint,
+                },
+                "pairwise_sft_minus_rl_tuned_only": {"low": 0, "high": 0},
+                "pairwise_sft_minus_rl_tuned_lean": {"low": lean[0], "high": lean[1]},
+                "n_alive": 12,
+                "trio": {k: _iv(0, 0, 4) for k in ("rl-only", "sft-only", "base-only")},
+                "trio_after_latent_scaling": {k: _iv(0, 0, 4) for k in ("rl-only", "sft-only")},
+            },
+            "q2": {"sft": sft, "rl": rl, "sft_vs_rl": diff(0, 1, 0.9), "sft_vs_rl_topk_entry": diff(*entry)},
+            "q3": {
+                "tasks": ["b"],
+                "skipped": {},
+                "n_samples": {"b": 3},
+                "per_task_sizes": {"b": 2},
+                "n_features": 0,
+                "n_majority": 2,
+                "mean_pairwise_overlap": 0.0,
+                "bootstrap_size_95": [0, 0],
+                "gradient": {"b": {"spearman": 0.1, "top_k_jaccard": 0.2}},
+                "null": {
+                    "n": 5,
+                    "size_mean": 0.0,
+                    "size_95": [0, 0],
+                    "majority_size_mean": 1.0,
+                    "majority_size_95": [0, 3],
+                    "mean_overlap_mean": 0.1,
+                    "mean_overlap_95": [0.0, 0.2],
+                },
+            },
+        },
+        "interventions": {
+            "config": {
+                "variant": "batchtopk",
+                "n_latents": 16,
+                "steps": 5,
+                "n_prompts": 10,
+                "held_out_tasks": "b",
+                "n_controls": 20,
+                "steer_coef": 1.0,
+                "sweep_controls": 1,
+            },
+            "success": {"tasks": ["a"], "n_samples": {"a": 3}}, "stamp": {"featalign_version": "0"},
+            "features": [1, 2],
+            "rule": "hand",
+            "seconds": 5.0,
+            "ablate_rl": edit(_row(ci=ablate[0], control_p=ablate[1])),
+            "steer_base": edit(_row()),
+            "sweep": [{"coef": 1.0, "task": t, "delta": -0.01} for t in ("a", "b")],
+        },
+        "drift": {"seconds": 3.0, "drift": {"sft": sft, "rl": rl}, "stamp": {"featalign_version": "0"}},
+        "transfer": {"domains": ["a"], "config": {"n_prompts": 10}, "seconds": 2.0,
+                     "stamp": {"featalign_version": "0"}, "rl": transfer, "sft": transfer},
+    }
+
+
+def test_results_wording_follows_the_intervals():
+    res = _results()
+    one = res.render([_hand_record(0)])
+    assert "**One crosscoder seed (0).**" in one
+    assert "Code: featalign_version 0 (every run);" in one
+    other = _hand_record(0)
+    other["drift"]["stamp"] = {"featalign_version": "1"}
+    assert "seed 0 drift: featalign_version 1; seed 0 transfer: featalign_version 0;" in res.render([other])
+    # an interval that includes 0 is "no evidence", one above 0 a direction; never the point estimate alone
+    assert "Graded (NRN ≥ 0.6): no evidence of a difference: the 95% interval [−2, +5] includes 0." in one
+    assert "in its pairwise crosscoder, the same as the same-tokens null.**" in one
+    noisy = _hand_record(0)
+    noisy["analysis"]["q1"]["pairwise"]["control-same"]["tuned_only"] = _iv(2, 0, 6)
+    assert "in its pairwise crosscoder (the same-tokens null has some).**" in res.render([noisy])
+    above = res.render([_hand_record(0, lean=(3, 9))])
+    assert "Graded (NRN ≥ 0.6): SFT has more tuned-leaning latents: the 95% interval [+3, +9] is above 0." in above
+    # Q2: an interval reaching 0 with p < 0.05 is "weakly"; an interval below 0 with p < 0.05 is "yes"
+    assert "by top-4 entry (the published measure): weakly, the two tests disagree;" in one
+    assert "by top-4 entry (the published measure): yes;" in res.render([_hand_record(0, entry=(-3, -1, 0.01))])
+    # Q4: only a row beyond both noise and the controls counts; 20 controls cannot give p below 1/21
+    assert "**Answer: no causal role at the task level beyond matched random features.**" in one
+    assert "lowest control p 0.5; 20 controls cannot give less than 0.048" in one
+    causal = res.render([_hand_record(0, ablate=((-0.05, -0.01), 0.01))])
+    assert "ablation hurts beyond noise and beyond its matched controls on a" in causal
+    assert "**Answer: a causal role beyond matched random features.**" in causal
+    # an interval below 0 whose controls fall as far (control p 0.2) does not count
+    assert "**Answer: no causal role" in res.render([_hand_record(0, ablate=((-0.05, -0.01), 0.2))])
+    # the transfer study: RL's out-of-domain odds ratio against 1
+    assert "The organisms do not reproduce the" in one
+    assert "The organisms reproduce the" in res.render([_hand_record(0, rl_out=(1.1, 1.5))])
+
+    # two seeds: each seed's value, then mean and min-max range; a verdict holds only when every seed agrees
+    two = res.render([_hand_record(0, sft_alive=700), _hand_record(1, lean=(3, 9), sft_alive=710)])
+    assert "**2 crosscoder seeds (0, 1).**" in two
+    assert "| base vs SFT | 700 / 710 (mean 705, range 700 to 710) |" in two
+    assert (
+        "Graded (NRN ≥ 0.6): the seeds disagree (seed 0: no evidence of a difference: the 95% interval "
+        "[−2, +5] includes 0; seed 1: SFT has more tuned-leaning latents: the 95% interval [+3, +9] is above 0)."
+    ) in two
+    agree = res.render([_hand_record(0, lean=(3, 9)), _hand_record(1, lean=(2, 8))])
+    assert "Graded (NRN ≥ 0.6): the same in all 2 seeds (seed 0: SFT has more" in agree
+    # Q2's answer over seeds: "yes" only when every seed says yes
+    mixed = res.render([_hand_record(0, entry=(-3, -1, 0.01)), _hand_record(1)])
+    assert "by top-4 entry (the published measure): the seeds disagree;" in mixed
+
+
+def test_results_refuse_seeds_from_two_builds(tmp_path):
+    import json
+
+    res = _results()
+    a, b = _hand_record(0), _hand_record(1)
+    b["organisms"]["config"]["pretrain_steps"] = 11
+    for r in (a, b):
+        (tmp_path / f"seed-{r['seed']}.json").write_text(json.dumps(r))
+    with pytest.raises(ValueError, match="another organisms build"):
+        res.load_runs(tmp_path)
+
+
+def _example(name):
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
+    """collect + render on the four runs' real outputs (tiny organisms, tiny sizes)."""
+    import json
+
+    from featalign.analysis.cli import main as analyze
+
+    res, root, out = _results(), tiny_organisms.root, tmp_path / "runs"
+    small = ["--n-tokens", "1000", "--eval-tokens", "400", "--n-latents", "32", "--steps", "10", "--progress", "false"]
+    analyze(["--organisms-dir", str(root), "--organisms-preset", "tiny", "--out", str(out / "analysis"), "--k", "4",
+             "--batch-size", "256", "--top-k", "4", "--min-samples", "1", "--n-null", "2", "--n-cards", "1",
+             "--gradient", "false", *small])
+    # the tiny RL model has no base-fail / RL-success samples: the SFT model takes the RL role (test_examples.py)
+    _example("reproduce_feature_interventions").main([
+        "--model", f"base={tiny_organisms.base_dir}", "--model", f"rl={tiny_organisms.model_dir('sft')}",
+        "--out", str(out / "fi"), "--n-prompts", "100", "--selection-tasks", "sort,compare,lookup",
+        "--held-out-tasks", "bool", "--min-samples", "3", "--n-controls", "2", "--n-bins", "2",
+        "--sweep-coefs", "0,1", "--sweep-controls", "1", *small])
+    drift = ["--organisms-dir", str(root), "--out", str(out / "drift"), "--top-k", "4", *small]
+    _example("reproduce_drift").main(drift)
+    _example("reproduce_transfer_study").main(["--organisms-dir", str(root), "--out", str(out / "tr"),
+                                               "--domains", "add", "--n-prompts", "40"])
+    dirs = dict(analysis=out / "analysis", interventions=out / "fi", drift=out / "drift", transfer=out / "tr",
+                organisms=root)
+    rec = res.collect(**dirs, seed=0)
+    report = json.loads((out / "analysis" / "report.json").read_text())
+    fi = json.loads((out / "fi" / "results.json").read_text())
+    # the page's numbers are the runs' numbers, and no path of this machine is kept
+    assert rec["analysis"]["q1"] == report["q1_specific_latents"]
+    assert [row["delta"] for row in rec["interventions"]["sweep"]] == [row["delta"] for row in fi["sweep"]]
+    assert rec["analysis"]["models"]["trio"]["base"] == "<organisms>/base"
+    assert rec["interventions"]["config"]["model"] == ["base=<organisms>/base", "rl=<organisms>/sft-add/ckpt-5"]
+    assert str(tmp_path) not in json.dumps(rec) and str(root) not in json.dumps(rec)
+    page = res.render([rec])
+    held = fi["ablate_rl"]["held_out"]["tasks"]["bool"]
+    row = next(ln for ln in page.splitlines() if ln.startswith("| ablate in RL | bool (held out) |"))
+    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in row
+    with pytest.raises(ValueError, match="--seed 0, not 1"):
+        res.collect(**dirs, seed=1)
+
+
 def test_contributing_names_only_files_that_exist():
     """docs/contributing.md says which files a new variant, stage or architecture touches: keep it true."""
     import re

@@ -1,0 +1,1088 @@
+"""docs/results.md, written from the runs' JSON (`docs/data/results/seed-<S>.json`), never by hand.
+
+    python docs/results.py collect --analysis DIR --interventions DIR --drift DIR --transfer DIR \\
+        --organisms DIR --seed S          # the compact parts of four runs' outputs -> docs/data/results/seed-S.json
+    python docs/results.py render         # docs/results.md from every docs/data/results/seed-*.json
+    python docs/results.py render --check # exit 1 if docs/results.md disagrees with the JSON
+
+`python docs/render_tables.py [--check]` rewrites (checks) this page together with the table blocks of
+the other pages. Every sentence that states a finding is chosen by a rule on the JSON's intervals and
+p-values (`interval_rule`, `two_test_rule`, `null_rule`, `odds_ratio_rule` below); the page's other prose
+states no number. With several seed files each number is shown per seed, then the mean and the min-max
+range over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+DOCS = Path(__file__).resolve().parent
+if str(DOCS) not in sys.path:  # render_tables.py sits next to this file
+    sys.path.insert(0, str(DOCS))
+
+from render_tables import organisms_table  # noqa: E402
+
+DATA = DOCS / "data" / "results"
+PAGE = DOCS / "results.md"
+FORMAT_VERSION = 1
+STAMP_KEYS = (
+    "featalign_version",
+    "torch_version",
+    "transformers_version",
+    "transformer_lens_version",
+    "cpu_capability",
+)
+
+#: The published numbers the page sets ours against, with their source (DESIGN.md names both studies).
+PUBLISHED = {
+    "transfer": {
+        "source": "cross-domain transfer study (arXiv 2506.19733), observational, RL-tuned open models",
+        "in_or": 3.10,
+        "in_delta": 2.9,
+        "out_or": 1.32,
+        "out_delta": -3.2,
+    },
+    "features": {
+        "source": "feature-level study (arXiv 2604.25011), Qwen-scale models, L1 crosscoders",
+        "intersection": "50 features for Qwen3-4B, 16 for Qwen2.5-7B",
+        "overlap": "more than 80%",
+        "ablation": "−14 to −46",
+        "steering": "+12 to +56",
+    },
+}
+
+
+# --- collect: the compact parts of the runs' outputs ------------------------------------------------------
+
+
+def strip_paths(obj: Any, roots: Sequence[tuple[str, Path]]) -> Any:
+    """`obj` with every absolute path written relative to the first of `roots` (name, folder) that holds it
+    (`<name>/rest`), or `<path>` when none does: no path of the machine that ran it stays."""
+    if isinstance(obj, dict):
+        return {k: strip_paths(v, roots) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [strip_paths(v, roots) for v in obj]
+    if isinstance(obj, str) and "=" in obj and obj.split("=", 1)[1].startswith(("/", "~")):  # NAME=PATH
+        name, path = obj.split("=", 1)
+        return f"{name}={strip_paths(path, roots)}"
+    if isinstance(obj, str) and obj.startswith(("/", "~")):
+        p = Path(obj).expanduser().resolve()
+        for name, root in roots:
+            if p == root or root in p.parents:
+                return "/".join([f"<{name}>", *p.relative_to(root).parts])
+        return "<path>"
+    return obj
+
+
+def stamp(d: dict) -> dict:
+    """The versions and CPU kernel set a run wrote into its JSON (`featalign.io.provenance`)."""
+    return {k: d[k] for k in STAMP_KEYS if k in d}
+
+
+def pick(d: dict, keys: Sequence[str]) -> dict:
+    return {k: d[k] for k in keys if k in d}
+
+
+def compact_analysis(r: dict) -> dict:
+    """What the page uses of `python -m featalign.analyze`'s report.json."""
+    q3 = r["q3_success_features"]
+    if "error" in q3:  # the stage ran and said why it could not answer (e.g. too few success samples)
+        q3_part: dict = {"error": q3["error"]}
+    else:
+        q3_part = {
+            **pick(
+                q3,
+                (
+                    "tasks",
+                    "skipped",
+                    "n_samples",
+                    "per_task_sizes",
+                    "n_features",
+                    "n_majority",
+                    "mean_pairwise_overlap",
+                    "null",
+                ),
+            ),
+            "bootstrap_size_95": q3["bootstrap"]["size_95"],
+            "gradient": {t: pick(g, ("spearman", "top_k_jaccard")) for t, g in q3["gradient"].items()},
+        }
+    return {
+        "config": r["config"],
+        "stamp": stamp(r),
+        "hook": r["hook"],
+        "models": r["models"],
+        "timings_s": r["timings_s"],
+        "attribution": r["attribution"],
+        "q1": r["q1_specific_latents"],
+        "q2": r["q2_drift"],
+        "q3": q3_part,
+    }
+
+
+def compact_interventions(r: dict) -> dict:
+    """What the page uses of examples/reproduce_feature_interventions.py's results.json (not the sweep's
+    per-prompt steer_sweep.json: the sweep rows of results.json carry the shown numbers)."""
+    sweep_keys = (
+        "coef",
+        "task",
+        "held_out",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "control_lo",
+        "control_hi",
+        "control_p",
+        "mcnemar_p",
+    )
+    return {
+        "config": r["config"],
+        "stamp": stamp(r),
+        "seconds": r["seconds"],
+        "features": r["features"],
+        "rule": r["rule"],
+        "success": pick(r["success"], ("tasks", "skipped", "n_samples", "per_task_sizes", "n_features", "n_majority")),
+        "ablate_rl": r["ablate_rl"],
+        "steer_base": r["steer_base"],
+        "sweep": [pick(row, sweep_keys) for row in r["sweep"]],
+    }
+
+
+def compact_drift(r: dict) -> dict:
+    return {"config": r["config"], "stamp": stamp(r), "seconds": r["seconds"], "drift": r["drift"]}
+
+
+def compact_transfer(r: dict) -> dict:
+    keep = ("cmh", "delta_points", "eval_domains", "family_means")
+    o = r["organisms"]
+    return {
+        "config": r["config"],
+        "stamp": stamp(r),
+        "seconds": r["seconds"],
+        "domains": o["domains"],
+        "rl": pick(o["rl"], keep),
+        "sft": pick(o["sft"], keep),
+    }
+
+
+def compact_organisms(root: Path) -> dict:
+    s = json.loads((root / "eval" / "summary.json").read_text())
+    paired = {
+        m: {d: pick(t, ("base_fail_tuned_ok", "base_ok_tuned_fail", "p_value")) for d, t in tests.items()}
+        for m, tests in s["paired_tests"].items()
+    }
+    timings = root / "timings.json"
+    return {
+        "config": json.loads((root / "config.json").read_text()),
+        "provenance": json.loads((root / "provenance.json").read_text()),
+        "summary": {"accuracy": s["accuracy"], "config": s["config"], "transfer": s["transfer"], **stamp(s)},
+        "paired_tests": paired,
+        "timings_s": json.loads(timings.read_text()) if timings.exists() else {},
+    }
+
+
+def collect(analysis: Path, interventions: Path, drift: Path, transfer: Path, organisms: Path, seed: int) -> dict:
+    """One seed's compact record of the four runs (no machine paths: see `strip_paths`)."""
+    read = lambda d, name: json.loads((Path(d) / name).read_text())
+    parts = {
+        "analysis": (analysis, compact_analysis(read(analysis, "report.json"))),
+        "interventions": (interventions, compact_interventions(read(interventions, "results.json"))),
+        "drift": (drift, compact_drift(read(drift, "results.json"))),
+        "transfer": (transfer, compact_transfer(read(transfer, "results.json"))),
+    }
+    org = Path(organisms).resolve()
+    out: dict[str, Any] = {"format_version": FORMAT_VERSION, "seed": seed}
+    for name, (folder, part) in parts.items():
+        if name != "transfer" and part["config"].get("seed") != seed:
+            raise ValueError(f"{name} ran with --seed {part['config'].get('seed')}, not {seed}")
+        recorded = part["config"].get("out")  # where the run wrote, as it recorded it (the folder may have moved)
+        outs = {Path(folder).resolve()} | ({Path(recorded).expanduser().resolve()} if recorded else set())
+        out[name] = strip_paths(part, [("organisms", org)] + [("out", o) for o in sorted(outs)])
+    out["organisms"] = strip_paths(compact_organisms(org), [("organisms", org)])
+    left = [s for s in strings(out) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
+    if left:
+        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
+    return out
+
+
+def strings(obj: Any) -> list[str]:
+    """Every string value in a JSON-like object."""
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in strings(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+# --- formatting -----------------------------------------------------------------------------------------
+
+
+def signed(x: float, nd: int = 1) -> str:
+    return f"{x:+.{nd}f}".replace("-", "−")
+
+
+def num(x: float, nd: int = 2) -> str:
+    return f"{x:.{nd}f}".replace("-", "−")
+
+
+def count(x: float) -> str:
+    return f"{x:.0f}"
+
+
+def pval(p: float) -> str:
+    if p >= 0.995:
+        return "1"
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def pts(x: float) -> str:  # a fraction as signed points
+    return signed(100 * x)
+
+
+def ci(lo: float, hi: float, fmt: Callable[[float], str] = count) -> str:
+    return f"[{fmt(lo)}, {fmt(hi)}]"
+
+
+def cell(
+    runs: list[dict],
+    point: Callable[[dict], float],
+    fmt: Callable[[float], str],
+    detail: Callable[[dict], str] | None = None,
+    spread: bool = True,
+) -> str:
+    """One table cell over seeds: each seed's value (with `detail`, e.g. its interval), then with several
+    seeds the mean and min-max range of `point` over seeds (`spread=False`: the values only, for p-values,
+    whose mean means nothing)."""
+    shown = [(detail or (lambda r: fmt(point(r))))(r) for r in runs]
+    if len(runs) == 1 or not spread:
+        return " / ".join(shown)
+    v = [point(r) for r in runs]
+    return " / ".join(shown) + f" (mean {fmt(statistics.fmean(v))}, range {fmt(min(v))} to {fmt(max(v))})"
+
+
+def table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+# --- wording rules: every finding on the page is one of these, applied to the JSON ------------------------
+
+
+class Verdict(NamedTuple):
+    key: str  # what the rule decided ("above", "below", "inside", ...): the answer sentences branch on it
+    text: str  # the sentence, with the numbers it was decided on
+
+
+def interval_rule(
+    lo: float,
+    hi: float,
+    above: str,
+    below: str,
+    fmt: Callable[[float], str] = count,
+    inside: str = "no evidence of a difference",
+) -> Verdict:
+    """A difference's 95% interval decides: entirely above 0, entirely below 0, or including 0."""
+    iv = ci(lo, hi, fmt)
+    if lo > 0:
+        return Verdict("above", f"{above}: the 95% interval {iv} is above 0")
+    if hi < 0:
+        return Verdict("below", f"{below}: the 95% interval {iv} is below 0")
+    return Verdict("inside", f"{inside}: the 95% interval {iv} includes 0")
+
+
+def two_test_rule(lo: float, hi: float, p_earlier: float, fmt: Callable[[float], str] = signed) -> Verdict:
+    """SFT earlier than RL (a difference SFT - RL < 0) by a median-difference interval and a one-sided
+    Mann-Whitney p: both agree (interval below 0 and p < 0.05), one of them only, or neither."""
+    iv, p = ci(lo, hi, fmt), pval(p_earlier)
+    if hi < 0 and p_earlier < 0.05:
+        return Verdict("earlier", f"SFT earlier: the 95% interval {iv} is below 0 and p = {p}")
+    if hi < 0 or p_earlier < 0.05:
+        return Verdict(
+            "mixed",
+            f"weak evidence for SFT earlier: p = {p} but the 95% interval {iv} includes 0"
+            if p_earlier < 0.05
+            else f"weak evidence for SFT earlier: the 95% interval {iv} is below 0 but p = {p}",
+        )
+    if lo > 0:
+        return Verdict("later", f"SFT later, not earlier: the 95% interval {iv} is above 0 (p for earlier = {p})")
+    return Verdict("none", f"no evidence that SFT is earlier: the 95% interval {iv} includes 0 and p = {p}")
+
+
+def null_rule(real: float, lo: float, hi: float, fmt: Callable[[float], str] = count) -> Verdict:
+    """A real statistic against its null's 95% interval: above it, inside it, or below it."""
+    iv = ci(lo, hi, fmt)
+    if real > hi:
+        return Verdict("above", f"{fmt(real)}, above the null's 95% interval {iv}")
+    if real < lo:
+        return Verdict("below", f"{fmt(real)}, below the null's 95% interval {iv}")
+    return Verdict("inside", f"{fmt(real)}, inside the null's 95% interval {iv}")
+
+
+def odds_ratio_rule(c: dict) -> Verdict:
+    """A CMH odds ratio's 95% interval against 1 (no change in the odds of a correct answer)."""
+    iv = ci(c["ci_low"], c["ci_high"], num)
+    if c["ci_low"] > 1:
+        return Verdict("gain", f"gains (OR {num(c['odds_ratio'])} {iv}, above 1)")
+    if c["ci_high"] < 1:
+        return Verdict("loss", f"loses (OR {num(c['odds_ratio'])} {iv}, below 1)")
+    return Verdict("none", f"no evidence of a change (OR {num(c['odds_ratio'])} {iv} includes 1)")
+
+
+def over_seeds(runs: list[dict], rule: Callable[[dict], Verdict]) -> Verdict:
+    """A rule applied to each seed: with one seed its verdict; with several, the shared verdict when every
+    seed agrees, else `disagree` with each seed's sentence."""
+    vs = [rule(r) for r in runs]
+    if len(vs) == 1:
+        return vs[0]
+    each = "; ".join(f"seed {r['seed']}: {v.text}" for r, v in zip(runs, vs))
+    if len({v.key for v in vs}) == 1:
+        return Verdict(vs[0].key, f"the same in all {len(vs)} seeds ({each})")
+    return Verdict("disagree", f"the seeds disagree ({each})")
+
+
+# --- the page's sections --------------------------------------------------------------------------------
+
+
+def load_runs(folder: Path = DATA) -> list[dict]:
+    """Every seed file of `folder`, by seed; they must come from one organisms build."""
+    runs = sorted((json.loads(p.read_text()) for p in folder.glob("seed-*.json")), key=lambda r: r["seed"])
+    if not runs:
+        raise FileNotFoundError(f"no seed-*.json in {folder}: run python docs/results.py collect first")
+    for r in runs:
+        if r["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"seed {r['seed']}: format_version {r['format_version']}, expected {FORMAT_VERSION}")
+        if r["organisms"] != runs[0]["organisms"]:
+            raise ValueError(
+                f"seed {r['seed']} ran on another organisms build than seed {runs[0]['seed']}: a page shows one build"
+            )
+    return runs
+
+
+RUNS = ("analysis", "interventions", "drift", "transfer")
+
+
+def code_stamps(runs: list[dict]) -> str:
+    """The runs' version stamps: once when every run of every seed has the same, else each run's."""
+    each = {
+        (r["seed"], part): ", ".join(f"{k} {v}" for k, v in sorted(r[part]["stamp"].items()))
+        for r in runs
+        for part in RUNS
+    }
+    if len(set(each.values())) == 1:
+        return next(iter(each.values())) + " (every run)"
+    return "; ".join(f"seed {s} {part}: {v}" for (s, part), v in each.items())
+
+
+def header(runs: list[dict]) -> str:
+    seeds = [r["seed"] for r in runs]
+    o = runs[0]["organisms"]
+    oc, a, st = o["config"], runs[0]["analysis"]["config"], o["summary"]
+    if len(runs) == 1:
+        seeds_note = (
+            f"**One crosscoder seed ({seeds[0]}).** Every interval on this page is within that one run "
+            "(bootstrap or exact, as each table says), not over crosscoder seeds: which latents the "
+            "selections pick depends on the seed and on float-level noise, so read the feature-level "
+            "details as one run's."
+        )
+    else:
+        seeds_note = (
+            f"**{len(runs)} crosscoder seeds ({', '.join(map(str, seeds))}).** Each number is shown per "
+            "seed (in that order, separated by /), then the mean and the range (min to max) over the "
+            "seeds; the within-run intervals are each seed's own."
+        )
+    build = ", ".join(f"{k} {v}" for k, v in sorted(o["provenance"].items()))
+    post = ", ".join(oc["post_train_domains"])
+    return f"""# Results: the feature-level questions on the organisms
+
+> **Written by `docs/results.py` from `docs/data/results/seed-*.json`: do not edit by hand.** The footer
+> says how to regenerate both from fresh runs.
+>
+> **One organisms build.** All numbers come from one build of the `{oc["preset"]}` organisms (build stamp:
+> {build}) and from runs of one version of the code on it (stamps below); another build of the same recipe
+> gives other organisms (`docs/organisms.md`, "Two builds, one recipe").
+>
+> {seeds_note}
+
+**What these numbers are from.** `python -m featalign.analyze` and the three scripts in `examples/` with
+their defaults on the **{oc["preset"]} organisms** (d_model {oc["d_model"]}, {oc["n_layers"]} layers; pretrain
+{oc["pretrain_steps"]} steps on all {len(oc["pretrain_domains"])} domains; SFT (lr {oc["sft_lr"]:g}) and GRPO
+(lr {oc["rl_lr"]:g}, {oc["rl_group_size"]} rollouts, {oc["rl_prompts_per_step"]} prompts/step) on the same
+{oc["post_train_prompts"]} `{post}` prompts, {oc["sft_epochs"]} epoch each, {oc["n_checkpoints"]} checkpoints
+each; {oc["eval_samples"]} eval samples per domain). Code: {code_stamps(runs)}; the organisms' eval:
+{", ".join(f"{k} {v}" for k, v in sorted(stamp(st).items()))}.
+
+Settings (the CLI's defaults): hook `{runs[0]["analysis"]["hook"]}`; {a["n_tokens"]:,} training tokens per model,
+{a["eval_tokens"]:,} held-out tokens; every crosscoder **{a["variant"]}**, {a["n_latents"]} latents, k = {a["k"]},
+{a["steps"]} steps, batch {a["batch_size"]}, lr {a["lr"]:g}. Intervals: 95% percentile bootstrap (over latents
+for counts, over features for medians, over success samples for set sizes); counts of 0 get the exact
+Clopper–Pearson interval. **Wording:** every sentence that states a finding is chosen by a rule in
+`docs/results.py` from these intervals and p-values: a difference whose interval includes 0 is "no evidence
+of a difference", never a direction."""
+
+
+def organisms_section(runs: list[dict]) -> str:
+    o = runs[0]["organisms"]
+    s, tr, pub = o["summary"], o["summary"]["transfer"], PUBLISHED["transfer"]
+    rows = []
+    for model in ("sft", "rl"):
+        for scope in ("in_domain", "out_of_domain"):
+            c = tr[model]["cmh"][scope]
+            published = "–"
+            if model == "rl":
+                published = (
+                    f"OR {pub['in_or']:.2f}, {signed(pub['in_delta'])} pts"
+                    if scope == "in_domain"
+                    else f"OR {pub['out_or']:.2f}, {signed(pub['out_delta'])} pts"
+                )
+            rows.append(
+                [
+                    model.upper(),
+                    scope.replace("_", "-"),
+                    str(c["n_strata"]),
+                    f"{num(c['odds_ratio'])} {ci(c['ci_low'], c['ci_high'], num)}",
+                    pval(c["p_value"]),
+                    signed(c["mean_delta_points"]),
+                    published,
+                ]
+            )
+    v = {
+        (m, sc): odds_ratio_rule(tr[m]["cmh"][sc]).text for m in ("rl", "sft") for sc in ("in_domain", "out_of_domain")
+    }
+    acc = s["accuracy"]
+    sft = next(m for m in acc if m.startswith("sft"))
+    drops = sorted((acc[sft][d] - acc["base"][d], d) for d in acc["base"])[:3]
+    return f"""## The organisms (from `eval/summary.json`)
+
+Greedy accuracy (%) per domain, {o["config"]["eval_samples"]} eval samples each; post-training domain
+`{", ".join(o["config"]["post_train_domains"])}`.
+
+{organisms_table(s)}
+
+CMH common odds ratio (tuned vs base correct; published: {pub["source"]}):
+
+{table(["model", "scope", "strata", "OR [95% CI]", "p", "mean delta (pts)", "published (RL)"], rows)}
+
+By the odds ratios' intervals: RL in-domain {v["rl", "in_domain"]}; RL out-of-domain {v["rl", "out_of_domain"]};
+SFT in-domain {v["sft", "in_domain"]}; SFT out-of-domain {v["sft", "out_of_domain"]}. SFT's three largest
+drops: {", ".join(f"`{d}` {signed(100 * x)}" for x, d in drops)} points."""
+
+
+PAIRS = (
+    ("base-vs-rl", "base vs RL"),
+    ("base-vs-sft", "base vs SFT"),
+    ("control-same", "null: base vs base, same tokens"),
+    ("control-disjoint", "null: base vs base, disjoint halves"),
+)
+CLASSES = ("tuned_only", "base_only", "shared", "tuned_lean", "base_lean")
+
+
+def pair_row(runs: list[dict], pw: Callable[[dict], dict], label: str, iv: Callable) -> list[str]:
+    """One pairwise crosscoder's row of the Q1 table (`pw`: a seed record -> its pairwise entry)."""
+    return (
+        [label, cell(runs, lambda r: pw(r)["n_alive"], count)]
+        + [cell(runs, lambda r, c=c: pw(r)[c]["count"], count, iv(lambda r, c=c: pw(r)[c])) for c in CLASSES]
+        + [cell(runs, lambda r: pw(r)["nrn_sd"], lambda x: num(x, 3))]
+    )
+
+
+def q1_section(runs: list[dict]) -> str:
+    q = lambda r: r["analysis"]["q1"]
+    iv = lambda get: lambda r: f"{count(get(r)['count'])} {ci(get(r)['low'], get(r)['high'])}"
+    rows = [pair_row(runs, lambda r, key=key: q(r)["pairwise"][key], label, iv) for key, label in PAIRS]
+    diff = lambda name, above, below: over_seeds(
+        runs, lambda r: interval_rule(q(r)[name]["low"], q(r)[name]["high"], above, below, lambda x: signed(x, 0))
+    )
+    only = diff("pairwise_sft_minus_rl_tuned_only", "more SFT-specific latents", "more RL-specific latents")
+    lean = diff(
+        "pairwise_sft_minus_rl_tuned_lean", "SFT has more tuned-leaning latents", "RL has more tuned-leaning latents"
+    )
+    none_specific = all(
+        q(r)["pairwise"][p]["tuned_only"]["count"] == 0 for r in runs for p in ("base-vs-rl", "base-vs-sft")
+    )
+    if none_specific:
+        answer = (
+            "No, not at the published threshold: neither post-training produces a single tuned-specific "
+            "latent (NRN ≥ 0.9) in its pairwise crosscoder"
+        )
+        null_zero = all(q(r)["pairwise"]["control-same"]["tuned_only"]["count"] == 0 for r in runs)
+        answer += ", the same as the same-tokens null" if null_zero else " (the same-tokens null has some)"
+    else:
+        answer = {
+            "above": "Yes",
+            "below": "No, the other way round",
+            "inside": "No evidence of a difference",
+            "disagree": "Not settled",
+        }[only.key] + f" in tuned-specific latents (NRN ≥ 0.9): {only.text}"
+    can_find = all(q(r)["pairwise"]["control-disjoint"]["tuned_only"]["low"] > 0 for r in runs)
+    sens = (
+        "The disjoint-halves null's tuned-only interval is above 0, so these crosscoders do find specific "
+        "latents when the two sides differ"
+        if can_find
+        else "The disjoint-halves null finds no specific latent either, so this setting cannot tell"
+    )
+    t = lambda r, k: q(r)["trio"][k]
+    trio = ", ".join(
+        f"{cell(runs, lambda r, k=k: t(r, k)['count'], count, iv(lambda r, k=k: t(r, k)))} {k}"
+        for k in ("rl-only", "sft-only", "base-only")
+    )
+    att = lambda r: r["analysis"]["attribution"]
+    classes = ", ".join(
+        f"{cell(runs, lambda r, k=k: att(r)['class_counts'].get(k, 0), count)} {k}" for k in ("shared", "mixed", "dead")
+    )
+    after = ", ".join(
+        f"{cell(runs, lambda r, k=k: q(r)['trio_after_latent_scaling'][k]['count'], count)} {k}"
+        for k in ("rl-only", "sft-only")
+    )
+    pub = PUBLISHED["features"]
+    return f"""## Q1. Are there more SFT-specific latents than RL-specific ones?
+
+**{answer}.** Graded (NRN ≥ 0.6): {lean.text}.
+
+{
+        table(
+            [
+                "crosscoder (pairwise)",
+                "alive",
+                "tuned-only (NRN ≥ 0.9)",
+                "base-only (≤ 0.1)",
+                "shared (0.4–0.6)",
+                "tuned-leaning (≥ 0.6)",
+                "base-leaning (≤ 0.4)",
+                "sd(NRN)",
+            ],
+            rows,
+        )
+    }
+
+SFT − RL tuned-only: {only.text}. {sens}.
+Trio crosscoder (base, RL, SFT), of {cell(runs, lambda r: q(r)["n_alive"], count)} alive latents: {trio};
+attribution classes {classes}. Latent Scaling flagged {cell(runs, lambda r: att(r)["n_artifacts"], count)}
+artifacts; after it: {after}.
+Figures: `figures/nrn_hist.png`, `figures/specific_counts.png`, `figures/mas_hist.png`, `figures/ternary.png`.
+
+Published ({pub["source"]}): SFT has *many highly specialised* features, RL *few extreme* ones. The
+spread of NRN (sd column) is the graded version of that contrast; the disjoint-halves null shows what the
+crosscoders find when the two sides really differ. The L1 comparison (`--variant l1`, the published loss)
+is not part of these runs."""
+
+
+TWO_TEST_ANSWER = {
+    "earlier": "yes",
+    "mixed": "weakly, the two tests disagree",
+    "none": "no evidence",
+    "later": "no, SFT is later",
+    "disagree": "the seeds disagree",
+}
+
+
+def drift_rows(runs: list[dict], get: Callable[[dict], dict], label: str) -> list[list[str]]:
+    """The SFT and RL rows of the Q2 table from one run's drift results (`get`: a seed record -> them)."""
+    return [series_row(runs, lambda r, s=series: get(r)[s], f"{series.upper()} ({label})") for series in ("sft", "rl")]
+
+
+def series_row(runs: list[dict], d: Callable[[dict], dict], label: str) -> list[str]:
+    def med(key: str) -> Callable[[dict], str]:
+        return lambda r: f"{num(d(r)[key + '_median'], 1)} {ci(*d(r)[key + '_median_95'], lambda x: num(x, 1))}"
+
+    return [
+        label,
+        cell(runs, lambda r: d(r)["mean_overlap"], num, lambda r: ", ".join(num(x) for x in d(r)["overlap"])),
+        cell(runs, lambda r: d(r)["mean_overlap"], num),
+        cell(runs, lambda r: d(r)["topk_entry_median"], lambda x: num(x, 1), med("topk_entry")),
+        cell(runs, lambda r: d(r)["stabilisation_median"], lambda x: num(x, 1), med("stabilisation")),
+    ]
+
+
+def q2_section(runs: list[dict]) -> str:
+    q = lambda r: r["analysis"]["q2"]
+    ex = lambda r: r["drift"]["drift"]
+    k = runs[0]["analysis"]["config"]["top_k"]
+    rows = drift_rows(runs, q, "analyze") + drift_rows(runs, ex, "reproduce_drift.py")
+    higher = lambda r: sum(x > 0 for x in q(r)["sft_vs_rl"]["overlap_diff_per_pair"])
+    diffs = cell(
+        runs, higher, count, lambda r: ", ".join(signed(x, 2) for x in q(r)["sft_vs_rl"]["overlap_diff_per_pair"])
+    )
+    n_pairs = len(q(runs[0])["sft_vs_rl"]["overlap_diff_per_pair"])
+    test = lambda key: over_seeds(
+        runs,
+        lambda r: two_test_rule(*q(r)[key]["median_diff_95"], q(r)[key]["mannwhitney_p_a_earlier"]),
+    )
+    entry, stab = test("sft_vs_rl_topk_entry"), test("sft_vs_rl")
+    md = lambda key: cell(runs, lambda r: q(r)[key]["median_diff"], signed)
+    specific = all(x == 0 for r in runs for s in ("sft", "rl") for x in q(r)[s]["n_specific"])
+    same = all(q(r)[s]["overlap"] == ex(r)[s]["overlap"] for r in runs for s in ("sft", "rl"))
+    pw = lambda r, p: r["analysis"]["q1"]["pairwise"][p]
+    return f"""## Q2. Do SFT features stabilise earlier than RL's?
+
+Joint crosscoder over base + {len(q(runs[0])["sft"]["overlap"]) + 1} checkpoints per series; top-{k} by NRN against the
+base. Rows "analyze" are `python -m featalign.analyze`, rows "reproduce_drift.py" the example (the same
+code with the same settings); {"they agree exactly" if same else "their overlaps differ (see the rows)"}.
+
+{
+        table(
+            [
+                "series",
+                f"top-{k} overlap, successive checkpoints",
+                "mean",
+                f"top-{k} entry checkpoint, median [95% CI]",
+                "value-based stabilisation, median [95% CI]",
+            ],
+            rows,
+        )
+    }
+
+* Overlap (SFT − RL per successive pair: {diffs}): SFT's is higher at {cell(runs, higher, count)} of {n_pairs}
+  pairs. This measure has no interval: it is descriptive only.
+* Membership (when a final top-{k} feature enters the top-{k} for good), SFT − RL median {md("sft_vs_rl_topk_entry")}
+  checkpoints, one-sided Mann–Whitney for SFT earlier: {entry.text}.
+* Value-based (NRN within 0.05 of its final value and decoder cosine ≥ 0.9), SFT − RL median
+  {md("sft_vs_rl")}: {stab.text}. This absolute-tolerance measure answers "has the feature reached its final
+  state"; a series whose features hardly move reaches it at once.
+* {
+        "No checkpoint of either series has a specific latent (NRN ≥ 0.9)."
+        if specific
+        else "Specific latents (NRN ≥ 0.9) per checkpoint: "
+        + "; ".join(f"{s.upper()} {q(runs[0])[s]['n_specific']}" for s in ("sft", "rl"))
+    }
+* How far each final model moved (Q1's pairwise crosscoders): sd(NRN) SFT {
+        cell(runs, lambda r: pw(r, "base-vs-sft")["nrn_sd"], lambda x: num(x, 3))
+    },
+  RL {cell(runs, lambda r: pw(r, "base-vs-rl")["nrn_sd"], lambda x: num(x, 3))}, same-tokens null
+  {cell(runs, lambda r: pw(r, "control-same")["nrn_sd"], lambda x: num(x, 3))}.
+
+**Answer, by top-{k} entry (the published measure): {TWO_TEST_ANSWER[entry.key]}; by value-based
+stabilisation: {TWO_TEST_ANSWER[stab.key]}** (the rule: "yes" needs both the median-difference interval
+below 0 and p < 0.05; one of the two is "weakly"). Published: SFT features stabilise early with high
+overlap; RL features keep evolving with low overlap while base representations are largely kept.
+Figure: `figures/drift.png`."""
+
+
+def q3_section(runs: list[dict]) -> str:
+    q = lambda r: r["analysis"]["q3"]
+    if any("error" in q(r) for r in runs):
+        why = "; ".join(f"seed {r['seed']}: {q(r).get('error', 'answered')}" for r in runs)
+        return f"""## Q3. Is there a compact RL-success feature set shared across tasks?
+
+**Not answered by these runs**: the success stage stopped ({why})."""
+    tasks = q(runs[0])["tasks"]
+    samples = ", ".join(f"{t} {cell(runs, lambda r, t=t: q(r)['n_samples'][t], count)}" for t in tasks)
+    skipped = "; ".join(f"{t}: {why}" for t, why in q(runs[0])["skipped"].items()) or "none"
+    nl = lambda r: q(r)["null"]
+    inter = over_seeds(runs, lambda r: null_rule(q(r)["n_features"], *nl(r)["size_95"]))
+    major = over_seeds(runs, lambda r: null_rule(q(r)["n_majority"], *nl(r)["majority_size_95"]))
+    overlap = over_seeds(runs, lambda r: null_rule(q(r)["mean_pairwise_overlap"], *nl(r)["mean_overlap_95"], num))
+    rows = [
+        [
+            "per-task set sizes",
+            ", ".join(f"{t} {cell(runs, lambda r, t=t: q(r)['per_task_sizes'][t], count)}" for t in tasks),
+            "–",
+        ],
+        [
+            f"intersection over the {len(tasks)} tasks",
+            cell(
+                runs,
+                lambda r: q(r)["n_features"],
+                count,
+                lambda r: f"**{q(r)['n_features']}** (bootstrap {ci(*q(r)['bootstrap_size_95'])})",
+            ),
+            cell(
+                runs,
+                lambda r: nl(r)["size_mean"],
+                lambda x: num(x, 1),
+                lambda r: f"{num(nl(r)['size_mean'], 1)} {ci(*nl(r)['size_95'])}",
+            ),
+        ],
+        [
+            "selected in ≥ half of the tasks",
+            cell(runs, lambda r: q(r)["n_majority"], count),
+            cell(
+                runs,
+                lambda r: nl(r)["majority_size_mean"],
+                lambda x: num(x, 1),
+                lambda r: f"{num(nl(r)['majority_size_mean'], 1)} {ci(*nl(r)['majority_size_95'])}",
+            ),
+        ],
+        [
+            "mean pairwise overlap \\|A∩B\\|/min",
+            cell(runs, lambda r: q(r)["mean_pairwise_overlap"], num),
+            cell(
+                runs,
+                lambda r: nl(r)["mean_overlap_mean"],
+                num,
+                lambda r: f"{num(nl(r)['mean_overlap_mean'])} {ci(*nl(r)['mean_overlap_95'], num)}",
+            ),
+        ],
+    ]
+    g = lambda r, key: [v[key] for v in q(r)["gradient"].values()]
+    compact = all(q(r)["n_features"] > 0 for r in runs) and inter.key == "above"
+    answer = (
+        "yes, the intersection is non-empty and above the random-subset null"
+        if compact
+        else "no, there is no intersection beyond what random samples of the same size give"
+    )
+    rl = next(m for m in runs[0]["organisms"]["paired_tests"] if m.startswith("rl"))
+    pt = runs[0]["organisms"]["paired_tests"][rl]
+    flips = ", ".join(f"{t} {pt[t]['base_fail_tuned_ok']} vs {pt[t]['base_ok_tuned_fail']}" for t in tasks)
+    more = sum(pt[t]["base_fail_tuned_ok"] > pt[t]["base_ok_tuned_fail"] for t in tasks)
+    n_null = nl(runs[0])["n"]
+    pub = PUBLISHED["features"]
+    return f"""## Q3. Is there a compact RL-success feature set shared across tasks?
+
+Base-fail / RL-success samples per out-of-domain task: {samples}; skipped ({skipped}).
+Score at the last prompt token, {100 * runs[0]["analysis"]["config"]["success_frac"]:.0f}%-of-max threshold.
+
+{table(["", "real", f"random-subset null ({n_null} repeats), mean [95%]"], rows)}
+
+By the null's intervals: intersection {inter.text}; majority set {major.text}; mean pairwise overlap
+{overlap.text}. Activation × gradient (log-prob of the correct answer) vs Score_k per task: Spearman
+{cell(runs, lambda r: min(g(r, "spearman")), num)} to {cell(runs, lambda r: max(g(r, "spearman")), num)}, top-set
+Jaccard {cell(runs, lambda r: min(g(r, "top_k_jaccard")), num)} to
+{cell(runs, lambda r: max(g(r, "top_k_jaccard")), num)}.
+Figure: `figures/success_sets.png`; feature cards in `index.html`.
+
+**Answer: {answer}.** Published ({pub["source"]}): a compact intersection ({pub["intersection"]}) with
+{pub["overlap"]} overlap across tasks. Base-fail/RL-success vs base-success/RL-fail counts on the scored
+tasks (the organisms' eval): {flips}; successes outnumber failures on {more} of {len(tasks)} tasks."""
+
+
+EDITS = (("ablate_rl", "ablate in RL", "ablation"), ("steer_base", "steer base", "steering"))
+
+
+def edit_tasks(r: dict, edit: str) -> dict[str, dict]:
+    """Every task of one edit, selection and held-out, by name (held-out ones marked)."""
+    e = r["interventions"][edit]
+    out = {t: v for t, v in e["selection"]["tasks"].items()}
+    out.update({t: {**v, "held_out": True} for t, v in e["held_out"]["tasks"].items()})
+    return dict(sorted(out.items()))
+
+
+def q4_rows(runs: list[dict]) -> list[list[str]]:
+    rows = []
+    coef = runs[0]["interventions"]["config"]["steer_coef"]
+    for edit, label, kind in EDITS:
+        for i, task in enumerate(edit_tasks(runs[0], edit)):
+            t = lambda r, task=task, edit=edit: edit_tasks(r, edit)[task]
+            name = f"{task} (held out)" if t(runs[0]).get("held_out") else task
+            acc = lambda r, t=t: f"{100 * t(r)['acc_without']:.1f} → {100 * t(r)['acc_with']:.1f}"
+            delta = lambda r, t=t: f"{pts(t(r)['delta'])} {ci(t(r)['ci_low'], t(r)['ci_high'], pts)}"
+            sub = lambda r, t=t: (
+                f"{100 * t(r)['subset_acc_without']:.0f} → {100 * t(r)['subset_acc_with']:.0f} "
+                f"({pval(t(r)['subset_control_p'])})"
+            )
+            rows.append(
+                [
+                    label if edit == "ablate_rl" else f"{label} (coef {coef:g})",
+                    name,
+                    cell(runs, lambda r, t=t: 100 * t(r)["acc_with"], lambda x: f"{x:.1f}", acc),
+                    cell(runs, lambda r, t=t: 100 * t(r)["delta"], signed, delta),
+                    cell(runs, lambda r, t=t: t(r)["mcnemar_p"], pval, spread=False),
+                    cell(runs, lambda r, t=t: t(r)["control_p"], pval, spread=False),
+                    cell(runs, lambda r, t=t: 100 * t(r)["subset_acc_with"], count, sub),
+                    PUBLISHED["features"][kind] if i == 0 else "",
+                ]
+            )
+    return rows
+
+
+def q4_verdicts(r: dict) -> dict[str, Verdict]:
+    """Per seed: which rows move beyond both noise (delta interval excludes 0) and the matched controls
+    (control p < 0.05), in the direction the published study found (ablation hurts, steering helps)."""
+    n_ctrl = r["interventions"]["config"]["n_controls"]
+    floor = pval(1 / (n_ctrl + 1))
+    out = {}
+    for edit, _, kind in EDITS:
+        tasks = edit_tasks(r, edit)
+        hurt = [t for t, v in tasks.items() if v["ci_high"] < 0 and v["control_p"] < 0.05]
+        helped = [t for t, v in tasks.items() if v["ci_low"] > 0 and v["control_p"] < 0.05]
+        lowest = min(v["control_p"] for v in tasks.values())
+        want, other = (hurt, helped) if edit == "ablate_rl" else (helped, hurt)
+        verb, other_verb = ("hurts", "helps") if edit == "ablate_rl" else ("helps", "hurts")
+        if want:
+            out[kind] = Verdict(
+                "causal", f"{kind} {verb} beyond noise and beyond its matched controls on {', '.join(want)}"
+            )
+        else:
+            out[kind] = Verdict(
+                "none",
+                f"no {kind} row {verb} beyond both noise and its matched controls "
+                f"(lowest control p {pval(lowest)}; {n_ctrl} controls cannot give less than {floor})",
+            )
+        out[kind + " other"] = Verdict(
+            "yes" if other else "no",
+            f"{kind} {other_verb} beyond noise and controls on {', '.join(other)}"
+            if other
+            else f"no {kind} row {other_verb} beyond both",
+        )
+        subset = [t for t, v in tasks.items() if v["subset_control_p"] < 0.05]
+        out[kind + " subset"] = Verdict(
+            "yes" if subset else "no",
+            f"{kind}: the base-fail/RL-success subset moves beyond its controls on {', '.join(subset)}"
+            if subset
+            else f"{kind}: no subset row beyond its controls (control p < 0.05)",
+        )
+    return out
+
+
+def sweep_table(runs: list[dict]) -> str:
+    sw = runs[0]["interventions"]["sweep"]
+    tasks = list(dict.fromkeys(row["task"] for row in sw))
+    coefs = sorted({row["coef"] for row in sw})
+    at = lambda r, c, t: next(x for x in r["interventions"]["sweep"] if x["coef"] == c and x["task"] == t)
+    rows = [
+        [f"{c:g}"] + [cell(runs, lambda r, c=c, t=t: 100 * at(r, c, t)["delta"], signed) for t in tasks] for c in coefs
+    ]
+    return table(["coef"] + tasks, rows)
+
+
+def q4_section(runs: list[dict]) -> str:
+    i0 = runs[0]["interventions"]
+    c, s = i0["config"], i0["success"]
+    vs = {k: over_seeds(runs, lambda r, k=k: q4_verdicts(r)[k]) for k in q4_verdicts(runs[0])}
+    causal = vs["ablation"].key == "causal" or vs["steering"].key == "causal"
+    samples = ", ".join(
+        f"{t} {cell(runs, lambda r, t=t: r['interventions']['success']['n_samples'][t], count)}" for t in s["tasks"]
+    )
+    feats = "; ".join(f"seed {r['seed']}: {r['interventions']['features']}" for r in runs)
+    rules = "; ".join(f"seed {r['seed']}: {r['interventions']['rule']}" for r in runs)
+    return f"""## Q4. Do the RL-success features matter causally? (`examples/reproduce_feature_interventions.py`)
+
+A base/RL {c["variant"]} crosscoder ({c["n_latents"]} latents, {c["steps"]} steps); RL-success scores on
+{len(s["tasks"])} out-of-domain selection tasks (base-fail / RL-success samples among {c["n_prompts"]} prompts
+each: {samples}); `{"`, `".join(c["held_out_tasks"].split(","))}` held out. The script's feature rule
+({rules}) chose the features ({feats}). Each edit is compared with {c["n_controls"]} random feature sets
+matched on the RL model's firing frequency; {c["n_prompts"]} prompts per task. The edits read the latents
+with the one encode rule (`Crosscoder.encode_as`), which docs/crosscoder.md ("Reading one model's
+latents") describes. Control p is the empirical two-sided p of the edit's delta among its controls; all
+p-values are per row, uncorrected for the {2 * len(edit_tasks(runs[0], "ablate_rl"))} rows.
+
+{
+        table(
+            [
+                "edit",
+                "task",
+                "accuracy before → after",
+                "delta [95% CI] (pts)",
+                "McNemar p",
+                "control p",
+                "base-fail/RL-success subset, % correct (control p)",
+                "published",
+            ],
+            q4_rows(runs),
+        )
+    }
+
+Steering sweep (coefficient in units of each feature's typical activation in the RL model;
+{c["sweep_controls"]} matched controls per point; delta in points; figure `figures/steer_sweep.png`):
+
+{sweep_table(runs)}
+
+By the rule (a row counts when its delta interval excludes 0 **and** control p < 0.05):
+
+* {vs["ablation"].text}; {vs["ablation other"].text};
+* {vs["steering"].text}; {vs["steering other"].text};
+* {vs["ablation subset"].text}; {vs["steering subset"].text}.
+
+**Answer: {
+        "a causal role beyond matched random features"
+        if causal
+        else "no causal role at the task level beyond matched random features"
+    }.**
+Published ({PUBLISHED["features"]["source"]}): ablating the RL-success features costs the RL model
+{PUBLISHED["features"]["ablation"]} points; steering the base along them gains {PUBLISHED["features"]["steering"]}."""
+
+
+def transfer_section(runs: list[dict]) -> str:
+    pub = PUBLISHED["transfer"]
+    t0 = runs[0]["transfer"]
+    doms = t0["domains"]
+    rows, verdicts = [], {}
+    for m in ("rl", "sft"):
+        tm = lambda r, m=m: r["transfer"][m]
+        indom = lambda r, tm=tm: [row[tm(r)["eval_domains"].index(d)] for d, row in zip(doms, tm(r)["delta_points"])]
+        cmh = lambda r, sc, tm=tm: tm(r)["cmh"][sc]
+        orc = lambda sc, cmh=cmh: cell(
+            runs,
+            lambda r: cmh(r, sc)["odds_ratio"],
+            num,
+            lambda r: f"{num(cmh(r, sc)['odds_ratio'])} {ci(cmh(r, sc)['ci_low'], cmh(r, sc)['ci_high'], num)}",
+        )
+        rows.append(
+            [
+                f"{m.upper()} ({', '.join(doms)})",
+                cell(
+                    runs,
+                    lambda r, cmh=cmh: cmh(r, "in_domain")["mean_delta_points"],
+                    signed,
+                    lambda r, cmh=cmh, indom=indom: (
+                        f"**{signed(cmh(r, 'in_domain')['mean_delta_points'])}** ("
+                        + ", ".join(f"{d} {signed(x)}" for d, x in zip(doms, indom(r)))
+                        + ")"
+                    ),
+                ),
+                orc("in_domain"),
+                cell(runs, lambda r, cmh=cmh: cmh(r, "out_of_domain")["mean_delta_points"], signed),
+                orc("out_of_domain"),
+            ]
+        )
+        for sc in ("in_domain", "out_of_domain"):
+            verdicts[m, sc] = over_seeds(runs, lambda r, sc=sc, cmh=cmh: odds_ratio_rule(cmh(r, sc)))
+    rows.append(
+        [
+            "published (RL, real models)",
+            signed(pub["in_delta"]),
+            f"{pub['in_or']:.2f}",
+            signed(pub["out_delta"]),
+            f"{pub['out_or']:.2f}",
+        ]
+    )
+    fam = "; ".join(
+        f"{m.upper()} on `{d}` {signed(f['same_family'])} / {signed(f['other_families'])}"
+        for m in ("rl", "sft")
+        for d, f in t0[m]["family_means"].items()
+    )
+    worst = "; ".join(
+        f"`{d}` → " + ", ".join(f"`{e}` {signed(x)}" for x, e in sorted(zip(row, t0["sft"]["eval_domains"]))[:2])
+        for d, row in zip(doms, t0["sft"]["delta_points"])
+    )
+    positive = verdicts["rl", "out_of_domain"].key == "gain"
+    return f"""## The transfer study (`examples/reproduce_transfer_study.py`)
+
+From the one base, SFT and GRPO on each of `{"`, `".join(doms)}` (the organisms' own post-training domain,
+the others built by the script into a copy of the organisms folder, same recipe), each evaluated on all
+{len(t0["rl"]["eval_domains"])} domains ({t0["config"]["n_prompts"]} prompts each). It trains no crosscoder, so
+`--seed` does not apply to it.
+
+{
+        table(
+            [
+                "",
+                "in-domain mean delta",
+                "in-domain CMH OR [95% CI]",
+                "out-of-domain mean delta",
+                "out-of-domain CMH OR [95% CI]",
+            ],
+            rows,
+        )
+    }
+
+By the odds ratios' intervals: RL in-domain {verdicts["rl", "in_domain"].text}, out of domain
+{verdicts["rl", "out_of_domain"].text}; SFT in-domain {verdicts["sft", "in_domain"].text}, out of domain
+{verdicts["sft", "out_of_domain"].text}. **The organisms {"reproduce" if positive else "do not reproduce"} the
+published positive out-of-domain transfer of RL (OR {pub["out_or"]:.2f}).**
+
+Family structure (mean out-of-domain delta on the other domains of the training domain's family / on the
+other families; no interval, descriptive): {fam}. SFT's two largest drops per training domain: {worst}.
+Published ({pub["source"]}): RL gains transfer between structurally similar domains and vanish elsewhere.
+Figures: `figures/transfer_rl.png`, `figures/transfer_sft.png`."""
+
+
+def times_section(runs: list[dict]) -> str:
+    sec = lambda x: f"{x:.0f} s"
+    st = runs[0]["analysis"]["timings_s"]
+    stages = ", ".join(
+        f"{k} {cell(runs, lambda r, k=k: r['analysis']['timings_s'][k], sec)}" for k in st if k != "total"
+    )
+    org = runs[0]["organisms"]["timings_s"]
+    build = (
+        (
+            ", ".join(f"{k} {v:.0f} s" for k, v in org.items() if k != "last_call_total_s")
+            + f" ({org['last_call_total_s'] / 60:.0f} min in all)"
+        )
+        if org
+        else "not recorded"
+    )
+    return f"""## Run times (from the runs' JSON)
+
+| run | wall time |
+|---|---|
+| `python -m featalign.analyze` | {cell(runs, lambda r: r["analysis"]["timings_s"]["total"], sec)} |
+| `examples/reproduce_feature_interventions.py` | {cell(runs, lambda r: r["interventions"]["seconds"], sec)} |
+| `examples/reproduce_drift.py` | {cell(runs, lambda r: r["drift"]["seconds"], sec)} |
+| `examples/reproduce_transfer_study.py` | {cell(runs, lambda r: r["transfer"]["seconds"], sec)} |
+
+Analysis stages: {stages}. One torch thread each (`--threads {runs[0]["analysis"]["config"]["threads"]}`). The
+organisms build (`docs/organisms.md`): {build}."""
+
+
+FOOTER = """## Regenerating this page
+
+From fresh runs, one folder per crosscoder seed (`--seed` sets the crosscoder's and its trainer's seed, and
+also the sample of training/held-out text and the bootstrap and control draws; the transfer study trains
+no crosscoder, so one run of it serves every seed):
+
+```bash
+ORG=${FEATALIGN_CACHE:-~/.cache/featalign}/organisms/default
+python examples/reproduce_transfer_study.py --out runs/transfer
+for S in 0 1 2; do
+  python -m featalign.analyze --seed $S --out runs/s$S/analysis
+  python examples/reproduce_feature_interventions.py --seed $S --out runs/s$S/fi
+  python examples/reproduce_drift.py --seed $S --out runs/s$S/drift
+  python docs/results.py collect --analysis runs/s$S/analysis --interventions runs/s$S/fi \\
+    --drift runs/s$S/drift --transfer runs/transfer --organisms $ORG --seed $S
+done
+python docs/results.py render   # or python docs/render_tables.py, which also renders the other pages' tables
+```
+
+`collect` keeps only what this page shows (plus each run's config and version stamps, with paths written
+relative to the organisms folder or the run's `--out`) in `docs/data/results/seed-<S>.json`;
+`tests/test_docs.py` fails when this page differs from `render` of those files."""
+
+
+def render(runs: list[dict]) -> str:
+    """The whole page from the seed records (as `load_runs` returns them)."""
+    parts = [
+        header(runs),
+        organisms_section(runs),
+        q1_section(runs),
+        q2_section(runs),
+        q3_section(runs),
+        q4_section(runs),
+        transfer_section(runs),
+        times_section(runs),
+        FOOTER,
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def render_page() -> str:
+    """docs/results.md as the committed JSON says it should be."""
+    return render(load_runs(DATA))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="verb", required=True)
+    c = sub.add_parser("collect", help="the compact parts of four runs' outputs -> docs/data/results/seed-S.json")
+    for name in ("analysis", "interventions", "drift", "transfer", "organisms"):
+        c.add_argument(f"--{name}", type=Path, required=True)
+    c.add_argument("--seed", type=int, required=True)
+    c.add_argument("--data", type=Path, default=DATA, help="folder of the seed files")
+    r = sub.add_parser("render", help="docs/results.md from every seed file")
+    r.add_argument("--data", type=Path, default=DATA)
+    r.add_argument("--page", type=Path, default=PAGE)
+    r.add_argument("--check", action="store_true", help="exit 1 if the page disagrees with the JSON")
+    a = ap.parse_args(argv)
+    from featalign.io import atomic_write_json, atomic_write_text
+
+    if a.verb == "collect":
+        rec = collect(a.analysis, a.interventions, a.drift, a.transfer, a.organisms, a.seed)
+        atomic_write_json(a.data / f"seed-{a.seed}.json", rec)
+        print(f"wrote {a.data / f'seed-{a.seed}.json'}")
+        return 0
+    text = render(load_runs(a.data))
+    if a.check:
+        if a.page.read_text() != text:
+            print(f"{a.page} disagrees with {a.data}: run python docs/results.py render")
+            return 1
+        return 0
+    atomic_write_text(a.page, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
