@@ -32,6 +32,38 @@ def organisms_build(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _ci(c: dict) -> str:
+    return f"{c['odds_ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+
+
+def organisms_structured(path: Path) -> str:
+    """A structured-preset build (`eval/summary.json`): accuracy and per-domain CMH odds ratio vs base, each domain
+    with its family and whether it shares the planted sloppy stop; then the pooled CMH per scope."""
+    s = json.loads(path.read_text())
+    acc, tr = s["accuracy"], s["transfer"]
+    (train,) = s["config"]["post_train_domains"]
+    models = ("base", f"sft-{train}", f"rl-{train}")
+    head = ["domain", "family", "sloppy stop", *models, "SFT OR [95% CI]", "RL OR [95% CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for d in s["config"]["pretrain_domains"]:
+        meta = s["domains"][d]
+        stop = f"{100 * meta['sloppy_stop']:.0f}%" if meta["sloppy_stop"] > 0 else "no"
+        cells = [f"**{d}** (trained)" if d == train else d, meta["family"], stop]
+        cells += [f"{100 * acc[m][d]:.1f}" for m in models]
+        cells += [_ci(tr[k]["cmh_per_domain"][train][d]) for k in ("sft", "rl")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| kind | scope | strata | OR [95% CI] | p | mean delta (pts) |", "|---|---|---|---|---|---|"]
+    for kind in ("rl", "sft"):
+        for scope in ("in_domain", "same_family", "other_families", "out_of_domain"):
+            c = tr[kind]["cmh"][scope]
+            p = "<1e-300" if c["p_value"] == 0 else f"{c['p_value']:.2g}"
+            lines.append(f"| {kind.upper()} | {scope} | {c['n_strata']} | {_ci(c)} | {p} | "
+                         f"{c['mean_delta_points']:+.1f} |")
+    stamp = ", ".join(f"{k} {s[k]}" for k in sorted(s) if k.endswith("_version") or k == "cpu_capability")
+    lines += ["", f"Accuracy in %, {s['config']['eval_samples']} eval prompts per domain. Stamp of the build: {stamp}."]
+    return "\n".join(lines)
+
+
 def real_models_plan(path: Path) -> str:
     """Memory and time of the real-models recipe (`docs/real_models_plan.py`: arithmetic, not a measurement)."""
     s = json.loads(path.read_text())
@@ -101,6 +133,7 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  "before the refactor (1139bb7), run 1": BENCH / "bench_cache_2026-12-02_1139bb7_run1.json",
                  "before the refactor (1139bb7), run 2": BENCH / "bench_cache_2026-12-02_1139bb7_run2.json"}),
              "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
+             "organisms-structured": lambda: organisms_structured(DOCS / "data" / "organisms_structured_summary.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 

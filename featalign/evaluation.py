@@ -252,6 +252,25 @@ def in_out_domain_cmh(
     return out
 
 
+def family_cmh(
+    base: dict[str, np.ndarray],
+    tuned_by_train_domain: Mapping[str, dict[str, np.ndarray]],
+    family_of: Mapping[str, str],
+) -> dict[str, CMHResult]:
+    """CMH pooled over the out-of-domain strata that share the training domain's family, and over the rest.
+
+    Splits `in_domain_cmh`'s out-of-domain pool in two, so "does RL gain where structure is shared, and not
+    elsewhere" is one number each: `same_family` (eval domains of the training domain's family, itself excluded)
+    and `other_families`; a scope with no stratum is left out."""
+    pools: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"same_family": [], "other_families": []}
+    for train_d, res in tuned_by_train_domain.items():
+        for eval_d, correct in res.items():
+            if eval_d != train_d:
+                scope = "same_family" if family_of[eval_d] == family_of[train_d] else "other_families"
+                pools[scope].append((base[eval_d], correct))
+    return {scope: cmh_odds_ratio(strata) for scope, strata in pools.items() if strata}
+
+
 # --- figures ---------------------------------------------------------------------------------------
 
 
