@@ -16,7 +16,7 @@ from featalign.evaluation import (
     transfer_matrix,
 )
 from featalign.organisms.model import load_organism
-from featalign.organisms.tasks import get_domain
+from featalign.organisms.tasks import Problem, get_domain
 
 
 def _slow_greedy_correct(model, tok, problem, max_new=10) -> bool:
@@ -137,6 +137,20 @@ def test_family_cmh_pools_same_family_and_other_families_apart():
     # a family of one: nothing shares it, so the scope is left out rather than pooled empty
     lone = family_cmh(base, {"s1": tuned["c1"]}, {**family_of, "s1": "lone"})
     assert set(lone) == {"other_families"} and lone["other_families"].n_strata == 4
+
+
+def test_sloppy_stop_share_counts_right_answer_plus_suffix_only():
+    from featalign.evaluation import Completion, judge, sloppy_stop_share
+    from featalign.tasks import organisms_task
+
+    problems = [Problem("countd", f"cd 1:{'1' * k}=", str(k)) for k in (3, 3, 4, 12, 5)]
+    texts = ["3.", "3", "4..", " 12. ", "51."]  # by hand: 3. and 12. are sloppy stops; 4.. and 51. are not
+    task = organisms_task("countd", problems)
+    completions = [Completion(t, True) for t in texts]
+    assert sloppy_stop_share(task, completions) == pytest.approx(2 / 5)
+    assert judge(task, completions).tolist() == [False, True, False, False, False]
+    # a completion that never ended is wrong even when its text is the answer (organisms require <eos>)
+    assert judge(task, [Completion("3", False)] + completions[1:]).tolist()[0] is False
 
 
 def test_figures_are_written(tmp_path):

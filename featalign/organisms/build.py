@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from featalign.evaluation import (
     accuracy,
     cmh_odds_ratio,
-    evaluate,
+    evaluate_with_stops,
     family_cmh,
     format_p,
     in_out_domain_cmh,
@@ -274,22 +274,25 @@ def _evaluate_all(org: Organisms) -> dict:
         for kind in POST_TRAIN_KINDS:
             names[f"{kind}-{d}"] = org.model_dir(kind, d)
     results: dict[str, dict[str, np.ndarray]] = {}
+    sloppy: dict[str, dict[str, float]] = {}
     for name, path in tqdm(names.items(), desc="evaluate organisms", leave=False):
         f = org.eval_dir / f"{name}.json"
-        if f.exists() and read_json(f).get("n_per_domain") == cfg.eval_samples:
-            saved = read_json(f)["correct"]  # JSON keys are sorted: restore the config's domain order
-            results[name] = {d: np.array(saved[d], bool) for d in domains}
+        saved = read_json(f) if f.exists() else {}
+        if saved.get("n_per_domain") == cfg.eval_samples and "sloppy_stop" in saved:
+            # JSON keys are sorted: restore the config's domain order
+            results[name] = {d: np.array(saved["correct"][d], bool) for d in domains}
+            sloppy[name] = {d: saved["sloppy_stop"][d] for d in domains}
             continue
         model, tok = load_organism(path)
-        res = evaluate(model, tok, domains, cfg.eval_samples, cfg.eval_batch, desc=f"eval {name}")
-        atomic_write_json(
-            f, {"n_per_domain": cfg.eval_samples, "correct": {d: c.astype(int).tolist() for d, c in res.items()}}
-        )
-        results[name] = res
-    return summarise(org, results)
+        results[name], sloppy[name] = evaluate_with_stops(model, tok, domains, cfg.eval_samples, cfg.eval_batch)
+        correct = {d: c.astype(int).tolist() for d, c in results[name].items()}
+        atomic_write_json(f, {"n_per_domain": cfg.eval_samples, "correct": correct, "sloppy_stop": sloppy[name]})
+    return summarise(org, results, sloppy)
 
 
-def summarise(org: Organisms, results: dict[str, dict[str, np.ndarray]]) -> dict:
+def summarise(
+    org: Organisms, results: dict[str, dict[str, np.ndarray]], sloppy_stop: dict[str, dict[str, float]] | None = None
+) -> dict:
     """Everything the build's evaluation found, as JSON: accuracy per model and domain, exact McNemar per
     domain, transfer matrices and CMH odds ratios in domain, out of domain, and out of domain split into the
     training domain's family and the other families (written to `eval/summary.json`, with
@@ -366,6 +369,11 @@ def summary_markdown(summary: dict) -> str:
             + " | ".join(f"{t['base_fail_tuned_ok']} (p={format_p(t['p_value'])})" for t in tests.values())
             + " |"
         )
+    if "sloppy_stop_share" in summary:
+        share = summary["sloppy_stop_share"]
+        lines += ["", "Eval completions that are the right answer followed by the planted '.' (%).", ""]
+        lines += ["| domain | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {d} | " + " | ".join(f"{100 * share[n][d]:.1f}" for n in names) + " |" for d in domains]
     lines += [
         "",
         "CMH common odds ratio (tuned vs base correct), pooled over strata.",
