@@ -36,20 +36,25 @@ def _ci(c: dict) -> str:
     return f"{c['odds_ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
 
 
-def organisms_structured(path: Path) -> str:
-    """A structured-preset build (`eval/summary.json`): accuracy and per-domain CMH odds ratio vs base, each domain
-    with its family and whether it shares the planted sloppy stop; then the pooled CMH per scope."""
+def organisms_structured(path: Path, timings: Path | None = None) -> str:
+    """A structured-preset build (`eval/summary.json`): per domain its family, planted stop, accuracy, the share of
+    right-answer-then-'.' completions and the per-domain CMH odds ratio vs base; then the pooled CMH per scope."""
     s = json.loads(path.read_text())
-    acc, tr = s["accuracy"], s["transfer"]
+    acc, tr, dot = s["accuracy"], s["transfer"], s["sloppy_stop_share"]
     (train,) = s["config"]["post_train_domains"]
     models = ("base", f"sft-{train}", f"rl-{train}")
-    head = ["domain", "family", "sloppy stop", *models, "SFT OR [95% CI]", "RL OR [95% CI]"]
+    head = ["domain", "family", "planted stop", *models, "answer + '.' (base / RL)",
+            "right answer, any stop (base / RL)", "SFT OR [95% CI]", "RL OR [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for d in s["config"]["pretrain_domains"]:
         meta = s["domains"][d]
-        stop = f"{100 * meta['sloppy_stop']:.0f}%" if meta["sloppy_stop"] > 0 else "no"
+        stop = f"{100 * meta['sloppy_stop']:.0f}% of '.'" if meta["sloppy_stop"] > 0 else "clean"
         cells = [f"**{d}** (trained)" if d == train else d, meta["family"], stop]
         cells += [f"{100 * acc[m][d]:.1f}" for m in models]
+        cells += [f"{100 * dot['base'][d]:.1f} / {100 * dot[f'rl-{train}'][d]:.1f}"]
+        # exact answer and answer + '.' are disjoint outcomes: their sum is the share that got the answer right
+        right = [100 * (acc[m][d] + dot[m][d]) for m in ("base", f"rl-{train}")]
+        cells += [f"{right[0]:.1f} / {right[1]:.1f}"]
         cells += [_ci(tr[k]["cmh_per_domain"][train][d]) for k in ("sft", "rl")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| kind | scope | strata | OR [95% CI] | p | mean delta (pts) |", "|---|---|---|---|---|---|"]
@@ -60,7 +65,29 @@ def organisms_structured(path: Path) -> str:
             lines.append(f"| {kind.upper()} | {scope} | {c['n_strata']} | {_ci(c)} | {p} | "
                          f"{c['mean_delta_points']:+.1f} |")
     stamp = ", ".join(f"{k} {s[k]}" for k in sorted(s) if k.endswith("_version") or k == "cpu_capability")
-    lines += ["", f"Accuracy in %, {s['config']['eval_samples']} eval prompts per domain. Stamp of the build: {stamp}."]
+    lines += ["", f"Accuracy and shares in %, {s['config']['eval_samples']} eval prompts per domain. "
+              f"Stamp of the build: {stamp}."]
+    if timings is not None:
+        t = json.loads(timings.read_text())
+        stages = {k: v for k, v in t.items() if k != "last_call_total_s"}
+        listed = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+        lines += ["", f"Build stages (`timings.json`): {listed}; {sum(stages.values()):.0f} s in all."]
+    return "\n".join(lines)
+
+
+def organisms_transfer_rows(path: Path) -> str:
+    """The transfer matrix of a build with several post-training domains: accuracy delta vs base (points) per
+    (kind, training domain) and eval domain, under the base's accuracy and right-answer-then-'.' share."""
+    s = json.loads(path.read_text())
+    domains, dot = list(s["config"]["pretrain_domains"]), s["sloppy_stop_share"]
+    lines = ["| | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    lines.append("| base accuracy | " + " | ".join(f"{100 * s['accuracy']['base'][d]:.1f}" for d in domains) + " |")
+    lines.append("| base: answer + '.' | " + " | ".join(f"{100 * dot['base'][d]:.1f}" for d in domains) + " |")
+    for kind in ("rl", "sft"):
+        t = s["transfer"][kind]
+        for train, row in zip(t["train_domains"], t["delta_points"]):
+            cells = [f"**{v:+.1f}**" if d == train else f"{v:+.1f}" for d, v in zip(domains, row)]
+            lines.append(f"| {kind.upper()} on {train}: delta | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -133,7 +160,10 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  "before the refactor (1139bb7), run 1": BENCH / "bench_cache_2026-12-02_1139bb7_run1.json",
                  "before the refactor (1139bb7), run 2": BENCH / "bench_cache_2026-12-02_1139bb7_run2.json"}),
              "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
-             "organisms-structured": lambda: organisms_structured(DOCS / "data" / "organisms_structured_summary.json"),
+             "organisms-structured": lambda: organisms_structured(DOCS / "data" / "organisms_structured_summary.json",
+                                                                DOCS / "data" / "organisms_structured_timings.json"),
+             "organisms-structured-countd-largest": lambda: organisms_transfer_rows(
+                 DOCS / "data" / "organisms_structured_countd_largest_summary.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 

@@ -305,6 +305,8 @@ def summarise(
     summary["domains"] = {
         d: {"family": get_domain(d).family, "sloppy_stop": get_domain(d).sloppy_stop} for d in domains
     }
+    if sloppy_stop is not None:  # share of eval completions that are the right answer + SLOPPY_SUFFIX
+        summary["sloppy_stop_share"] = sloppy_stop
     for name, r in results.items():
         if name != "base":
             summary["paired_tests"][name] = {d: vars(mcnemar_paired(base[d], r[d])) for d in domains}
