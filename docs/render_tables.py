@@ -69,9 +69,11 @@ def organisms_structured(path: Path, timings: Path | None = None) -> str:
               f"Stamp of the build: {stamp}."]
     if timings is not None:
         t = json.loads(timings.read_text())
-        stages = {k: v for k, v in t.items() if k != "last_call_total_s"}
-        listed = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
-        lines += ["", f"Build stages (`timings.json`): {listed}; {sum(stages.values()):.0f} s in all."]
+        listed = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages_s"].items())
+        p = t["process"]
+        lines += ["", f"Build stages (`timings.json`): {listed}; the build call took {t['build_call_s']:.0f} s, the "
+                  f"process {p['wall_s']:.0f} s wall with {p['user_cpu_s'] + p['sys_cpu_s']:.0f} s of CPU "
+                  f"({p['cpu_percent']}% of one core: the two cores were shared with other jobs)."]
     return "\n".join(lines)
 
 
