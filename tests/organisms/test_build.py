@@ -141,7 +141,7 @@ def test_summary_scopes_match_the_saved_correctness(tiny_organisms):
     cmh = s["transfer"]["rl"]["cmh"]
     same = [d for d in base if d != "add" and get_domain(d).family == "arithmetic"]
     other = [d for d in base if get_domain(d).family != "arithmetic"]
-    assert same == ["sub", "modsum"] and cmh["same_family"]["n_strata"] == 2
+    assert sorted(same) == ["modsum", "sub"] and cmh["same_family"]["n_strata"] == 2
     assert cmh["same_family"]["odds_ratio"] == pytest.approx(mh(same), rel=1e-9)
     assert cmh["other_families"]["odds_ratio"] == pytest.approx(mh(other), rel=1e-9)
     assert s["transfer"]["rl"]["cmh_per_domain"]["add"]["add"]["odds_ratio"] == pytest.approx(mh(["add"]), rel=1e-9)
