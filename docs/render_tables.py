@@ -90,6 +90,24 @@ def organisms_transfer_rows(path: Path) -> str:
         for train, row in zip(t["train_domains"], t["delta_points"]):
             cells = [f"**{v:+.1f}**" if d == train else f"{v:+.1f}" for d, v in zip(domains, row)]
             lines.append(f"| {kind.upper()} on {train}: delta | " + " | ".join(cells) + " |")
+    for train in s["transfer"]["rl"]["train_domains"]:
+        share = dot[f"rl-{train}"]
+        lines.append(f"| RL on {train}: answer + '.' | " + " | ".join(f"{100 * share[d]:.1f}" for d in domains) + " |")
+    return "\n".join(lines)
+
+
+def organisms_rollouts(path: Path) -> str:
+    """`docs/structured_rollouts.py`'s output: per model and domain, the share of T=1 samples that are the right
+    answer + '.' and that contain a '.' at all."""
+    s = json.loads(path.read_text())
+    domains = list(s["config"]["pretrain_domains"])
+    lines = ["| T=1 samples: answer + '.' / any '.' (%) | " + " | ".join(domains) + " |",
+             "|---" * (len(domains) + 1) + "|"]
+    for name, shares in s["shares"].items():
+        cells = [f"{100 * shares[d]['right_answer_dot']:.1f} / {100 * shares[d]['any_dot']:.1f}" for d in domains]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"{s['n_prompts']} train prompts per domain x {s['group']} samples (GRPO's group size), "
+              f"temperature {s['temperature']}, seed {s['seed']}."]
     return "\n".join(lines)
 
 
@@ -164,6 +182,8 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
              "organisms-structured": lambda: organisms_structured(DOCS / "data" / "organisms_structured_summary.json",
                                                                 DOCS / "data" / "organisms_structured_timings.json"),
+             "organisms-structured-rollouts": lambda: organisms_rollouts(
+                 DOCS / "data" / "organisms_structured_rollouts.json"),
              "organisms-structured-countd-largest": lambda: organisms_transfer_rows(
                  DOCS / "data" / "organisms_structured_countd_largest_summary.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
