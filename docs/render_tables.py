@@ -43,7 +43,7 @@ def organisms_structured(path: Path, timings: Path | None = None) -> str:
     acc, tr, dot = s["accuracy"], s["transfer"], s["sloppy_stop_share"]
     (train,) = s["config"]["post_train_domains"]
     models = ("base", f"sft-{train}", f"rl-{train}")
-    head = ["domain", "family", "planted stop", *models, "answer + '.' (base / RL)",
+    head = ["domain", "family", "planted stop", *models, "answer + '.' (base / SFT / RL)",
             "right answer, any stop (base / RL)", "SFT OR [95% CI]", "RL OR [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for d in s["config"]["pretrain_domains"]:
@@ -51,7 +51,7 @@ def organisms_structured(path: Path, timings: Path | None = None) -> str:
         stop = f"{100 * meta['sloppy_stop']:.0f}% of '.'" if meta["sloppy_stop"] > 0 else "clean"
         cells = [f"**{d}** (trained)" if d == train else d, meta["family"], stop]
         cells += [f"{100 * acc[m][d]:.1f}" for m in models]
-        cells += [f"{100 * dot['base'][d]:.1f} / {100 * dot[f'rl-{train}'][d]:.1f}"]
+        cells += [" / ".join(f"{100 * dot[m][d]:.1f}" for m in models)]
         # exact answer and answer + '.' are disjoint outcomes: their sum is the share that got the answer right
         right = [100 * (acc[m][d] + dot[m][d]) for m in ("base", f"rl-{train}")]
         cells += [f"{right[0]:.1f} / {right[1]:.1f}"]

@@ -79,8 +79,8 @@ PRESETS: dict[str, dict] = {
     ),
     # Known-answer organisms (issue 14): seven domains in three real families (counting, extremum, sorting; each
     # shares one computation) and one planted deficiency, a sloppy stop shared by the counting family only.
-    # Post-trained on `countd`: RL should gain on countl and countcmp (shared skill and stop) and not on the
-    # extremum or sorting domains (docs/organisms.md, "Structured preset").
+    # Post-trained on `countd`, RL gains on countl and countcmp, through the stop fix, and not on the extremum or
+    # sorting domains; smaller than `default` so the build fits 15 min (docs/organisms.md, "Structured preset").
     "structured": dict(
         preset="structured",
         d_model=48,
