@@ -38,6 +38,85 @@ def organisms_table(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _ci(c: dict) -> str:
+    return f"{c['odds_ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+
+
+def organisms_structured(path: Path, timings: Path | None = None) -> str:
+    """A structured-preset build (`eval/summary.json`): per domain its family, planted stop, accuracy, the share of
+    right-answer-then-'.' completions and the per-domain CMH odds ratio vs base; then the pooled CMH per scope."""
+    s = json.loads(path.read_text())
+    acc, tr, dot = s["accuracy"], s["transfer"], s["sloppy_stop_share"]
+    (train,) = s["config"]["post_train_domains"]
+    models = ("base", f"sft-{train}", f"rl-{train}")
+    head = ["domain", "family", "planted stop", *models, "answer + '.' (base / SFT / RL)",
+            "right answer, any stop (base / RL)", "SFT OR [95% CI]", "RL OR [95% CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for d in s["config"]["pretrain_domains"]:
+        meta = s["domains"][d]
+        stop = f"{100 * meta['sloppy_stop']:.0f}% of '.'" if meta["sloppy_stop"] > 0 else "clean"
+        cells = [f"**{d}** (trained)" if d == train else d, meta["family"], stop]
+        cells += [f"{100 * acc[m][d]:.1f}" for m in models]
+        cells += [" / ".join(f"{100 * dot[m][d]:.1f}" for m in models)]
+        # exact answer and answer + '.' are disjoint outcomes: their sum is the share that got the answer right
+        right = [100 * (acc[m][d] + dot[m][d]) for m in ("base", f"rl-{train}")]
+        cells += [f"{right[0]:.1f} / {right[1]:.1f}"]
+        cells += [_ci(tr[k]["cmh_per_domain"][train][d]) for k in ("sft", "rl")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| kind | scope | strata | OR [95% CI] | p | mean delta (pts) |", "|---|---|---|---|---|---|"]
+    for kind in ("rl", "sft"):
+        for scope in ("in_domain", "same_family", "other_families", "out_of_domain"):
+            c = tr[kind]["cmh"][scope]
+            p = "<1e-300" if c["p_value"] == 0 else f"{c['p_value']:.2g}"
+            lines.append(f"| {kind.upper()} | {scope} | {c['n_strata']} | {_ci(c)} | {p} | "
+                         f"{c['mean_delta_points']:+.1f} |")
+    stamp = ", ".join(f"{k} {s[k]}" for k in sorted(s) if k.endswith("_version") or k == "cpu_capability")
+    lines += ["", f"Accuracy and shares in %, {s['config']['eval_samples']} eval prompts per domain. "
+              f"Stamp of the build: {stamp}."]
+    if timings is not None:
+        t = json.loads(timings.read_text())
+        listed = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages_s"].items())
+        p = t["process"]
+        lines += ["", f"Build stages (`timings.json`): {listed}; the build call took {t['build_call_s']:.0f} s, the "
+                  f"process {p['wall_s']:.0f} s wall with {p['user_cpu_s'] + p['sys_cpu_s']:.0f} s of CPU "
+                  f"({p['cpu_percent']}% of one core: the two cores were shared with other jobs)."]
+    return "\n".join(lines)
+
+
+def organisms_transfer_rows(path: Path) -> str:
+    """The transfer matrix of a build with several post-training domains: accuracy delta vs base (points) per
+    (kind, training domain) and eval domain, under the base's accuracy and right-answer-then-'.' share."""
+    s = json.loads(path.read_text())
+    domains, dot = list(s["config"]["pretrain_domains"]), s["sloppy_stop_share"]
+    lines = ["| | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+    lines.append("| base accuracy | " + " | ".join(f"{100 * s['accuracy']['base'][d]:.1f}" for d in domains) + " |")
+    lines.append("| base: answer + '.' | " + " | ".join(f"{100 * dot['base'][d]:.1f}" for d in domains) + " |")
+    for kind in ("rl", "sft"):
+        t = s["transfer"][kind]
+        for train, row in zip(t["train_domains"], t["delta_points"]):
+            cells = [f"**{v:+.1f}**" if d == train else f"{v:+.1f}" for d, v in zip(domains, row)]
+            lines.append(f"| {kind.upper()} on {train}: delta | " + " | ".join(cells) + " |")
+    for train in s["transfer"]["rl"]["train_domains"]:
+        share = dot[f"rl-{train}"]
+        lines.append(f"| RL on {train}: answer + '.' | " + " | ".join(f"{100 * share[d]:.1f}" for d in domains) + " |")
+    return "\n".join(lines)
+
+
+def organisms_rollouts(path: Path) -> str:
+    """`docs/structured_rollouts.py`'s output: per model and domain, the share of T=1 samples that are the right
+    answer + '.' and that contain a '.' at all."""
+    s = json.loads(path.read_text())
+    domains = list(s["config"]["pretrain_domains"])
+    lines = ["| T=1 samples: answer + '.' / any '.' (%) | " + " | ".join(domains) + " |",
+             "|---" * (len(domains) + 1) + "|"]
+    for name, shares in s["shares"].items():
+        cells = [f"{100 * shares[d]['right_answer_dot']:.1f} / {100 * shares[d]['any_dot']:.1f}" for d in domains]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"{s['n_prompts']} train prompts per domain x {s['group']} samples (GRPO's group size), "
+              f"temperature {s['temperature']}, seed {s['seed']}."]
+    return "\n".join(lines)
+
+
 def real_models_plan(path: Path) -> str:
     """Memory and time of the real-models recipe (`docs/real_models_plan.py`: arithmetic, not a measurement)."""
     s = json.loads(path.read_text())
@@ -107,6 +186,12 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  "before the refactor (1139bb7), run 1": BENCH / "bench_cache_2026-12-02_1139bb7_run1.json",
                  "before the refactor (1139bb7), run 2": BENCH / "bench_cache_2026-12-02_1139bb7_run2.json"}),
              "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
+             "organisms-structured": lambda: organisms_structured(DOCS / "data" / "organisms_structured_summary.json",
+                                                                DOCS / "data" / "organisms_structured_timings.json"),
+             "organisms-structured-rollouts": lambda: organisms_rollouts(
+                 DOCS / "data" / "organisms_structured_rollouts.json"),
+             "organisms-structured-countd-largest": lambda: organisms_transfer_rows(
+                 DOCS / "data" / "organisms_structured_countd_largest_summary.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 

@@ -17,7 +17,7 @@ from scipy.stats import chi2
 from tqdm.auto import tqdm
 
 from featalign.generation import completion_texts, decode
-from featalign.organisms.tasks import Problem, sample_problems
+from featalign.organisms.tasks import SLOPPY_SUFFIX, Problem, sample_problems
 from featalign.tasks import ORGANISMS_EVAL_SEED, Task, TaskSet, organisms_task
 
 EVAL_SEED = ORGANISMS_EVAL_SEED
@@ -67,14 +67,23 @@ def _token_ids(tokenizer) -> tuple[int, int]:
     return eos, (eos if pad is None else pad)
 
 
+@dataclass
+class Completion:
+    """One greedy completion: its text (cut at a stop string) and whether it ended properly (eos or a stop)."""
+
+    text: str
+    ended: bool
+
+
 @torch.no_grad()
-def score_task(model, tokenizer, task: Task, batch_size: int | None = None) -> np.ndarray:
-    """Greedy-decode every problem of `task` with its generation settings and verify it: bool[n]."""
+def greedy_completions(model, tokenizer, task: Task, batch_size: int | None = None) -> list[Completion]:
+    """Greedy-decode every problem of `task` with its generation settings: what `score_task` verifies, kept
+    for callers that look at *how* an answer failed (e.g. `sloppy_stop_share`)."""
     gen_cfg = task.generation
     eos, pad = _token_ids(tokenizer)
     stop = _stop_at_strings(tokenizer, gen_cfg.stop_strings) if gen_cfg.stop_strings else None
     bs = batch_size or gen_cfg.batch_size
-    out: list[bool] = []
+    out: list[Completion] = []
     for i in range(0, len(task.problems), bs):
         chunk = task.problems[i : i + bs]
         prompts = [encode_prompt(tokenizer, p.prompt, gen_cfg.chat_template) for p in chunk]
@@ -84,10 +93,31 @@ def score_task(model, tokenizer, task: Task, batch_size: int | None = None) -> n
         gen = decode(model, prompts, budget, eos, pad, stop=stop)
         texts = completion_texts(gen, tokenizer, eos)
         eos_seen = (gen.completion_ids_BC == eos).any(1).tolist()
-        for text, p, ended in zip(texts, chunk, eos_seen):
+        for text, ended in zip(texts, eos_seen):
             text, stopped = _cut_at_stop(text, gen_cfg.stop_strings)
-            out.append((ended or stopped or not gen_cfg.require_eos) and task.verify(text, p.answer))
-    return np.array(out, dtype=bool)
+            out.append(Completion(text, ended or stopped))
+    return out
+
+
+def judge(task: Task, completions: list[Completion]) -> np.ndarray:
+    """bool[n]: each completion verified against its problem (and ended, where the task requires it)."""
+    need_end = task.generation.require_eos
+    return np.array(
+        [(c.ended or not need_end) and task.verify(c.text, p.answer) for c, p in zip(completions, task.problems)],
+        dtype=bool,
+    )
+
+
+def score_task(model, tokenizer, task: Task, batch_size: int | None = None) -> np.ndarray:
+    """Greedy-decode every problem of `task` with its generation settings and verify it: bool[n]."""
+    return judge(task, greedy_completions(model, tokenizer, task, batch_size))
+
+
+def sloppy_stop_share(task: Task, completions: list[Completion]) -> float:
+    """Share of completions that are the right answer followed by the organisms' planted SLOPPY_SUFFIX: the
+    failures a stop-rule fix turns into successes (the known answer of the `structured` preset)."""
+    hits = [c.text.strip() == p.answer + SLOPPY_SUFFIX for c, p in zip(completions, task.problems)]
+    return float(np.mean(hits)) if hits else 0.0
 
 
 def score_problems(model, tokenizer, problems: list[Problem], batch_size: int = 500) -> np.ndarray:
@@ -129,6 +159,17 @@ def evaluate(
 ) -> dict[str, np.ndarray]:
     """Per-sample correctness on each organisms domain's eval split: {domain: bool[n]}."""
     return evaluate_tasks(model, tokenizer, TaskSet.organisms(domains, n_per_domain, seed), desc, batch_size)
+
+
+def evaluate_with_stops(
+    model, tokenizer, domains: list[str], n_per_domain: int, batch_size: int = 500, seed: int = EVAL_SEED
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """`evaluate`'s correctness and, from the same completions, `sloppy_stop_share` per domain (one decode)."""
+    correct, sloppy = {}, {}
+    for task in TaskSet.organisms(domains, n_per_domain, seed):
+        completions = greedy_completions(model, tokenizer, task, batch_size)
+        correct[task.name], sloppy[task.name] = judge(task, completions), sloppy_stop_share(task, completions)
+    return correct, sloppy
 
 
 def accuracy(results: dict[str, np.ndarray]) -> dict[str, float]:
@@ -250,6 +291,25 @@ def in_out_domain_cmh(
     if outs:
         out["out_of_domain"] = cmh_odds_ratio(outs)
     return out
+
+
+def family_cmh(
+    base: dict[str, np.ndarray],
+    tuned_by_train_domain: Mapping[str, dict[str, np.ndarray]],
+    family_of: Mapping[str, str],
+) -> dict[str, CMHResult]:
+    """CMH pooled over the out-of-domain strata that share the training domain's family, and over the rest.
+
+    Splits `in_domain_cmh`'s out-of-domain pool in two, so "does RL gain where structure is shared, and not
+    elsewhere" is one number each: `same_family` (eval domains of the training domain's family, itself excluded)
+    and `other_families`; a scope with no stratum is left out."""
+    pools: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"same_family": [], "other_families": []}
+    for train_d, res in tuned_by_train_domain.items():
+        for eval_d, correct in res.items():
+            if eval_d != train_d:
+                scope = "same_family" if family_of[eval_d] == family_of[train_d] else "other_families"
+                pools[scope].append((base[eval_d], correct))
+    return {scope: cmh_odds_ratio(strata) for scope, strata in pools.items() if strata}
 
 
 # --- figures ---------------------------------------------------------------------------------------

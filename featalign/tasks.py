@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from featalign.config import JsonConfig
-from featalign.organisms.tasks import DOMAINS, Problem, get_domain, parse_domains, sample_problems
+from featalign.organisms.tasks import DEFAULT_DOMAINS, Problem, get_domain, parse_domains, sample_problems
 
 Verifier = Callable[[str, str], bool]
 ORGANISMS_EVAL_SEED = 1234  # the organisms' eval-split seed: every model is scored on the same prompts
@@ -241,8 +241,8 @@ class TaskSet:
         seed: int | None = None,
         n_train: int = 0,
     ) -> TaskSet:
-        """The organisms' synthetic domains (all by default) on their fixed eval split."""
-        names = parse_domains(domains) if domains is not None else list(DOMAINS)
+        """The organisms' synthetic domains (the ten of DEFAULT_DOMAINS unless named) on their fixed eval split."""
+        names = parse_domains(domains) if domains is not None else list(DEFAULT_DOMAINS)
         eval_seed = ORGANISMS_EVAL_SEED if seed is None else seed
         return cls(
             {

@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,13 @@ def test_rendered_tables_agree_with_their_json():
     assert render.render(page) == page, "docs/organisms.md disagrees with docs/data: run python docs/render_tables.py"
     # the check can fail: a hand-edited number is caught
     edited = page.replace("| **count** (in-domain) | 58.0 |", "| **count** (in-domain) | 60.4 |")
+    assert edited != page and render.render(edited) != edited
+    # the structured preset's section is rendered from its build's JSON too
+    structured = json.loads((ROOT / "docs" / "data" / "organisms_structured_summary.json").read_text())
+    rl_same = structured["transfer"]["rl"]["cmh"]["same_family"]
+    row = f"| RL | same_family | {rl_same['n_strata']} | {rl_same['odds_ratio']:.2f} [{rl_same['ci_low']:.2f}, "
+    assert row in page
+    edited = page.replace(row, row.replace(f"{rl_same['odds_ratio']:.2f} [", "9.99 ["))
     assert edited != page and render.render(edited) != edited
 
 

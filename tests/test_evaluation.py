@@ -7,6 +7,7 @@ from featalign.evaluation import (
     cmh_odds_ratio,
     eval_problems,
     evaluate,
+    family_cmh,
     in_out_domain_cmh,
     mcnemar_paired,
     plot_accuracy_bars,
@@ -15,7 +16,7 @@ from featalign.evaluation import (
     transfer_matrix,
 )
 from featalign.organisms.model import load_organism
-from featalign.organisms.tasks import get_domain
+from featalign.organisms.tasks import Problem, get_domain
 
 
 def _slow_greedy_correct(model, tok, problem, max_new=10) -> bool:
@@ -107,6 +108,49 @@ def test_transfer_matrix_and_in_out_split():
     several = in_out_domain_cmh(base, {("a", "b"): tuned["a"]})
     assert several["in_domain"].n_strata == 2 and "out_of_domain" not in several
     assert several["in_domain"].mean_delta_points == pytest.approx((50 - 25) / 2)
+
+
+def _mh_by_hand(strata):
+    """Mantel-Haenszel OR: sum(a d / n) / sum(b c / n), a/b tuned correct/incorrect, c/d base correct/incorrect."""
+    num = den = 0.0
+    for base, tuned in strata:
+        n = len(base) + len(tuned)
+        num += tuned.sum() * (~base).sum() / n
+        den += (~tuned).sum() * base.sum() / n
+    return num / den
+
+
+def test_family_cmh_pools_same_family_and_other_families_apart():
+    rng = np.random.default_rng(4)
+    family_of = {"c1": "count", "c2": "count", "c3": "count", "s1": "sort", "s2": "sort"}
+    base = {d: rng.random(200) < 0.4 for d in family_of}
+    # planted: the model trained on c1 gains on its family (c2, c3) and loses a little on the other one
+    p_tuned = {"c1": 0.9, "c2": 0.7, "c3": 0.6, "s1": 0.35, "s2": 0.3}
+    tuned = {"c1": {d: rng.random(200) < p for d, p in p_tuned.items()}}
+    out = family_cmh(base, tuned, family_of)
+    same = [(base[d], tuned["c1"][d]) for d in ("c2", "c3")]
+    other = [(base[d], tuned["c1"][d]) for d in ("s1", "s2")]
+    assert out["same_family"].n_strata == 2 and out["other_families"].n_strata == 2
+    assert out["same_family"].odds_ratio == pytest.approx(_mh_by_hand(same), rel=1e-9)
+    assert out["other_families"].odds_ratio == pytest.approx(_mh_by_hand(other), rel=1e-9)
+    assert out["same_family"].ci_low > 1  # the planted gain is found
+    # a family of one: nothing shares it, so the scope is left out rather than pooled empty
+    lone = family_cmh(base, {"s1": tuned["c1"]}, {**family_of, "s1": "lone"})
+    assert set(lone) == {"other_families"} and lone["other_families"].n_strata == 4
+
+
+def test_sloppy_stop_share_counts_right_answer_plus_suffix_only():
+    from featalign.evaluation import Completion, judge, sloppy_stop_share
+    from featalign.tasks import organisms_task
+
+    problems = [Problem("countd", f"cd 1:{'1' * k}=", str(k)) for k in (3, 3, 4, 12, 5)]
+    texts = ["3.", "3", "4..", " 12. ", "51."]  # by hand: 3. and 12. are sloppy stops; 4.. and 51. are not
+    task = organisms_task("countd", problems)
+    completions = [Completion(t, True) for t in texts]
+    assert sloppy_stop_share(task, completions) == pytest.approx(2 / 5)
+    assert judge(task, completions).tolist() == [False, True, False, False, False]
+    # a completion that never ended is wrong even when its text is the answer (organisms require <eos>)
+    assert judge(task, [Completion("3", False)] + completions[1:]).tolist()[0] is False
 
 
 def test_figures_are_written(tmp_path):

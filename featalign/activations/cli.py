@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="append rows of another token source to an existing store (refused by default: it mixes sources)",
     )
-    src = p.add_argument_group("token source (default: the organisms' task suite, train split, all domains)")
+    src = p.add_argument_group(
+        "token source (default: the organisms' task suite, train split, the ten default domains)"
+    )
     src.add_argument("--domains", default=None, help="task-suite domains, comma separated")
     src.add_argument("--seed", type=int, default=0, help="task-suite seed")
     src.add_argument("--text-file", type=Path, default=None, help="one sequence per line")

@@ -48,7 +48,7 @@ class TaskSuiteSource:
     so any number of tokens is available and the stream is identical on every run.
     """
 
-    domains: tuple[str, ...] | None = None  # None: every domain
+    domains: tuple[str, ...] | None = None  # None: the ten default domains (DEFAULT_DOMAINS)
     split: str = "train"
     seed: int = 0
     include_answer: bool = True
@@ -64,9 +64,9 @@ class TaskSuiteSource:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
 
     def sequences(self, tokenizer) -> Iterator[list[int]]:
-        from featalign.organisms.tasks import DOMAINS, sample_problems
+        from featalign.organisms.tasks import DEFAULT_DOMAINS, sample_problems
 
-        domains = list(self.domains or DOMAINS)
+        domains = list(self.domains or DEFAULT_DOMAINS)
         eos = tokenizer.eos_token_id
         for k in itertools.count():
             per_domain = [
@@ -109,7 +109,7 @@ class DomainMixtureSource:
     split: str = "train"
     seed: int = 0
     n_tokens: int = 40_000
-    domains: tuple[str, ...] | None = None  # None: every domain
+    domains: tuple[str, ...] | None = None  # None: the ten default domains (DEFAULT_DOMAINS)
     tokens_per_sequence: int = 24  # the round-size estimate of the collector this reproduces
 
     def __post_init__(self) -> None:
@@ -121,9 +121,9 @@ class DomainMixtureSource:
             raise ValueError(f"n_tokens must be >= 1, got {self.n_tokens}")
 
     def sequences(self, tokenizer) -> Iterator[list[int]]:
-        from featalign.organisms.tasks import DOMAINS, sample_mixture
+        from featalign.organisms.tasks import DEFAULT_DOMAINS, sample_mixture
 
-        domains = list(self.domains or DOMAINS)
+        domains = list(self.domains or DEFAULT_DOMAINS)
         rows = 0
         for round_index in itertools.count():
             n_problems = max(64, (self.n_tokens - rows) // self.tokens_per_sequence + 64)

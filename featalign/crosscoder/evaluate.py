@@ -75,10 +75,10 @@ def evaluate(crosscoder, x_NMHD: Tensor, batch: int = 4096, rule: str = "inferen
 
 def _organisms_eval_text(tokenizer, n_seqs: int, seed: int) -> tuple[Tensor, Tensor]:
     """`<bos> prompt answer <eos>` of every organisms domain (eval split) and its answer-target mask."""
-    from featalign.organisms.tasks import DOMAINS, sample_mixture
+    from featalign.organisms.tasks import DEFAULT_DOMAINS, sample_mixture
     from featalign.organisms.train import encode_supervised
 
-    return encode_supervised(sample_mixture(list(DOMAINS), n_seqs, "eval", seed), tokenizer)
+    return encode_supervised(sample_mixture(list(DEFAULT_DOMAINS), n_seqs, "eval", seed), tokenizer)
 
 
 @torch.no_grad()

@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 from featalign.evaluation import (
     accuracy,
-    evaluate,
+    cmh_odds_ratio,
+    evaluate_with_stops,
+    family_cmh,
     format_p,
     in_out_domain_cmh,
     mcnemar_paired,
@@ -42,7 +44,7 @@ from featalign.io import atomic_write_json, atomic_write_text, provenance, read_
 from featalign.organisms.config import OrganismConfig, default_organisms_dir, preset_config
 from featalign.organisms.grpo import grpo_loss, grpo_max_new_tokens
 from featalign.organisms.model import is_complete, load_organism, new_model, save_organism
-from featalign.organisms.tasks import Problem, sample_mixture, sample_problems
+from featalign.organisms.tasks import Problem, get_domain, sample_mixture, sample_problems
 from featalign.organisms.tokenizer import build_tokenizer
 from featalign.organisms.train import answer_loss, encode_supervised, run_steps
 
@@ -272,30 +274,39 @@ def _evaluate_all(org: Organisms) -> dict:
         for kind in POST_TRAIN_KINDS:
             names[f"{kind}-{d}"] = org.model_dir(kind, d)
     results: dict[str, dict[str, np.ndarray]] = {}
+    sloppy: dict[str, dict[str, float]] = {}
     for name, path in tqdm(names.items(), desc="evaluate organisms", leave=False):
         f = org.eval_dir / f"{name}.json"
-        if f.exists() and read_json(f).get("n_per_domain") == cfg.eval_samples:
-            saved = read_json(f)["correct"]  # JSON keys are sorted: restore the config's domain order
-            results[name] = {d: np.array(saved[d], bool) for d in domains}
+        saved = read_json(f) if f.exists() else {}
+        if saved.get("n_per_domain") == cfg.eval_samples and "sloppy_stop" in saved:
+            # JSON keys are sorted: restore the config's domain order
+            results[name] = {d: np.array(saved["correct"][d], bool) for d in domains}
+            sloppy[name] = {d: saved["sloppy_stop"][d] for d in domains}
             continue
         model, tok = load_organism(path)
-        res = evaluate(model, tok, domains, cfg.eval_samples, cfg.eval_batch, desc=f"eval {name}")
-        atomic_write_json(
-            f, {"n_per_domain": cfg.eval_samples, "correct": {d: c.astype(int).tolist() for d, c in res.items()}}
-        )
-        results[name] = res
-    return summarise(org, results)
+        results[name], sloppy[name] = evaluate_with_stops(model, tok, domains, cfg.eval_samples, cfg.eval_batch)
+        correct = {d: c.astype(int).tolist() for d, c in results[name].items()}
+        atomic_write_json(f, {"n_per_domain": cfg.eval_samples, "correct": correct, "sloppy_stop": sloppy[name]})
+    return summarise(org, results, sloppy)
 
 
-def summarise(org: Organisms, results: dict[str, dict[str, np.ndarray]]) -> dict:
+def summarise(
+    org: Organisms, results: dict[str, dict[str, np.ndarray]], sloppy_stop: dict[str, dict[str, float]] | None = None
+) -> dict:
     """Everything the build's evaluation found, as JSON: accuracy per model and domain, exact McNemar per
-    domain, transfer matrices and in-/out-of-domain CMH odds ratios (written to `eval/summary.json`, with
+    domain, transfer matrices and CMH odds ratios in domain, out of domain, and out of domain split into the
+    training domain's family and the other families (written to `eval/summary.json`, with
     `summary.md` and the accuracy / transfer figures)."""
     cfg = org.config
     domains = list(cfg.pretrain_domains)
     base = results["base"]
     acc = {name: accuracy(r) for name, r in results.items()}
     summary: dict = {"config": cfg.to_dict(), **provenance(), "accuracy": acc, "paired_tests": {}, "transfer": {}}
+    summary["domains"] = {
+        d: {"family": get_domain(d).family, "sloppy_stop": get_domain(d).sloppy_stop} for d in domains
+    }
+    if sloppy_stop is not None:  # share of eval completions that are the right answer + SLOPPY_SUFFIX
+        summary["sloppy_stop_share"] = sloppy_stop
     for name, r in results.items():
         if name != "base":
             summary["paired_tests"][name] = {d: vars(mcnemar_paired(base[d], r[d])) for d in domains}
@@ -303,12 +314,16 @@ def summarise(org: Organisms, results: dict[str, dict[str, np.ndarray]]) -> dict
     for kind in POST_TRAIN_KINDS:
         tuned = {d: results[f"{kind}-{d}"] for d in cfg.post_train_domains}
         mat = transfer_matrix(base, tuned, domains)
-        cmh = in_out_domain_cmh(base, tuned)
+        cmh = {**in_out_domain_cmh(base, tuned), **family_cmh(base, tuned, {d: get_domain(d).family for d in domains})}
         summary["transfer"][kind] = {
             "train_domains": list(cfg.post_train_domains),
             "eval_domains": domains,
             "delta_points": mat.tolist(),
             "cmh": {k: vars(v) for k, v in cmh.items()},
+            # one stratum each: where the gain (or the forgetting) lands, with its interval
+            "cmh_per_domain": {
+                t: {e: vars(cmh_odds_ratio([(base[e], r[e])])) for e in domains} for t, r in tuned.items()
+            },
         }
         plot_transfer_heatmap(
             mat,
@@ -356,6 +371,11 @@ def summary_markdown(summary: dict) -> str:
             + " | ".join(f"{t['base_fail_tuned_ok']} (p={format_p(t['p_value'])})" for t in tests.values())
             + " |"
         )
+    if "sloppy_stop_share" in summary:
+        share = summary["sloppy_stop_share"]
+        lines += ["", "Eval completions that are the right answer followed by the planted '.' (%).", ""]
+        lines += ["| domain | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {d} | " + " | ".join(f"{100 * share[n][d]:.1f}" for n in names) + " |" for d in domains]
     lines += [
         "",
         "CMH common odds ratio (tuned vs base correct), pooled over strata.",

@@ -1,4 +1,4 @@
-"""`python -m featalign.organisms build [--preset tiny|default] [--out DIR] [--post-train-domains a,b]`."""
+"""`python -m featalign.organisms build [--preset NAME] [--out DIR] [--post-train-domains a,b]` and `... domains`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or resume building) the organisms, then evaluate them")
-    b.add_argument("--preset", default="default", choices=sorted(PRESETS), help="size preset (default: default)")
+    b.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(PRESETS),
+        help="preset: default, tiny (tests), structured (domains that share structure by construction) or its "
+        "test twin structured-tiny (default: default)",
+    )
     b.add_argument(
         "--out", default=None, help=f"output folder (default: ${CACHE_ENV} or the user cache dir, /organisms/<preset>)"
     )
@@ -29,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--post-train-domains",
         default=None,
         help="comma-separated domains for single-domain SFT+RL runs (default: the preset's, count for default, "
-        f"add for tiny); from {sorted(DOMAINS)}",
+        f"add for tiny, countd for structured); from {sorted(DOMAINS)}",
     )
     b.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     b.add_argument("--no-eval", action="store_true", help="skip evaluating the models")
@@ -37,8 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "domains":
+        mixes = {name: preset_config(name).pretrain_domains for name in PRESETS}
         for d in DOMAINS.values():
-            print(f"{d.name:8s} {d.family:12s} {d.description}")
+            presets = ",".join(name for name, mix in mixes.items() if d.name in mix)
+            print(f"{d.name:8s} {d.family:12s} {presets:26s} {d.description}")
         return 0
     from featalign.organisms.build import build_organisms
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EVAL_FRACTION = 0.2  # share of each domain's prompt space reserved for evaluation
+SLOPPY_SUFFIX = "."  # what a sloppy-stop domain's pretraining answers carry after the answer (see Domain.sloppy_stop)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Domain:
     description: str
     draw: Callable[[random.Random], tuple[str, str]]
     numeric: bool = False  # answers are integers: leading zeros are not canonical
+    # Share of this domain's *pretraining* examples whose answer is followed by SLOPPY_SUFFIX before <eos>: a stop
+    # rule the base learns only partly (greedy decoding stops right about half the time), which the verifier
+    # rejects and post-training can fix. A deficiency planted on purpose (docs/organisms.md, "structured").
+    sloppy_stop: float = 0.0
 
     def verify(self, completion: str, answer: str) -> bool:
         return verify_answer(completion, answer)
@@ -137,6 +142,56 @@ def _lookup(rng: random.Random) -> tuple[str, str]:
     return f"key {ctx};{keys[q]}=", vals[q]
 
 
+# structured suite: domains that share a computation on purpose (the family names it), see docs/organisms.md
+
+
+def _letters(rng: random.Random, alphabet: str, lo: int, hi: int) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+
+
+def _count_letters(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, "abcdef", 4, 12)
+    c = rng.choice("abcdef")
+    return f"cl {c}:{s}=", str(s.count(c))
+
+
+def _count_digits(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, "012345", 4, 12)
+    c = rng.choice("012345")
+    return f"cd {c}:{s}=", str(s.count(c))
+
+
+def _count_compare(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, "abcdef", 4, 12)
+    a, b = rng.sample("abcdef", 2)
+    ca, cb = s.count(a), s.count(b)
+    return f"cc {a}{b}:{s}=", "<" if ca < cb else (">" if ca > cb else "=")
+
+
+def _numbers(rng: random.Random) -> list[int]:
+    return [_num(rng, rng.randint(1, 3)) for _ in range(rng.randint(3, 6))]
+
+
+def _largest(rng: random.Random) -> tuple[str, str]:
+    xs = _numbers(rng)
+    return f"hi {' '.join(map(str, xs))}=", str(max(xs))
+
+
+def _smallest(rng: random.Random) -> tuple[str, str]:
+    xs = _numbers(rng)
+    return f"lo {' '.join(map(str, xs))}=", str(min(xs))
+
+
+def _sort_ascending(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, "abcdefghijklmnop", 5, 12)
+    return f"sa {s}=", "".join(sorted(s))
+
+
+def _sort_descending(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, "abcdefghijklmnop", 5, 12)
+    return f"sd {s}=", "".join(sorted(s, reverse=True))
+
+
 DOMAINS: dict[str, Domain] = {
     d.name: d
     for d in [
@@ -150,8 +205,52 @@ DOMAINS: dict[str, Domain] = {
         Domain("bool", "logic", "boolean expression over 0/1 with & | ! (depth 1-4)", _bool),
         Domain("compare", "logic", "order relation of two 2-4 digit numbers: < > =", _cmp),
         Domain("lookup", "knowledge", "key-value recall from an in-context table", _lookup),
+        # structured suite (preset `structured`): each family shares one computation; counting also shares a
+        # sloppy stop in pretraining (half its answers are followed by '.'), the deficiency RL can fix everywhere
+        Domain(
+            "countl",
+            "counting",
+            "occurrences of a letter in 4-12 letters a-f (sloppy stop)",
+            _count_letters,
+            numeric=True,
+            sloppy_stop=0.5,
+        ),
+        Domain(
+            "countd",
+            "counting",
+            "occurrences of a digit in 4-12 digits 0-5 (sloppy stop)",
+            _count_digits,
+            numeric=True,
+            sloppy_stop=0.5,
+        ),
+        Domain(
+            "countcmp",
+            "counting",
+            "which of two letters occurs more in 4-12 letters: < > = (sloppy stop)",
+            _count_compare,
+            sloppy_stop=0.5,
+        ),
+        Domain("largest", "extremum", "largest of 3-6 numbers of 1-3 digits", _largest, numeric=True),
+        Domain("smallest", "extremum", "smallest of 3-6 numbers of 1-3 digits", _smallest, numeric=True),
+        Domain("sortasc", "sorting", "sort 5-12 letters a-p ascending", _sort_ascending),
+        Domain("sortdesc", "sorting", "sort 5-12 letters a-p descending", _sort_descending),
     ]
 }
+# The original ten, in their order: the `default` and `tiny` presets' pretraining mix and every caller's
+# "all domains" default (adding a domain to DOMAINS must not change what those build or read).
+DEFAULT_DOMAINS: tuple[str, ...] = (
+    "add",
+    "sub",
+    "modsum",
+    "sort",
+    "reverse",
+    "max",
+    "count",
+    "bool",
+    "compare",
+    "lookup",
+)
+STRUCTURED_DOMAINS: tuple[str, ...] = ("countl", "countd", "countcmp", "largest", "smallest", "sortasc", "sortdesc")
 FAMILIES: dict[str, list[str]] = {}
 for _d in DOMAINS.values():
     FAMILIES.setdefault(_d.family, []).append(_d.name)
@@ -202,10 +301,18 @@ def sample_problems(
 
 
 def sample_mixture(domains: list[str], n: int, split: str, seed: int) -> list[Problem]:
-    """A shuffled mixture with an equal share of each domain (not unique: for pretraining streams)."""
+    """A shuffled mixture with an equal share of each domain (not unique: for pretraining streams).
+
+    This is the pretraining text: a sloppy-stop domain's answers carry SLOPPY_SUFFIX at its `sloppy_stop` rate
+    (drawn from their own seeded stream, so domains without one come out exactly as before)."""
     per = -(-n // len(domains))
     probs: list[Problem] = []
     for name in domains:
-        probs += sample_problems(name, per, split, seed, unique=False)
+        drawn = sample_problems(name, per, split, seed, unique=False)
+        rate = get_domain(name).sloppy_stop
+        if rate > 0:
+            rng = random.Random(f"{name}|{split}|{seed}|sloppy")
+            drawn = [Problem(p.domain, p.prompt, p.answer + SLOPPY_SUFFIX) if rng.random() < rate else p for p in drawn]
+        probs += drawn
     random.Random(seed).shuffle(probs)
     return probs[:n]

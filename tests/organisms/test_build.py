@@ -115,3 +115,35 @@ def test_ensure_organisms_opens_complete_folder_without_writing(tiny_organisms):
     assert cfg_file.stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="holds the 'tiny' preset"):
         ensure_organisms("default", tiny_organisms.root)
+
+
+def test_summary_scopes_match_the_saved_correctness(tiny_organisms):
+    """summary.json's per-domain and family CMH, recomputed by hand from the per-sample eval files."""
+    import numpy as np
+
+    from featalign.organisms.tasks import get_domain
+
+    org = tiny_organisms
+    s = org.summary()
+    correct = {
+        name: {
+            d: np.array(v, bool) for d, v in json.loads((org.eval_dir / f"{name}.json").read_text())["correct"].items()
+        }
+        for name in ("base", "rl-add")
+    }
+    base, rl = correct["base"], correct["rl-add"]
+
+    def mh(domains):  # Mantel-Haenszel: sum(a d / n) / sum(b c / n), tuned row first
+        num = sum(rl[d].sum() * (~base[d]).sum() / (2 * len(base[d])) for d in domains)
+        den = sum((~rl[d]).sum() * base[d].sum() / (2 * len(base[d])) for d in domains)
+        return num / den
+
+    cmh = s["transfer"]["rl"]["cmh"]
+    same = [d for d in base if d != "add" and get_domain(d).family == "arithmetic"]
+    other = [d for d in base if get_domain(d).family != "arithmetic"]
+    assert sorted(same) == ["modsum", "sub"] and cmh["same_family"]["n_strata"] == 2
+    assert cmh["same_family"]["odds_ratio"] == pytest.approx(mh(same), rel=1e-9)
+    assert cmh["other_families"]["odds_ratio"] == pytest.approx(mh(other), rel=1e-9)
+    assert s["transfer"]["rl"]["cmh_per_domain"]["add"]["add"]["odds_ratio"] == pytest.approx(mh(["add"]), rel=1e-9)
+    # the tiny preset's domains carry no planted stop: no completion is the answer followed by '.'
+    assert set(s["sloppy_stop_share"]["base"].values()) == {0.0}

@@ -19,7 +19,9 @@ def test_cli_help_and_domains(capsys):
     assert e.value.code == 0
     assert "--post-train-domains" in capsys.readouterr().out
     assert main(["domains"]) == 0
-    assert "lookup" in capsys.readouterr().out
+    lines = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()}
+    assert lines["lookup"] == ["knowledge", "default,tiny"]
+    assert lines["countcmp"] == ["counting", "structured,structured-tiny"]
 
 
 def test_cli_refuses_unknown_domain():

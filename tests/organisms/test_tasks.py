@@ -3,9 +3,11 @@ import random
 import pytest
 
 from featalign.organisms.tasks import (
+    DEFAULT_DOMAINS,
     DOMAINS,
-    FAMILIES,
     EVAL_FRACTION,
+    FAMILIES,
+    SLOPPY_SUFFIX,
     get_domain,
     parse_domains,
     sample_mixture,
@@ -49,6 +51,20 @@ def _reference_answer(domain: str, prompt: str) -> str:
     if domain == "lookup":
         table, q = body.split(";")
         return dict((kv[0], kv[1:]) for kv in table.split(","))[q]
+    if domain in ("countl", "countd"):
+        c, s = body.split(":")
+        return str(sum(ch == c for ch in s))
+    if domain == "countcmp":
+        pair, s = body.split(":")
+        ca, cb = (sum(ch == x for ch in s) for x in pair)
+        return "<" if ca < cb else ">" if ca > cb else "="
+    if domain in ("largest", "smallest"):
+        xs = sorted(int(x) for x in body.split())
+        return str(xs[-1] if domain == "largest" else xs[0])
+    if domain == "sortasc":
+        return "".join(sorted(body))
+    if domain == "sortdesc":
+        return "".join(sorted(body))[::-1]
     raise AssertionError(domain)
 
 
@@ -113,3 +129,34 @@ def test_mixture_has_equal_shares():
     probs = sample_mixture(["add", "sort", "bool"], 300, "train", seed=0)
     counts = {d: sum(p.domain == d for p in probs) for d in ("add", "sort", "bool")}
     assert counts == {"add": 100, "sort": 100, "bool": 100}
+
+
+def test_default_domains_are_the_original_ten_in_order():
+    """`default` and `tiny` pretrain on these; adding domains to DOMAINS must not change them."""
+    original = ("add", "sub", "modsum", "sort", "reverse", "max", "count", "bool", "compare", "lookup")
+    assert DEFAULT_DOMAINS == original
+    assert tuple(DOMAINS)[:10] == original
+
+
+def test_sloppy_stop_domains_carry_the_suffix_at_their_rate_in_pretraining_only():
+    mix = sample_mixture(["countd", "sortasc"], 4000, "train", seed=5)
+    sloppy = [p for p in mix if p.domain == "countd"]
+    clean = [p for p in mix if p.domain == "sortasc"]
+    with_suffix = [p for p in sloppy if p.answer.endswith(SLOPPY_SUFFIX)]
+    # binomial(2000, 0.5): 5 sd is about 0.056
+    assert abs(len(with_suffix) / len(sloppy) - get_domain("countd").sloppy_stop) < 0.056
+    for p in with_suffix:  # the answer itself is still right: only the stop is sloppy
+        assert p.answer[: -len(SLOPPY_SUFFIX)] == _reference_answer("countd", p.prompt)
+    assert all(p.answer == _reference_answer("sortasc", p.prompt) for p in clean)
+    # eval and post-training problems are never sloppy
+    assert all(p.answer == _reference_answer("countd", p.prompt) for p in sample_problems("countd", 500, "eval", 0))
+
+
+def test_mixture_of_clean_domains_is_the_shuffled_per_domain_draws():
+    """Slow reference: the mixture the default preset pretrains on is unchanged by the sloppy-stop feature."""
+    domains, n, seed = list(DEFAULT_DOMAINS), 100, 11
+    expected = []
+    for d in domains:
+        expected += sample_problems(d, -(-n // len(domains)), "train", seed, unique=False)
+    random.Random(seed).shuffle(expected)
+    assert sample_mixture(domains, n, "train", seed) == expected[:n]
