@@ -40,6 +40,7 @@ from featalign.analysis.config import AnalyzeConfig
 from featalign.analysis.inputs import (
     load_task_set,
     mixture_activations,
+    mixture_domains,
     open_organisms,
     store_activations,
     text_sources,
@@ -157,6 +158,7 @@ class GroundTruth:
     base: dict[str, np.ndarray]
     tuned: dict[str, dict[str, dict[str, np.ndarray]]]  # kind -> train task -> eval task -> correctness
     source: dict
+    mixture_domains: tuple[str, ...] | None = None  # the organisms' text mixture (`mixture_domains`)
 
 
 def organisms_ground_truth(cfg: PredictConfig, out: Path) -> GroundTruth:
@@ -175,7 +177,7 @@ def organisms_ground_truth(cfg: PredictConfig, out: Path) -> GroundTruth:
     base = {d: v[:n] for d, v in load("base").items()}
     tuned = {kind: {d: {e: v[:n] for e, v in load(f"{kind}-{d}").items()} for d in domains} for kind in ("rl", "sft")}
     source = {"organisms": org.config.to_dict(), "domains": domains}
-    return GroundTruth(str(org.base_dir), task_set, base, tuned, source)
+    return GroundTruth(str(org.base_dir), task_set, base, tuned, source, mixture_domains(org))
 
 
 @dataclass
@@ -224,7 +226,7 @@ def base_sae(cfg: PredictConfig, gt: GroundTruth, hook: str, out: Path):
                               train_src, progress=cfg.progress)
     else:
         x = mixture_activations(out / "activations", {"base": gt.base_dir}, hook, cfg.n_tokens, "train", cfg.seed,
-                                cfg.progress)
+                                cfg.progress, gt.mixture_domains)
     acfg = AnalyzeConfig(out=str(out), variant=cfg.variant, n_latents=cfg.n_latents, k=cfg.k, steps=cfg.steps,
                          seed=cfg.seed, progress=cfg.progress, sparsity_coef=1.0)
     return train_or_load(out / "base_sae", ("base",), x, hook, acfg)

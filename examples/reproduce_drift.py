@@ -43,7 +43,7 @@ from featalign.analysis.config import HELP as ANALYZE_HELP
 from featalign.analysis.config import check_shared_settings
 from featalign.analysis.drift import SeriesError
 from featalign.analysis.inputs import (
-    Activations, analysis_hook, load_task_set, resolve_models, store_activations, text_sources,
+    Activations, analysis_hook, load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
 )
 from featalign.analysis.stages import NO_SERIES, drift_study
 from featalign.cli import UsageError, check_out_dir, run_cli
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     if short:
         raise UsageError(f"--series {short}: drift compares successive checkpoints, so a series needs at least 2")
     hook = analysis_hook(cfg.hook, models.trio["base"])
-    train_text, _ = text_sources(acfg, load_task_set(cfg.tasks))
+    train_text, _ = text_sources(acfg, load_task_set(cfg.tasks), mixture_domains(models.organisms))
     text = cfg.tasks or "the organisms' domain mixture"
     where = models.describe()
     out = start_run(cfg, cfg.out)

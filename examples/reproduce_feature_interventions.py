@@ -48,7 +48,9 @@ from featalign.analysis.success_features import (
 )
 from featalign.analysis.config import HELP as ANALYZE_HELP
 from featalign.analysis.config import check_shared_settings
-from featalign.analysis.inputs import analysis_hook, load_task_set, resolve_models, store_activations, text_sources
+from featalign.analysis.inputs import (
+    analysis_hook, load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
+)
 from featalign.analysis.training import train_or_load
 from featalign.cli import UsageError, check_choice, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         raise UsageError(f"--selection-tasks / --held-out-tasks: {unknown} are not tasks of --tasks {cfg.tasks} "
                          f"(it has {scored.names})")
-    train_text, eval_text = text_sources(acfg, task_set)
+    train_text, eval_text = text_sources(acfg, task_set, mixture_domains(models.organisms))
     out = start_run(cfg, cfg.out)
 
     # 1. correctness of base and RL on every task

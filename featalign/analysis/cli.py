@@ -35,6 +35,7 @@ from featalign.analysis.inputs import (
     analysis_hook,
     load_task_set,
     mixture_activations,
+    mixture_domains,
     open_organisms,
     resolve_models,
     store_activations,
@@ -139,7 +140,13 @@ def analysis_context(cfg: AnalyzeConfig) -> AnalysisContext:
     hook = given.cfg.hooks[0] if given is not None else analysis_hook(cfg.hook, models.trio["base"])
     task_set = load_task_set(cfg.tasks)
     return AnalysisContext(
-        cfg, models, hook, text_sources(cfg, task_set), task_set, resolve_stages(cfg.stage_names), given
+        cfg,
+        models,
+        hook,
+        text_sources(cfg, task_set, mixture_domains(models.organisms)),
+        task_set,
+        resolve_stages(cfg.stage_names),
+        given,
     )
 
 

@@ -221,13 +221,32 @@ def store_activations(
     return x_NMHD if index == list(range(len(store.models))) else x_NMHD[:, index].contiguous()
 
 
+def mixture_domains(organisms) -> tuple[str, ...] | None:
+    """The domains of an organisms build's text mixture: its pretraining domains (None, the sources' default,
+    for the ten default ones, so that stores cached before other presets existed stay valid)."""
+    from featalign.organisms.tasks import DEFAULT_DOMAINS
+
+    if organisms is None or tuple(organisms.config.pretrain_domains) == tuple(DEFAULT_DOMAINS):
+        return None
+    return tuple(organisms.config.pretrain_domains)
+
+
 def mixture_activations(
-    root: str | Path, model_dirs: dict[str, str], hook: str, n_tokens: int, split: str, seed: int, progress: bool = True
+    root: str | Path,
+    model_dirs: dict[str, str],
+    hook: str,
+    n_tokens: int,
+    split: str,
+    seed: int,
+    progress: bool = True,
+    domains: tuple[str, ...] | None = None,
 ) -> torch.Tensor:
     """`[N, M, 1, D]` activations of `model_dirs` ({name: folder}) on the organisms' domain mixture
-    (`DomainMixtureSource`), the text `python -m featalign.analyze` reads by default, via a store at `root`."""
+    (`DomainMixtureSource` over `domains`, see `mixture_domains`), the text `python -m featalign.analyze` reads by
+    default, via a store at `root`."""
     specs = [ModelSpec(n, str(d), role=n if n in ROLES else "other") for n, d in model_dirs.items()]
-    return store_activations(root, specs, hook, n_tokens, DomainMixtureSource(split, seed, n_tokens), progress=progress)
+    source = DomainMixtureSource(split, seed, n_tokens, domains)
+    return store_activations(root, specs, hook, n_tokens, source, progress=progress)
 
 
 def organisms_train_eval(cfg, out: Path) -> tuple[tuple[str, ...], str, torch.Tensor, torch.Tensor, str]:
@@ -239,9 +258,12 @@ def organisms_train_eval(cfg, out: Path) -> tuple[tuple[str, ...], str, torch.Te
     names = tuple(n for n in cfg.models.split(",") if n)
     dirs = {n: str(trio[n]) for n in names}
     hook = default_hook(org.config.n_layers)
-    x = mixture_activations(out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress)
+    doms = mixture_domains(org)
+    x = mixture_activations(
+        out / "activations" / "train", dirs, hook, cfg.n_tokens, "train", cfg.seed, cfg.progress, doms
+    )
     xe = mixture_activations(
-        out / "activations" / "eval", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1, cfg.progress
+        out / "activations" / "eval", dirs, hook, cfg.eval_tokens, "eval", cfg.seed + 1, cfg.progress, doms
     )
     return names, hook, x, xe, str(org.root)
 
@@ -259,13 +281,14 @@ class Activations:
         return self.x_NMHD[:, [self.names.index(self.aliases.get(n, n)) for n in names]]
 
 
-def text_sources(cfg, task_set) -> tuple[TokenSource, TokenSource]:
-    """(train, eval) text: the organisms' domain mixture (seed, seed + 1) when no task set is given, else the
-    task set's train problems (all problems when it has none) and its eval problems."""
+def text_sources(cfg, task_set, domains: tuple[str, ...] | None = None) -> tuple[TokenSource, TokenSource]:
+    """(train, eval) text: the organisms' domain mixture over `domains` (`mixture_domains`; seeds seed, seed + 1)
+    when no task set is given, else the task set's train problems (all problems when it has none) and its eval
+    problems."""
     if task_set is None:
         return (
-            DomainMixtureSource("train", cfg.seed, cfg.n_tokens),
-            DomainMixtureSource("eval", cfg.seed + 1, cfg.eval_tokens),
+            DomainMixtureSource("train", cfg.seed, cfg.n_tokens, domains),
+            DomainMixtureSource("eval", cfg.seed + 1, cfg.eval_tokens, domains),
         )
     train_split = "train" if any(t.train_problems for t in task_set) else "all"
     return TaskSetSource(task_set, train_split), TaskSetSource(task_set, "eval")
