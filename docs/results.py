@@ -1033,8 +1033,105 @@ relative to the organisms folder or the run's `--out`) in `docs/data/results/see
 `tests/test_docs.py` fails when this page differs from `render` of those files."""
 
 
-def render(runs: list[dict]) -> str:
-    """The whole page from the seed records (as `load_runs` returns them)."""
+PREDICTION = DATA / "transfer_prediction.json"
+PREDICTION_TRANSFERS = (("rl_delta", "RL transfer (accuracy delta)"), ("sft_delta", "SFT transfer (accuracy delta)"))
+
+
+def collect_prediction(run: Path, organisms: Path) -> dict:
+    """The compact record of one `examples/predict_transfer.py` run (its results.json; the similarity and
+    transfer matrices are small) and the organisms build it ran on, without machine paths."""
+    r = json.loads((run / "results.json").read_text())
+    org = json.loads((organisms / "config.json").read_text())
+    rec = {
+        "format_version": FORMAT_VERSION,
+        "config": r["config"],
+        "stamp": stamp(r),
+        "organisms_config": org,
+        **pick(r, ("hook", "tasks", "train", "similarity", "transfer", "scores", "best", "seconds")),
+    }
+    rec = strip_paths(rec, [("run", run.resolve()), ("organisms", organisms.resolve())])
+    leftover = [x for x in strings(rec) if x.startswith(("/", "~"))]
+    if leftover:
+        raise ValueError(f"machine paths left in the prediction record: {leftover[:3]}")
+    return rec
+
+
+def prediction_verdict(s: dict) -> Verdict:
+    """A measure predicts transfer when its Spearman interval is above 0 and its permutation p < 0.05."""
+    iv = ci(s["ci"][0], s["ci"][1], lambda x: signed(x, 2))
+    if s["ci"][0] > 0 and s["p_permutation"] < 0.05:
+        return Verdict(
+            "predicts", f"predicts it (Spearman {signed(s['spearman'], 2)} {iv}, p {pval(s['p_permutation'])})"
+        )
+    if s["p_permutation"] < 0.05 or s["ci"][0] > 0:
+        return Verdict(
+            "weakly",
+            f"weakly: one of the interval {iv} and the permutation p {pval(s['p_permutation'])} says so, not both",
+        )
+    return Verdict("no", f"no evidence (Spearman {signed(s['spearman'], 2)} {iv}, p {pval(s['p_permutation'])})")
+
+
+def prediction_section(pred: dict | None) -> str:
+    """Issue 15's question on the organisms with structure by construction, next to the baselines."""
+    if pred is None:
+        return ""
+    cfg, org = pred["config"], pred["organisms_config"]
+    lines = [
+        "## Predicting where RL transfers from the base model's features (`examples/predict_transfer.py`)",
+        "",
+        f"The `{org['preset']}` organisms ({len(pred['tasks'])} domains: {', '.join(pred['tasks'])}); "
+        f"single-domain RL and SFT from the one base on each of {', '.join(pred['train']['rl_delta'])}, every "
+        f"model evaluated on every domain ({org['eval_samples']} prompts; the similarity from the base alone on "
+        f"{cfg['n_prompts']} prompts per domain, a {cfg['variant']} SAE of {cfg['n_latents']} latents at "
+        f"`{pred['hook']}`). Spearman over the off-diagonal pairs; p: one-sided permutation test "
+        f"({cfg['n_permutations']} relabellings of the domains); interval: 95% bootstrap over domains "
+        f"({cfg['n_boot']} resamples). A measure *predicts* when its interval is above 0 and p < 0.05.",
+        "",
+    ]
+    header = ["measure", *[label for _, label in PREDICTION_TRANSFERS]]
+    rows = []
+    for m in pred["scores"]["rl_delta"]:
+        row = [m + (" (baseline)" if m in ("ngram", "residual_cosine") else "")]
+        for t, _ in PREDICTION_TRANSFERS:
+            sc = pred["scores"].get(t, {}).get(m)
+            row.append(
+                "–"
+                if sc is None
+                else f"{signed(sc['spearman'], 2)} {ci(*sc['ci'], lambda x: signed(x, 2))}, "
+                f"p {pval(sc['p_permutation'])}"
+            )
+        rows.append(row)
+    lines += [table(header, rows), ""]
+    for t, label in PREDICTION_TRANSFERS:
+        if t not in pred["scores"]:
+            continue
+        sc = pred["scores"][t]
+        best = pred["best"][t]["features"]
+        base_best = max((m for m in sc if m in ("ngram", "residual_cosine")), key=lambda m: sc[m]["spearman"])
+        v = prediction_verdict(sc[best]) if best else Verdict("no", "no feature measure could be scored")
+        vb = prediction_verdict(sc[base_best])
+        beats = (
+            "its interval lies above the best baseline's point estimate"
+            if best and sc[best]["ci"][0] > sc[base_best]["spearman"]
+            else "the intervals do not separate it from the best baseline"
+        )
+        lines.append(
+            f"**{label}.** Best feature measure `{best}`: {v.text}; best baseline `{base_best}`: {vb.text}; {beats}."
+        )
+        lines.append("")
+    lines.append(
+        f"Run time {pred['seconds'] / 60:.0f} min (RL and SFT on every domain included). Figures of the run: "
+        "`figures/scatter_rl_delta.png`, `figures/matrices.png`."
+    )
+    return "\n".join(lines)
+
+
+def load_prediction(path: Path = PREDICTION) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render(runs: list[dict], prediction: dict | None = None) -> str:
+    """The whole page from the seed records (as `load_runs` returns them) and the transfer-prediction record."""
     parts = [
         header(runs),
         organisms_section(runs),
@@ -1043,15 +1140,16 @@ def render(runs: list[dict]) -> str:
         q3_section(runs),
         q4_section(runs),
         transfer_section(runs),
+        prediction_section(prediction),
         times_section(runs),
         FOOTER,
     ]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def render_page() -> str:
     """docs/results.md as the committed JSON says it should be."""
-    return render(load_runs(DATA))
+    return render(load_runs(DATA), load_prediction(DATA / PREDICTION.name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1062,6 +1160,12 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument(f"--{name}", type=Path, required=True)
     c.add_argument("--seed", type=int, required=True)
     c.add_argument("--data", type=Path, default=DATA, help="folder of the seed files")
+    cp = sub.add_parser(
+        "collect-prediction", help="one predict_transfer.py run -> docs/data/results/transfer_prediction.json"
+    )
+    cp.add_argument("--run", type=Path, required=True, help="the run's --out folder")
+    cp.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
+    cp.add_argument("--data", type=Path, default=DATA)
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
@@ -1074,7 +1178,11 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(a.data / f"seed-{a.seed}.json", rec)
         print(f"wrote {a.data / f'seed-{a.seed}.json'}")
         return 0
-    text = render(load_runs(a.data))
+    if a.verb == "collect-prediction":
+        atomic_write_json(a.data / PREDICTION.name, collect_prediction(a.run, a.organisms))
+        print(f"wrote {a.data / PREDICTION.name}")
+        return 0
+    text = render(load_runs(a.data), load_prediction(a.data / PREDICTION.name))
     if a.check:
         if a.page.read_text() != text:
             print(f"{a.page} disagrees with {a.data}: run python docs/results.py render")

@@ -47,8 +47,14 @@ def test_every_public_module_has_a_page(api_dir):
     out, modules = api_dir
     expected = _build_api().public_modules()
     assert modules == expected
-    for must in ("featalign.interventions.edits", "featalign.interventions.experiments", "featalign.crosscoder.model",
-                 "featalign.analysis.attribution", "featalign.activations.store", "featalign.models"):
+    for must in (
+        "featalign.interventions.edits",
+        "featalign.interventions.experiments",
+        "featalign.crosscoder.model",
+        "featalign.analysis.attribution",
+        "featalign.activations.store",
+        "featalign.models",
+    ):
         assert must in expected
     assert not [m for m in expected if any(p.startswith("_") for p in m.split("."))]
     missing = [m for m in expected if not (out / (m.replace(".", "/") + ".html")).is_file()]
@@ -56,16 +62,19 @@ def test_every_public_module_has_a_page(api_dir):
     assert (out / "index.html").is_file()
 
 
-@pytest.mark.parametrize("page, name", [
-    ("featalign/interventions/experiments.html", "run_intervention"),
-    ("featalign/interventions/edits.html", "ablate"),
-    ("featalign/interventions/edits.html", "steer"),
-    ("featalign/interventions/edits.html", "intervene"),
-    ("featalign/crosscoder/model.html", "Crosscoder"),
-    ("featalign/analysis/attribution.html", "latent_scaling"),
-    ("featalign/models/loading.html", "load_model"),
-    ("featalign/models/hooks.html", "edit_hooks"),
-])
+@pytest.mark.parametrize(
+    "page, name",
+    [
+        ("featalign/interventions/experiments.html", "run_intervention"),
+        ("featalign/interventions/edits.html", "ablate"),
+        ("featalign/interventions/edits.html", "steer"),
+        ("featalign/interventions/edits.html", "intervene"),
+        ("featalign/crosscoder/model.html", "Crosscoder"),
+        ("featalign/analysis/attribution.html", "latent_scaling"),
+        ("featalign/models/loading.html", "load_model"),
+        ("featalign/models/hooks.html", "edit_hooks"),
+    ],
+)
 def test_known_public_names_are_documented(api_dir, page, name):
     out, _ = api_dir
     html = (out / page).read_text()
@@ -96,14 +105,19 @@ def test_site_has_every_page_and_no_broken_internal_link(site_dir):
     assert 'href="../api/index.html"' in guide
 
 
-@pytest.mark.parametrize("heading, anchor", [  # anchors as GitHub writes them for these headings
-    ("Reading one model's latents (`encode_as`)", "reading-one-models-latents-encode_as"),
-    ("Q1. Are there more SFT-specific latents than RL-specific ones?",
-     "q1-are-there-more-sft-specific-latents-than-rl-specific-ones"),
-    ("Performance (`benchmarks/bench_cache.py`)", "performance-benchmarksbench_cachepy"),
-    ("Export to sae_lens (SAEBench, sae-dashboard)", "export-to-sae_lens-saebench-sae-dashboard"),
-    ("`python -m featalign.organisms`", "python--m-featalignorganisms"),
-])
+@pytest.mark.parametrize(
+    "heading, anchor",
+    [  # anchors as GitHub writes them for these headings
+        ("Reading one model's latents (`encode_as`)", "reading-one-models-latents-encode_as"),
+        (
+            "Q1. Are there more SFT-specific latents than RL-specific ones?",
+            "q1-are-there-more-sft-specific-latents-than-rl-specific-ones",
+        ),
+        ("Performance (`benchmarks/bench_cache.py`)", "performance-benchmarksbench_cachepy"),
+        ("Export to sae_lens (SAEBench, sae-dashboard)", "export-to-sae_lens-saebench-sae-dashboard"),
+        ("`python -m featalign.organisms`", "python--m-featalignorganisms"),
+    ],
+)
 def test_heading_anchors_follow_github(heading, anchor):
     assert _build_site().github_slug(heading) == anchor
 
@@ -113,17 +127,21 @@ def test_link_checks_catch_what_is_broken(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "b.md").write_text("# Title\n\n## Same\n\n## Same\n")
     a = tmp_path / "docs" / "a.md"
-    a.write_text("see [b](b.md#same-1), [top](#intro) and `[not a link](missing.md)`\n\n# Intro\n\n"
-                 "[gone](nothing.md), [bad anchor](b.md#other), ![img](pic.png), [web](https://example.org/x)\n"
-                 "```\n[in code](missing2.md)\n```\n[ref]: ../README.md#nowhere\n")
+    a.write_text(
+        "see [b](b.md#same-1), [top](#intro) and `[not a link](missing.md)`\n\n# Intro\n\n"
+        "[gone](nothing.md), [bad anchor](b.md#other), ![img](pic.png), [web](https://example.org/x)\n"
+        "```\n[in code](missing2.md)\n```\n[ref]: ../README.md#nowhere\n"
+    )
     (tmp_path / "README.md").write_text("# R\n")
     problems = site.markdown_link_problems(tmp_path, [a])
     assert len(problems) == 4, problems
     for bad in ("nothing.md", "b.md#other", "pic.png", "README.md#nowhere"):
         assert any(bad in p for p in problems), (bad, problems)
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "x.html").write_text('<h1 id="here">x</h1><a href="#here">ok</a><a href="y.html#nope">no</a>'
-                                           '<a href="z.html">none</a><img src="x.html"><a href="http://e.org">e</a>')
+    (tmp_path / "s" / "x.html").write_text(
+        '<h1 id="here">x</h1><a href="#here">ok</a><a href="y.html#nope">no</a>'
+        '<a href="z.html">none</a><img src="x.html"><a href="http://e.org">e</a>'
+    )
     (tmp_path / "s" / "y.html").write_text('<p id="yes">y</p><a href="x.html#here">back</a>')
     problems = site.html_link_problems(tmp_path / "s")
     assert sorted(p.split(": ")[1] for p in problems) == ["y.html#nope", "z.html"], problems
@@ -133,9 +151,17 @@ def test_link_checks_catch_what_is_broken(tmp_path):
 
 #: Modules whose public functions and classes must all carry a docstring.
 DOCSTRING_MODULES = (
-    "featalign.interventions.*", "featalign.evaluation", "featalign.models.*",
-    "featalign.tasks", "featalign.model_set", "featalign.generation", "featalign.distributed",
-    "featalign.analysis.*", "featalign.crosscoder.*", "featalign.activations.*", "featalign.organisms.*",
+    "featalign.interventions.*",
+    "featalign.evaluation",
+    "featalign.models.*",
+    "featalign.tasks",
+    "featalign.model_set",
+    "featalign.generation",
+    "featalign.distributed",
+    "featalign.analysis.*",
+    "featalign.crosscoder.*",
+    "featalign.activations.*",
+    "featalign.organisms.*",
 )
 
 #: Known gaps in files the documentation pass did not own (they were being edited elsewhere at the
@@ -319,10 +345,7 @@ def _hand_record(
     pair = lambda n, sd: {
         "n_alive": n,
         "nrn_sd": sd,
-        **{
-            c: _iv(0, 0, 4)
-            for c in ("tuned_only", "base_only", "tuned_lean", "base_lean")
-        },
+        **{c: _iv(0, 0, 4) for c in ("tuned_only", "base_only", "tuned_lean", "base_lean")},
         "shared": _iv(n, n - 4, n),
     }
     disjoint = {**pair(900, 0.3), "tuned_only": _iv(50, 40, 60)}
@@ -428,7 +451,8 @@ def _hand_record(
                 "steer_coef": 1.0,
                 "sweep_controls": 1,
             },
-            "success": {"tasks": ["a"], "n_samples": {"a": 3}}, "stamp": {"featalign_version": "0"},
+            "success": {"tasks": ["a"], "n_samples": {"a": 3}},
+            "stamp": {"featalign_version": "0"},
             "features": [1, 2],
             "rule": "hand",
             "seconds": 5.0,
@@ -437,8 +461,14 @@ def _hand_record(
             "sweep": [{"coef": 1.0, "task": t, "delta": -0.01} for t in ("a", "b")],
         },
         "drift": {"seconds": 3.0, "drift": {"sft": sft, "rl": rl}, "stamp": {"featalign_version": "0"}},
-        "transfer": {"domains": ["a"], "config": {"n_prompts": 10}, "seconds": 2.0,
-                     "stamp": {"featalign_version": "0"}, "rl": transfer, "sft": transfer},
+        "transfer": {
+            "domains": ["a"],
+            "config": {"n_prompts": 10},
+            "seconds": 2.0,
+            "stamp": {"featalign_version": "0"},
+            "rl": transfer,
+            "sft": transfer,
+        },
     }
 
 
@@ -518,21 +548,67 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
 
     res, root, out = _results(), tiny_organisms.root, tmp_path / "runs"
     small = ["--n-tokens", "1000", "--eval-tokens", "400", "--n-latents", "32", "--steps", "10", "--progress", "false"]
-    analyze(["--organisms-dir", str(root), "--organisms-preset", "tiny", "--out", str(out / "analysis"), "--k", "4",
-             "--batch-size", "256", "--top-k", "4", "--min-samples", "1", "--n-null", "2", "--n-cards", "1",
-             "--gradient", "false", *small])
+    analyze(
+        [
+            "--organisms-dir",
+            str(root),
+            "--organisms-preset",
+            "tiny",
+            "--out",
+            str(out / "analysis"),
+            "--k",
+            "4",
+            "--batch-size",
+            "256",
+            "--top-k",
+            "4",
+            "--min-samples",
+            "1",
+            "--n-null",
+            "2",
+            "--n-cards",
+            "1",
+            "--gradient",
+            "false",
+            *small,
+        ]
+    )
     # the tiny RL model has no base-fail / RL-success samples: the SFT model takes the RL role (test_examples.py)
-    _example("reproduce_feature_interventions").main([
-        "--model", f"base={tiny_organisms.base_dir}", "--model", f"rl={tiny_organisms.model_dir('sft')}",
-        "--out", str(out / "fi"), "--n-prompts", "100", "--selection-tasks", "sort,compare,lookup",
-        "--held-out-tasks", "bool", "--min-samples", "3", "--n-controls", "2", "--n-bins", "2",
-        "--sweep-coefs", "0,1", "--sweep-controls", "1", *small])
+    _example("reproduce_feature_interventions").main(
+        [
+            "--model",
+            f"base={tiny_organisms.base_dir}",
+            "--model",
+            f"rl={tiny_organisms.model_dir('sft')}",
+            "--out",
+            str(out / "fi"),
+            "--n-prompts",
+            "100",
+            "--selection-tasks",
+            "sort,compare,lookup",
+            "--held-out-tasks",
+            "bool",
+            "--min-samples",
+            "3",
+            "--n-controls",
+            "2",
+            "--n-bins",
+            "2",
+            "--sweep-coefs",
+            "0,1",
+            "--sweep-controls",
+            "1",
+            *small,
+        ]
+    )
     drift = ["--organisms-dir", str(root), "--out", str(out / "drift"), "--top-k", "4", *small]
     _example("reproduce_drift").main(drift)
-    _example("reproduce_transfer_study").main(["--organisms-dir", str(root), "--out", str(out / "tr"),
-                                               "--domains", "add", "--n-prompts", "40"])
-    dirs = dict(analysis=out / "analysis", interventions=out / "fi", drift=out / "drift", transfer=out / "tr",
-                organisms=root)
+    _example("reproduce_transfer_study").main(
+        ["--organisms-dir", str(root), "--out", str(out / "tr"), "--domains", "add", "--n-prompts", "40"]
+    )
+    dirs = dict(
+        analysis=out / "analysis", interventions=out / "fi", drift=out / "drift", transfer=out / "tr", organisms=root
+    )
     rec = res.collect(**dirs, seed=0)
     report = json.loads((out / "analysis" / "report.json").read_text())
     fi = json.loads((out / "fi" / "results.json").read_text())
@@ -559,3 +635,42 @@ def test_contributing_names_only_files_that_exist():
     assert len(paths) >= 15  # the page names its files; an edit that drops the list should fail here
     missing = sorted(p for p in paths if not (ROOT / p.rstrip("/")).exists())
     assert missing == []
+
+
+def test_results_transfer_prediction_wording_follows_its_scores():
+    """The transfer-prediction section says 'predicts' only when the interval is above 0 and p < 0.05, and
+    compares the best feature measure with the best baseline by the interval, not the point estimate."""
+    res = _results()
+
+    def sc(rho, lo, hi, p):
+        return {"spearman": rho, "ci": [lo, hi], "p_permutation": p, "n_pairs": 12}
+
+    pred = {
+        "config": {"n_prompts": 50, "variant": "batchtopk", "n_latents": 64, "n_permutations": 100, "n_boot": 50},
+        "organisms_config": {"preset": "structured", "eval_samples": 100},
+        "hook": "blocks.1.hook_resid_post",
+        "tasks": ["a", "b", "c"],
+        "train": {"rl_delta": ["a", "b"], "sft_delta": ["a", "b"]},
+        "scores": {
+            "rl_delta": {
+                "feature_mass": sc(0.7, 0.3, 0.9, 0.01),
+                "ngram": sc(0.1, -0.4, 0.5, 0.4),
+                "residual_cosine": sc(0.2, -0.3, 0.6, 0.2),
+            },
+            "sft_delta": {
+                "feature_mass": sc(0.4, -0.1, 0.8, 0.03),
+                "ngram": sc(0.5, 0.1, 0.8, 0.02),
+                "residual_cosine": sc(0.0, -0.5, 0.5, 0.5),
+            },
+        },
+        "best": {"rl_delta": {"features": "feature_mass"}, "sft_delta": {"features": "feature_mass"}},
+        "seconds": 600,
+    }
+    text = res.prediction_section(pred)
+    rl, sft = (line for line in text.splitlines() if line.startswith("**"))
+    assert "`feature_mass`: predicts it (Spearman +0.70 [+0.30, +0.90], p 0.01)" in rl
+    assert "best baseline `residual_cosine`: no evidence" in rl and "lies above the best baseline" in rl
+    assert "`feature_mass`: weakly" in sft and "best baseline `ngram`: predicts it" in sft
+    assert "do not separate it from the best baseline" in sft
+    assert "| ngram (baseline) | +0.10 [−0.40, +0.50], p 0.4 | +0.50 [+0.10, +0.80], p 0.02 |" in text
+    assert res.prediction_section(None) == ""
