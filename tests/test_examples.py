@@ -72,21 +72,23 @@ def test_transfer_example(tiny_organisms, tmp_path):
     before = (src / "config.json").read_text()
     out = tmp_path / "tr"
     root = out / "organisms"  # the example's copy, with the extra runs
-    base, rl = src / "base", src / "rl-add" / "ckpt-5"
-    r = mod.main(["--organisms-dir", str(src), "--out", str(out), "--domains", "add,count",
-                  "--pairs", f"{base}:{rl}:add", "--tasks", "organisms:add,bool", "--n-prompts", "40"])
+    dom = tiny_organisms.config.post_train_domains[0]
+    extra = next(d for d in ("add", "sub") if d != dom)  # a domain the source folder lacks
+    base, rl = src / "base", src / f"rl-{dom}" / "ckpt-5"
+    r = mod.main(["--organisms-dir", str(src), "--out", str(out), "--domains", f"{dom},{extra}",
+                  "--pairs", f"{base}:{rl}:{dom}", "--tasks", f"organisms:{dom},bool", "--n-prompts", "40"])
     o = r["organisms"]
-    assert o["domains"] == ["add", "count"] and (root / "rl-count" / "ckpt-5").exists()
-    assert (src / "config.json").read_text() == before and not (src / "rl-count").exists()
+    assert o["domains"] == [dom, extra] and (root / f"rl-{extra}" / "ckpt-5").exists()
+    assert (src / "config.json").read_text() == before and not (src / f"rl-{extra}").exists()
     # the transfer matrix agrees with the per-sample evaluation the build saved
     ev = lambda n: json.loads((root / "eval" / f"{n}.json").read_text())["correct"]  # noqa: E731
-    b, t = ev("base"), ev("rl-count")
+    b, t = ev("base"), ev(f"rl-{extra}")
     j = o["rl"]["eval_domains"].index("bool")
     assert o["rl"]["delta_points"][1][j] == pytest.approx(100 * (np.mean(t["bool"]) - np.mean(b["bool"])))
     assert o["rl"]["cmh"]["in_domain"]["n_strata"] == 2 and o["rl"]["cmh"]["out_of_domain"]["n_strata"] == 18
     # observational pair: deltas from an independent scoring
-    assert r["pairs"]["tasks"] == ["add", "bool"]
-    pair = r["pairs"]["pairs"][f"{base} -> {rl} [add]"]
+    assert r["pairs"]["tasks"] == [dom, "bool"]
+    pair = r["pairs"]["pairs"][f"{base} -> {rl} [{dom}]"]
     bm, tok = load_organism(base)
     rm, _ = load_organism(rl)
     p = eval_problems("bool", 40)
