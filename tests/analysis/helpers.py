@@ -21,3 +21,70 @@ def hand_crosscoder(dec_LMD: torch.Tensor, enc_LMD: torch.Tensor | None = None, 
             cc.b_enc.copy_(b_enc)
         cc.b_dec.zero_()
     return cc
+
+
+def hook_layer(hook: str) -> int:
+    """The block index of a `blocks.{L}.hook_resid_post` hook: Hugging Face's hidden_states[L + 1]."""
+    parts = hook.split(".")
+    assert parts[0] == "blocks" and parts[2] == "hook_resid_post", hook
+    return int(parts[1])
+
+
+@torch.no_grad()
+def reference_last_token_latents(cc, model_dir, problems, model: str) -> torch.Tensor:
+    """Reference for `sample_latents(..., positions="last")`: a plain Hugging Face forward of one prompt at a
+    time (no padding, no featalign.models), its residual stream after the crosscoder's block at the last prompt
+    token, encoded as `model`'s latents: [S, L]."""
+    from featalign.organisms.model import load_organism
+
+    hf, tok = load_organism(model_dir)
+    layer = hook_layer(cc.cfg.hooks[0])
+    rows = []
+    for p in problems:
+        ids = torch.tensor([tok(p.prompt)["input_ids"]])
+        rows.append(hf(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0, -1])
+    return cc.encode_as(torch.stack(rows)[:, None, :], model)
+
+
+def reference_success_selection(cc, base_dir, rl_dir, tasks: dict, frac: float = 0.2, min_samples: int = 8) -> dict:
+    """The RL-success selection written out as an explicit loop over tasks and latents, from
+    `reference_last_token_latents`. `tasks`: {name: (problems, base_correct, rl_correct)}. Returns the success
+    sample counts of the tasks used, the skipped task names, per-task scores and sets, their intersection and
+    the latents selected in at least half of the tasks."""
+    counts, per_task, scores = {}, {}, {}
+    for name, (problems, base_ok, rl_ok) in tasks.items():
+        wins = [i for i in range(len(problems)) if not base_ok[i] and rl_ok[i]]
+        if len(wins) < min_samples:
+            continue
+        chosen = [problems[i] for i in wins]
+        f_rl = reference_last_token_latents(cc, rl_dir, chosen, "rl")
+        f_base = reference_last_token_latents(cc, base_dir, chosen, "base")
+        score = [sum(float(f_rl[s, k] - f_base[s, k]) for s in range(len(wins))) / len(wins)
+                 for k in range(cc.cfg.n_latents)]
+        top = max(score)
+        counts[name], scores[name] = len(wins), score
+        per_task[name] = {k for k, v in enumerate(score) if top > 0 and v > frac * top}
+    sets = list(per_task.values())
+    inter = set.intersection(*sets) if sets else set()
+    majority = {k for k in range(cc.cfg.n_latents) if sum(k in s for s in sets) >= (len(sets) + 1) // 2}
+    return {"n_samples": counts, "skipped": sorted(set(tasks) - set(counts)), "scores": scores, "per_task": per_task,
+            "features": sorted(inter), "majority": sorted(majority) if sets else []}
+
+
+@torch.no_grad()
+def reference_joint_overlap(cc, x_NMHD: torch.Tensor, k: int) -> list[float]:
+    """Reference for `drift_joint`'s successive top-k overlaps, as a slow loop: model 0 is the base, models
+    1..n the checkpoints; a latent is alive if it fires on any row of `x_NMHD`; at checkpoint t the alive
+    latents are ranked by NRN ||d_t|| / (||d_0|| + ||d_t||) (ties: the larger ||d_t||)."""
+    W = cc.W_dec_LMHD.double()
+    L, M = W.shape[:2]
+    norm = [[float(W[latent, m].flatten().norm()) for m in range(M)] for latent in range(L)]
+    fired = (cc.encode(x_NMHD.float()) > 0).any(0)
+    alive = [latent for latent in range(L) if bool(fired[latent])]
+    tops = []
+    for t in range(1, M):
+        def key(latent, t=t):
+            n = norm[latent]
+            return (-n[t] / (n[0] + n[t]), -n[t])
+        tops.append(set(sorted(alive, key=key)[:k]))
+    return [len(tops[t] & tops[t + 1]) / k for t in range(len(tops) - 1)]
