@@ -88,3 +88,29 @@ def reference_joint_overlap(cc, x_NMHD: torch.Tensor, k: int) -> list[float]:
             return (-n[t] / (n[0] + n[t]), -n[t])
         tops.append(set(sorted(alive, key=key)[:k]))
     return [len(tops[t] & tops[t + 1]) / k for t in range(len(tops) - 1)]
+
+
+@torch.no_grad()
+def reference_pairwise_overlap(ccs, xs, k: int, match_cos: float = 0.7) -> list[float]:
+    """Reference for `drift_pairwise`'s successive overlaps: per checkpoint t a (base, ckpt_t) crosscoder and the
+    activations its latents must fire on to count; its top-k alive latents by NRN of the checkpoint side
+    (ties: the larger norm); successive top-k decoders matched by brute force over every one-to-one assignment
+    (the one with the largest total cosine), counting the pairs with cosine >= match_cos."""
+    import itertools
+
+    tops, vecs = [], []
+    for cc, x in zip(ccs, xs):
+        W = cc.W_dec_LMHD.double()
+        L = W.shape[0]
+        fired = (cc.encode(x.float()) > 0).any(0)
+        norm = [(float(W[i, 0].flatten().norm()), float(W[i, 1].flatten().norm())) for i in range(L)]
+        alive = [i for i in range(L) if bool(fired[i])]
+        top = sorted(alive, key=lambda i: (-norm[i][1] / (norm[i][0] + norm[i][1]), -norm[i][1]))[:k]
+        tops.append(top)
+        vecs.append(W[top, 1].flatten(1))
+    out = []
+    for a, b in zip(vecs[:-1], vecs[1:]):
+        cos = [[float(torch.dot(u, v) / (u.norm() * v.norm())) for v in b] for u in a]
+        best = max(itertools.permutations(range(len(b))), key=lambda p: sum(cos[i][j] for i, j in enumerate(p)))
+        out.append(sum(cos[i][j] >= match_cos for i, j in enumerate(best)) / k)
+    return out
