@@ -104,7 +104,7 @@ def test_drift_example(tiny_organisms, tmp_path):
     # the overlaps, recomputed by a slow loop from each series' joint crosscoder and the activations it fired on
     from featalign.activations import ActivationStore
     from featalign.crosscoder import Crosscoder
-    from tests.analysis.helpers import reference_joint_overlap
+    from tests.analysis.helpers import reference_joint_drift
 
     store = ActivationStore(out / "activations" / "train")
     x = store.read()[:1000]  # --eval-tokens rows: where drift counts a latent alive
@@ -112,9 +112,10 @@ def test_drift_example(tiny_organisms, tmp_path):
     for kind in ("sft", "rl"):
         cc = Crosscoder.load(out / "crosscoders" / f"drift-{kind}-joint")
         cols = [store.models.index(m if m in store.models else m.split("@")[0]) for m in cc.cfg.models]
-        ref[kind] = reference_joint_overlap(cc, x[:, cols], 8)
+        ref[kind], stab = reference_joint_drift(cc, x[:, cols], 8)
         assert len(ref[kind]) == tiny_organisms.config.n_checkpoints - 1
         assert r["drift"][kind]["overlap"] == pytest.approx(ref[kind])
+        assert r["drift"][kind]["stabilisation_median"] == float(np.median(stab))
     assert r["drift"]["sft_vs_rl"]["overlap_diff_per_pair"] == pytest.approx(np.subtract(ref["sft"], ref["rl"]))
     assert (out / "figures" / "drift.png").exists() and "| sft |" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match="no rl model"):

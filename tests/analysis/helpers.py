@@ -72,22 +72,30 @@ def reference_success_selection(cc, base_dir, rl_dir, tasks: dict, frac: float =
 
 
 @torch.no_grad()
-def reference_joint_overlap(cc, x_NMHD: torch.Tensor, k: int) -> list[float]:
-    """Reference for `drift_joint`'s successive top-k overlaps, as a slow loop: model 0 is the base, models
-    1..n the checkpoints; a latent is alive if it fires on any row of `x_NMHD`; at checkpoint t the alive
-    latents are ranked by NRN ||d_t|| / (||d_0|| + ||d_t||) (ties: the larger ||d_t||)."""
-    W = cc.W_dec_LMHD.double()
+def reference_joint_drift(cc, x_NMHD: torch.Tensor, k: int, tol: float = 0.05, cos_min: float = 0.9):
+    """Reference for `drift_joint` as a slow loop: (successive top-k overlaps, stabilisation checkpoint of each
+    final top-k latent). Model 0 is the base, models 1..n the checkpoints; a latent is alive if it fires on any
+    row of `x_NMHD`; at checkpoint t the alive latents are ranked by NRN s_t = ||d_t|| / (||d_0|| + ||d_t||)
+    (ties: the larger ||d_t||); a latent has stabilised at the first checkpoint from which every later one has
+    |s_t - s_n| <= tol and cos(d_t, d_n) >= cos_min."""
+    W = cc.W_dec_LMHD.double().flatten(2)
     L, M = W.shape[:2]
-    norm = [[float(W[latent, m].flatten().norm()) for m in range(M)] for latent in range(L)]
+    norm = [[float(W[i, m].norm()) for m in range(M)] for i in range(L)]
+    nrn = [[norm[i][t] / (norm[i][0] + norm[i][t]) for t in range(M)] for i in range(L)]
     fired = (cc.encode(x_NMHD.float()) > 0).any(0)
-    alive = [latent for latent in range(L) if bool(fired[latent])]
-    tops = []
-    for t in range(1, M):
-        def key(latent, t=t):
-            n = norm[latent]
-            return (-n[t] / (n[0] + n[t]), -n[t])
-        tops.append(set(sorted(alive, key=key)[:k]))
-    return [len(tops[t] & tops[t + 1]) / k for t in range(len(tops) - 1)]
+    alive = [i for i in range(L) if bool(fired[i])]
+    tops = [sorted(alive, key=lambda i, t=t: (-nrn[i][t], -norm[i][t]))[:k] for t in range(1, M)]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(tops[:-1], tops[1:])]
+    stabilisation = []
+    for i in tops[-1]:
+        ok = [abs(nrn[i][t] - nrn[i][M - 1]) <= tol
+              and float(torch.dot(W[i, t], W[i, M - 1]) / (W[i, t].norm() * W[i, M - 1].norm())) >= cos_min
+              for t in range(1, M)]
+        first = len(ok)  # 1-based checkpoint from which all later ones are ok (the last one always is)
+        while first > 1 and ok[first - 2]:
+            first -= 1
+        stabilisation.append(first)
+    return overlap, stabilisation
 
 
 @torch.no_grad()
