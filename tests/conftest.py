@@ -12,7 +12,7 @@ torch.set_num_threads(int(os.environ.get("FEATALIGN_TEST_THREADS", "1")))
 
 @pytest.fixture(scope="session")
 def tiny_organisms(tmp_path_factory):
-    """A built `tiny` organisms folder (base, sft-add, rl-add with 5 checkpoints each, eval)."""
+    """A built `tiny` organisms folder (base, sft-count, rl-count with 5 checkpoints each, eval)."""
     from featalign.organisms import preset_config
     from featalign.organisms.build import build_organisms
 

@@ -26,26 +26,71 @@ def _load(name: str):
     return mod
 
 
+def success_setup(org) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str], str]:
+    """The build's per-sample correctness of base and RL, the out-of-domain tasks on which RL beats the base
+    on >= min_samples problems (the first 3: selection tasks), and one more out-of-domain task (held out)."""
+    from featalign.analysis.success_features import SuccessConfig
+
+    ev = lambda n: {d: np.array(v, bool) for d, v in  # noqa: E731
+                    json.loads((org.eval_dir / f"{n}.json").read_text())["correct"].items()}
+    dom = org.config.post_train_domains[0]
+    base_ok, rl_ok = ev("base"), ev(f"rl-{dom}")
+    ood = [d for d in org.config.pretrain_domains if d != dom]
+    enough = [d for d in ood if int((~base_ok[d] & rl_ok[d]).sum()) >= SuccessConfig().min_samples]
+    assert len(enough) >= 3, "the tiny preset's RL model must beat the base on 3 tasks (tests/organisms/test_build.py)"
+    return base_ok, rl_ok, enough[:3], next(d for d in ood if d not in enough[:3])
+
+
+def check_success_against_reference(r: dict, cc, org, base_ok, rl_ok, sel: list[str], min_features: int = 8):
+    """The example's RL-success selection equals the explicit-loop reference on the same crosscoder and models,
+    and the features it intervened on follow its rule: the intersection, else the majority set, else the top
+    `min_features` by mean max-normalised score."""
+    from tests.analysis.helpers import reference_success_selection
+
+    rl_dir = org.model_dir("rl")
+    n = org.config.eval_samples
+    ref = reference_success_selection(cc, org.base_dir, rl_dir,
+                                      {t: (eval_problems(t, n), base_ok[t], rl_ok[t]) for t in sel})
+    s = r["success"]
+    assert s["tasks"] == sel and s["skipped"] == {}
+    assert s["n_samples"] == ref["n_samples"] == {t: int((~base_ok[t] & rl_ok[t]).sum()) for t in sel}
+    assert s["per_task_sizes"] == {t: len(v) for t, v in ref["per_task"].items()}
+    assert s["features"] == ref["features"] and s["majority_features"] == ref["majority"]
+    if len(ref["features"]) >= min_features:
+        expected = ref["features"]
+    elif len(ref["majority"]) >= min_features:
+        expected = ref["majority"]
+    else:
+        norm = np.mean([np.array(v) / max(v) for v in ref["scores"].values()], 0)
+        expected = sorted(np.argsort(-norm, kind="stable")[:min_features].tolist())
+    # latents that never fire on the eval activations are dropped (they have no typical activation)
+    assert set(r["features"]) <= set(expected) and r["features"] == sorted(r["features"])
+
+
 def test_feature_interventions_example(tiny_organisms, tmp_path):
+    """On the tiny base and RL models (their folders as --model options), selection run on the tasks where RL
+    beats the base, checked against the explicit-loop reference on the example's own crosscoder."""
+    from featalign.crosscoder import Crosscoder
+
     mod = _load("reproduce_feature_interventions")
-    out = tmp_path / "fi"
-    # Model-folder options, with the tiny SFT model in the tuned role: the tiny RL model moves too little
-    # to have base-fail / tuned-success samples (on 100 prompts SFT has 7, 7, 6 on sort, compare, lookup).
-    base, tuned = tiny_organisms.base_dir, tiny_organisms.model_dir("sft")
-    args = ["--model", f"base={base}", "--model", f"rl={tuned}", "--out", str(out), "--n-prompts", "100",
-            "--selection-tasks", "sort,compare,lookup", "--held-out-tasks", "bool", "--min-samples", "3",
+    org, out = tiny_organisms, tmp_path / "fi"
+    base_ok, rl_ok, sel, held = success_setup(org)
+    n = org.config.eval_samples  # the build's eval problems: its recorded correctness is the reference
+    args = ["--model", f"base={org.base_dir}", "--model", f"rl={org.model_dir('rl')}", "--out", str(out),
+            "--n-prompts", str(n), "--selection-tasks", ",".join(sel), "--held-out-tasks", held,
             "--n-tokens", "3000", "--eval-tokens", "1500", "--n-latents", "128", "--steps", "60",
-            "--n-controls", "2", "--n-bins", "2", "--sweep-coefs", "0,1", "--sweep-controls", "1", "--progress", "false"]
+            "--n-controls", "2", "--n-bins", "2", "--sweep-coefs", "0,1", "--sweep-controls", "1",
+            "--progress", "false"]
     r = mod.main(args)
-    assert r["success"]["tasks"] == ["sort", "compare", "lookup"]
+    check_success_against_reference(r, Crosscoder.load(out / "crosscoder"), org, base_ok, rl_ok, sel)
     assert (out / "report.md").exists() and (out / "figures" / "steer_sweep.png").exists()
     saved = json.loads((out / "results.json").read_text())
-    assert saved["features"] == r["features"] and len(r["features"]) >= 1
-    assert json.loads((out / "config.json").read_text())["n_prompts"] == 100
-    # accuracy without the edit = the RL model's own greedy accuracy, scored independently
-    tm, tok = load_organism(tuned)
-    ref = score_problems(tm, tok, eval_problems("bool", 100)).mean()
-    assert r["ablate_rl"]["held_out"]["tasks"]["bool"]["acc_without"] == pytest.approx(ref)
+    assert saved["features"] == r["features"] and saved["success"] == json.loads(json.dumps(r["success"]))
+    assert json.loads((out / "config.json").read_text())["n_prompts"] == n
+    # accuracy without the edit = the RL model's own greedy accuracy as the build recorded it
+    for t in sel + [held]:
+        assert r["ablate_rl"]["held_out" if t == held else "selection"]["tasks"][t]["acc_without"] == pytest.approx(
+            rl_ok[t].mean())
     # coefficient 0 of the sweep is a no-op
     assert all(row["delta"] == 0.0 for row in r["sweep"] if row["coef"] == 0.0)
 
@@ -56,10 +101,22 @@ def test_drift_example(tiny_organisms, tmp_path):
     r = mod.main(["--organisms-dir", str(tiny_organisms.root), "--out", str(out), "--n-tokens", "2000",
                   "--eval-tokens", "1000", "--n-latents", "64", "--steps", "40", "--top-k", "8",
                   "--progress", "false"])
+    # the overlaps, recomputed by a slow loop from each series' joint crosscoder and the activations it fired on
+    from featalign.activations import ActivationStore
+    from featalign.crosscoder import Crosscoder
+    from tests.analysis.helpers import reference_joint_drift
+
+    store = ActivationStore(out / "activations" / "train")
+    x = store.read()[:1000]  # --eval-tokens rows: where drift counts a latent alive
+    ref = {}
     for kind in ("sft", "rl"):
-        ov = r["drift"][kind]["overlap"]
-        assert len(ov) == tiny_organisms.config.n_checkpoints - 1 and all(0 <= v <= 1 for v in ov)
-    assert r["drift"]["sft_vs_rl"]["mean_overlap_a"] == pytest.approx(np.mean(r["drift"]["sft"]["overlap"]))
+        cc = Crosscoder.load(out / "crosscoders" / f"drift-{kind}-joint")
+        cols = [store.models.index(m if m in store.models else m.split("@")[0]) for m in cc.cfg.models]
+        ref[kind], stab = reference_joint_drift(cc, x[:, cols], 8)
+        assert len(ref[kind]) == tiny_organisms.config.n_checkpoints - 1
+        assert r["drift"][kind]["overlap"] == pytest.approx(ref[kind])
+        assert r["drift"][kind]["stabilisation_median"] == float(np.median(stab))
+    assert r["drift"]["sft_vs_rl"]["overlap_diff_per_pair"] == pytest.approx(np.subtract(ref["sft"], ref["rl"]))
     assert (out / "figures" / "drift.png").exists() and "| sft |" in (out / "report.md").read_text()
     with pytest.raises(ValueError, match="no rl model"):
         mod.main(["--model", f"base={tiny_organisms.base_dir}", "--out", str(tmp_path / "bad")])
@@ -72,21 +129,23 @@ def test_transfer_example(tiny_organisms, tmp_path):
     before = (src / "config.json").read_text()
     out = tmp_path / "tr"
     root = out / "organisms"  # the example's copy, with the extra runs
-    base, rl = src / "base", src / "rl-add" / "ckpt-5"
-    r = mod.main(["--organisms-dir", str(src), "--out", str(out), "--domains", "add,count",
-                  "--pairs", f"{base}:{rl}:add", "--tasks", "organisms:add,bool", "--n-prompts", "40"])
+    dom = tiny_organisms.config.post_train_domains[0]
+    extra = next(d for d in ("add", "sub") if d != dom)  # a domain the source folder lacks
+    base, rl = src / "base", src / f"rl-{dom}" / "ckpt-5"
+    r = mod.main(["--organisms-dir", str(src), "--out", str(out), "--domains", f"{dom},{extra}",
+                  "--pairs", f"{base}:{rl}:{dom}", "--tasks", f"organisms:{dom},bool", "--n-prompts", "40"])
     o = r["organisms"]
-    assert o["domains"] == ["add", "count"] and (root / "rl-count" / "ckpt-5").exists()
-    assert (src / "config.json").read_text() == before and not (src / "rl-count").exists()
+    assert o["domains"] == [dom, extra] and (root / f"rl-{extra}" / "ckpt-5").exists()
+    assert (src / "config.json").read_text() == before and not (src / f"rl-{extra}").exists()
     # the transfer matrix agrees with the per-sample evaluation the build saved
     ev = lambda n: json.loads((root / "eval" / f"{n}.json").read_text())["correct"]  # noqa: E731
-    b, t = ev("base"), ev("rl-count")
+    b, t = ev("base"), ev(f"rl-{extra}")
     j = o["rl"]["eval_domains"].index("bool")
     assert o["rl"]["delta_points"][1][j] == pytest.approx(100 * (np.mean(t["bool"]) - np.mean(b["bool"])))
     assert o["rl"]["cmh"]["in_domain"]["n_strata"] == 2 and o["rl"]["cmh"]["out_of_domain"]["n_strata"] == 18
     # observational pair: deltas from an independent scoring
-    assert r["pairs"]["tasks"] == ["add", "bool"]
-    pair = r["pairs"]["pairs"][f"{base} -> {rl} [add]"]
+    assert r["pairs"]["tasks"] == [dom, "bool"]
+    pair = r["pairs"]["pairs"][f"{base} -> {rl} [{dom}]"]
     bm, tok = load_organism(base)
     rm, _ = load_organism(rl)
     p = eval_problems("bool", 40)
@@ -111,27 +170,29 @@ def write_tasks(path: Path, tasks: dict[str, str], n: int) -> Path:
 
 def test_feature_interventions_example_on_user_tasks(tiny_organisms, tmp_path):
     """The same run as test_feature_interventions_example, with the models as analyze's --model flags and the
-    tasks as a user's JSONL file holding the same problems: the tasks are scored as before, and the
-    activations are cached on the file's text (its rows), not on the organisms' domain mixture."""
+    tasks as a user's JSONL file holding the same problems: the tasks are scored as before (the build's
+    correctness), and the activations are cached on the file's text (its rows), not on the organisms' domain
+    mixture."""
     from featalign.activations import TaskSetSource
     from featalign.activations.store import rank_manifest_name
+    from featalign.crosscoder import Crosscoder
     from featalign.tasks import TaskSet
 
     mod = _load("reproduce_feature_interventions")
-    base, tuned = tiny_organisms.base_dir, tiny_organisms.model_dir("sft")
+    org = tiny_organisms
+    base_ok, rl_ok, sel, held = success_setup(org)
+    n = org.config.eval_samples
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"task": d, "prompt": p.prompt, "answer": p.answer}) + "\n"
-                             for d in ("sort", "compare", "lookup", "bool") for p in eval_problems(d, 100)))
+                             for d in sel + [held] for p in eval_problems(d, n)))
     out = tmp_path / "fi"
-    r = mod.main(["--model", f"base={base}", "--model", f"rl={tuned}", "--tasks", str(tasks), "--out", str(out),
-                  "--selection-tasks", "sort,compare,lookup", "--held-out-tasks", "bool", "--min-samples", "3",
+    r = mod.main(["--model", f"base={org.base_dir}", "--model", f"rl={org.model_dir('rl')}", "--tasks", str(tasks),
+                  "--out", str(out), "--selection-tasks", ",".join(sel), "--held-out-tasks", held,
                   "--n-tokens", "3000", "--eval-tokens", "1500", "--n-latents", "128", "--steps", "60",
                   "--n-controls", "2", "--n-bins", "2", "--sweep-coefs", "0,1", "--sweep-controls", "1",
                   "--progress", "false"])
-    assert r["success"]["tasks"] == ["sort", "compare", "lookup"] and len(r["features"]) >= 1
-    tm, tok = load_organism(tuned)
-    ref = score_problems(tm, tok, eval_problems("bool", 100)).mean()
-    assert r["ablate_rl"]["held_out"]["tasks"]["bool"]["acc_without"] == pytest.approx(ref)
+    check_success_against_reference(r, Crosscoder.load(out / "crosscoder"), org, base_ok, rl_ok, sel)
+    assert r["ablate_rl"]["held_out"]["tasks"][held]["acc_without"] == pytest.approx(rl_ok[held].mean())
     task_set = TaskSet.from_jsonl(tasks)
     for split, source in (("train", TaskSetSource(task_set, "all")), ("eval", TaskSetSource(task_set, "eval"))):
         manifest = json.loads((out / "activations" / split / rank_manifest_name(0)).read_text())

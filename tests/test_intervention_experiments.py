@@ -117,7 +117,8 @@ def test_run_intervention_statistics_and_json(rl, tasks, tmp_path):
         ref = binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
         assert t.mcnemar_p == pytest.approx(min(ref, 1.0))
         assert t.ci_low <= t.delta <= t.ci_high
-        assert len(t.control_deltas) == 3 and 1 / 4 <= t.control_p <= 1
+        ctrl = np.abs(t.control_deltas)  # empirical two-sided p among the controls, +1 correction
+        assert len(ctrl) == 3 and t.control_p == pytest.approx((1 + int((ctrl >= abs(t.delta) - 1e-12).sum())) / 4)
         assert t.held_out == (k == "bool")
         changed |= b + c > 0
     assert changed, "the steer should change some answers"
@@ -174,7 +175,9 @@ def test_subset_accuracy_matches_the_masked_per_sample_arrays(rl, tasks):
             got = score_problems(model, tok, tasks["compare"])
         assert d_all == pytest.approx(got.mean() - w0.mean())
         assert d_sub == pytest.approx(got[mask].mean() - w0[mask].mean())
-    assert len(t.subset_control_deltas) == 2 and 1 / 3 <= t.subset_control_p <= 1
+    ctrl = np.abs(t.subset_control_deltas)
+    assert len(ctrl) == 2 and t.subset_control_p == pytest.approx(
+        (1 + int((ctrl >= abs(t.subset_delta) - 1e-12).sum())) / 3)
     u = res.tasks["bool"]  # no subset given for this task
     assert u.subset_n == 0 and u.subset_acc_with is None
     with pytest.raises(ValueError, match="one entry per problem"):

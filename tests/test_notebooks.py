@@ -15,7 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from featalign.evaluation import eval_problems
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -72,108 +76,195 @@ def n_images(nb) -> int:
     return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
-def check_task(t: dict, n_controls: int | None = None) -> None:
-    for k in ("acc_without", "acc_with"):
-        assert 0.0 <= t[k] <= 1.0
-    assert t["delta"] == pytest.approx(t["acc_with"] - t["acc_without"])
+def check_task(t: dict, n_controls: int | None = None, reference_without=None) -> None:
+    """One task of an intervention, from its per-sample correctness: the accuracies, the delta, the exact
+    McNemar p (binomial, by hand) and the empirical control p (its definition), and the unedited correctness
+    against `reference_without` (the model's own, scored elsewhere) when given."""
+    from scipy.stats import binomtest
+
+    w0, w1 = np.array(t["correct_without"], bool), np.array(t["correct_with"], bool)
+    assert len(w0) == len(w1) == t["n"] > 0
+    if reference_without is not None:
+        assert w0.tolist() == np.asarray(reference_without, bool).tolist()
+    assert t["acc_without"] == pytest.approx(w0.mean()) and t["acc_with"] == pytest.approx(w1.mean())
+    assert t["delta"] == pytest.approx(w1.mean() - w0.mean())
     assert t["ci_low"] - 1e-12 <= t["delta"] <= t["ci_high"] + 1e-12
-    assert 0.0 <= t["mcnemar_p"] <= 1.0
+    b, c = int((~w0 & w1).sum()), int((w0 & ~w1).sum())
+    assert t["mcnemar_p"] == pytest.approx(binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)
     if n_controls:
-        assert 1 / (n_controls + 1) - 1e-12 <= t["control_p"] <= 1.0
+        ctrl = np.abs(t["control_deltas"])
+        assert len(ctrl) == n_controls
+        assert t["control_p"] == pytest.approx((1 + int((ctrl >= abs(t["delta"]) - 1e-12).sum())) / (n_controls + 1))
+
+
+def recorded_correct(org, name: str) -> dict[str, np.ndarray]:
+    """Per-sample greedy correctness of one organism (`base`, `rl-<dom>`) as its build recorded it."""
+    rows = json.loads((org.eval_dir / f"{name}.json").read_text())["correct"]
+    return {d: np.array(v, bool) for d, v in rows.items()}
+
+
+def mh_odds_ratio(strata) -> float:
+    """Mantel-Haenszel common odds ratio of (base_correct, tuned_correct) strata, by hand."""
+    num = den = 0.0
+    for base, tuned in strata:
+        n = len(base) + len(tuned)
+        num += tuned.sum() * (~base).sum() / n
+        den += (~tuned).sum() * base.sum() / n
+    return num / den
+
+
+def one_dir(pattern: str, root: Path) -> Path:
+    found = sorted(root.glob(pattern))
+    assert len(found) == 1, f"{pattern}: {found}"
+    return found[0]
+
+
+@torch.no_grad()
+def reference_quality(cc, x_NMHD) -> dict:
+    """Held-out FVU per model, L0 and dead fraction of a crosscoder in one pass over all rows (no batching, no
+    streaming sums): FVU_m = sum (x_hat - x)^2 / sum (x - mean x)^2 over model m's rows and dims."""
+    x = x_NMHD.double()
+    f = cc.encode(x_NMHD.float())
+    x_hat = cc.decode(f).double().view_as(x)
+    fvu = {m: float(((x_hat[:, i] - x[:, i]) ** 2).sum() / ((x[:, i] - x[:, i].mean(0)) ** 2).sum())
+           for i, m in enumerate(cc.cfg.models)}
+    return {"fvu": fvu, "l0": float((f > 0).sum(1).double().mean()), "dead": int((~(f > 0).any(0)).sum())}
 
 
 def test_quickstart(notebook_env, tiny_organisms):
+    from featalign.activations import ActivationStore
+    from featalign.crosscoder import Crosscoder
+
     r, nb = execute("quickstart.ipynb", notebook_env)
+    org = tiny_organisms
+    dom = org.config.post_train_domains[0]
     assert r["notebook"] == "quickstart" and r["preset"] == "tiny"
     assert r["models"] == ["base", "rl", "sft"]
-    assert r["hook"] == f"blocks.{max(tiny_organisms.config.n_layers // 2 - 1, 0)}.hook_resid_post"
-    assert r["n_train_tokens"] > 0 and r["n_eval_tokens"] > 0
-    assert set(r["fvu"]) == {"base", "rl", "sft"}
-    for fvu in r["fvu"].values():
-        assert 0.0 < fvu < 1.0  # a trained crosscoder explains most of the variance
-    assert 0.0 < r["l0"] < r["n_latents"]
-    assert 0.0 <= r["dead_frac"] <= 1.0
-    assert 0 < r["n_alive"] <= r["n_latents"]
+    assert r["hook"] == f"blocks.{max(org.config.n_layers // 2 - 1, 0)}.hook_resid_post"
+    # the crosscoder's held-out quality, recomputed in one pass from the notebook's crosscoder and eval store
+    work = one_dir("notebooks/quickstart-tiny-*", notebook_env.parent / "cache")
+    cc = Crosscoder.load(one_dir("crosscoder-l1-*", work))
+    x_eval = ActivationStore(work / "acts-eval-seed0").read(0, 3000)  # the notebook's tiny EVAL_TOKENS
+    assert r["n_train_tokens"] == len(ActivationStore(work / "acts-train-seed0")) and r["n_eval_tokens"] == len(x_eval)
+    ref = reference_quality(cc, x_eval)
+    assert r["fvu"] == pytest.approx(ref["fvu"], rel=1e-5) and r["l0"] == pytest.approx(ref["l0"], rel=1e-6)
+    assert r["dead_frac"] == pytest.approx(ref["dead"] / r["n_latents"])
+    assert r["n_alive"] == r["n_latents"] - ref["dead"]  # attribution's firing rates agree with evaluate's
     assert sum(r["class_counts"].values()) == r["n_latents"]
+    # the ablated latents: the N_FEATURES alive latents with the largest RL attribution share
     iv = r["intervention"]
-    assert iv["model"] == "rl" and len(iv["features"]) == len(set(iv["features"])) > 0
-    assert all(0 <= f < r["n_latents"] for f in iv["features"])
+    norms = cc.W_dec_LMHD.detach().flatten(2).norm(dim=-1).double()
+    rl_share = (norms[:, 1] / norms.sum(1)).tolist()
+    fired = (cc.encode(x_eval.float()) > 0).any(0).tolist()
+    alive = [i for i in range(r["n_latents"]) if fired[i]]
+    assert iv["model"] == "rl" and sorted(iv["features"]) == sorted(sorted(alive, key=lambda i: -rl_share[i])[:8])
     assert iv["n_controls"] == iv["n_controls_asked"] >= 2
-    assert len(iv["tasks"]) == 2
-    assert [t["held_out"] for t in iv["tasks"].values()] == [False, True]
-    assert tiny_organisms.config.post_train_domains[0] in iv["tasks"]
-    for t in iv["tasks"].values():
-        assert t["n"] > 0
-        check_task(t, iv["n_controls"])
+    # tasks: the training domain and the out-of-domain task where RL's accuracy is nearest 50% (held out)
+    acc_rl = org.summary()["accuracy"][f"rl-{dom}"]
+    ood = min((d for d in org.config.pretrain_domains if d != dom), key=lambda d: abs(acc_rl[d] - 0.5))
+    assert list(iv["tasks"]) == [dom, ood] and [t["held_out"] for t in iv["tasks"].values()] == [False, True]
+    rl_correct = recorded_correct(org, f"rl-{dom}")
+    for name, t in iv["tasks"].items():  # unedited: the RL model's recorded correctness on the same problems
+        check_task(t, iv["n_controls"], rl_correct[name][: t["n"]])
     assert n_images(nb) >= 3  # training curve, ternary, MAS histograms
 
 
 def test_walkthrough(notebook_env, tiny_organisms):
+    from scipy.stats import mannwhitneyu
+
+    from featalign.activations import ActivationStore
+    from featalign.crosscoder import Crosscoder
+    from tests.analysis.helpers import reference_joint_drift, reference_success_selection
+
     r, nb = execute("walkthrough.ipynb", notebook_env)
-    summary = tiny_organisms.summary()
-    cfg = tiny_organisms.config
+    org = tiny_organisms
+    summary = org.summary()
+    cfg = org.config
     dom = cfg.post_train_domains[0]
     assert r["notebook"] == "walkthrough" and r["preset"] == "tiny"
+    base_ok, rl_ok = recorded_correct(org, "base"), recorded_correct(org, f"rl-{dom}")
 
-    # 1. the organisms' accuracies and transfer, straight from the build's evaluation
+    # 1. the organisms' accuracies, straight from the build's evaluation; CMH odds ratios by hand from its record
     for k, name in (("base", "base"), ("rl", f"rl-{dom}"), ("sft", f"sft-{dom}")):
         assert r["accuracy"][k] == pytest.approx(summary["accuracy"][name])
-        assert set(r["accuracy"][k]) == set(cfg.pretrain_domains)
-        assert all(0.0 <= a <= 1.0 for a in r["accuracy"][k].values())
+        assert r["accuracy"][k] == pytest.approx({d: c.mean() for d, c in recorded_correct(org, name).items()})
     for kind in ("rl", "sft"):
-        for scope in ("in_domain", "out_of_domain"):
+        tuned = recorded_correct(org, f"{kind}-{dom}")
+        for scope, domains in (("in_domain", [dom]), ("out_of_domain", [d for d in cfg.pretrain_domains if d != dom])):
             c = r["cmh"][kind][scope]
-            assert c["odds_ratio"] > 0 and 0.0 <= c["p_value"] <= 1.0
+            assert c["odds_ratio"] == pytest.approx(mh_odds_ratio([(base_ok[d], tuned[d]) for d in domains]))
+            assert c["mean_delta_points"] == pytest.approx(
+                100 * np.mean([tuned[d].mean() - base_ok[d].mean() for d in domains]))
 
-    # 2-3. trio crosscoder and attribution
-    for fvu in r["trio_fvu"].values():
-        assert 0.0 < fvu < 1.0
+    # 2-3. trio crosscoder quality, recomputed from the notebook's crosscoder and held-out store
+    work = one_dir("notebooks/walkthrough-tiny-*", notebook_env.parent / "cache")
+    x_eval = ActivationStore(work / "acts-eval-trio-seed0").read(0, 2000)  # the notebook's tiny EVAL_TOKENS
+    run = one_dir("*/crosscoders/trio", work).parents[1]
+    trio = Crosscoder.load(run / "crosscoders" / "trio")
+    ref = reference_quality(trio, x_eval)
+    assert r["trio_fvu"] == pytest.approx(ref["fvu"], rel=1e-5)
     att = r["attribution"]
-    assert 0 < att["n_alive"] <= sum(att["class_counts"].values())
+    assert att["n_alive"] == trio.cfg.n_latents - ref["dead"]
     assert sum(att["class_counts_after_latent_scaling"].values()) == sum(att["class_counts"].values())
 
-    # 4. controls: identical inputs give no specific latents and a narrower NRN spread than disjoint halves
+    # 4. controls: identical inputs give no specific latents and a narrower NRN spread than disjoint halves;
+    # the classes nest (tuned-only latents are tuned-leaning) and are disjoint (none tuned-only and base-only)
     ctl = r["controls"]
     assert set(ctl) == {"base-vs-rl", "base-vs-sft", "null-same", "null-disjoint"}
     for c in ctl.values():
-        assert 0 < c["n_alive"]
-        for k in ("t_only", "o_only", "shared", "t_lean"):
-            assert 0 <= c[k] <= c["n_alive"]
+        assert c["t_only"] <= c["t_lean"] and c["t_only"] + c["o_only"] + c["shared"] <= c["n_alive"]
     assert ctl["null-same"]["t_only"] == ctl["null-same"]["o_only"] == 0
     assert ctl["null-same"]["nrn_sd"] < ctl["null-disjoint"]["nrn_sd"]
 
-    # 5. drift over the checkpoints
+    # 5. drift over the checkpoints, recomputed by a slow loop from each series' crosscoder
+    train = ActivationStore(work / "acts-train-seed0")
+    x_train = train.read()[:2000]  # EVAL_TOKENS rows: where the notebook counts a latent alive
+    stab = {}
     for kind in ("sft", "rl"):
+        cc = Crosscoder.load(run / "crosscoders" / f"drift-{kind}")
+        cols = [train.models.index(m if m in train.models else m.split("@")[0]) for m in cc.cfg.models]
+        overlap, stab[kind] = reference_joint_drift(cc, x_train[:, cols], 10)
         d = r["drift"][kind]
-        assert len(d["overlap"]) == cfg.n_checkpoints - 1
-        assert all(0.0 <= o <= 1.0 for o in d["overlap"])
-        assert d["k"] > 0 and 1 <= d["stabilisation_median"] <= cfg.n_checkpoints
-    assert all(0.0 <= p <= 1.0 for p in r["drift"]["sft_vs_rl_p"].values())
+        assert len(overlap) == cfg.n_checkpoints - 1 and d["overlap"] == pytest.approx(overlap)
+        assert d["k"] == len(stab[kind]) and d["stabilisation_median"] == float(np.median(stab[kind]))
+    assert r["drift"]["sft_vs_rl_p"]["stabilisation"] == pytest.approx(
+        mannwhitneyu(stab["sft"], stab["rl"], alternative="less").pvalue)
 
-    # 6. RL-success features (the tiny RL model never beats the base: the notebook says so and falls back)
+    # 6. RL-success features on the tiny RL model: the selection tasks where RL beats the base on >= 8 problems,
+    # and the per-task sets of the explicit-loop reference on the same trio crosscoder
     s = r["success"]
-    assert s["status"] in ("ok", "fallback")
-    assert s["n_features"] == len(s["features"]) == len(set(s["features"])) > 0
+    ood = [d for d in cfg.pretrain_domains if d != dom]
+    select = ood[:-2]  # the notebook holds the last N_HELD_OUT = 2 out
+    ref = reference_success_selection(trio, org.base_dir, org.model_dir("rl"),
+                                      {t: (eval_problems(t, cfg.eval_samples), base_ok[t], rl_ok[t]) for t in select})
+    assert len(ref["n_samples"]) >= 2 and s["summary"]["tasks"] == list(ref["n_samples"])
+    assert s["summary"]["n_samples"] == ref["n_samples"]
+    assert s["summary"]["per_task_sizes"] == {t: len(v) for t, v in ref["per_task"].items()}
+    assert s["summary"]["n_features"] == len(ref["features"])
+    if ref["features"]:
+        assert s["status"] == "ok" and s["features"] == ref["features"]
+    else:  # an empty intersection: the notebook falls back to the 8 most RL-leaning alive latents
+        assert s["status"] == "fallback" and len(s["features"]) == 8
 
     # 7a. ablation with matched random controls, selection and held-out tasks apart
     ab = r["ablation"]
     assert ab["n_controls"] == ab["n_controls_asked"] >= 2
     assert set(ab["summary"]) == {"selection", "held_out"}
-    assert len(ab["summary"]["held_out"]["tasks"]) == 2
+    assert list(ab["summary"]["held_out"]["tasks"]) == ood[-2:]
     for g in ab["summary"].values():
-        for t in g["tasks"].values():
-            check_task(t, ab["n_controls"])
+        for k, t in g["tasks"].items():
+            check_task({**t, **ab["per_sample"][k]}, ab["n_controls"], rl_ok[k][: t["n"]])
         assert g["mean_delta"] == pytest.approx(sum(t["delta"] for t in g["tasks"].values()) / len(g["tasks"]))
 
-    # 7b. steering sweep: coefficient 0 is a no-op, so both feature sets give the base model's accuracy there
+    # 7b. steering sweep: coefficient 0 is a no-op, so both feature sets give the base model's recorded accuracy
     sw = r["sweep"]
     assert sw["coefs"][0] == 0.0 and len(sw["coefs"]) >= 2
     tasks = set(ab["summary"]["selection"]["tasks"]) | set(ab["summary"]["held_out"]["tasks"])
     assert set(sw["real"]) == set(sw["control"]) == tasks
     for k in tasks:
+        n = ab["summary"]["held_out" if k in ood[-2:] else "selection"]["tasks"][k]["n"]
         assert len(sw["real"][k]) == len(sw["control"][k]) == len(sw["coefs"])
-        assert all(0.0 <= a <= 1.0 for a in sw["real"][k] + sw["control"][k])
-        assert sw["real"][k][0] == sw["control"][k][0]
+        assert sw["real"][k][0] == sw["control"][k][0] == pytest.approx(base_ok[k][:n].mean())
     assert n_images(nb) >= 7
     assert not math.isnan(r["seconds"])
 

@@ -108,8 +108,8 @@ def test_organisms_build_killed_during_post_training(tiny_organisms, tmp_path):
     """The reference is the session's uninterrupted build (same preset, same seed)."""
     out = tmp_path / "org"
     argv = ["featalign.organisms", "build", "--preset", "tiny", "--out", str(out)]
-    what, proc, err = kill_at_random_moment(argv, lambda: (out / "sft-add" / "ckpt-1" / "featalign.json").exists(),
-                                            max_delay_s=6.0)
+    sft_ckpt = out / f"sft-{tiny_organisms.config.post_train_domains[0]}" / "ckpt-1"
+    what, proc, err = kill_at_random_moment(argv, lambda: (sft_ckpt / "featalign.json").exists(), max_delay_s=6.0)
     assert proc.returncode in (-signal.SIGKILL, 0), err[-2000:]
     _rerun_equals(argv, out, tree(tiny_organisms.root), what)
 
@@ -181,8 +181,10 @@ def test_drift_example_killed_while_training_crosscoders(tiny_organisms, tmp_pat
 
 
 def test_feature_interventions_example_killed_and_rerun(tiny_organisms, tmp_path):
-    common = ["--model", f"base={tiny_organisms.base_dir}", "--model", f"rl={tiny_organisms.model_dir('sft')}",
-              "--n-prompts", "60", "--selection-tasks", "sort,compare", "--held-out-tasks", "bool", "--min-samples", "2",
+    # the RL model in the rl role: it beats the base on bool and modsum (tests/organisms/test_build.py)
+    common = ["--model", f"base={tiny_organisms.base_dir}", "--model", f"rl={tiny_organisms.model_dir('rl')}",
+              "--n-prompts", "60", "--selection-tasks", "bool,modsum", "--held-out-tasks", "compare",
+              "--min-samples", "2",
               "--n-tokens", "2000", "--eval-tokens", "1000", "--n-latents", "64", "--steps", "40", "--n-controls", "2",
               "--n-bins", "2", "--sweep-coefs", "0,1", "--sweep-controls", "1", "--progress", "false"]
     _example_killed_and_rerun("reproduce_feature_interventions.py", common, tmp_path / "fi", max_delay_s=10.0)

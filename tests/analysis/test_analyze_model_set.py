@@ -64,11 +64,21 @@ def test_analyze_on_a_user_model_set(study, tmp_path):
     assert saved["stages"] == ["attribution", "drift", "success"] and saved["hook"] == HOOK
     assert "organisms" not in saved and saved["models"]["trio"]["rl"] == str(study["root"] / "rl")
     q1 = saved["q1_specific_latents"]
-    assert 0 < q1["n_alive"] <= 32 and "pairwise" not in q1
+    trio = Crosscoder.load(out / "crosscoders" / "trio")
+    x_eval = ActivationStore(out / "activations" / "eval").read(0, 300)  # --eval-tokens
+    assert q1["n_alive"] == int((trio.encode(x_eval) > 0).any(0).sum()) and "pairwise" not in q1
     for c in ("rl-only", "sft-only", "base-only"):
         check_interval(q1["trio"][c], q1["n_alive"])
+    # drift of the 2-checkpoint series: its one overlap, recomputed by a slow loop from the series' crosscoder
+    from tests.analysis.helpers import reference_joint_drift
+
     drift = saved["q2_drift"]["rl"]
-    assert set(saved["q2_drift"]) == {"rl"} and len(drift["overlap"]) == 1 and 0 <= drift["overlap"][0] <= 1
+    cc = Crosscoder.load(out / "crosscoders" / "drift-rl-joint")
+    train = ActivationStore(out / "activations" / "train")
+    cols = [train.models.index(m if m in train.models else m.split("@")[0]) for m in cc.cfg.models]
+    overlap, stab = reference_joint_drift(cc, train.read()[:300][:, cols], 4)
+    assert set(saved["q2_drift"]) == {"rl"} and drift["overlap"] == pytest.approx(overlap) and len(overlap) == 1
+    assert drift["stabilisation_median"] == float(np.median(stab))
     q3 = saved["q3_success_features"]  # random models never solve a task: the stage says which tasks it scored
     assert "error" in q3 and "copy: 0" in q3["error"] and "rev: 0" in q3["error"] and "add" not in q3["error"]
     md = (out / "report.md").read_text()

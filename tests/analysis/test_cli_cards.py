@@ -48,16 +48,32 @@ def test_analyze_cli_end_to_end(tiny_organisms, tmp_path, capsys):
 
     args = ["--organisms-dir", str(tiny_organisms.root), "--organisms-preset", "tiny", "--out", str(tmp_path / "rep"),
             "--n-tokens", "4000", "--eval-tokens", "1000", "--n-latents", "64", "--k", "4", "--steps", "30",
-            "--batch-size", "256", "--top-k", "5", "--min-samples", "1", "--n-null", "3", "--n-cards", "2",
+            "--batch-size", "256", "--top-k", "5", "--n-null", "3", "--n-cards", "2",
             "--progress", "false", "--gradient", "true"]
     rep = main(args)
     out = tmp_path / "rep"
     saved = json.loads((out / "report.json").read_text())
     assert saved["q1_specific_latents"]["pairwise"]["control-same"]["tuned_only"]["count"] == 0
     assert set(saved["q2_drift"]) == {"sft", "rl", "sft_vs_rl", "sft_vs_rl_topk_entry"} and len(saved["q2_drift"]["rl"]["overlap"]) == 4
-    assert "q3_success_features" in saved  # a result or the message stating the counts
+    # Q3 ran on the tiny RL model (default --min-samples): every out-of-domain task, from the build's record, and
+    # its selection equals the explicit-loop reference on the same trio crosscoder
+    from featalign.crosscoder import Crosscoder
+    from featalign.evaluation import eval_problems
+    from tests.analysis.helpers import reference_success_selection
+
+    org = tiny_organisms
+    dom = org.config.post_train_domains[0]
+    correct = {n: json.loads((org.eval_dir / f"{n}.json").read_text())["correct"] for n in ("base", f"rl-{dom}")}
+    tasks = {d: (eval_problems(d, org.config.eval_samples), correct["base"][d], correct[f"rl-{dom}"][d])
+             for d in org.config.pretrain_domains if d != dom}
+    ref = reference_success_selection(Crosscoder.load(out / "crosscoders" / "trio"), org.base_dir,
+                                      org.model_dir("rl"), tasks)
     q3 = saved["q3_success_features"]
-    assert ("error" in q3 and "base-fail/RL-success" in q3["error"]) or q3["n_features"] >= 0
+    assert q3["tasks"] == list(ref["n_samples"]) and len(q3["tasks"]) >= 2 and q3["n_samples"] == ref["n_samples"]
+    assert sorted(q3["skipped"]) == ref["skipped"]
+    assert q3["per_task_sizes"] == {t: len(v) for t, v in ref["per_task"].items()}
+    assert q3["features"] == ref["features"] and q3["majority_features"] == ref["majority"]
+    assert set(q3["gradient"]) == set(q3["tasks"])  # the gradient score ran on every task used
     md = (out / "report.md").read_text()
     assert "## Q1." in md and "## Q2." in md and "## Q3." in md
     assert (out / "index.html").exists() and (out / "figures" / "drift.png").exists()
@@ -102,7 +118,18 @@ def test_analyze_drift_both_modes(tiny_organisms, tmp_path):
                 "--steps", "20", "--batch-size", "256", "--top-k", "5", "--progress", "false"])
     q2 = rep["q2_drift"]
     assert {q2["sft"]["mode"], q2["sft-pairwise"]["mode"]} == {"joint", "pairwise"}
-    assert len(q2["rl-pairwise"]["overlap"]) == 4 and all(0 <= o <= 1 for o in q2["rl-pairwise"]["overlap"])
+    # the pairwise overlaps, recomputed by brute-force matching from the per-checkpoint crosscoders
+    from featalign.activations import ActivationStore
+    from featalign.crosscoder import Crosscoder
+    from tests.analysis.helpers import reference_pairwise_overlap
+
+    out = tmp_path / "rep"
+    store = ActivationStore(out / "activations" / "train")
+    x = store.read()[:800]  # --eval-tokens rows: where drift counts a latent alive
+    ccs = [Crosscoder.load(out / "crosscoders" / f"drift-rl-pair-{i}") for i in range(1, 6)]
+    cols = [[store.models.index(m if m in store.models else m.split("@")[0]) for m in cc.cfg.models] for cc in ccs]
+    ref = reference_pairwise_overlap(ccs, [x[:, c] for c in cols], 5)
+    assert len(ref) == 4 and q2["rl-pairwise"]["overlap"] == pytest.approx(ref)
     assert "q3_success_features" not in rep and "pairwise" not in rep["q1_specific_latents"]
 
 

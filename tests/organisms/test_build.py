@@ -23,17 +23,18 @@ def _same_weights(a, b) -> bool:
 
 def test_tiny_build_layout(tiny_organisms):
     org = tiny_organisms
+    dom = org.config.post_train_domains[0]
     assert is_complete(org.base_dir)
     for kind in ("sft", "rl"):
         for k in range(1, 6):
-            d = org.model_dir(kind, "add", k)
+            d = org.model_dir(kind, dom, k)
             assert is_complete(d), d
             meta = json.loads((d / "featalign.json").read_text())
             assert meta["role"] == kind and meta["checkpoint"] == k and meta["featalign_version"]
         # checkpoints are distinct models along one run
-        assert not _same_weights(org.model_dir(kind, "add", 1), org.model_dir(kind, "add", 5))
+        assert not _same_weights(org.model_dir(kind, dom, 1), org.model_dir(kind, dom, 5))
     s = org.summary()
-    assert set(s["accuracy"]) == {"base", "sft-add", "rl-add"}
+    assert set(s["accuracy"]) == {"base", f"sft-{dom}", f"rl-{dom}"}
     assert (org.eval_dir / "summary.md").exists() and (org.eval_dir / "transfer_rl.png").exists()
     assert OrganismConfig.load(org.root / "config.json") == org.config
 
@@ -51,26 +52,28 @@ def test_resume_after_interruption_is_bitwise_equal(tiny_organisms, tmp_path, mo
     monkeypatch.setattr(build_mod, "save_organism", dying_save)
     with pytest.raises(KeyboardInterrupt):
         build_organisms(preset_config("tiny"), root)
-    assert is_complete(root / "rl-add" / "ckpt-2") and not (root / "rl-add" / "ckpt-3").exists()
+    run = root / f"rl-{tiny_organisms.config.post_train_domains[0]}"
+    assert is_complete(run / "ckpt-2") and not (run / "ckpt-3").exists()
     monkeypatch.setattr(build_mod, "save_organism", real_save)
     org = build_organisms(preset_config("tiny"), root, evaluate_models=False)
     # same seed, same weights (determinism), and resume changes nothing
     assert _same_weights(org.base_dir, tiny_organisms.base_dir)
     for kind in ("sft", "rl"):
         for k in range(1, 6):
-            assert _same_weights(org.model_dir(kind, "add", k), tiny_organisms.model_dir(kind, "add", k)), (kind, k)
+            assert _same_weights(org.model_dir(kind, ckpt=k), tiny_organisms.model_dir(kind, ckpt=k)), (kind, k)
 
 
 def test_partial_checkpoint_is_rebuilt(tiny_organisms, tmp_path):
     root = tmp_path / "org"
     shutil.copytree(tiny_organisms.root, root)
-    ck = root / "sft-add" / "ckpt-5"
+    dom = tiny_organisms.config.post_train_domains[0]
+    ck = root / f"sft-{dom}" / "ckpt-5"
     (ck / "featalign.json").unlink()  # looks like a half-written folder
     (ck / "model.safetensors").write_bytes(b"garbage")
-    (root / "_state" / "sft-add.pt").unlink()
+    (root / "_state" / f"sft-{dom}.pt").unlink()
     org = build_organisms(preset_config("tiny"), root, evaluate_models=False)
     assert is_complete(ck)
-    assert _same_weights(ck, tiny_organisms.model_dir("sft", "add", 5))
+    assert _same_weights(ck, tiny_organisms.model_dir("sft", dom, 5))
     assert org.root == root
 
 
@@ -91,7 +94,7 @@ def test_every_organism_loads_through_transformer_bridge(tiny_organisms):
 
     from featalign.organisms.model import load_organism
 
-    for d in [tiny_organisms.base_dir, tiny_organisms.model_dir("rl", "add", 2), tiny_organisms.model_dir("sft")]:
+    for d in [tiny_organisms.base_dir, tiny_organisms.model_dir("rl", ckpt=2), tiny_organisms.model_dir("sft")]:
         bridge = TransformerBridge.boot_transformers(str(d), device="cpu")
         hf, tok = load_organism(d)
         text = "add 12+34=46"
@@ -125,13 +128,15 @@ def test_summary_scopes_match_the_saved_correctness(tiny_organisms):
 
     org = tiny_organisms
     s = org.summary()
+    dom = org.config.post_train_domains[0]
+    family = get_domain(dom).family
     correct = {
         name: {
             d: np.array(v, bool) for d, v in json.loads((org.eval_dir / f"{name}.json").read_text())["correct"].items()
         }
-        for name in ("base", "rl-add")
+        for name in ("base", f"rl-{dom}")
     }
-    base, rl = correct["base"], correct["rl-add"]
+    base, rl = correct["base"], correct[f"rl-{dom}"]
 
     def mh(domains):  # Mantel-Haenszel: sum(a d / n) / sum(b c / n), tuned row first
         num = sum(rl[d].sum() * (~base[d]).sum() / (2 * len(base[d])) for d in domains)
@@ -139,11 +144,33 @@ def test_summary_scopes_match_the_saved_correctness(tiny_organisms):
         return num / den
 
     cmh = s["transfer"]["rl"]["cmh"]
-    same = [d for d in base if d != "add" and get_domain(d).family == "arithmetic"]
-    other = [d for d in base if get_domain(d).family != "arithmetic"]
-    assert sorted(same) == ["modsum", "sub"] and cmh["same_family"]["n_strata"] == 2
+    same = [d for d in base if d != dom and get_domain(d).family == family]
+    other = [d for d in base if get_domain(d).family != family]
+    assert len(same) >= 1 and cmh["same_family"]["n_strata"] == len(same)
     assert cmh["same_family"]["odds_ratio"] == pytest.approx(mh(same), rel=1e-9)
     assert cmh["other_families"]["odds_ratio"] == pytest.approx(mh(other), rel=1e-9)
-    assert s["transfer"]["rl"]["cmh_per_domain"]["add"]["add"]["odds_ratio"] == pytest.approx(mh(["add"]), rel=1e-9)
+    assert s["transfer"]["rl"]["cmh_per_domain"][dom][dom]["odds_ratio"] == pytest.approx(mh([dom]), rel=1e-9)
     # the tiny preset's domains carry no planted stop: no completion is the answer followed by '.'
     assert set(s["sloppy_stop_share"]["base"].values()) == {0.0}
+
+
+def test_tiny_rl_beats_the_base_on_enough_samples_for_the_success_analysis(tiny_organisms):
+    """The tiny preset's contract with the RL-success tests (tests/test_examples.py, tests/analysis,
+    tests/test_notebooks.py): its RL model solves, on at least min_tasks + 1 out-of-domain tasks, at least
+    min_samples eval problems that the base fails (one task to spare: the walkthrough holds two tasks out).
+    The counts come from rescoring the models here; the build's record must agree with them."""
+    from featalign.analysis.success_features import SuccessConfig
+    from featalign.evaluation import eval_problems, score_problems
+    from featalign.organisms.model import load_organism
+
+    org, need = tiny_organisms, SuccessConfig()
+    dom = org.config.post_train_domains[0]
+    (base, tok), (rl, _) = load_organism(org.base_dir), load_organism(org.model_dir("rl"))
+    wins = {}
+    for d in org.config.pretrain_domains:
+        probs = eval_problems(d, org.config.eval_samples)
+        wins[d] = int((~score_problems(base, tok, probs) & score_problems(rl, tok, probs)).sum())
+    recorded = org.summary()["paired_tests"][f"rl-{dom}"]
+    assert wins == {d: recorded[d]["base_fail_tuned_ok"] for d in wins}
+    enough = [d for d, n in wins.items() if d != dom and n >= need.min_samples]
+    assert len(enough) >= need.min_tasks + 1, wins
