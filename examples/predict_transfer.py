@@ -137,7 +137,8 @@ HELP = {
              "each trained on one task of --tasks",
     "tasks": "your own models' task set (a JSONL / task-set file with several tasks)",
     "verifier": "verifier of a JSONL task set (default: the file's own, else exact)",
-    "n_prompts": "prompts per domain for the base's profile (and for scoring your own models)",
+    "n_prompts": "prompts per domain for the base's profile (and for scoring your own models; the organisms' "
+                 "transfer is measured on all of their build's eval prompts)",
     "hook": "hook of the base's features (default: the middle residual stream)",
     "variant": "variant of the base SAE (a 1-model crosscoder)", "n_latents": "latents of the base SAE",
     "k": "batchtopk k", "steps": "training steps of the base SAE", "n_tokens": "training tokens of the base SAE",
@@ -172,10 +173,9 @@ def organisms_ground_truth(cfg: PredictConfig, out: Path) -> GroundTruth:
     eval_names = list(org.config.pretrain_domains)
     load = lambda n: {d: np.array(v, bool) for d, v in read_json(org.eval_dir / f"{n}.json")["correct"].items()}  # noqa: E731
     n_eval = read_json(org.eval_dir / "base.json")["n_per_domain"]
-    n = min(cfg.n_prompts, n_eval)
-    task_set = TaskSet({d: organisms_task(d, eval_problems(d, n_eval)[:n]) for d in eval_names})
-    base = {d: v[:n] for d, v in load("base").items()}
-    tuned = {kind: {d: {e: v[:n] for e, v in load(f"{kind}-{d}").items()} for d in domains} for kind in ("rl", "sft")}
+    task_set = TaskSet({d: organisms_task(d, eval_problems(d, n_eval)) for d in eval_names})  # the build's eval
+    base = load("base")
+    tuned = {kind: {d: load(f"{kind}-{d}") for d in domains} for kind in ("rl", "sft")}
     source = {"organisms": org.config.to_dict(), "domains": domains}
     return GroundTruth(str(org.base_dir), task_set, base, tuned, source, mixture_domains(org))
 
@@ -263,7 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
     pcfg = PredictionConfig(positions=cfg.positions, top_k=cfg.top_k, n_permutations=cfg.n_permutations,
                             n_boot=cfg.n_boot, seed=cfg.seed)
     model = load_model(gt.base_dir)
-    profiles = domain_profiles(cc, model, gt.task_set, gt.base if cfg.attribution else None, 0, pcfg)
+    # the profiles read the first --n-prompts problems of each task; the transfer is measured on all of them
+    profile_tasks = gt.task_set.head(cfg.n_prompts)
+    base_correct = {t.name: gt.base[t.name][: len(t)] for t in profile_tasks}
+    profiles = domain_profiles(cc, model, profile_tasks, base_correct if cfg.attribution else None, 0, pcfg)
     names = gt.task_set.names
     sims = similarity_matrices(profiles, pcfg)
     transfers = {}  # name -> (matrix, training task of each row)

@@ -152,14 +152,14 @@ def test_example_on_tiny_organisms_measures_the_transfer_it_scores(tiny_organism
             "false",
         ]
     )
-    # the measured RL transfer equals an independent reading of the build's evaluation (first 48 prompts)
+    # the measured RL transfer equals an independent reading of the build's evaluation (all its prompts)
     from featalign.io import read_json
 
     ev = out / "organisms" / "eval"
     base, rl_sub = read_json(ev / "base.json")["correct"], read_json(ev / "rl-sub.json")["correct"]
     names = r["tasks"]
     row = r["train"]["rl_delta"].index("sub")
-    expect = [100 * (np.mean(rl_sub[d][:48]) - np.mean(base[d][:48])) for d in names]
+    expect = [100 * (np.mean(rl_sub[d]) - np.mean(base[d])) for d in names]
     np.testing.assert_allclose(r["transfer"]["rl_delta"][row], expect, atol=1e-9)
     assert set(r["scores"]["rl_delta"]) == {"feature_mass", "feature_cosine", "attribution", "ngram", "residual_cosine"}
     assert r["scores"]["rl_delta"]["ngram"]["n_pairs"] == 2 * (len(names) - 1)
