@@ -731,6 +731,15 @@ def q3_section(runs: list[dict]) -> str:
     more = sum(pt[t]["base_fail_tuned_ok"] > pt[t]["base_ok_tuned_fail"] for t in tasks)
     n_null = nl(runs[0])["n"]
     pub = PUBLISHED["features"]
+    if all(g(r, "spearman") for r in runs):
+        gradient = (
+            "Activation × gradient (log-prob of the correct answer) vs Score_k per task: Spearman "
+            f"{cell(runs, lambda r: min(g(r, 'spearman')), num)} to {cell(runs, lambda r: max(g(r, 'spearman')), num)}, "
+            f"top-set Jaccard {cell(runs, lambda r: min(g(r, 'top_k_jaccard')), num)} to\n"
+            f"{cell(runs, lambda r: max(g(r, 'top_k_jaccard')), num)}."
+        )
+    else:
+        gradient = "The activation × gradient score was not computed in every run."
     return f"""## Q3. Is there a compact RL-success feature set shared across tasks?
 
 Base-fail / RL-success samples per out-of-domain task: {samples}; skipped ({skipped}).
@@ -739,10 +748,7 @@ Score at the last prompt token, {100 * runs[0]["analysis"]["config"]["success_fr
 {table(["", "real", f"random-subset null ({n_null} repeats), mean [95%]"], rows)}
 
 By the null's intervals: intersection {inter.text}; majority set {major.text}; mean pairwise overlap
-{overlap.text}. Activation × gradient (log-prob of the correct answer) vs Score_k per task: Spearman
-{cell(runs, lambda r: min(g(r, "spearman")), num)} to {cell(runs, lambda r: max(g(r, "spearman")), num)}, top-set
-Jaccard {cell(runs, lambda r: min(g(r, "top_k_jaccard")), num)} to
-{cell(runs, lambda r: max(g(r, "top_k_jaccard")), num)}.
+{overlap.text}. {gradient}
 Figure: `figures/success_sets.png`; feature cards in `index.html`.
 
 **Answer: {answer}.** Published ({pub["source"]}): a compact intersection ({pub["intersection"]}) with
@@ -1042,11 +1048,14 @@ def collect_prediction(run: Path, organisms: Path) -> dict:
     transfer matrices are small) and the organisms build it ran on, without machine paths."""
     r = json.loads((run / "results.json").read_text())
     org = json.loads((organisms / "config.json").read_text())
+    timings = run / "organisms" / "timings.json"  # the post-training runs the example built (organisms only)
+    stages = json.loads(timings.read_text()) if timings.exists() else {}
     rec = {
         "format_version": FORMAT_VERSION,
         "config": r["config"],
         "stamp": stamp(r),
         "organisms_config": org,
+        "post_training_s": {k: v for k, v in stages.items() if k.startswith(("rl-", "sft-"))},
         **pick(r, ("hook", "tasks", "train", "similarity", "transfer", "scores", "best", "seconds")),
     }
     rec = strip_paths(rec, [("run", run.resolve()), ("organisms", organisms.resolve())])
@@ -1119,9 +1128,11 @@ def prediction_section(pred: dict | None) -> str:
             f"**{label}.** Best feature measure `{best}`: {v.text}; best baseline `{base_best}`: {vb.text}; {beats}."
         )
         lines.append("")
+    post = pred.get("post_training_s") or {}
     lines.append(
-        f"Run time {pred['seconds'] / 60:.0f} min (RL and SFT on every domain included). Figures of the run: "
-        "`figures/scatter_rl_delta.png`, `figures/matrices.png`."
+        f"Time: the {len(post)} single-domain RL and SFT runs {sum(post.values()) / 60:.0f} min (as their build "
+        f"recorded them), the prediction and its scoring {pred['seconds'] / 60:.0f} min (the example's last call, "
+        "which reuses built runs). Figures of the run: `figures/scatter_rl_delta.png`, `figures/matrices.png`."
     )
     return "\n".join(lines)
 

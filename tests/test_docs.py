@@ -547,6 +547,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     from featalign.analysis.cli import main as analyze
 
     res, root, out = _results(), tiny_organisms.root, tmp_path / "runs"
+    dom = tiny_organisms.config.post_train_domains[0]
     small = ["--n-tokens", "1000", "--eval-tokens", "400", "--n-latents", "32", "--steps", "10", "--progress", "false"]
     analyze(
         [
@@ -604,7 +605,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     drift = ["--organisms-dir", str(root), "--out", str(out / "drift"), "--top-k", "4", *small]
     _example("reproduce_drift").main(drift)
     _example("reproduce_transfer_study").main(
-        ["--organisms-dir", str(root), "--out", str(out / "tr"), "--domains", "add", "--n-prompts", "40"]
+        ["--organisms-dir", str(root), "--out", str(out / "tr"), "--domains", dom, "--n-prompts", "40"]
     )
     dirs = dict(
         analysis=out / "analysis", interventions=out / "fi", drift=out / "drift", transfer=out / "tr", organisms=root
@@ -616,7 +617,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert rec["analysis"]["q1"] == report["q1_specific_latents"]
     assert [row["delta"] for row in rec["interventions"]["sweep"]] == [row["delta"] for row in fi["sweep"]]
     assert rec["analysis"]["models"]["trio"]["base"] == "<organisms>/base"
-    assert rec["interventions"]["config"]["model"] == ["base=<organisms>/base", "rl=<organisms>/sft-add/ckpt-5"]
+    assert rec["interventions"]["config"]["model"] == ["base=<organisms>/base", f"rl=<organisms>/sft-{dom}/ckpt-5"]
     assert str(tmp_path) not in json.dumps(rec) and str(root) not in json.dumps(rec)
     page = res.render([rec])
     held = fi["ablate_rl"]["held_out"]["tasks"]["bool"]
