@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,21 @@ def test_rendered_tables_agree_with_their_json():
     assert render.render(page) == page, "docs/organisms.md disagrees with docs/data: run python docs/render_tables.py"
     # the check can fail: a hand-edited number is caught
     edited = page.replace("| **count** (in-domain) | 58.0 |", "| **count** (in-domain) | 60.4 |")
+    assert edited != page and render.render(edited) != edited
+
+
+def test_known_answers_page_agrees_with_its_json():
+    mod_spec = importlib.util.spec_from_file_location("featalign_docs_render", ROOT / "docs" / "render_tables.py")
+    render = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(render)
+    page = (ROOT / "docs" / "known_answers.md").read_text()
+    assert "<!-- table:known-answers -->" in page
+    assert render.render(page) == page, "docs/known_answers.md disagrees with docs/data: run python docs/render_tables.py"
+    data = json.loads((ROOT / "docs" / "data" / "known_answers.json").read_text())
+    power = data["summary"]["drift"]["power"]
+    row = f"{power['k']}/{power['n']} [{power['low']:.2f}, {power['high']:.2f}]"
+    assert row in page
+    edited = page.replace(row, f"{power['n'] + 1}/{power['n']} [0.00, 1.00]", 1)  # a hand-edited number is caught
     assert edited != page and render.render(edited) != edited
 
 
