@@ -116,20 +116,25 @@ def known_answers(path: Path) -> str:
         lines += ["", f"The nulls flag anything at all: an rl-only latent in {cell(a['null_flags_anything'])} seeds, an "
                   f"rl-leaning one in {cell(a['null_flags_anything_lean'])}."]
     lines += ["", "| seed | detector precision / recall | attribution: best cos, NRN, class | "
-              "drift: best cos, stabilisation, top-k entry | null: best cos (attribution, drift) |",
-              "|---|---|---|---|---|"]
+              "drift: best cos, stabilisation, top-k entry | null: best cos (attribution, drift) | "
+              "best latent: share of its firings on trigger, share of triggers it fires on | "
+              "best latent's base decoder: cos with the base's trigger direction |",
+              "|---|---|---|---|---|---|---|"]
     for s in r["per_seed"]:
         d, at, dr = s["detector"], s["attribution"], s["drift"]
         ap, dp = at["planted"], dr["planted"]
         lines.append(f"| {s['seed']} | {d['held_out_precision']:.3f} / {d['held_out_recall']:.3f} | "
                      f"{ap['best_cos']:.3f}, {ap['best_nrn']:.2f}, {ap['best_class']} | "
                      f"{dp['best_cos']:.3f}, {dp['best_stabilisation']}, {dp['best_topk_entry']} | "
-                     f"{at['null']['best_cos']:.3f}, {dr['null']['best_cos']:.3f} |")
+                     f"{at['null']['best_cos']:.3f}, {dr['null']['best_cos']:.3f} | "
+                     f"{ap['best_fires_on_trigger']:.2f}, {ap['trigger_fires_best']:.2f} | "
+                     f"{ap['best_base_decoder_cos_base_trigger_direction']:+.2f} |")
     stamp = ", ".join(f"{k} {r[k]}" for k in sorted(r) if k.endswith("_version") or k == "cpu_capability")
     lines += ["", f"Settings: trigger `{c['trigger']}`, scale {c['scale']}, hook `{r['hook']}`, {c['variant']} "
               f"crosscoders of {c['n_latents']} latents (k {c['k']}), {c['steps']} steps, {c['n_tokens']:,} tokens per "
               f"model ({c['eval_tokens']:,} held out); drift over {c['n_checkpoints']} checkpoints, top-{c['top_k']}. "
-              f"{len(r['per_seed'])} seeds, {r['seconds'] / 60:.0f} min of this run (under load). Stamp: {stamp}."]
+              f"{len(r['per_seed'])} seeds; the last invocation took {r['seconds'] / 60:.0f} min under load (finished seeds are "
+              f"reused, so that is not a seed's cost). Stamp: {stamp}."]
     return "\n".join(lines)
 
 

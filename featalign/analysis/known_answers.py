@@ -99,7 +99,7 @@ class KnownAnswerConfig(JsonConfig):
 
 
 ANALYSES = ("attribution", "drift")
-SCORING_VERSION = 2  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
+SCORING_VERSION = 3  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
 
 
 def cosine_to(dec_LK: torch.Tensor, v_D: torch.Tensor) -> torch.Tensor:
@@ -211,7 +211,30 @@ def attribution_case(out: Path, x_train, x_eval, column: int, v_D, hook: str, ac
 
     cc = train_or_load(out, ("base", "rl"), x_train[:, [0, column]], hook, acfg)
     att = attribute(cc, x_eval[:, [0, column]])
-    return score_attribution(att, decoder_vectors(cc), v_D, cfg.cos_threshold, acfg.lean)
+    score = score_attribution(att, decoder_vectors(cc), v_D, cfg.cos_threshold, acfg.lean)
+    return score | where_it_fires(
+        cc, x_eval, column, score["best_latent"], decoder_vectors(cc)[score["best_latent"], 0]
+    )
+
+
+@torch.no_grad()
+def where_it_fires(cc, x_eval, column: int, latent: int, base_dec_K: torch.Tensor) -> dict:
+    """Does the best-matching latent fire where the plant does (trigger = eval tokens where the planted column
+    moved by > 10% of its largest move), and does its *base* decoder point along the base's own trigger direction
+    (the base's mean activation at trigger tokens minus its mean over all tokens): the sign that v was folded into a
+    latent the base already had for the trigger."""
+    from featalign.analysis.attribution import latent_activations
+
+    moved_N = (x_eval[:, 1, 0] - x_eval[:, 0, 0]).norm(dim=-1)
+    trigger_N = moved_N > 0.1 * moved_N.max().clamp_min(1e-12)
+    fires_N = latent_activations(cc, x_eval[:, [0, column]])[:, latent] > 0
+    base_N_D = x_eval[:, 0, 0].float()
+    trigger_dir = base_N_D[trigger_N].mean(0) - base_N_D.mean(0)
+    return {
+        "best_fires_on_trigger": float((fires_N & trigger_N).sum() / fires_N.sum().clamp_min(1)),
+        "trigger_fires_best": float((fires_N & trigger_N).sum() / trigger_N.sum().clamp_min(1)),
+        "best_base_decoder_cos_base_trigger_direction": float(cosine_to(base_dec_K[None], trigger_dir)[0]),
+    }
 
 
 def drift_case(

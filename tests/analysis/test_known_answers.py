@@ -66,6 +66,7 @@ def test_attribution_names_the_planted_latent_and_not_on_the_null(tiny_case):
     # planted: one alive latent carries v in the rl decoder and leans to rl; tiny crosscoders absorb part of the
     # base's '=' feature into it (docs/known_answers.md), so its NRN is below the strict rl-only 0.9
     assert planted["best_cos"] > 0.8 and planted["best_nrn"] > 0.55 and planted["best_firing_rate"] > 0.02
+    assert planted["trigger_fires_best"] > 0.8  # it fires where the plant moved the activations
     # null: nothing points along v, nothing is model-specific, so nothing is found
     assert null["best_cos"] < 0.6 and not null["found"] and not null["found_lean"]
     assert null["n_rl_only"] == 0 and null["n_rl_leaning"] == 0
@@ -97,3 +98,22 @@ def test_rates_and_settings():
         KnownAnswerConfig(trigger="equals")
     with pytest.raises(UsageError, match="--analyses"):
         KnownAnswerConfig(analyses="attribution,cards")
+
+
+def test_the_example_refuses_bad_input_before_any_work(tmp_path, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "known_answers.py"
+    spec = importlib.util.spec_from_file_location("known_answers_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["known_answers_example"] = mod
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    assert "--cos-threshold" in capsys.readouterr().out
+    for bad in (["--seeds", "3-1"], ["--trigger", "token"], ["--scale", "-1"], ["--analyses", "cards"]):
+        with pytest.raises(UsageError):
+            mod.main([*bad, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
