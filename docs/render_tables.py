@@ -178,6 +178,51 @@ def bench_cache_compare(runs: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def known_answers(path: Path) -> str:
+    """`examples/known_answers.py` of one run: power on the planted cases next to false positives on the nulls."""
+    r = json.loads(path.read_text())
+    c, summary = r["config"], r["summary"]
+
+    def cell(d: dict) -> str:
+        return f"{d['k']}/{d['n']} [{d['low']:.2f}, {d['high']:.2f}]"
+
+    criteria = {
+        "attribution": [("rl-only (NRN >= 0.9) and cos >= {t}", ""), ("rl-leaning (NRN >= 0.6) and cos >= {t}", "_lean")],
+        "drift": [("cos >= {t}, stabilises at checkpoint {j}", ""), ("cos >= {t}, enters the top-k at {j}", "_topk_entry")],
+    }
+    lines = ["| analysis | found = | power (planted) [95% CP] | false positives (null) [95% CP] |", "|---|---|---|---|"]
+    for a in summary:
+        for label, suffix in criteria[a]:
+            text = label.format(t=c["cos_threshold"], j=c["plant_checkpoint"])
+            s = summary[a]
+            lines.append(f"| {a} | {text} | {cell(s['power' + suffix])} | {cell(s['false_positive_rate' + suffix])} |")
+    a = summary.get("attribution")
+    if a:
+        lines += ["", f"The nulls flag anything at all: an rl-only latent in {cell(a['null_flags_anything'])} seeds, an "
+                  f"rl-leaning one in {cell(a['null_flags_anything_lean'])}."]
+    lines += ["", "| seed | detector precision / recall | attribution: best cos, NRN, class | "
+              "drift: best cos, stabilisation, top-k entry | null: best cos (attribution, drift) | "
+              "best latent: share of its firings on trigger, share of triggers it fires on | "
+              "best latent's base decoder: cos with the base's trigger direction |",
+              "|---|---|---|---|---|---|---|"]
+    for s in r["per_seed"]:
+        d, at, dr = s["detector"], s["attribution"], s["drift"]
+        ap, dp = at["planted"], dr["planted"]
+        lines.append(f"| {s['seed']} | {d['held_out_precision']:.3f} / {d['held_out_recall']:.3f} | "
+                     f"{ap['best_cos']:.3f}, {ap['best_nrn']:.2f}, {ap['best_class']} | "
+                     f"{dp['best_cos']:.3f}, {dp['best_stabilisation']}, {dp['best_topk_entry']} | "
+                     f"{at['null']['best_cos']:.3f}, {dr['null']['best_cos']:.3f} | "
+                     f"{ap['best_fires_on_trigger']:.2f}, {ap['trigger_fires_best']:.2f} | "
+                     f"{ap['best_base_decoder_cos_base_trigger_direction']:+.2f} |")
+    stamp = ", ".join(f"{k} {r[k]}" for k in sorted(r) if k.endswith("_version") or k == "cpu_capability")
+    lines += ["", f"Settings: trigger `{c['trigger']}`, scale {c['scale']}, hook `{r['hook']}`, {c['variant']} "
+              f"crosscoders of {c['n_latents']} latents (k {c['k']}), {c['steps']} steps, {c['n_tokens']:,} tokens per "
+              f"model ({c['eval_tokens']:,} held out); drift over {c['n_checkpoints']} checkpoints, top-{c['top_k']}. "
+              f"{len(r['per_seed'])} seeds; the last invocation took {r['seconds'] / 60:.0f} min under load (finished seeds are "
+              f"reused, so that is not a seed's cost). Stamp: {stamp}."]
+    return "\n".join(lines)
+
+
 BENCH = DOCS / "bench"
 RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.json"),
              "bench-cache-compare-2026-12-02": lambda: bench_cache_compare({
@@ -192,7 +237,8 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  DOCS / "data" / "organisms_structured_rollouts.json"),
              "organisms-structured-countd-largest": lambda: organisms_transfer_rows(
                  DOCS / "data" / "organisms_structured_countd_largest_summary.json"),
-             "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
+             "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json"),
+             "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 

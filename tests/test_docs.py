@@ -627,6 +627,21 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
         res.collect(**dirs, seed=1)
 
 
+def test_known_answers_page_agrees_with_its_json():
+    mod_spec = importlib.util.spec_from_file_location("featalign_docs_render", ROOT / "docs" / "render_tables.py")
+    render = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(render)
+    page = (ROOT / "docs" / "known_answers.md").read_text()
+    assert "<!-- table:known-answers -->" in page
+    assert render.render(page) == page, "docs/known_answers.md disagrees with docs/data: run python docs/render_tables.py"
+    data = json.loads((ROOT / "docs" / "data" / "known_answers.json").read_text())
+    power = data["summary"]["drift"]["power"]
+    row = f"{power['k']}/{power['n']} [{power['low']:.2f}, {power['high']:.2f}]"
+    assert row in page
+    edited = page.replace(row, f"{power['n'] + 1}/{power['n']} [0.00, 1.00]", 1)  # a hand-edited number is caught
+    assert edited != page and render.render(edited) != edited
+
+
 def test_contributing_names_only_files_that_exist():
     """docs/contributing.md says which files a new variant, stage or architecture touches: keep it true."""
     import re

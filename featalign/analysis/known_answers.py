@@ -1,0 +1,343 @@
+"""Known answers: run the real attribution and drift code on a tuned model whose difference from the base was
+planted (`featalign.organisms.planted`), and score whether each analysis names the planted latent.
+
+Per seed s a unit direction v_s is planted behind a trigger (scale `scale`), and the same code with scale 0
+makes the null (a function-identical copy of the base). Then, with the same crosscoder settings as
+`python -m featalign.analyze` (`train_or_load`, `attribute`, `drift_study`):
+
+- attribution (base vs planted, and base vs null): *found* = some latent is classed `rl-only` and its rl
+  decoder has cosine >= `cos_threshold` with v; graded (`found_lean`): an alive latent with NRN >= analyze's
+  `lean` (0.6) and that cosine;
+- drift (base, then checkpoints 1..n: the null copy before checkpoint j, the planted model from j on; the null
+  series has the copy everywhere): *found* = some feature of the final top-k has final decoder cosine >=
+  `cos_threshold` with v and its stabilisation checkpoint (drift's value-based one) is j; the membership-based
+  top-k entry is scored too (`found_topk_entry`), though before j every checkpoint equals the base, so top-k
+  membership there is a draw among NRN ~0.5 ties and a planted feature may "enter" early by chance.
+
+Detection power = found / seeds on the planted cases; false-positive rate = found / seeds on the nulls (v of
+that seed), with exact Clopper-Pearson intervals. The looser "anything flagged" rates (any `rl-only` latent;
+any feature specific at the last checkpoint) are reported next to them, so a null that flags latents unrelated
+to v is visible too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featalign.config import JsonConfig
+
+
+@dataclass
+class KnownAnswerConfig(JsonConfig):
+    """The plant, the seeds, the scoring threshold and the crosscoder settings (analyze's defaults)."""
+
+    out: str = "runs/known_answers"
+    organisms_preset: str = "default"
+    organisms_dir: str | None = None
+    seeds: str = "0-9"  # seeds to run: ranges and single seeds, comma-separated ("0-4,7")
+    trigger: str = "token:="
+    scale: float = 2.0
+    plant_checkpoint: int = 3  # j: the drift series carries the plant from this checkpoint on
+    n_checkpoints: int = 5
+    cos_threshold: float = 0.9
+    analyses: str = "attribution,drift"
+    hook: str | None = None
+    n_tokens: int = 20_000  # analyze: 40k (halved to fit 10 seeds on 2 cores)
+    eval_tokens: int = 5_000  # analyze: 10k
+    variant: str = "batchtopk"
+    n_latents: int = 512  # analyze: 1024
+    k: int = 16
+    steps: int = 400  # analyze: 600
+    batch_size: int = 1024
+    lr: float = 1e-3
+    top_k: int = 50
+    threads: int = 1
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        from featalign.analysis.config import check_shared_settings
+        from featalign.cli import UsageError, check_positive
+        from featalign.organisms.planted import PlantConfig, PlantError
+
+        _ = self.seed_list  # refuses a bad --seeds
+        check_positive("--n-checkpoints", self.n_checkpoints)
+        if not 1 <= self.plant_checkpoint <= self.n_checkpoints:
+            raise UsageError(f"--plant-checkpoint must be in 1..{self.n_checkpoints}, got {self.plant_checkpoint}")
+        if not 0 < self.cos_threshold < 1:
+            raise UsageError(f"--cos-threshold must be in (0, 1), got {self.cos_threshold}")
+        bad = sorted(set(self.analysis_names) - set(ANALYSES))
+        if bad:
+            raise UsageError(f"--analyses {bad}: choose from {','.join(ANALYSES)}")
+        try:
+            PlantConfig(trigger=self.trigger, scale=self.scale)
+        except PlantError as e:
+            raise UsageError(f"--trigger / --scale: {e}") from e
+        check_shared_settings(self)
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of `seeds` ("0-4,7" -> [0, 1, 2, 3, 4, 7]), in order, each once."""
+        from featalign.cli import UsageError
+
+        out: list[int] = []
+        try:
+            for part in [p.strip() for p in self.seeds.split(",") if p.strip()]:
+                lo, _, hi = part.partition("-")
+                out += range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            out = []
+        if not out or len(set(out)) != len(out) or min(out) < 0:
+            raise UsageError(f"--seeds {self.seeds!r}: give seeds >= 0 as ranges and numbers, e.g. 0-9 or 0-4,7")
+        return out
+
+    @property
+    def analysis_names(self) -> list[str]:
+        return [a.strip() for a in self.analyses.split(",") if a.strip()]
+
+
+ANALYSES = ("attribution", "drift")
+SCORING_VERSION = 3  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
+
+
+def cosine_to(dec_LK: torch.Tensor, v_D: torch.Tensor) -> torch.Tensor:
+    """Cosine of each latent's decoder vector (one hook) with v (0 for a zero decoder)."""
+    return torch.nn.functional.cosine_similarity(dec_LK, v_D[None].to(dec_LK.dtype), dim=-1, eps=1e-12)
+
+
+def score_attribution(att, dec_LMK: torch.Tensor, v_D: torch.Tensor, threshold: float, lean: float) -> dict:
+    """Did attribution name the plant: a `rl-only` latent whose rl decoder matches v (`found`), or, graded, an
+    alive rl-leaning one (NRN >= `lean`, analyze's `--lean`: `found_lean`); and what else it flagged."""
+    cos_L = cosine_to(dec_LMK[:, att.models.index("rl")], v_D)
+    rl_only = torch.tensor([c == "rl-only" for c in att.classes])
+    leaning = (att.nrn["base|rl"] >= lean) & (att.enc["firing_rate"] > 0)
+    match = rl_only & (cos_L >= threshold)
+    best = int(cos_L.argmax())
+    return {
+        "found": bool(match.any()),
+        "found_lean": bool((leaning & (cos_L >= threshold)).any()),
+        "n_matching": int(match.sum()),
+        "n_rl_only": int(rl_only.sum()),
+        "n_rl_leaning": int(leaning.sum()),
+        "n_base_only": sum(c == "base-only" for c in att.classes),
+        "best_latent": best,
+        "best_cos": float(cos_L[best]),
+        "best_class": att.classes[best],
+        "best_class_after_ls": att.classes_ls[best] if att.classes_ls is not None else None,
+        "best_nrn": float(att.nrn["base|rl"][best]),
+        "best_firing_rate": float(att.enc["firing_rate"][best]),
+    }
+
+
+def score_drift(result, dec_LMK: torch.Tensor, v_D: torch.Tensor, entry: int, threshold: float) -> dict:
+    """Did drift name the plant: a final top-k feature matching v (final checkpoint's decoder) that stabilises at
+    checkpoint `entry` (or, `found_topk_entry`, enters the top-k there); plus what else it reports."""
+    cos_L = cosine_to(dec_LMK[:, -1], v_D)
+    final = result.final_features
+    cos_final = cos_L[final]
+    best = int(cos_final.argmax())
+    matching = [i for i, f in enumerate(final) if cos_L[f] >= threshold]
+    return {
+        "found": any(result.stabilisation[i] == entry for i in matching),
+        "found_topk_entry": any(result.topk_entry[i] == entry for i in matching),
+        "n_matching": len(matching),
+        "best_feature": int(final[best]),
+        "best_cos": float(cos_final[best]),
+        "best_topk_entry": int(result.topk_entry[best]),
+        "best_stabilisation": int(result.stabilisation[best]),
+        "best_nrn_curve": [float(x) for x in result.curves["nrn"][best]],
+        "n_specific": list(result.n_specific),
+        "new_features": list(result.new_features),
+        "overlap": list(result.overlap),
+    }
+
+
+def rate(found: list[bool]) -> dict:
+    """k of n with the exact (Clopper-Pearson) 95% interval."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    k, n = int(sum(found)), len(found)
+    lo, hi = proportion_confint(k, n, alpha=0.05, method="beta")
+    return {"k": k, "n": n, "rate": k / n, "low": float(lo), "high": float(hi)}
+
+
+def plant_pair(base: str, out: Path, cfg: KnownAnswerConfig, layer: int, seed: int) -> tuple[str, str]:
+    """(planted folder, null folder) of one seed: the plant at `cfg.scale` and the same code at scale 0."""
+    from featalign.organisms.planted import PlantConfig, is_planted, plant_feature
+
+    folders = []
+    for name, scale in (("planted", cfg.scale), ("null", 0.0)):
+        folder = out / name
+        plant_cfg = PlantConfig(layer=layer, trigger=cfg.trigger, scale=scale, seed=seed)
+        if not is_planted(folder, plant_cfg):
+            plant_feature(base, folder, plant_cfg, meta={"role": "rl"})
+        folders.append(str(folder))
+    return folders[0], folders[1]
+
+
+def seed_activations(root: Path, dirs: dict[str, str], hook: str, cfg: KnownAnswerConfig, seed: int):
+    """(train, eval) `[N, 3, 1, D]` activations of base / planted / null on the organisms' domain mixture, through
+    analyze's store (so a rerun reads them back)."""
+    from featalign.activations import DomainMixtureSource
+    from featalign.analysis.inputs import store_activations
+    from featalign.models import ModelSpec
+
+    specs = [ModelSpec(n, d, role="base" if n == "base" else "other") for n, d in dirs.items()]
+    x_train = store_activations(
+        root / "train",
+        specs,
+        hook,
+        cfg.n_tokens,
+        DomainMixtureSource("train", seed, cfg.n_tokens),
+        progress=cfg.progress,
+    )
+    x_eval = store_activations(
+        root / "eval",
+        specs,
+        hook,
+        cfg.eval_tokens,
+        DomainMixtureSource("eval", seed + 1, cfg.eval_tokens),
+        progress=cfg.progress,
+    )
+    return x_train, x_eval
+
+
+def attribution_case(out: Path, x_train, x_eval, column: int, v_D, hook: str, acfg, cfg: KnownAnswerConfig) -> dict:
+    """Base vs the model in `column` (planted or null) as analyze's pairwise crosscoder, scored against v."""
+    from featalign.analysis.attribution import attribute, decoder_vectors
+    from featalign.analysis.training import train_or_load
+
+    cc = train_or_load(out, ("base", "rl"), x_train[:, [0, column]], hook, acfg)
+    att = attribute(cc, x_eval[:, [0, column]])
+    score = score_attribution(att, decoder_vectors(cc), v_D, cfg.cos_threshold, acfg.lean)
+    return score | where_it_fires(
+        cc, x_eval, column, score["best_latent"], decoder_vectors(cc)[score["best_latent"], 0]
+    )
+
+
+@torch.no_grad()
+def where_it_fires(cc, x_eval, column: int, latent: int, base_dec_K: torch.Tensor) -> dict:
+    """Does the best-matching latent fire where the plant does (trigger = eval tokens where the planted column
+    moved by > 10% of its largest move), and does its *base* decoder point along the base's own trigger direction
+    (the base's mean activation at trigger tokens minus its mean over all tokens): the sign that v was folded into a
+    latent the base already had for the trigger."""
+    from featalign.analysis.attribution import latent_activations
+
+    moved_N = (x_eval[:, 1, 0] - x_eval[:, 0, 0]).norm(dim=-1)
+    trigger_N = moved_N > 0.1 * moved_N.max().clamp_min(1e-12)
+    fires_N = latent_activations(cc, x_eval[:, [0, column]])[:, latent] > 0
+    base_N_D = x_eval[:, 0, 0].float()
+    trigger_dir = base_N_D[trigger_N].mean(0) - base_N_D.mean(0)
+    return {
+        "best_fires_on_trigger": float((fires_N & trigger_N).sum() / fires_N.sum().clamp_min(1)),
+        "trigger_fires_best": float((fires_N & trigger_N).sum() / trigger_N.sum().clamp_min(1)),
+        "best_base_decoder_cos_base_trigger_direction": float(cosine_to(base_dec_K[None], trigger_dir)[0]),
+    }
+
+
+def drift_case(
+    out: Path, x_train, dirs: dict[str, str], planted_from: int | None, v_D, hook: str, acfg, cfg: KnownAnswerConfig
+) -> dict:
+    """Drift (analyze's `drift_study`, joint mode) over base, checkpoints 1..n: the null copy before
+    `planted_from`, the planted model from it on (None: the copy everywhere), scored against v."""
+    from featalign.analysis.attribution import decoder_vectors
+    from featalign.analysis.drift import Checkpoint, CheckpointSeries
+    from featalign.analysis.inputs import Activations
+    from featalign.analysis.stages import drift_study
+    from featalign.analysis.training import train_or_load
+
+    which = {
+        k: "planted" if planted_from is not None and k >= planted_from else "null"
+        for k in range(1, cfg.n_checkpoints + 1)
+    }
+    series = CheckpointSeries("rl", dirs["base"], [Checkpoint(k, None, dirs[which[k]]) for k in which]).validate()
+    acts = Activations(x_train, list(dirs), {f"rl@{k}": m for k, m in which.items()})
+    results, _ = drift_study({"rl": series}, acts.columns, hook, acfg, out)
+    cc = train_or_load(out / "drift-rl-joint", tuple(series.names), acts.columns(*series.names), hook, acfg)
+    return score_drift(results["rl"], decoder_vectors(cc), v_D, cfg.plant_checkpoint, cfg.cos_threshold)
+
+
+def run_seed(base: str, out: Path, cfg: KnownAnswerConfig, hook: str, seed: int) -> dict:
+    """One seed: plant (and the null copy), cache, then every chosen analysis on the planted case and its null."""
+    from featalign.analysis.config import check_shared_settings
+    from featalign.organisms.planted import load_plant
+
+    planted, null = plant_pair(base, out / "organisms", cfg, int(hook.split(".")[1]), seed)
+    plant = load_plant(planted)
+    dirs = {"base": base, "planted": planted, "null": null}
+    x_train, x_eval = seed_activations(out / "activations", dirs, hook, cfg, seed)
+    acfg = check_shared_settings(cfg)
+    acfg.seed = seed
+    v_D = plant.direction_D
+    result: dict = {"seed": seed, "detector": plant.stats, "amplitude": plant.amplitude}
+    if "attribution" in cfg.analysis_names:
+        result["attribution"] = {
+            case: attribution_case(out / "crosscoders" / f"attr-{case}", x_train, x_eval, col, v_D, hook, acfg, cfg)
+            for case, col in (("planted", 1), ("null", 2))
+        }
+    if "drift" in cfg.analysis_names:
+        result["drift"] = {
+            case: drift_case(out / "crosscoders" / f"drift-{case}", x_train, dirs, start, v_D, hook, acfg, cfg)
+            for case, start in (("planted", cfg.plant_checkpoint), ("null", None))
+        }
+    return result
+
+
+def summarise(per_seed: list[dict], analyses: list[str]) -> dict:
+    """Per analysis: detection power on the planted cases and false-positive rates on the nulls."""
+    out = {}
+    for a in analyses:
+        cases = [r[a] for r in per_seed]
+        loose = "n_rl_only" if a == "attribution" else "n_specific"
+        flagged = (lambda c: c["n_rl_only"] > 0) if a == "attribution" else (lambda c: c["n_specific"][-1] > 0)
+        out[a] = {
+            "power": rate([c["planted"]["found"] for c in cases]),
+            "false_positive_rate": rate([c["null"]["found"] for c in cases]),
+            "null_flags_anything": rate([flagged(c["null"]) for c in cases]),
+            **(
+                {
+                    "power_topk_entry": rate([c["planted"]["found_topk_entry"] for c in cases]),
+                    "false_positive_rate_topk_entry": rate([c["null"]["found_topk_entry"] for c in cases]),
+                }
+                if a == "drift"
+                else {}
+            ),
+            **(
+                {
+                    "power_lean": rate([c["planted"]["found_lean"] for c in cases]),
+                    "false_positive_rate_lean": rate([c["null"]["found_lean"] for c in cases]),
+                    "null_flags_anything_lean": rate([c["null"]["n_rl_leaning"] > 0 for c in cases]),
+                }
+                if a == "attribution"
+                else {}
+            ),
+            "planted_best_cos": [c["planted"]["best_cos"] for c in cases],
+            "null_best_cos": [c["null"]["best_cos"] for c in cases],
+            "loose_flag": loose,
+        }
+    return out
+
+
+def seed_settings(cfg: KnownAnswerConfig) -> dict:
+    """The settings one seed's result depends on (not which seeds run, where, or how it prints), and the scoring."""
+    skip = ("out", "seeds", "threads", "progress")
+    return {"scoring": SCORING_VERSION, **{k: v for k, v in cfg.to_dict().items() if k not in skip}}
+
+
+def run_known_answers(cfg: KnownAnswerConfig, base: str, hook: str) -> dict:
+    """Every seed (reusing what an earlier run of the same settings left in `cfg.out`) and the summary."""
+    from featalign.io import atomic_write_json, jsonable, read_json
+
+    per_seed = []
+    for seed in cfg.seed_list:
+        seed_dir = Path(cfg.out) / f"seed-{seed}"
+        done = seed_dir / "result.json"
+        if done.exists() and read_json(done).get("settings") == seed_settings(cfg):
+            per_seed.append(read_json(done)["result"])
+            continue
+        result = run_seed(base, seed_dir, cfg, hook, seed)
+        atomic_write_json(done, jsonable({"settings": seed_settings(cfg), "result": result}))
+        per_seed.append(result)
+    return {"per_seed": per_seed, "summary": summarise(per_seed, cfg.analysis_names)}

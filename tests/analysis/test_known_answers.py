@@ -1,0 +1,119 @@
+"""The known-answer harness on the tiny organisms: with a planted direction the real attribution and drift code
+name a latent matching it; on the scale-0 null (a function-identical copy, same code path) nothing matches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featalign.analysis.known_answers import (
+    KnownAnswerConfig,
+    attribution_case,
+    drift_case,
+    plant_pair,
+    rate,
+    seed_activations,
+)
+from featalign.cli import UsageError
+from featalign.organisms.planted import load_plant
+
+# tiny: d_model 32, 2 blocks; the hook is blocks.0.hook_resid_post and the plant goes into block 0
+HOOK = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def tiny_case(tiny_organisms, tmp_path_factory):
+    out = tmp_path_factory.mktemp("known")
+    cfg = KnownAnswerConfig(
+        out=str(out),
+        seeds="1",
+        scale=2.0,
+        n_tokens=3000,
+        eval_tokens=1500,
+        n_latents=64,
+        steps=300,
+        top_k=8,
+        n_checkpoints=3,
+        plant_checkpoint=2,
+    )
+    base = str(tiny_organisms.root / "base")
+    planted, null = plant_pair(base, out / "organisms", cfg, layer=0, seed=1)
+    dirs = {"base": base, "planted": planted, "null": null}
+    x_train, x_eval = seed_activations(out / "activations", dirs, HOOK, cfg, seed=1)
+    from featalign.analysis.config import check_shared_settings
+
+    acfg = check_shared_settings(cfg)
+    acfg.seed = 1
+    return out, cfg, acfg, dirs, x_train, x_eval, load_plant(planted).direction_D
+
+
+def test_the_plant_is_in_the_cached_activations_exactly(tiny_case):
+    _, _, _, _, x_train, _, v = tiny_case
+    amplitude = load_plant(tiny_case[3]["planted"]).amplitude
+    diff = x_train[:, 1, 0] - x_train[:, 0, 0]  # planted - base at the hook
+    fired = diff.norm(dim=-1) > 0.1 * amplitude
+    assert 0.02 < float(fired.float().mean()) < 0.15  # the trigger '=' is ~5% of the tokens
+    moved = diff.norm(dim=-1) > 1e-4  # (silu's tail moves other positions a little, along v too)
+    cos = torch.nn.functional.cosine_similarity(diff[moved], v[None], dim=-1)
+    assert float(cos.min()) > 0.999  # only along v
+    assert float((x_train[:, 2] - x_train[:, 0]).abs().max()) < 1e-4  # the scale-0 copy is the base
+
+
+def test_attribution_names_the_planted_latent_and_not_on_the_null(tiny_case):
+    out, cfg, acfg, _, x_train, x_eval, v = tiny_case
+    planted = attribution_case(out / "cc" / "p", x_train, x_eval, 1, v, HOOK, acfg, cfg)
+    null = attribution_case(out / "cc" / "n", x_train, x_eval, 2, v, HOOK, acfg, cfg)
+    # planted: one alive latent carries v in the rl decoder and leans to rl; tiny crosscoders absorb part of the
+    # base's '=' feature into it (docs/known_answers.md), so its NRN is below the strict rl-only 0.9
+    assert planted["best_cos"] > 0.8 and planted["best_nrn"] > 0.55 and planted["best_firing_rate"] > 0.02
+    assert planted["trigger_fires_best"] > 0.8  # it fires where the plant moved the activations
+    # null: nothing points along v, nothing is model-specific, so nothing is found
+    assert null["best_cos"] < 0.6 and not null["found"] and not null["found_lean"]
+    assert null["n_rl_only"] == 0 and null["n_rl_leaning"] == 0
+
+
+def test_drift_names_the_planted_feature_at_its_checkpoint(tiny_case):
+    out, cfg, acfg, dirs, x_train, _, v = tiny_case
+    planted = drift_case(out / "dp", x_train, dirs, cfg.plant_checkpoint, v, HOOK, acfg, cfg)
+    null = drift_case(out / "dn", x_train, dirs, None, v, HOOK, acfg, cfg)
+    assert planted["best_cos"] > 0.8 and planted["best_stabilisation"] == cfg.plant_checkpoint
+    curve = planted["best_nrn_curve"]  # NRN vs base per checkpoint: ~0.5 (or below) before the plant, up after
+    assert curve[cfg.plant_checkpoint - 1] > max(curve[: cfg.plant_checkpoint - 1]) + 0.05
+    assert null["best_cos"] < 0.6 and not null["found"]
+
+
+def test_rates_and_settings():
+    r = rate([True] * 9 + [False])
+    assert (r["k"], r["n"]) == (9, 10)
+    from scipy.stats import beta
+
+    assert r["low"] == pytest.approx(beta.ppf(0.025, 9, 2)) and r["high"] == pytest.approx(beta.ppf(0.975, 10, 1))
+    assert KnownAnswerConfig(seeds="0-2,7").seed_list == [0, 1, 2, 7]
+    for bad in ("", "3-1", "0-2,2", "x"):
+        with pytest.raises(UsageError, match="--seeds"):
+            KnownAnswerConfig(seeds=bad)
+    with pytest.raises(UsageError, match="plant-checkpoint"):
+        KnownAnswerConfig(plant_checkpoint=6)
+    with pytest.raises(UsageError, match="--trigger"):
+        KnownAnswerConfig(trigger="equals")
+    with pytest.raises(UsageError, match="--analyses"):
+        KnownAnswerConfig(analyses="attribution,cards")
+
+
+def test_the_example_refuses_bad_input_before_any_work(tmp_path, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "known_answers.py"
+    spec = importlib.util.spec_from_file_location("known_answers_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["known_answers_example"] = mod
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    assert "--cos-threshold" in capsys.readouterr().out
+    for bad in (["--seeds", "3-1"], ["--trigger", "token"], ["--scale", "-1"], ["--analyses", "cards"]):
+        with pytest.raises(UsageError):
+            mod.main([*bad, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
