@@ -17,6 +17,7 @@ from featalign.evaluation import (
 )
 from featalign.organisms.model import load_organism
 from featalign.organisms.tasks import Problem, get_domain
+from tests.analysis.helpers import mh_odds_ratio
 
 
 def _slow_greedy_correct(model, tok, problem, max_new=10) -> bool:
@@ -110,14 +111,6 @@ def test_transfer_matrix_and_in_out_split():
     assert several["in_domain"].mean_delta_points == pytest.approx((50 - 25) / 2)
 
 
-def _mh_by_hand(strata):
-    """Mantel-Haenszel OR: sum(a d / n) / sum(b c / n), a/b tuned correct/incorrect, c/d base correct/incorrect."""
-    num = den = 0.0
-    for base, tuned in strata:
-        n = len(base) + len(tuned)
-        num += tuned.sum() * (~base).sum() / n
-        den += (~tuned).sum() * base.sum() / n
-    return num / den
 
 
 def test_family_cmh_pools_same_family_and_other_families_apart():
@@ -131,8 +124,8 @@ def test_family_cmh_pools_same_family_and_other_families_apart():
     same = [(base[d], tuned["c1"][d]) for d in ("c2", "c3")]
     other = [(base[d], tuned["c1"][d]) for d in ("s1", "s2")]
     assert out["same_family"].n_strata == 2 and out["other_families"].n_strata == 2
-    assert out["same_family"].odds_ratio == pytest.approx(_mh_by_hand(same), rel=1e-9)
-    assert out["other_families"].odds_ratio == pytest.approx(_mh_by_hand(other), rel=1e-9)
+    assert out["same_family"].odds_ratio == pytest.approx(mh_odds_ratio(same), rel=1e-9)
+    assert out["other_families"].odds_ratio == pytest.approx(mh_odds_ratio(other), rel=1e-9)
     assert out["same_family"].ci_low > 1  # the planted gain is found
     # a family of one: nothing shares it, so the scope is left out rather than pooled empty
     lone = family_cmh(base, {"s1": tuned["c1"]}, {**family_of, "s1": "lone"})

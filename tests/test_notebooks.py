@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from featalign.evaluation import eval_problems
+from tests.analysis.helpers import mh_odds_ratio
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -103,14 +104,6 @@ def recorded_correct(org, name: str) -> dict[str, np.ndarray]:
     return {d: np.array(v, bool) for d, v in rows.items()}
 
 
-def mh_odds_ratio(strata) -> float:
-    """Mantel-Haenszel common odds ratio of (base_correct, tuned_correct) strata, by hand."""
-    num = den = 0.0
-    for base, tuned in strata:
-        n = len(base) + len(tuned)
-        num += tuned.sum() * (~base).sum() / n
-        den += (~tuned).sum() * base.sum() / n
-    return num / den
 
 
 def one_dir(pattern: str, root: Path) -> Path:

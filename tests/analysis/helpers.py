@@ -122,3 +122,14 @@ def reference_pairwise_overlap(ccs, xs, k: int, match_cos: float = 0.7) -> list[
         best = max(itertools.permutations(range(len(b))), key=lambda p: sum(cos[i][j] for i, j in enumerate(p)))
         out.append(sum(cos[i][j] >= match_cos for i, j in enumerate(best)) / k)
     return out
+
+
+def mh_odds_ratio(strata) -> float:
+    """Mantel-Haenszel common odds ratio of (base_correct, tuned_correct) strata, by hand:
+    sum(a d / n) / sum(b c / n), a/b tuned correct/incorrect, c/d base correct/incorrect."""
+    num = den = 0.0
+    for base, tuned in strata:
+        n = len(base) + len(tuned)
+        num += tuned.sum() * (~base).sum() / n
+        den += (~tuned).sum() * base.sum() / n
+    return num / den
