@@ -145,6 +145,8 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  "before the refactor (1139bb7), run 2": BENCH / "bench_cache_2026-12-02_1139bb7_run2.json"}),
              "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
              "organisms-targets-2026-12-01": lambda: organisms_targets(DOCS / "data" / "organisms_default_2026-12-01.json"),
+             "organisms-default-2026-12-02": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-02.json"),
+             "organisms-targets-2026-12-02": lambda: organisms_targets(DOCS / "data" / "organisms_default_2026-12-02.json"),
              "first-run": lambda: first_run(BENCH / "first_run.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
