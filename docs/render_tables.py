@@ -117,6 +117,49 @@ def organisms_rollouts(path: Path) -> str:
     return "\n".join(lines)
 
 
+def organisms_targets(path: Path) -> str:
+    """The organisms' targets (this page's "Against the targets" table) checked on one build's summary JSON."""
+    s = json.loads(path.read_text())
+    acc, cfg = s["accuracy"], s["config"]
+    dom = cfg["post_train_domains"][0]
+    base = acc["base"]
+    mid = [d for d in base if 0.10 <= base[d] <= 0.80]
+    rows = [("base between 10% and 80% on >= 6 domains", f"{len(mid)} domains ({', '.join(mid)})", len(mid) >= 6)]
+    for kind in ("rl", "sft"):
+        gain = 100 * (acc[f"{kind}-{dom}"][dom] - base[dom])
+        rows.append((f"{kind.upper()} gains >= 15 points in-domain",
+                     f"{gain:+.1f} ({dom} {100 * base[dom]:.1f}% -> {100 * acc[f'{kind}-{dom}'][dom]:.1f}%)", gain >= 15))
+    tests = s.get("paired_tests", {}).get(f"rl-{dom}")
+    if tests is not None:
+        flips = sorted(((t["base_fail_tuned_ok"], d) for d, t in tests.items() if d != dom), reverse=True)
+        rows.append(("an out-of-domain domain with >= 50 base-fail / RL-success samples",
+                     ", ".join(f"{d} {n}" for n, d in flips[:3]), flips[0][0] >= 50))
+    out = {k: s["transfer"][k]["cmh"]["out_of_domain"] for k in ("sft", "rl")}
+    rows.append(("SFT forgets out of domain (mean delta < 0), more than RL",
+                 f"SFT {out['sft']['mean_delta_points']:+.1f} points (OR {out['sft']['odds_ratio']:.2f}), "
+                 f"RL {out['rl']['mean_delta_points']:+.1f} (OR {out['rl']['odds_ratio']:.2f})",
+                 min(0, out["rl"]["mean_delta_points"]) > out["sft"]["mean_delta_points"]))
+    lines = ["| target | measured | met? |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in rows]
+    return "\n".join(lines)
+
+
+def first_run(path: Path) -> str:
+    """The README's first-run time, from `benchmarks/bench_first_run.py`'s JSON (a sentence saying how to
+    measure it while there is none)."""
+    if not path.exists():
+        return ("Not yet measured with this version: `python benchmarks/bench_first_run.py` on an otherwise idle "
+                "machine writes `docs/bench/first_run.json`, and `python docs/render_tables.py` puts it here.")
+    s = json.loads(path.read_text())
+    p = s["phases_s"]
+    return (f"Measured {s['date']} ({s['cores']} cores, load average {s['load_average_before'][0]:.1f} at the start, "
+            f"{s['cores_busy']:.2f} cores busy on average): **{s['wall_s'] / 60:.1f} minutes**: the organisms "
+            f"{p['organisms']:.0f} s (pretraining {p['organisms_pretraining']:.0f} s, post-training and evaluation "
+            f"{p['organisms_post_training_and_eval']:.0f} s), caching the activations {p['activations_caching']:.0f} s, "
+            f"training the crosscoder {p['crosscoder_training']:.0f} s, its evaluation {p['crosscoder_evaluation']:.0f} s "
+            f"(`docs/bench/first_run.json`).")
+
+
 def real_models_plan(path: Path) -> str:
     """Memory and time of the real-models recipe (`docs/real_models_plan.py`: arithmetic, not a measurement)."""
     s = json.loads(path.read_text())
@@ -237,6 +280,10 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  DOCS / "data" / "organisms_structured_rollouts.json"),
              "organisms-structured-countd-largest": lambda: organisms_transfer_rows(
                  DOCS / "data" / "organisms_structured_countd_largest_summary.json"),
+             "organisms-targets-2026-12-01": lambda: organisms_targets(DOCS / "data" / "organisms_default_2026-12-01.json"),
+             "organisms-default-2026-12-02": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-02.json"),
+             "organisms-targets-2026-12-02": lambda: organisms_targets(DOCS / "data" / "organisms_default_2026-12-02.json"),
+             "first-run": lambda: first_run(BENCH / "first_run.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json"),
              "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
@@ -263,7 +310,7 @@ def whole_pages() -> dict[str, Callable[[], str]]:
 def main(check: bool) -> int:
     stale = []
     generated = whole_pages()
-    for page in sorted(DOCS.glob("*.md")):
+    for page in sorted(DOCS.glob("*.md")) + [DOCS.parent / "README.md"]:
         text = page.read_text()
         new = generated[page.name]() if page.name in generated else render(text)
         if new != text:

@@ -17,7 +17,7 @@ def tiny_organisms(tmp_path_factory):
     from featalign.organisms.build import build_organisms
 
     root = tmp_path_factory.mktemp("organisms") / "tiny"
-    return build_organisms(preset_config("tiny"), root)
+    return build_organisms(preset_config("tiny"), root, workers=2)  # parallel, whatever the machine
 
 
 @pytest.fixture(scope="session")

@@ -690,3 +690,36 @@ def test_results_transfer_prediction_wording_follows_its_scores():
     assert "do not separate it from the best baseline" in sft
     assert "| ngram (baseline) | +0.10 [−0.40, +0.50], p 0.4 | +0.50 [+0.10, +0.80], p 0.02 |" in text
     assert res.prediction_section(None) == ""
+
+
+def test_first_run_time_is_rendered_from_the_benchmark_json(tmp_path):
+    """The README's first-run sentence agrees with docs/bench (or says how to measure); its numbers are the JSON's."""
+    mod_spec = importlib.util.spec_from_file_location("featalign_docs_render", ROOT / "docs" / "render_tables.py")
+    render = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(render)
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- table:first-run -->" in readme and render.render(readme) == readme
+    assert "Not yet measured" in render.first_run(tmp_path / "absent.json")
+    f = tmp_path / "first_run.json"
+    phases = {
+        "organisms": 300.0,
+        "organisms_pretraining": 200.0,
+        "organisms_post_training_and_eval": 95.0,
+        "activations_caching": 80.0,
+        "crosscoder_training": 150.0,
+        "crosscoder_evaluation": 10.0,
+    }
+    f.write_text(
+        json.dumps(
+            {
+                "date": "2026-12-03",
+                "cores": 2,
+                "load_average_before": [0.1, 0.2, 0.3],
+                "cores_busy": 1.8,
+                "wall_s": 540.0,
+                "phases_s": phases,
+            }
+        )
+    )
+    text = render.first_run(f)
+    assert "**9.0 minutes**" in text and "pretraining 200 s" in text and "caching the activations 80 s" in text

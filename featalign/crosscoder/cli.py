@@ -65,7 +65,7 @@ class RunOptions(JsonConfig):
     no_eval: bool = False
     fresh: bool = False
     log_to: str = ""
-    threads: int = 1
+    threads: int = 0
     device: str = "cpu"
     sae_baseline: bool = False
     sae_k: int | None = None
@@ -89,6 +89,10 @@ class RunOptions(JsonConfig):
 
 
 LOG_SINKS = ("tensorboard", "wandb")
+# Where this command's default differs from TrainerConfig's (the library's): bf16 autocast, whose held-out
+# FVU and dead fraction on the organisms match fp32's (docs/crosscoder.md, "bf16 by default"); --bf16 false
+# restores the fp32 step.
+CLI_TRAINER_DEFAULTS: dict[str, Any] = {"bf16": True}
 
 RUN_HELP = {
     "out": "output directory (cfg.json, crosscoder.safetensors, metrics.jsonl, eval.json, checkpoint.pt)",
@@ -106,7 +110,8 @@ RUN_HELP = {
     "no_eval": "skip the final evaluation",
     "fresh": "delete --out before starting instead of resuming",
     "log_to": "extra metric sinks, comma-separated: tensorboard, wandb (JSONL is always written)",
-    "threads": "torch CPU threads (1 is steadier on a shared 2-core CPU; 0 = torch default, all cores)",
+    "threads": "torch CPU threads (0 = torch default: every core, or OMP_NUM_THREADS; 1 is steadier on a CPU "
+    "that other jobs keep busy)",
     "device": "cpu | cuda",
     "sae_baseline": "also train the sae_lens BatchTopK SAE on the base model's activations (into <out>/sae_baseline)",
     "sae_k": "k of the baseline SAE (default: the crosscoder variant's k if it has one, else 32)",
@@ -170,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_field(g, f, name, f"{', '.join(owners)}: {field_help(f)}", default)
     g = p.add_argument_group("trainer")
     for f in dataclasses.fields(TrainerConfig):
-        _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), TRAINER_HELP.get(f.name, field_help(f)), f.default)
+        default = CLI_TRAINER_DEFAULTS.get(f.name, f.default)
+        _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), TRAINER_HELP.get(f.name, field_help(f)), default)
     return p
 
 
@@ -477,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from featalign.io import atomic_write_json
 
     cc, tr, run = resolve_configs(argv)
+    tr = {**CLI_TRAINER_DEFAULTS, **tr}
     check_run(run)
     _check_organism_names(cc, run)
     if run.threads:

@@ -15,17 +15,22 @@ featalign.json is rebuilt) and training states are saved at every checkpoint.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import json
+import multiprocessing
+import os
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
 from featalign.evaluation import (
@@ -46,7 +51,17 @@ from featalign.organisms.grpo import grpo_loss, grpo_max_new_tokens
 from featalign.organisms.model import is_complete, load_organism, new_model, save_organism
 from featalign.organisms.tasks import Problem, get_domain, sample_mixture, sample_problems
 from featalign.organisms.tokenizer import build_tokenizer
-from featalign.organisms.train import answer_loss, encode_supervised, run_steps
+from featalign.organisms.train import (
+    answer_loss,
+    backward_of,
+    encode_supervised,
+    flat_grad,
+    pack_supervised,
+    run_steps,
+    set_flat_grad,
+    shard_rows,
+    torch_threads,
+)
 
 POST_TRAIN_KINDS = ("sft", "rl")
 TRAIN_LOG = "train_log.jsonl"
@@ -141,20 +156,32 @@ def _check_or_write_config(root: Path, cfg: OrganismConfig) -> OrganismConfig:
 # --- stages ----------------------------------------------------------------------------------------
 
 
-def _pretrain(org: Organisms, tokenizer) -> None:
+def _pretrain(org: Organisms, tokenizer, pool: ProcessPoolExecutor | None, workers: int) -> None:
     cfg = org.config
     if is_complete(org.base_dir):
         return
     model = new_model(cfg, tokenizer)
+    n = cfg.pretrain_shards
 
-    def loss_fn(step: int):
-        ids, mask = encode_supervised(pretrain_batch(cfg, step), tokenizer)
-        return answer_loss(model, ids, mask), {}
+    def grad_fn(step: int) -> tuple[float, dict]:
+        # shard k runs in this process when k % workers == 0, else on a worker: the same function either way
+        params = parameters_to_vector(model.parameters()).detach().numpy()
+        rows = pretrain_rows(cfg, step, tokenizer)
+        n_targets = float(rows[1][:, 1:].sum())
+        args = {k: (cfg, [t.numpy() for t in shard_rows(rows, k, n)], n_targets, params) for k in range(n)}
+        remote = {k: pool.submit(shard_gradient, *args[k]) for k in range(n) if pool is not None and k % workers}
+        done = {k: shard_gradient(*args[k]) for k in range(n) if k not in remote}
+        done.update({k: f.result() for k, f in remote.items()})
+        grad = torch.from_numpy(done[0][1])
+        for k in range(1, n):  # summed in shard order: the same bits however the shards were spread
+            grad = grad + torch.from_numpy(done[k][1])
+        set_flat_grad(model, grad)
+        return sum(done[k][0] for k in range(n)), {}
 
     every = max(1, cfg.pretrain_steps // 6)
     run_steps(
         model,
-        loss_fn,
+        grad_fn,
         cfg.pretrain_steps,
         cfg.pretrain_lr,
         cfg.pretrain_warmup,
@@ -163,6 +190,39 @@ def _pretrain(org: Organisms, tokenizer) -> None:
         desc="pretrain base",
     )
     save_organism(model, org.base_dir, {"role": "base", "config": cfg.to_dict()}, tokenizer)
+
+
+_SHARD_MODEL: dict[str, torch.nn.Module] = {}  # per process: the model copy that computes shard gradients
+
+
+def pretrain_rows(cfg: OrganismConfig, step: int, tokenizer) -> tuple[torch.Tensor, ...]:
+    """The encoded pretraining batch of `step`: packed (ids, mask, position ids) or padded (ids, mask)."""
+    problems = pretrain_batch(cfg, step)
+    if cfg.pretrain_packing:
+        return pack_supervised(problems, tokenizer, cfg.max_len)
+    return encode_supervised(problems, tokenizer)
+
+
+def shard_gradient(
+    cfg: OrganismConfig, rows: list[np.ndarray], n_targets: float, params: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Loss and flat gradient of one shard's `rows` (ids, mask[, position ids]) at the weights `params`.
+
+    The loss is the shard's sum over answer tokens divided by the whole batch's count `n_targets`, so the
+    shards' gradients sum to the batch's. A pure function of its arguments: it runs in this process or on
+    a worker, and the build's bits depend only on `cfg.pretrain_shards`, not on where the shards ran."""
+    key = cfg.to_json()
+    if key not in _SHARD_MODEL:
+        _SHARD_MODEL.clear()
+        _SHARD_MODEL[key] = new_model(cfg, build_tokenizer()).train()
+    model = _SHARD_MODEL[key]
+    with torch_threads(cfg.torch_threads):
+        vector_to_parameters(torch.from_numpy(params), model.parameters())
+        ids, mask, *pos = (torch.from_numpy(a) for a in rows)
+        loss = answer_loss(model, ids, mask, pos[0] if pos else None, n_targets=n_targets)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return float(loss.detach()), flat_grad(model).numpy()
 
 
 def pretrain_batch(cfg: OrganismConfig, step: int) -> list[Problem]:
@@ -215,8 +275,7 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
     if kind == "sft":
 
         def loss_fn(step: int):
-            ids, mask = encode_supervised([prompts[i] for i in batches[step]], tokenizer)
-            return answer_loss(model, ids, mask), {}
+            return answer_loss(model, *encode_supervised([prompts[i] for i in batches[step]], tokenizer)), {}
 
         lr = cfg.sft_lr
     else:
@@ -253,7 +312,7 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
 
     logs = run_steps(
         model,
-        loss_fn,
+        backward_of(model, loss_fn),
         len(batches),
         lr,
         warmup=max(1, len(batches) // 20),
@@ -266,27 +325,40 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
     atomic_write_text(run / TRAIN_LOG, "".join(json.dumps(row) + "\n" for row in logs))
 
 
-def _evaluate_all(org: Organisms) -> dict:
-    cfg = org.config
-    domains = list(cfg.pretrain_domains)
+def _eval_names(org: Organisms) -> dict[str, Path]:
+    """Every model the build evaluates: 'base', then '<kind>-<domain>' (final checkpoints)."""
     names = {"base": org.base_dir}
-    for d in cfg.post_train_domains:
+    for d in org.config.post_train_domains:
         for kind in POST_TRAIN_KINDS:
             names[f"{kind}-{d}"] = org.model_dir(kind, d)
+    return names
+
+
+def _evaluate_model(org: Organisms, name: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """One model's per-sample correctness and right-answer-then-'.' share on every domain, from
+    `eval/<name>.json` when it is there (an older file without the share is re-scored once)."""
+    cfg = org.config
+    domains = list(cfg.pretrain_domains)
+    f = org.eval_dir / f"{name}.json"
+    saved = read_json(f) if f.exists() else {}
+    if saved.get("n_per_domain") == cfg.eval_samples and "sloppy_stop" in saved:
+        # JSON keys are sorted: restore the config's domain order
+        return (
+            {d: np.array(saved["correct"][d], bool) for d in domains},
+            {d: saved["sloppy_stop"][d] for d in domains},
+        )
+    model, tok = load_organism(_eval_names(org)[name])
+    res, sloppy = evaluate_with_stops(model, tok, domains, cfg.eval_samples, cfg.eval_batch)
+    correct = {d: c.astype(int).tolist() for d, c in res.items()}
+    atomic_write_json(f, {"n_per_domain": cfg.eval_samples, "correct": correct, "sloppy_stop": sloppy})
+    return res, sloppy
+
+
+def _evaluate_all(org: Organisms) -> dict:
     results: dict[str, dict[str, np.ndarray]] = {}
     sloppy: dict[str, dict[str, float]] = {}
-    for name, path in tqdm(names.items(), desc="evaluate organisms", leave=False):
-        f = org.eval_dir / f"{name}.json"
-        saved = read_json(f) if f.exists() else {}
-        if saved.get("n_per_domain") == cfg.eval_samples and "sloppy_stop" in saved:
-            # JSON keys are sorted: restore the config's domain order
-            results[name] = {d: np.array(saved["correct"][d], bool) for d in domains}
-            sloppy[name] = {d: saved["sloppy_stop"][d] for d in domains}
-            continue
-        model, tok = load_organism(path)
-        results[name], sloppy[name] = evaluate_with_stops(model, tok, domains, cfg.eval_samples, cfg.eval_batch)
-        correct = {d: c.astype(int).tolist() for d, c in results[name].items()}
-        atomic_write_json(f, {"n_per_domain": cfg.eval_samples, "correct": correct, "sloppy_stop": sloppy[name]})
+    for name in tqdm(_eval_names(org), desc="evaluate organisms", leave=False):
+        results[name], sloppy[name] = _evaluate_model(org, name)
     return summarise(org, results, sloppy)
 
 
@@ -396,35 +468,123 @@ def summary_markdown(summary: dict) -> str:
 
 
 def build_organisms(
-    cfg: OrganismConfig | None = None, out_dir: str | Path | None = None, evaluate_models: bool = True
+    cfg: OrganismConfig | None = None,
+    out_dir: str | Path | None = None,
+    evaluate_models: bool = True,
+    workers: int | None = None,
 ) -> Organisms:
-    """Build (or finish building) the organisms described by `cfg` in `out_dir`; returns their paths."""
+    """Build (or finish building) the organisms described by `cfg` in `out_dir`; returns their paths.
+
+    Every stage runs on `cfg.torch_threads` threads per process, on up to `workers` processes (default:
+    one per available core; `workers=1` runs everything in this process): the pretraining shards of each
+    step side by side, then the post-training runs and evaluations, which are independent given the base.
+    Where a piece runs does not change its bits, so a parallel build equals a serial one.
+    """
     cfg = cfg or preset_config("default")
     root = Path(out_dir) if out_dir is not None else default_organisms_dir(cfg.preset)
     cfg = _check_or_write_config(root, cfg)
     org = Organisms(root, cfg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.torch_threads)
-    try:
-        tokenizer = build_tokenizer()
-        t0 = time.time()
-        timings = read_json(root / "timings.json") if (root / "timings.json").exists() else {}
-        stages: list[tuple[str, Callable[[], object]]] = [("base", lambda: _pretrain(org, tokenizer))]
-        for d in cfg.post_train_domains:
-            for kind in POST_TRAIN_KINDS:
-                stages.append((f"{kind}-{d}", functools.partial(_post_train, org, kind, d, tokenizer)))
-        if evaluate_models:
-            stages.append(("eval", lambda: _evaluate_all(org)))
-        for name, fn in tqdm(stages, desc=f"organisms ({cfg.preset})"):
-            t = time.time()
-            fn()
-            timings.setdefault(name, round(time.time() - t, 2))
-            atomic_write_json(root / "timings.json", timings)
-        timings["last_call_total_s"] = round(time.time() - t0, 2)
+    timings = read_json(root / "timings.json") if (root / "timings.json").exists() else {}
+
+    def record(name: str, seconds: float) -> None:
+        timings.setdefault(name, round(seconds, 2))  # the first (from-scratch) measurement is kept
         atomic_write_json(root / "timings.json", timings)
-    finally:
-        torch.set_num_threads(threads)
+
+    tasks = post_train_tasks(cfg, evaluate_models)
+    n = workers if workers is not None else min(available_cores(), max(cfg.pretrain_shards, len(tasks)))
+    t0 = time.time()
+    with torch_threads(cfg.torch_threads), worker_pool(n) as pool:
+        _pretrain(org, build_tokenizer(), pool, n)
+        record("base", time.time() - t0)
+        t = time.time()
+        for name, seconds in run_tasks(root, tasks, pool, n).items():
+            record(name, seconds)
+        record("post_train_and_eval_wall", time.time() - t)
+    if evaluate_models:
+        t = time.time()
+        _evaluate_all(org)  # every model's correctness is on disk by now: the summary and figures
+        record("summary", time.time() - t)
+    timings["last_call_total_s"] = round(time.time() - t0, 2)
+    atomic_write_json(root / "timings.json", timings)
     return org
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """`workers - 1` spawned processes beside this one (None for one worker); on an error, queued work is
+    cancelled and the workers are not waited for."""
+    if workers <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent, initargs=(os.getpid(),)
+    )
+    ok = False
+    try:
+        yield pool
+        ok = True
+    finally:
+        pool.shutdown(wait=ok, cancel_futures=True)
+
+
+def post_train_tasks(cfg: OrganismConfig, evaluate_models: bool = True) -> list[tuple[str, tuple[str, ...]]]:
+    """(task, the tasks it needs) after the base, in an order that a serial run may follow: RL first
+    (the longest), each tuned model's evaluation after its training."""
+    tasks: list[tuple[str, tuple[str, ...]]] = [
+        (f"{kind}-{d}", ()) for d in cfg.post_train_domains for kind in reversed(POST_TRAIN_KINDS)
+    ]
+    if evaluate_models:
+        tasks.append(("eval-base", ()))
+        tasks += [(f"eval-{name}", (name,)) for name, _ in list(tasks) if not name.startswith("eval-")]
+    return tasks
+
+
+def run_task(root: str | Path, name: str) -> float:
+    """Run one task of `post_train_tasks` on the organisms in `root` in this process; returns its seconds.
+
+    The entry point of the build's worker processes: everything it needs is on disk (config, base)."""
+    t = time.time()
+    org = Organisms.open(root)
+    with torch_threads(org.config.torch_threads):
+        if name.startswith("eval-"):
+            _evaluate_model(org, name.removeprefix("eval-"))
+        else:
+            kind, domain = name.split("-", 1)
+            _post_train(org, kind, domain, build_tokenizer())
+    return time.time() - t
+
+
+def run_tasks(
+    root: Path, tasks: list[tuple[str, tuple[str, ...]]], pool: ProcessPoolExecutor | None, workers: int
+) -> dict[str, float]:
+    """Run `tasks` (see `post_train_tasks`), up to `workers` at a time on `pool` (in this process without
+    one), each started when what it needs has finished; {task: seconds}. A worker's error is raised here."""
+    if pool is None:
+        return {name: run_task(root, name) for name, _ in tasks}
+    seconds: dict[str, float] = {}
+    pending = dict(tasks)
+    running: dict[Future, str] = {}
+    while pending or running:
+        for name in [n for n, needs in pending.items() if all(x in seconds for x in needs)]:
+            if len(running) < workers:
+                running[pool.submit(run_task, str(root), name)] = name
+                del pending[name]
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for f in done:
+            seconds[running.pop(f)] = f.result()
+    return seconds
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """A worker's initializer: exit when the build process is gone (killed), so that a rerun never races an
+    orphaned worker for the same files."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def ensure_organisms(preset: str = "default", out_dir: str | Path | None = None) -> Organisms:
@@ -438,3 +598,8 @@ def ensure_organisms(preset: str = "default", out_dir: str | Path | None = None)
             return org
         return build_organisms(org.config, root)
     return build_organisms(preset_config(preset), root)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -32,6 +32,8 @@ class OrganismConfig(JsonConfig):
     pretrain_batch: int = 128
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 50
+    pretrain_packing: bool = True  # several problems per row (organisms.train.pack_supervised): same loss
+    pretrain_shards: int = 2  # each step's rows in this many gradient shards, run side by side on the cores
     # post-training: SFT and RL from the same base on the identical prompt set of one domain
     post_train_domains: tuple[str, ...] = ("count",)  # where both RL and SFT gain >= 15 points (docs/organisms.md)
     post_train_prompts: int = 8192
@@ -48,7 +50,7 @@ class OrganismConfig(JsonConfig):
     # evaluation
     eval_samples: int = 1000  # per domain
     eval_batch: int = 500
-    torch_threads: int = 1  # bitwise determinism and steadier speed on a shared 2-core CPU
+    torch_threads: int = 1  # per process; stages and pretraining shards run side by side, one per core
 
     def __post_init__(self) -> None:
         self.pretrain_domains = tuple(parse_domains(list(self.pretrain_domains)))

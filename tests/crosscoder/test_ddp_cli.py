@@ -30,7 +30,9 @@ def acts_file(tmp_path):
 
 
 def test_ddp_two_processes_match_single_process(tmp_path, acts_file):
-    args = ["--activations", str(acts_file), "--variant", "l1", "--sparsity-coef", "0.5", "--no-eval"] + COMMON
+    # fp32 (the CLI defaults to bf16): the two global-batch sums are compared to fp32 tolerance
+    args = ["--activations", str(acts_file), "--variant", "l1", "--sparsity-coef", "0.5", "--no-eval",
+            "--bf16", "false"] + COMMON
     main(args + ["--out", str(tmp_path / "single")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(

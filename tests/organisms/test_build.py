@@ -40,7 +40,11 @@ def test_tiny_build_layout(tiny_organisms):
 
 
 def test_resume_after_interruption_is_bitwise_equal(tiny_organisms, tmp_path, monkeypatch):
-    """Kill the build while it writes RL checkpoint 3; a rerun must finish with identical weights."""
+    """Kill the build while it writes RL checkpoint 3; a rerun must finish with identical weights.
+
+    This build runs in one process (`workers=1`: the simulated kill is patched into this process), the
+    fixture's on two (pretraining shards and post-training side by side): equal weights also show that
+    where a piece of the build ran does not change its bits."""
     root = tmp_path / "org"
     real_save = build_mod.save_organism
 
@@ -51,11 +55,11 @@ def test_resume_after_interruption_is_bitwise_equal(tiny_organisms, tmp_path, mo
 
     monkeypatch.setattr(build_mod, "save_organism", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        build_organisms(preset_config("tiny"), root)
+        build_organisms(preset_config("tiny"), root, workers=1)
     run = root / f"rl-{tiny_organisms.config.post_train_domains[0]}"
     assert is_complete(run / "ckpt-2") and not (run / "ckpt-3").exists()
     monkeypatch.setattr(build_mod, "save_organism", real_save)
-    org = build_organisms(preset_config("tiny"), root, evaluate_models=False)
+    org = build_organisms(preset_config("tiny"), root, evaluate_models=False, workers=1)
     # same seed, same weights (determinism), and resume changes nothing
     assert _same_weights(org.base_dir, tiny_organisms.base_dir)
     for kind in ("sft", "rl"):
@@ -71,7 +75,7 @@ def test_partial_checkpoint_is_rebuilt(tiny_organisms, tmp_path):
     (ck / "featalign.json").unlink()  # looks like a half-written folder
     (ck / "model.safetensors").write_bytes(b"garbage")
     (root / "_state" / f"sft-{dom}.pt").unlink()
-    org = build_organisms(preset_config("tiny"), root, evaluate_models=False)
+    org = build_organisms(preset_config("tiny"), root, evaluate_models=False, workers=1)
     assert is_complete(ck)
     assert _same_weights(ck, tiny_organisms.model_dir("sft", dom, 5))
     assert org.root == root
