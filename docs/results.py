@@ -604,8 +604,12 @@ def q2_section(runs: list[dict]) -> str:
     k = runs[0]["analysis"]["config"]["top_k"]
     rows = drift_rows(runs, q, "analyze") + drift_rows(runs, ex, "reproduce_drift.py")
     higher = lambda r: sum(x > 0 for x in q(r)["sft_vs_rl"]["overlap_diff_per_pair"])
-    diffs = cell(
-        runs, higher, count, lambda r: ", ".join(signed(x, 2) for x in q(r)["sft_vs_rl"]["overlap_diff_per_pair"])
+    diffs = cell(  # the per-pair lists only: a mean of lists means nothing (the count of higher pairs follows)
+        runs,
+        higher,
+        count,
+        lambda r: ", ".join(signed(x, 2) for x in q(r)["sft_vs_rl"]["overlap_diff_per_pair"]),
+        spread=False,
     )
     n_pairs = len(q(runs[0])["sft_vs_rl"]["overlap_diff_per_pair"])
     test = lambda key: over_seeds(
