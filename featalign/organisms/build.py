@@ -23,10 +23,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -64,6 +65,7 @@ from featalign.organisms.train import (
 )
 
 POST_TRAIN_KINDS = ("sft", "rl")
+T = TypeVar("T")
 TRAIN_LOG = "train_log.jsonl"
 
 
@@ -164,14 +166,11 @@ def _pretrain(org: Organisms, tokenizer, pool: ProcessPoolExecutor | None, worke
     n = cfg.pretrain_shards
 
     def grad_fn(step: int) -> tuple[float, dict]:
-        # shard k runs in this process when k % workers == 0, else on a worker: the same function either way
         params = parameters_to_vector(model.parameters()).detach().numpy()
         rows = pretrain_rows(cfg, step, tokenizer)
         n_targets = float(rows[1][:, 1:].sum())
         args = {k: (cfg, [t.numpy() for t in shard_rows(rows, k, n)], n_targets, params) for k in range(n)}
-        remote = {k: pool.submit(shard_gradient, *args[k]) for k in range(n) if pool is not None and k % workers}
-        done = {k: shard_gradient(*args[k]) for k in range(n) if k not in remote}
-        done.update({k: f.result() for k, f in remote.items()})
+        done = run_shards(shard_gradient, args, pool, workers)
         grad = torch.from_numpy(done[0][1])
         for k in range(1, n):  # summed in shard order: the same bits however the shards were spread
             grad = grad + torch.from_numpy(done[k][1])
@@ -193,6 +192,26 @@ def _pretrain(org: Organisms, tokenizer, pool: ProcessPoolExecutor | None, worke
 
 
 _SHARD_MODEL: dict[str, torch.nn.Module] = {}  # per process: the model copy that computes shard gradients
+_REFERENCE: dict[str, torch.nn.Module] = {}  # per process: the frozen base of RL's KL term
+
+
+def _shard_model(cfg: OrganismConfig) -> torch.nn.Module:
+    key = cfg.to_json()
+    if key not in _SHARD_MODEL:
+        _SHARD_MODEL.clear()
+        _SHARD_MODEL[key] = new_model(cfg, build_tokenizer()).train()
+    return _SHARD_MODEL[key]
+
+
+def run_shards(
+    fn: Callable[..., T], args: dict[int, tuple], pool: ProcessPoolExecutor | None, workers: int
+) -> dict[int, T]:
+    """{k: fn(*args[k])} for every shard k: on a worker when k % workers, else in this process. `fn` is a pure
+    function of its arguments, so where a shard ran never changes its result."""
+    remote = {k: pool.submit(fn, *a) for k, a in args.items() if pool is not None and k % workers}
+    done = {k: fn(*a) for k, a in args.items() if k not in remote}
+    done.update({k: f.result() for k, f in remote.items()})
+    return done
 
 
 def pretrain_rows(cfg: OrganismConfig, step: int, tokenizer) -> tuple[torch.Tensor, ...]:
@@ -211,11 +230,7 @@ def shard_gradient(
     The loss is the shard's sum over answer tokens divided by the whole batch's count `n_targets`, so the
     shards' gradients sum to the batch's. A pure function of its arguments: it runs in this process or on
     a worker, and the build's bits depend only on `cfg.pretrain_shards`, not on where the shards ran."""
-    key = cfg.to_json()
-    if key not in _SHARD_MODEL:
-        _SHARD_MODEL.clear()
-        _SHARD_MODEL[key] = new_model(cfg, build_tokenizer()).train()
-    model = _SHARD_MODEL[key]
+    model = _shard_model(cfg)
     with torch_threads(cfg.torch_threads):
         vector_to_parameters(torch.from_numpy(params), model.parameters())
         ids, mask, *pos = (torch.from_numpy(a) for a in rows)
@@ -223,6 +238,69 @@ def shard_gradient(
         model.zero_grad(set_to_none=True)
         loss.backward()
         return float(loss.detach()), flat_grad(model).numpy()
+
+
+def rollout_seed(cfg: OrganismConfig, domain: str, step: int, shard: int) -> int:
+    """The sampling seed of one RL step's rollout shard (one shard: the seed builds used before shards)."""
+    return (
+        _seed(cfg.seed, "rollout", domain, step)
+        if cfg.rl_shards == 1
+        else _seed(cfg.seed, "rollout", domain, step, shard)
+    )
+
+
+def rl_shard_gradient(
+    cfg: OrganismConfig,
+    domain: str,
+    problems: list[Problem],
+    step: int,
+    shard: int,
+    max_new_tokens: int,
+    params: np.ndarray,
+    base_dir: str,
+) -> tuple[float, dict, np.ndarray]:
+    """GRPO loss, rollout statistics and flat gradient of shard `shard` of RL step `step` (its share of the
+    step's prompts, whole groups) at the weights `params`.
+
+    RL is the longest stage after pretraining, and one process ran it while the other core finished SFT and
+    the evaluations and then idled: in shards, a step's rollouts and backward run side by side. Each shard
+    samples from its own seeded generator, so like `shard_gradient` it is a pure function of its arguments,
+    and the build's bits depend on `cfg.rl_shards`, not on where the shards ran."""
+    model = _shard_model(cfg)
+    if cfg.rl_kl_beta > 0 and base_dir not in _REFERENCE:
+        _REFERENCE.clear()
+        _REFERENCE[base_dir] = load_organism(base_dir)[0]
+    with torch_threads(cfg.torch_threads):
+        vector_to_parameters(torch.from_numpy(params), model.parameters())
+        loss, info = grpo_loss(
+            model,
+            problems,
+            build_tokenizer(),
+            cfg.rl_group_size,
+            cfg.rl_temperature,
+            max_new_tokens,
+            torch.Generator().manual_seed(rollout_seed(cfg, domain, step, shard)),
+            ref_model=_REFERENCE.get(base_dir),
+            beta=cfg.rl_kl_beta,
+        )
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return float(loss.detach()), info, flat_grad(model).numpy()
+
+
+def combine_rl_shards(done: dict[int, tuple[float, dict, np.ndarray]]) -> tuple[float, dict, torch.Tensor]:
+    """One step's loss, statistics and gradient from its shards': each shard's token mean weighted by its share
+    of the step's tokens, so the result is the token mean over the whole step (with one shard, itself exactly:
+    its weight is 1.0)."""
+    n = len(done)
+    tokens = [done[k][1]["tokens"] for k in range(n)]
+    total = max(sum(tokens), 1.0)
+    grad = torch.from_numpy(done[0][2]) * (tokens[0] / total)
+    for k in range(1, n):  # in shard order: the same bits however the shards were spread
+        grad = grad + torch.from_numpy(done[k][2]) * (tokens[k] / total)
+    loss = sum(done[k][0] * tokens[k] for k in range(n)) / total
+    info = {key: sum(done[k][1][key] for k in range(n)) / n for key in done[0][1] if key != "tokens"}
+    return loss, info, grad
 
 
 def pretrain_batch(cfg: OrganismConfig, step: int) -> list[Problem]:
@@ -253,7 +331,9 @@ def _checkpoint_steps(total: int, n: int) -> list[int]:
     return sorted({max(1, round(total * k / n)) for k in range(1, n + 1)})
 
 
-def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
+def _post_train(
+    org: Organisms, kind: str, domain: str, tokenizer, pool: ProcessPoolExecutor | None = None, workers: int = 1
+) -> None:
     cfg = org.config
     run = org.run_dir(kind, domain)
     if (
@@ -279,22 +359,16 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
 
         lr = cfg.sft_lr
     else:
-        ref = load_organism(org.base_dir)[0] if cfg.rl_kl_beta > 0 else None
         max_new = grpo_max_new_tokens(prompts, tokenizer)
+        n = cfg.rl_shards
 
-        def loss_fn(step: int):
-            gen = torch.Generator().manual_seed(_seed(cfg.seed, "rollout", domain, step))
-            return grpo_loss(
-                model,
-                [prompts[i] for i in batches[step]],
-                tokenizer,
-                cfg.rl_group_size,
-                cfg.rl_temperature,
-                max_new,
-                gen,
-                ref_model=ref,
-                beta=cfg.rl_kl_beta,
-            )
+        def rl_grad_fn(step: int) -> tuple[float, dict]:
+            params = parameters_to_vector(model.parameters()).detach().numpy()
+            batch = [prompts[i] for i in batches[step]]
+            args = {k: (cfg, domain, batch[k::n], step, k, max_new, params, str(org.base_dir)) for k in range(n)}
+            loss, info, grad = combine_rl_shards(run_shards(rl_shard_gradient, args, pool, workers))
+            set_flat_grad(model, grad)
+            return loss, info
 
         lr = cfg.rl_lr
 
@@ -312,7 +386,7 @@ def _post_train(org: Organisms, kind: str, domain: str, tokenizer) -> None:
 
     logs = run_steps(
         model,
-        backward_of(model, loss_fn),
+        backward_of(model, loss_fn) if kind == "sft" else rl_grad_fn,
         len(batches),
         lr,
         warmup=max(1, len(batches) // 20),
@@ -539,8 +613,9 @@ def post_train_tasks(cfg: OrganismConfig, evaluate_models: bool = True) -> list[
     return tasks
 
 
-def run_task(root: str | Path, name: str) -> float:
-    """Run one task of `post_train_tasks` on the organisms in `root` in this process; returns its seconds.
+def run_task(root: str | Path, name: str, pool: ProcessPoolExecutor | None = None, workers: int = 1) -> float:
+    """Run one task of `post_train_tasks` on the organisms in `root` in this process (a sharded RL run puts its
+    shards on `pool`); returns its seconds.
 
     The entry point of the build's worker processes: everything it needs is on disk (config, base)."""
     t = time.time()
@@ -550,28 +625,40 @@ def run_task(root: str | Path, name: str) -> float:
             _evaluate_model(org, name.removeprefix("eval-"))
         else:
             kind, domain = name.split("-", 1)
-            _post_train(org, kind, domain, build_tokenizer())
+            _post_train(org, kind, domain, build_tokenizer(), pool, workers)
     return time.time() - t
 
 
 def run_tasks(
     root: Path, tasks: list[tuple[str, tuple[str, ...]]], pool: ProcessPoolExecutor | None, workers: int
 ) -> dict[str, float]:
-    """Run `tasks` (see `post_train_tasks`), up to `workers` at a time on `pool` (in this process without
-    one), each started when what it needs has finished; {task: seconds}. A worker's error is raised here."""
+    """Run `tasks` (see `post_train_tasks`), up to `workers` at a time (in this process without a pool), each
+    started when what it needs has finished; {task: seconds}. A worker's error is raised here.
+
+    A sharded RL run (`rl_shards` > 1) runs on a thread of this process, one at a time, with its shards on
+    the pool beside the other tasks: it holds one of the `workers` slots, so a pool process stays free for
+    its shards; every other task runs on a pool process."""
     if pool is None:
         return {name: run_task(root, name) for name, _ in tasks}
+    sharded = Organisms.open(root).config.rl_shards > 1
     seconds: dict[str, float] = {}
     pending = dict(tasks)
     running: dict[Future, str] = {}
-    while pending or running:
-        for name in [n for n, needs in pending.items() if all(x in seconds for x in needs)]:
-            if len(running) < workers:
-                running[pool.submit(run_task, str(root), name)] = name
+    with ThreadPoolExecutor(1) as here:
+        while pending or running:
+            for name in [n for n, needs in pending.items() if all(x in seconds for x in needs)]:
+                if len(running) >= workers:
+                    break
+                if sharded and name.startswith("rl-"):
+                    if any(n.startswith("rl-") for n in running.values()):
+                        continue
+                    running[here.submit(run_task, root, name, pool, workers)] = name
+                else:
+                    running[pool.submit(run_task, str(root), name)] = name
                 del pending[name]
-        done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for f in done:
-            seconds[running.pop(f)] = f.result()
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                seconds[running.pop(f)] = f.result()
     return seconds
 
 

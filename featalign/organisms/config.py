@@ -3,6 +3,7 @@ test twin `structured-tiny` for organisms whose domains share structure by const
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,22 +47,39 @@ class OrganismConfig(JsonConfig):
     rl_epochs: int = 1
     rl_kl_beta: float = 0.0
     rl_temperature: float = 1.0
+    rl_shards: int = 2  # each step's prompts in this many rollout shards (own sampling seeds), run side by side
     n_checkpoints: int = 5  # saved every 1/n_checkpoints of each post-training run
     # evaluation
     eval_samples: int = 1000  # per domain
     eval_batch: int = 500
     torch_threads: int = 1  # per process; stages and pretraining shards run side by side, one per core
 
+    @classmethod
+    def load(cls, path: str | Path) -> OrganismConfig:
+        """A folder's saved config; a field that it lacks was added after the folder was built, so it takes the
+        value that reproduces how builds were made before (`LEGACY_VALUES`), never today's default: an old
+        folder is then compared with a new config as what it is."""
+        return cls.from_dict({**LEGACY_VALUES, **json.loads(Path(path).read_text())})
+
     def __post_init__(self) -> None:
+        if self.rl_shards < 1 or self.rl_prompts_per_step % self.rl_shards:
+            raise ValueError(
+                f"rl_shards={self.rl_shards} must be >= 1 and divide rl_prompts_per_step={self.rl_prompts_per_step}"
+            )
         self.pretrain_domains = tuple(parse_domains(list(self.pretrain_domains)))
         self.post_train_domains = tuple(parse_domains(list(self.post_train_domains)))
         if not self.post_train_domains:
             raise ValueError("post_train_domains is empty: name at least one domain, e.g. 'add'")
 
 
+#: Fields added after builds were made, with the value that gives those builds' behaviour (one process, padded
+#: pretraining rows, one rollout shard): `OrganismConfig.load` fills them in where a saved config lacks them.
+LEGACY_VALUES: dict[str, object] = {"pretrain_packing": False, "pretrain_shards": 1, "rl_shards": 1}
+
 PRESETS: dict[str, dict] = {
     "default": {},
     "tiny": dict(
+        rl_shards=1,  # one rollout shard: this preset's builds and the tests on them keep their bits
         preset="tiny",
         d_model=32,
         n_layers=2,
@@ -88,6 +106,7 @@ PRESETS: dict[str, dict] = {
     # Post-trained on `countd`, RL gains on countl and countcmp, through the stop fix, and not on the extremum or
     # sorting domains; smaller than `default` so the build fits 15 min (docs/organisms.md, "Structured preset").
     "structured": dict(
+        rl_shards=1,  # one rollout shard: this preset's builds and the tests on them keep their bits
         preset="structured",
         d_model=48,
         n_layers=3,
@@ -99,6 +118,7 @@ PRESETS: dict[str, dict] = {
         post_train_prompts=4096,
     ),
     "structured-tiny": dict(
+        rl_shards=1,  # one rollout shard: this preset's builds and the tests on them keep their bits
         preset="structured-tiny",
         d_model=32,
         n_layers=2,

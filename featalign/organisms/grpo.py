@@ -46,8 +46,9 @@ def grpo_loss(
 ) -> tuple[Tensor, dict]:
     """Sample `group_size` completions per problem, reward them with the domain's verifier, and return the
     GRPO loss (group-normalised advantages, token-level mean over informative groups, optional k3 KL
-    to `ref_model`) and rollout statistics. Sampling uses `generator`, so a step is a pure function
-    of its seed, which is what makes a resumed build bitwise identical."""
+    to `ref_model`) and rollout statistics (`tokens`: the count the mean is over). Sampling uses
+    `generator`, so a step is a pure function of its seed, which is what makes a resumed build bitwise
+    identical."""
     prompts = [tokenizer(p.prompt)["input_ids"] for p in problems for _ in range(group_size)]
     model.eval()
     gen = decode(
@@ -85,6 +86,7 @@ def grpo_loss(
     denom = informative.sum() if beta == 0 else mask.sum()
     loss = (per_tok * mask).sum() / denom.clamp(min=1)
     info = {
+        "tokens": float(denom),  # what the loss is averaged over: shards of one step are weighted by it
         "reward": float(rewards.mean()),
         "kl": float(kl),
         "len": float(mask.sum(1).mean()),
