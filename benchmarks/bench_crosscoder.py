@@ -29,6 +29,7 @@ import time
 import torch
 
 from featalign.crosscoder import Crosscoder, CrosscoderConfig
+from featalign.crosscoder.train import bf16_matmul_is_fast
 
 
 def sync(device: torch.device) -> None:
@@ -36,12 +37,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: Crosscoder, x_BK: torch.Tensor, bf16: bool, **fw):
-    """One timed trainer step (forward, backward, fused Adam, the variant's update) on `x_BK`'s device."""
+def make_step(model: Crosscoder, x_BK: torch.Tensor, bf16: bool, quiet_frac: float = 0.0, **fw):
+    """One timed trainer step (forward, backward, fused Adam, the variant's update) on `x_BK`'s device.
+
+    `quiet_frac`: that share of the latents (a fixed random set) is held quiet for longer than BatchTopK's
+    `aux_dead_tokens` before every step, so its aux-k loss trains them, as in a real run (at this size
+    40-75% of the latents are quiet late in training); with random inputs every latent fires and the
+    aux loss has nothing to do."""
     dev = x_BK.device
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the Trainer
+    L = model.cfg.n_latents
+    quiet = torch.randperm(L, generator=torch.Generator().manual_seed(1))[: int(quiet_frac * L)].to(dev)
 
     def step() -> float:
+        if quiet.numel():
+            model.tokens_since_fired[quiet] = 10**9
         sync(dev)
         t = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -78,6 +88,11 @@ def main() -> dict:
     p.add_argument("--d", type=int, default=256)
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--k", type=int, default=32)
+    p.add_argument("--quiet-frac", type=float, default=0.4,
+                   help="share of latents held quiet in the aux-active BatchTopK timing (see make_step)")
+    p.add_argument("--bf16", default="auto", choices=("auto", "force", "skip"),
+                   help="time the bf16 autocast steps: auto = only where bf16 matmuls beat fp32 here "
+                   "(on an AVX2-only CPU they are ~100x slower and the rounds would take hours)")
     p.add_argument("--reps", type=int, default=5)
     # one thread: on a shared 2-core machine, a second torch thread stalls on the other jobs
     # (parallel sort/matmul wait for it); 0 = torch's default
@@ -93,7 +108,8 @@ def main() -> dict:
     K = a.models * a.d
     x = torch.randn(B, K, device=dev)
     res: dict = {"shape": {"B": B, "K": K, "L": L, "k": a.k}, "threads": torch.get_num_threads(), "device": str(dev),
-                 "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+                 "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     flops = 10 * B * K * L
 
     def btk(sparse: bool) -> Crosscoder:  # same seed: the same initial weights on both paths
@@ -101,7 +117,12 @@ def main() -> dict:
                                            variant_cfg={"k": a.k, "sparse_decode": sparse})).to(dev)
 
     print(f"crosscoder step: B={B}, K={K} ({a.models} models x d {a.d}), L={L}; dense step = {flops / 1e9:.1f} GFLOP")
-    for dtype, bf16 in ((torch.float32, False), (torch.bfloat16, True)):
+    bf16_fast = bf16_matmul_is_fast(dev)
+    res["bf16_matmul_faster_than_fp32"] = bf16_fast
+    run_bf16 = a.bf16 == "force" or (a.bf16 == "auto" and bf16_fast)
+    if not run_bf16:
+        print(f"  bf16 steps not timed (--bf16 {a.bf16}; bf16 matmul faster than fp32 here: {bf16_fast})")
+    for dtype, bf16 in ((torch.float32, False), (torch.bfloat16, True))[: 2 if run_bf16 else 1]:
         n = 2048
         a_mm, b_mm, c_mm = (torch.randn(n, n, dtype=dtype, device=dev) for _ in range(3))
 
@@ -155,16 +176,21 @@ def main() -> dict:
               f"{flops / _median(gm_t) / 1e9:.1f}) | step {best * 1e3:7.1f} ms ({B / best:8.0f} tok/s)\n"
               f"    achieved/matmul = {_median(ratios):.2f} median, {max(ratios):.2f} best (target >= 0.8); "
               f"step GEMMs alone / step = {_median(ratios_g):.2f}")
-        # BatchTopK against its own floor, the encoder GEMM, interleaved round by round
-        eg_t, bt_t = interleaved([enc_gemm_time, make_step(btk(True), x, bf16)], a.reps)
-        r_enc = [e_ / s_ for e_, s_ in zip(eg_t, bt_t)]
-        res[f"batchtopk_{key}"] = {"enc_gemm_s": _median(eg_t), "enc_gemm_gflops": 2 * B * K * L / _median(eg_t) / 1e9,
-                                   "gemm_bound_tokens_per_s": B / _median(eg_t), "step_s": _median(bt_t),
-                                   "tokens_per_s": B / _median(bt_t), "ratio_to_enc_gemm": _median(r_enc),
-                                   "ratio_best": max(r_enc)}
-        print(f"  batchtopk k={a.k} {key}: encoder GEMM {_median(eg_t) * 1e3:.1f} ms ({B / _median(eg_t):.0f} tok/s bound)"
-              f" | step {_median(bt_t) * 1e3:.1f} ms ({B / _median(bt_t):.0f} tok/s)\n"
-              f"    step / GEMM-bound = {_median(r_enc):.2f} median, {max(r_enc):.2f} best (target >= 0.8 fp32)")
+        # BatchTopK against its own floor, the encoder GEMM, interleaved round by round: aux idle (every
+        # latent fires) and aux active (`--quiet-frac` of the latents quiet, as late in a real run)
+        eg_t, bt_t, ba_t = interleaved([enc_gemm_time, make_step(btk(True), x, bf16),
+                                        make_step(btk(True), x, bf16, quiet_frac=a.quiet_frac)], a.reps)
+        for suffix, st in (("", bt_t), ("_aux_active", ba_t)):
+            r_enc = [e_ / s_ for e_, s_ in zip(eg_t, st)]
+            res[f"batchtopk_{key}{suffix}"] = {
+                "enc_gemm_s": _median(eg_t), "enc_gemm_gflops": 2 * B * K * L / _median(eg_t) / 1e9,
+                "gemm_bound_tokens_per_s": B / _median(eg_t), "step_s": _median(st),
+                "tokens_per_s": B / _median(st), "ratio_to_enc_gemm": _median(r_enc), "ratio_best": max(r_enc),
+                "quiet_frac": a.quiet_frac if suffix else 0.0}
+            what = f"aux active, {a.quiet_frac:.0%} quiet" if suffix else "aux idle"
+            print(f"  batchtopk k={a.k} {key} ({what}): encoder GEMM {_median(eg_t) * 1e3:.1f} ms "
+                  f"({B / _median(eg_t):.0f} tok/s bound) | step {_median(st) * 1e3:.1f} ms ({B / _median(st):.0f} tok/s)\n"
+                  f"    step / GEMM-bound = {_median(r_enc):.2f} median, {max(r_enc):.2f} best (target >= 0.8 fp32)")
 
     sp_t, dn_t = interleaved([make_step(btk(True), x, False), make_step(btk(False), x, False)], a.reps)
     speed = [d_ / s_ for s_, d_ in zip(sp_t, dn_t)]

@@ -12,20 +12,28 @@ import sys
 def speed(r: dict) -> str:
     rows = ["| step | tokens/s | ceiling measured in the same rounds | ratio (median, best) | target |", "|---|---|---|---|---|"]
     for key, tgt in (("fp32", ">= 0.9"), ("bf16", ">= 0.8")):
-        d = r[f"dense_{key}"]
+        d = r.get(f"dense_{key}")
+        if d is None:
+            rows.append(f"| `l1` {key} | not timed: bf16 matmul slower than fp32 on this CPU | | | {tgt} |")
+            continue
         rows.append(f"| `l1` {key} | {d['tokens_per_s']:,.0f} | square matmul {d['matmul_gflops']:.0f} GFLOP/s | "
                     f"{d['ratio_to_matmul']:.2f}, {d['ratio_best']:.2f} | {tgt} |")
-    for key, tgt in (("fp32", ">= 0.8"), ("bf16", "faster than fp32")):
-        d = r[f"batchtopk_{key}"]
-        rows.append(f"| `batchtopk` k {r['shape']['k']} {key} | {d['tokens_per_s']:,.0f} | encoder GEMM "
+    for key, tgt in (("fp32", ">= 0.8"), ("fp32_aux_active", ""), ("bf16", "faster than fp32"),
+                     ("bf16_aux_active", "")):
+        d = r.get(f"batchtopk_{key}")
+        if d is None:
+            continue
+        what = key.replace("_aux_active", f", aux active ({d.get('quiet_frac', 0):.0%} of latents quiet)")
+        rows.append(f"| `batchtopk` k {r['shape']['k']} {what} | {d['tokens_per_s']:,.0f} | encoder GEMM "
                     f"{d['enc_gemm_gflops']:.0f} GFLOP/s ({d['gemm_bound_tokens_per_s']:,.0f} tok/s bound) | "
                     f"{d['ratio_to_enc_gemm']:.2f}, {d['ratio_best']:.2f} | {tgt} |")
     b = r["batchtopk"]
     rows.append(f"| `batchtopk` sparse vs dense-decode step (fp32) | | | {b['speedup']:.2f}x | >= 2x |")
     s = r["shape"]
     la = r.get("load_avg")
-    return (f"B {s['B']}, K {s['K']}, L {s['L']}, {r['threads']} thread(s), device {r.get('device', 'cpu')}"
-            + (f", load average at the end {la[0]:.1f}" if la else "") + "\n\n" + "\n".join(rows))
+    cpu = f", CPU capability {r['cpu_capability']}" if r.get("cpu_capability") else ""
+    return (f"B {s['B']}, K {s['K']}, L {s['L']}, {r['threads']} thread(s), device {r.get('device', 'cpu')}{cpu}"
+            + (f", load average at the start {la[0]:.1f}" if la else "") + "\n\n" + "\n".join(rows))
 
 
 def quality(runs: list[dict]) -> str:

@@ -89,10 +89,12 @@ class RunOptions(JsonConfig):
 
 
 LOG_SINKS = ("tensorboard", "wandb")
-# Where this command's default differs from TrainerConfig's (the library's): bf16 autocast, whose held-out
-# FVU and dead fraction on the organisms match fp32's (docs/crosscoder.md, "bf16 by default"); --bf16 false
-# restores the fp32 step.
-CLI_TRAINER_DEFAULTS: dict[str, Any] = {"bf16": True}
+# Where this command's default differs from TrainerConfig's (the library's): bf16 autocast where the device's
+# bf16 matmuls are faster than fp32 (`bf16_matmul_is_fast`, resolved at start and saved in cfg.json); on the
+# organisms bf16's held-out FVU and dead fraction match fp32's (docs/crosscoder.md, "bf16 by default").
+# --bf16 true / false overrides it.
+CLI_TRAINER_DEFAULTS: dict[str, Any] = {}
+CLI_TRAINER_DEFAULT_HELP = {"bf16": "true where the device's bf16 matmul is faster than fp32, measured at start"}
 
 RUN_HELP = {
     "out": "output directory (cfg.json, crosscoder.safetensors, metrics.jsonl, eval.json, checkpoint.pt)",
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_field(g, f, name, f"{', '.join(owners)}: {field_help(f)}", default)
     g = p.add_argument_group("trainer")
     for f in dataclasses.fields(TrainerConfig):
-        default = CLI_TRAINER_DEFAULTS.get(f.name, f.default)
+        default = CLI_TRAINER_DEFAULT_HELP.get(f.name, CLI_TRAINER_DEFAULTS.get(f.name, f.default))
         _add_field(g, f, TRAINER_RENAMES.get(f.name, f.name), TRAINER_HELP.get(f.name, field_help(f)), default)
     return p
 
@@ -479,7 +481,7 @@ def _eval_rows(store, run: RunOptions):
 def main(argv: Sequence[str] | None = None) -> dict:
     """Train (or resume) one crosscoder into `--out` and evaluate it; raises rather than exits, for `run_cli`."""
     from featalign.crosscoder.evaluate import evaluate, splice_in_loss
-    from featalign.crosscoder.train import Trainer
+    from featalign.crosscoder.train import Trainer, bf16_matmul_is_fast
     from featalign.io import atomic_write_json
 
     cc, tr, run = resolve_configs(argv)
@@ -492,6 +494,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = dist_info.rank_device(run.device)
     if device != run.device:  # one GPU per rank under torchrun
         torch.cuda.set_device(device)
+    if "bf16" not in tr:
+        tr["bf16"] = bf16_matmul_is_fast(device)
+        if dist_info.enabled:  # every rank must take the same step: rank 0's measurement decides
+            flag = torch.tensor([int(tr["bf16"])], device=device)
+            torch.distributed.broadcast(flag, 0)
+            tr["bf16"] = bool(flag.item())
     out = Path(run.out)
     if run.fresh and dist_info.is_main and out.exists():
         shutil.rmtree(out)

@@ -136,3 +136,45 @@ def test_help_says_which_defaults_are_resolved_at_run_time():
     assert "(default: 128)" not in text and "default: blocks.1.hook_resid_post" not in text
     helps = {a.dest: a.help for a in build_parser()._actions}
     assert helps["seed"] != helps["train_seed"] and "data order" in helps["train_seed"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_default_follows_the_device_measurement_and_a_flag_overrides_it(tmp_path, acts_file, monkeypatch, fast):
+    import featalign.crosscoder.train as train_mod
+
+    calls = []
+
+    def probe(device):
+        calls.append(str(device))
+        return fast
+
+    monkeypatch.setattr(train_mod, "bf16_matmul_is_fast", probe)
+    out = tmp_path / "run"
+    main(["--activations", str(acts_file), "--out", str(out), "--no-eval"] + COMMON)
+    assert calls == ["cpu"]
+    assert json.loads((out / "trainer_cfg.json").read_text())["bf16"] is fast
+    main(["--activations", str(acts_file), "--out", str(tmp_path / "flag"), "--no-eval", "--bf16", str(not fast).lower()]
+         + COMMON)
+    assert calls == ["cpu"]  # an explicit flag is not second-guessed
+    assert json.loads((tmp_path / "flag" / "trainer_cfg.json").read_text())["bf16"] is (not fast)
+
+
+def test_bf16_probe_agrees_with_a_larger_timing_where_the_two_dtypes_differ_clearly():
+    import time
+
+    from featalign.crosscoder.train import bf16_matmul_is_fast
+
+    def best(dtype):
+        a = torch.randn(384, 384).to(dtype)
+        torch.mm(a, a)
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            torch.mm(a, a)
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    ratio = best(torch.float32) / best(torch.bfloat16)  # > 1: bf16 faster
+    if 1 / 1.5 < ratio < 1.5:
+        pytest.skip(f"bf16 and fp32 within 1.5x of each other here ({ratio:.2f}): no clear answer to check")
+    assert bf16_matmul_is_fast("cpu") == (ratio > 1)
