@@ -197,6 +197,16 @@ class DriftResult:
         k = self.k or len(self.final_features)
         return [round(o * k) for o in self.overlap]
 
+    def specific_last_interval(self) -> dict | None:
+        """The specific features at the last checkpoint with their `count_interval` over its alive latents (None
+        without a record of the alive count, or with no alive latent)."""
+        from featalign.analysis.controls import count_interval
+
+        if not self.n_alive or self.n_alive[-1] == 0:
+            return None
+        n, alive = self.n_specific[-1], self.n_alive[-1]
+        return count_interval(np.r_[np.ones(n), np.zeros(alive - n)]).as_dict()
+
     def summary(self) -> dict:
         st = np.array(self.stabilisation)
         k = self.k or len(self.final_features)
@@ -213,6 +223,7 @@ class DriftResult:
             "topk_entry_median": float(np.median(self.topk_entry)) if self.topk_entry else None,
             "topk_entry_median_95": median_interval(self.topk_entry),
             "n_specific": self.n_specific,
+            "n_specific_last": self.specific_last_interval(),
             "new_features": self.new_features,
             "steps": self.steps,
         }

@@ -302,7 +302,7 @@ def drift_series(kind: str, s, columns, hook: str, cfg, crosscoder_dir, drift_cf
     `modes`); `drift(order)` reruns the analysis on the same crosscoders with the checkpoints in `order`
     (0-based positions), which the shuffled-order null calls."""
     from featalign.analysis.attribution import decoder_vectors, latent_activations
-    from featalign.analysis.drift import drift_joint, drift_pairwise
+    from featalign.analysis.drift import DriftResult, drift_joint, drift_pairwise
     from featalign.analysis.training import train_or_load
 
     def fired(cc, x_NMHD) -> torch.Tensor:
@@ -315,7 +315,7 @@ def drift_series(kind: str, s, columns, hook: str, cfg, crosscoder_dir, drift_cf
         cc = train_or_load(crosscoder_dir / f"drift-{kind}-joint", tuple(s.names), columns(*s.names), hook, cfg)
         dec_LMK, alive_L = decoder_vectors(cc), fired(cc, columns(*s.names))
 
-        def joint(order) -> object:
+        def joint(order) -> DriftResult:
             return drift_joint(
                 dec_LMK[:, [0, *(o + 1 for o in order)]], drift_cfg, alive_L, kind, [steps[o] for o in order]
             )
@@ -331,7 +331,7 @@ def drift_series(kind: str, s, columns, hook: str, cfg, crosscoder_dir, drift_cf
             decoders.append(decoder_vectors(cc))
             alive.append(fired(cc, x_NMHD))
 
-        def pairwise(order) -> object:
+        def pairwise(order) -> DriftResult:
             return drift_pairwise(
                 [decoders[o] for o in order], drift_cfg, [alive[o] for o in order], kind, [steps[o] for o in order]
             )
@@ -356,7 +356,6 @@ def drift_copies_null(s, columns, hook: str, cfg, crosscoder_dir, drift_cfg) -> 
     copies as the series has checkpoints, all read from the base's activations), where no feature can belong to
     a checkpoint: its successive overlaps (the overlap of rankings by noise alone) with intervals, and its
     specific features (NRN >= 0.9) at the last copy with an interval (should be 0)."""
-    from featalign.analysis.controls import count_interval
     from featalign.analysis.drift import Checkpoint, CheckpointSeries
 
     T = len(s.checkpoints)
@@ -367,13 +366,9 @@ def drift_copies_null(s, columns, hook: str, cfg, crosscoder_dir, drift_cfg) -> 
         return columns(*("base" if n.startswith(f"{name}@") else n for n in names))
 
     ((result, _),) = drift_series(name, copies, base_columns, hook, cfg, crosscoder_dir, drift_cfg, ("joint",)).values()
-    n_spec, n_alive = result.n_specific[-1], result.n_alive[-1]
     full = result.summary()
-    return {
-        "crosscoder": f"drift-{name}-joint",
-        **{k: full[k] for k in ("overlap", "overlap_95", "mean_overlap", "n_specific", "topk_entry_median")},
-        "n_specific_last": count_interval(np.r_[np.ones(n_spec), np.zeros(n_alive - n_spec)]).as_dict(),
-    }
+    keys = ("overlap", "overlap_95", "mean_overlap", "n_specific", "n_specific_last", "topk_entry_median")
+    return {"crosscoder": f"drift-{name}-joint", **{k: full[k] for k in keys}}
 
 
 NO_SERIES = (
@@ -439,12 +434,11 @@ def drift_nulls_markdown(q2: dict) -> list[str]:
     ]
     for k, v in rows:
         copies = v.get("null_copies")
-        copies_cells = "-", f"{v['n_specific'][-1]} / -"
+        real = format_interval(v["n_specific_last"]) if v.get("n_specific_last") else str(v["n_specific"][-1])
+        copies_cells = "-", f"{real} / -"
         if copies:
-            copies_cells = (
-                f"{pairs(copies)} ({copies['mean_overlap']:.2f})",
-                f"{v['n_specific'][-1]} / {format_interval(copies['n_specific_last'])}",
-            )
+            null = format_interval(copies["n_specific_last"]) if copies.get("n_specific_last") else "-"
+            copies_cells = (f"{pairs(copies)} ({copies['mean_overlap']:.2f})", f"{real} / {null}")
         sh = v["null_shuffled"]
         if "skipped" in sh:
             shuffled = "-", sh["skipped"]

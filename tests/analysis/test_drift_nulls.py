@@ -72,6 +72,7 @@ def test_overlap_intervals_in_the_summary():
     # a count of 0 or k of the 10: the exact Clopper-Pearson interval, 1 - 0.025^(1/10) by hand
     assert s["overlap_95"][1] == pytest.approx([0.0, 1 - 0.025 ** 0.1])
     assert s["overlap_95"][0] == pytest.approx([0.025 ** 0.1, 1.0])
+    assert s["n_specific_last"]["count"] == 10 and s["n_specific_last"]["n"] == 60  # 10 specific of 60 alive
     lo, hi = overlap_interval(4, 10)
     assert 0 <= lo < 0.4 < hi <= 1
 
