@@ -140,3 +140,19 @@ def test_drift_study_nulls_on_tiny_organisms(series_acts, tmp_path):
     assert not (tmp_path / "off" / copies["crosscoder"]).exists()
     assert off["rl"]["overlap"] == rl["overlap"]  # the same real analysis either way
     assert torch.equal(real.W_dec, Crosscoder.load(tmp_path / "off" / "drift-rl-joint").W_dec)
+
+
+def test_shuffled_order_null_pairwise_equals_joint_on_a_matchable_series():
+    """Pairwise crosscoders with their latents in another order each: the matched overlaps equal the joint ones in
+    every checkpoint order, so the two nulls agree value for value (p = 24 / 120, as counted above)."""
+    from featalign.analysis.drift import drift_pairwise
+
+    dec, cfg = _series(), DriftConfig(top_k=K, stable_tol=0.02)
+    g = torch.Generator().manual_seed(1)
+    decs = []
+    for t in range(1, T + 1):
+        perm = torch.randperm(len(dec), generator=g)
+        decs.append(dec[perm][:, [0, t]])
+    pairwise = shuffled_order_null(lambda o: drift_pairwise([decs[i] for i in o], cfg), T)
+    joint = shuffled_order_null(lambda o: drift_joint(dec[:, [0, *(i + 1 for i in o)]], cfg), T)
+    assert pairwise["null_values"] == pytest.approx(joint["null_values"]) and pairwise["p"] == pytest.approx(24 / 120)
