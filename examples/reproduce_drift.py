@@ -45,7 +45,7 @@ from featalign.analysis.drift import SeriesError
 from featalign.analysis.inputs import (
     Activations, analysis_hook, load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
 )
-from featalign.analysis.stages import NO_SERIES, drift_study
+from featalign.analysis.stages import NO_SERIES, drift_nulls_markdown, drift_study
 from featalign.cli import UsageError, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
 from featalign.io import atomic_write_json, atomic_write_text, jsonable, provenance
@@ -72,6 +72,8 @@ class DriftExampleConfig(JsonConfig):
     steps: int = 600
     top_k: int = 50
     drift_mode: str = "joint"
+    drift_nulls: bool = True  # identical-copies and shuffled-order nulls (analyze's --drift-nulls)
+    drift_permutations: int = 1000
     seed: int = 0
     threads: int = 1
     progress: bool = True
@@ -92,7 +94,9 @@ HELP = {
     "n_tokens": "activation tokens per model", "eval_tokens": "tokens used to decide which latents fire",
     "variant": "crosscoder variant", "n_latents": "latents", "k": "batchtopk k", "steps": "crosscoder steps",
     "top_k": "top-k model-specific features compared between checkpoints",
-    "drift_mode": "joint | pairwise | both", "seed": "seed", "threads": "torch threads", "progress": "progress bars",
+    "drift_mode": "joint | pairwise | both",
+    "drift_nulls": ANALYZE_HELP["drift_nulls"], "drift_permutations": ANALYZE_HELP["drift_permutations"],
+    "seed": "seed", "threads": "torch threads", "progress": "progress bars",
 }
 
 
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     acts = Activations(x, [s.name for s in specs], aliases)
     res, summary = drift_study(series, acts.columns, hook, acfg, out / "crosscoders")
     plots.drift_side_by_side(res, out / "figures" / "drift.png")
+    if acfg.drift_nulls:
+        plots.drift_nulls(summary, out / "figures" / "drift_nulls.png")
 
     lines = ["# Feature drift over checkpoints (reproduction of arXiv 2604.25011, feature evolution)", "",
              "Models: " + ", ".join(f"{k} `{v}`" for k, v in where["trio"].items()) + "; series: "
@@ -143,13 +149,15 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {name} | {', '.join(f'{v:.2f}' for v in ov)} | {s['mean_overlap']:.2f} | "
                      f"{s['stabilisation_median']} [{ci[0] if ci else '-'}, {ci[1] if ci else '-'}] | "
                      f"{PUBLISHED.get(name.split('-')[0], '')} |")
+    lines += drift_nulls_markdown(summary)
     if "sft_vs_rl" in summary:
         c = summary["sft_vs_rl"]
         lines += ["", f"Median stabilisation SFT - RL: {c['median_diff']:+.1f} checkpoints, 95% CI "
                   f"[{c['median_diff_95'][0]:+.1f}, {c['median_diff_95'][1]:+.1f}]; one-sided Mann-Whitney p "
                   f"(SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}. Mean overlap SFT {c['mean_overlap_a']:.2f} "
                   f"vs RL {c['mean_overlap_b']:.2f}."]
-    lines += ["", "Figure: `figures/drift.png`.", "", f"Total time: {time.time() - t0:.0f} s."]
+    figures = "`figures/drift.png`" + (", `figures/drift_nulls.png`" if acfg.drift_nulls else "")
+    lines += ["", f"Figures: {figures}.", "", f"Total time: {time.time() - t0:.0f} s."]
     report = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", report)
     results = {"config": cfg.to_dict(), **provenance(), "models": where, "hook": hook, "tasks": text,

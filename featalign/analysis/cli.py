@@ -137,16 +137,33 @@ def analysis_context(cfg: AnalyzeConfig) -> AnalysisContext:
     given = load_given_crosscoder(cfg, models)
     if given is not None:
         models.trio = {n: models.trio[n] for n in given.cfg.models}
-    hook = given.cfg.hooks[0] if given is not None else analysis_hook(cfg.hook, models.trio["base"])
     task_set = load_task_set(cfg.tasks)
-    return AnalysisContext(
-        cfg,
-        models,
-        hook,
-        text_sources(cfg, task_set, mixture_domains(models.organisms)),
-        task_set,
-        resolve_stages(cfg.stage_names),
-        given,
+    sources = text_sources(cfg, task_set, mixture_domains(models.organisms))
+    stages, hook_choice = resolve_stages(cfg.stage_names), None
+    if given is not None:
+        hook = given.cfg.hooks[0]
+    elif cfg.hook == "auto":
+        hook_choice = auto_hook(cfg, models, sources[0])
+        hook = hook_choice["choice"]["hook"]
+    else:
+        hook = analysis_hook(cfg.hook, models.trio["base"])
+    return AnalysisContext(cfg, models, hook, sources, task_set, stages, given, hook_choice=hook_choice)
+
+
+def auto_hook(cfg: AnalyzeConfig, models: AnalysisModels, source) -> dict:
+    """`--hook auto`: the trio's per-layer change from the base on the first `--layer-tokens` tokens of the
+    training text (cached into OUT/activations/layers) and the block `choose_layer` picks from it."""
+    from featalign.analysis.layers import measure_layer_change
+
+    specs, _ = models.columns(with_series=False)
+    return measure_layer_change(
+        specs,
+        source,
+        min(cfg.layer_tokens, cfg.n_tokens),
+        Path(cfg.out) / "activations" / "layers",
+        device=cfg.device,
+        dtype=cfg.model_dtype,
+        progress=cfg.progress,
     )
 
 
@@ -169,6 +186,8 @@ def report_header(ctx: AnalysisContext) -> dict:
             "preset": org.config.preset,
             "post_train_domain": org.config.post_train_domains[0],
         }
+    if ctx.hook_choice is not None:
+        report["hook_choice"] = ctx.hook_choice
     if ctx.given is not None:
         report["crosscoder"] = {
             "dir": str(ctx.cfg.crosscoder),
@@ -227,6 +246,7 @@ def markdown(r: dict) -> str:
         "all latents).",
         "",
     ]
+    lines += hook_choice_markdown(r)
     lines += markdown_sections(r)
     lines += [
         "",
@@ -236,6 +256,34 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def hook_choice_markdown(r: dict) -> list[str]:
+    """`--hook auto`'s per-layer change table and the rule that picked the hook (nothing for a given hook)."""
+    if "hook_choice" not in r:
+        return []
+    table, choice = r["hook_choice"]["table"], r["hook_choice"]["choice"]
+    models = list(table["per_model"])
+    lines = [
+        f"Hook chosen by `--hook auto`: `{choice['hook']}`, the {choice['rule']}"
+        + (
+            ""
+            if "clear" not in choice
+            else f"; its interval {'separates' if choice['clear'] else 'does not separate'} "
+            "it from every other candidate"
+        )
+        + f". Relative change per block on {table['n_tokens']} tokens (mean [95% CI]):",
+        "",
+        "| hook | " + " | ".join(models) + " | mean over tuned |",
+        "|---|" + "---|" * (len(models) + 1),
+    ]
+    for h, hook in enumerate(table["hooks"]):
+        cells = [table["per_model"][m] for m in models] + [
+            {"mean": table["mean_over_tuned"], "mean_95": table["mean_over_tuned_95"]}
+        ]
+        text = [f"{c['mean'][h]:.4f} [{c['mean_95'][h][0]:.4f}, {c['mean_95'][h][1]:.4f}]" for c in cells]
+        lines.append(f"| {hook}{' (chosen)' if h == choice['layer'] else ''} | " + " | ".join(text) + " |")
+    return lines + [""]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -26,7 +26,8 @@ class AnalyzeConfig(JsonConfig):
     tasks: str | None = None  # a JSONL task set (default: the organisms' domains)
     train_tasks: str | None = None  # tasks the tuned models were trained on (default: the organisms' post-training)
     crosscoder: str | None = None  # an existing base/rl/sft crosscoder dir to analyse instead of training one
-    hook: str | None = None  # default: the middle residual layer blocks.<n_layers/2-1>.hook_resid_post
+    hook: str | None = None  # default: the middle residual layer blocks.<n_layers/2-1>.hook_resid_post; "auto"
+    layer_tokens: int = 2000  # --hook auto: tokens the per-layer change is measured on
     n_tokens: int = 40_000  # training activations (train split of the task suite), per model
     eval_tokens: int = 10_000  # held-out activations (eval split) for attribution / Latent Scaling
     variant: str = "batchtopk"
@@ -37,6 +38,8 @@ class AnalyzeConfig(JsonConfig):
     lr: float = 1e-3
     sparsity_coef: float = 2.0  # l1 / jumprelu only
     drift_mode: str = "joint"  # joint | pairwise | both
+    drift_nulls: bool = True  # identical-copies and shuffled-order nulls next to each drift result
+    drift_permutations: int = 1000  # shuffled-order null: every order when n! <= this, else this many random ones
     top_k: int = 50
     lean: float = 0.6  # graded pairwise counts: NRN >= lean (tuned-leaning) / <= 1 - lean
     positions: str = "last"  # RL-success score positions: last prompt token | all prompt tokens
@@ -60,7 +63,15 @@ class AnalyzeConfig(JsonConfig):
         check_choice("--drift-mode", self.drift_mode, ("joint", "pairwise", "both"))
         check_choice("--model-dtype", self.model_dtype, ("float32", "bfloat16", "float16"))
         check_choice("--organisms-preset", self.organisms_preset, sorted(PRESETS))
-        for name in ("n_tokens", "eval_tokens", "threads", "top_k", "min_samples"):
+        for name in (
+            "n_tokens",
+            "eval_tokens",
+            "threads",
+            "top_k",
+            "min_samples",
+            "drift_permutations",
+            "layer_tokens",
+        ):
             check_positive(f"--{name.replace('_', '-')}", getattr(self, name))
         for name in ("n_null", "n_cards"):
             check_positive(f"--{name.replace('_', '-')}", getattr(self, name), allow_zero=True)
@@ -120,7 +131,9 @@ HELP = {
     "(default: the organisms' post-training domains, or none)",
     "crosscoder": "analyse this trained base/rl/sft crosscoder (python -m featalign.train_crosscoder --out DIR) "
     "instead of training one",
-    "hook": "hook point (default: blocks.<n_layers/2-1>.hook_resid_post)",
+    "hook": "hook point (default: blocks.<n_layers/2-1>.hook_resid_post); auto: the block whose residual stream the "
+    "tuned models changed most, measured (||x_tuned - x_base|| / ||x_base|| per block, featalign.analysis.layers)",
+    "layer_tokens": "--hook auto: tokens of training text the per-layer change is measured on",
     "n_tokens": "tokens of training activations per model",
     "eval_tokens": "held-out tokens for attribution statistics and Latent Scaling",
     "variant": "crosscoder variant for the crosscoders trained here: batchtopk | l1 | jumprelu",
@@ -131,6 +144,10 @@ HELP = {
     "lr": "crosscoder learning rate",
     "sparsity_coef": "l1/jumprelu sparsity coefficient",
     "drift_mode": "checkpoint alignment: joint (one crosscoder over base + all checkpoints) | pairwise | both",
+    "drift_nulls": "drift nulls next to each series (true/false): the base in place of every checkpoint (one more "
+    "joint crosscoder per series length) and the checkpoints in shuffled orders (a permutation p; no training)",
+    "drift_permutations": "shuffled-order null: every checkpoint order when there are at most this many (exact p), "
+    "else this many seeded random orders",
     "top_k": "top-k model-specific features compared between successive checkpoints",
     "lean": "graded pairwise count threshold: NRN >= lean is tuned-leaning (strict classes use 0.9)",
     "positions": "RL-success score positions: last (last prompt token) | all (mean over prompt tokens)",

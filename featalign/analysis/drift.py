@@ -17,7 +17,7 @@ cosine to the base direction), and new specific features per checkpoint.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,14 +189,33 @@ class DriftResult:
     n_specific: list[int]
     new_features: list[int]
     curves: dict[str, list[list[float]]] = field(default_factory=dict)  # "nrn", "cos_base" [feature][t]
+    k: int = 0  # the top-k size the overlaps are fractions of (0: len(final_features))
+    n_alive: list[int] = field(default_factory=list)  # per checkpoint: alive latents (what n_specific counts among)
+
+    def overlap_counts(self) -> list[int]:
+        """The successive overlaps as counts of the k (pairwise: matched pairs)."""
+        k = self.k or len(self.final_features)
+        return [round(o * k) for o in self.overlap]
+
+    def specific_last_interval(self) -> dict | None:
+        """The specific features at the last checkpoint with their `count_interval` over its alive latents (None
+        without a record of the alive count, or with no alive latent)."""
+        from featalign.analysis.controls import count_interval
+
+        if not self.n_alive or self.n_alive[-1] == 0:
+            return None
+        n, alive = self.n_specific[-1], self.n_alive[-1]
+        return count_interval(np.r_[np.ones(n), np.zeros(alive - n)]).as_dict()
 
     def summary(self) -> dict:
         st = np.array(self.stabilisation)
+        k = self.k or len(self.final_features)
         return {
             "series": self.series,
             "mode": self.mode,
             "k": len(self.final_features),
             "overlap": self.overlap,
+            "overlap_95": [overlap_interval(c, k) for c in self.overlap_counts()],
             "mean_overlap": float(np.mean(self.overlap)) if self.overlap else None,
             "stabilisation_median": float(np.median(st)) if len(st) else None,
             "stabilisation_median_95": median_interval(st),
@@ -204,6 +223,7 @@ class DriftResult:
             "topk_entry_median": float(np.median(self.topk_entry)) if self.topk_entry else None,
             "topk_entry_median_95": median_interval(self.topk_entry),
             "n_specific": self.n_specific,
+            "n_specific_last": self.specific_last_interval(),
             "new_features": self.new_features,
             "steps": self.steps,
         }
@@ -212,15 +232,84 @@ class DriftResult:
 def median_interval(x, n_resamples: int = 2000, seed: int = 0) -> list[float] | None:
     """95% percentile bootstrap interval of the median (None without data; a constant sample gets a zero-width
     interval)."""
+    return bootstrap_interval(x, np.median, n_resamples, seed)
+
+
+def bootstrap_interval(x, statistic=np.median, n_resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% percentile bootstrap interval of `statistic` (a numpy reduction taking `axis`) over the sample `x`
+    (None without data; a constant sample gets a zero-width interval)."""
     x = np.asarray(x, float)
     if len(x) < 2 or np.all(x == x[0]):
         return [float(x[0]), float(x[0])] if len(x) else None
     from scipy.stats import bootstrap
 
     r = bootstrap(
-        (x,), np.median, n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed)
+        (x,), statistic, n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed)
     )
     return [float(r.confidence_interval.low), float(r.confidence_interval.high)]
+
+
+def overlap_interval(count: int, k: int) -> list[float]:
+    """95% interval of an overlap count/k: `count_interval` over the k top features of the earlier checkpoint
+    (each in the later top-k or not; percentile bootstrap, exact Clopper-Pearson at 0 or k), as fractions of k."""
+    from featalign.analysis.controls import count_interval
+
+    if k == 0:
+        return [float("nan"), float("nan")]
+    ci = count_interval(np.r_[np.ones(count), np.zeros(k - count)])
+    return [ci.low / k, ci.high / k]
+
+
+def order_statistic(result: DriftResult, statistic: str = "mean_overlap") -> float:
+    """The statistic the shuffled-order null tests: `mean_overlap`, the mean top-k overlap between successive
+    checkpoints (high: neighbours share their top features)."""
+    if statistic != "mean_overlap":
+        raise ValueError(f"statistic must be 'mean_overlap', got {statistic!r}")
+    return float(np.mean(result.overlap))
+
+
+def checkpoint_orders(n_checkpoints: int, n_permutations: int, seed: int = 0) -> tuple[list[tuple[int, ...]], bool]:
+    """(orders, exact): every order of the checkpoints when there are at most `n_permutations` of them (exact),
+    else `n_permutations` seeded random orders (each a permutation of 0..n-1)."""
+    import itertools
+    import math
+
+    if math.factorial(n_checkpoints) <= n_permutations:
+        return list(itertools.permutations(range(n_checkpoints))), True
+    rng = np.random.default_rng(seed)
+    return [tuple(int(i) for i in rng.permutation(n_checkpoints)) for _ in range(n_permutations)], False
+
+
+def shuffled_order_null(
+    drift: Callable[[Sequence[int]], DriftResult],
+    n_checkpoints: int,
+    statistic: str = "mean_overlap",
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Does the checkpoints' training order carry structure? `drift(order)` is the drift analysis of the series
+    with its checkpoints in `order` (0-based positions of the real series); the observed statistic (real order)
+    is read against its distribution over checkpoint orders.
+
+    Exact when n! <= n_permutations (every order, the real one included: p = share of orders whose statistic is
+    >= the observed one); else `n_permutations` seeded random orders and p = (1 + #>=) / (1 + n). One-sided:
+    successive checkpoints more alike than in a random order."""
+    observed = order_statistic(drift(list(range(n_checkpoints))), statistic)
+    orders, exact = checkpoint_orders(n_checkpoints, n_permutations, seed)
+    null = np.array([order_statistic(drift(list(o)), statistic) for o in orders])
+    tol = 1e-12
+    hits = int((null >= observed - tol).sum())
+    p = hits / len(null) if exact else (1 + hits) / (1 + len(null))
+    return {
+        "statistic": statistic,
+        "observed": observed,
+        "n_permutations": len(null),
+        "exact": exact,
+        "null_mean": float(null.mean()),
+        "null_95": [float(np.quantile(null, 0.025)), float(np.quantile(null, 0.975))],
+        "p": float(p),
+        "null_values": null.tolist(),
+    }
 
 
 def _cos(a: Tensor, b: Tensor) -> Tensor:
@@ -266,6 +355,8 @@ def drift_joint(
         [len(s) for s in spec],
         new,
         {"nrn": s_LT[final].tolist(), "cos_base": cos_base_LT[final].tolist()},
+        k,
+        [int(alive.sum())] * T,
     )
 
 
@@ -336,6 +427,8 @@ def drift_pairwise(
         [len(x) for x in spec],
         new,
         {"nrn": s_FT.tolist(), "cos_base": cos_base.tolist()},
+        k,
+        [len(s[t]) if (a := alive[t]) is None else int(a.sum()) for t in range(T)],
     )
 
 

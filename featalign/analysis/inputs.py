@@ -161,6 +161,11 @@ def analysis_hook(hook: str | None, base: ModelSpec) -> str:
     before any model is loaded (unknown hook names are refused once the models load)."""
     import re
 
+    if hook == "auto":
+        raise UsageError(
+            "--hook auto is chosen by python -m featalign.analyze (featalign.analysis.layers.choose_hook); "
+            "here pass a hook name, e.g. the one an analyze report.json records under 'hook'"
+        )
     n_layers = n_layers_of(base)
     hook = hook or default_hook(n_layers)
     block = re.match(r"^blocks\.(\d+)\.", hook)
@@ -169,8 +174,8 @@ def analysis_hook(hook: str | None, base: ModelSpec) -> str:
     return hook
 
 
-def _store_status(root: Path, specs: list[ModelSpec], hook: str, fingerprint: str, n_tokens: int) -> str:
-    """'complete' (holds these models at this hook from this source, >= n_tokens rows), 'resumable'
+def _store_status(root: Path, specs: list[ModelSpec], hooks: list[str], fingerprint: str, n_tokens: int) -> str:
+    """'complete' (holds these models at these hooks from this source, >= n_tokens rows), 'resumable'
     (the same store, short of rows), 'other' (another store: to be replaced) or 'absent'."""
     if not (root / rank_manifest_name(0)).exists():
         return "other" if root.exists() and any(root.iterdir()) else "absent"
@@ -179,7 +184,7 @@ def _store_status(root: Path, specs: list[ModelSpec], hook: str, fingerprint: st
     part = read_json(root / rank_manifest_name(0))
     have = {m["name"]: m for m in part["layout"]["models"]}
     same_models = all(have.get(s.name) == s.to_dict() for s in specs)
-    if not same_models or part["layout"]["hooks"] != [hook] or fingerprint not in part["progress"]:
+    if not same_models or part["layout"]["hooks"] != hooks or fingerprint not in part["progress"]:
         return "other"
     if not (root / "manifest.json").exists() or len(ActivationStore(root)) < n_tokens:
         return "resumable" if [m["name"] for m in part["layout"]["models"]] == [s.name for s in specs] else "other"
@@ -189,7 +194,7 @@ def _store_status(root: Path, specs: list[ModelSpec], hook: str, fingerprint: st
 def store_activations(
     root: str | Path,
     specs: list[ModelSpec],
-    hook: str,
+    hook: str | Sequence[str],
     n_tokens: int,
     source: TokenSource,
     *,
@@ -197,16 +202,17 @@ def store_activations(
     dtype: str = "float32",
     progress: bool = True,
 ) -> torch.Tensor:
-    """`[n_tokens, M, 1, D]` activations of `specs` (in that order) at `hook` on `source`, read from the store at
-    `root`. The store is cached there by `cache_activations` (resuming an interrupted run); a store of other
-    models, another hook or another source is replaced, with a warning; one that holds more models or
-    rows than asked is read as it is."""
+    """`[n_tokens, M, H, D]` activations of `specs` (in that order) at `hook` (H = 1; a list of hooks: H of them)
+    on `source`, read from the store at `root`. The store is cached there by `cache_activations` (resuming an
+    interrupted run); a store of other models, other hooks or another source is replaced, with a warning; one
+    that holds more models or rows than asked is read as it is."""
     root = Path(root)
-    status = _store_status(root, specs, hook, source.fingerprint(), n_tokens)
+    hooks = [hook] if isinstance(hook, str) else list(hook)
+    status = _store_status(root, specs, hooks, source.fingerprint(), n_tokens)
     if status != "complete":
         group = ModelGroup.load(specs, dtype=dtype, device=device)
         try:
-            resolve_hooks(group.models[0], [hook])
+            resolve_hooks(group.models[0], hooks)
         except KeyError as e:
             raise UsageError(f"--hook: {e.args[0]}") from e
         if status == "other":
@@ -214,7 +220,7 @@ def store_activations(
                 f"{root} holds activations of other models, another hook or another text; recaching them", stacklevel=2
             )
             shutil.rmtree(root)
-        cache_activations(group, source, hooks=[hook], out_dir=root, n_tokens=n_tokens, progress=progress)
+        cache_activations(group, source, hooks=hooks, out_dir=root, n_tokens=n_tokens, progress=progress)
     store = ActivationStore(root)
     x_NMHD = store.read(0, n_tokens)
     index = [store.models.index(s.name) for s in specs]

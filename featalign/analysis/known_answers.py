@@ -22,6 +22,7 @@ to v is visible too.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,7 +255,8 @@ def drift_case(
     }
     series = CheckpointSeries("rl", dirs["base"], [Checkpoint(k, None, dirs[which[k]]) for k in which]).validate()
     acts = Activations(x_train, list(dirs), {f"rl@{k}": m for k, m in which.items()})
-    results, _ = drift_study({"rl": series}, acts.columns, hook, acfg, out)
+    # its null is the scale-0 copy beside it: drift's own nulls (one more crosscoder each) are left off here
+    results, _ = drift_study({"rl": series}, acts.columns, hook, dataclasses.replace(acfg, drift_nulls=False), out)
     cc = train_or_load(out / "drift-rl-joint", tuple(series.names), acts.columns(*series.names), hook, acfg)
     return score_drift(results["rl"], decoder_vectors(cc), v_D, cfg.plant_checkpoint, cfg.cos_threshold)
 

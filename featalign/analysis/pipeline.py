@@ -47,6 +47,7 @@ class AnalysisContext:
     task_set: Any = None
     stage_names: list[str] = field(default_factory=list)
     given: Any = None  # a trained trio crosscoder to analyse instead of training one
+    hook_choice: dict | None = None  # --hook auto: the per-layer change table and the choice (layers.py)
     results: dict[str, Any] = field(default_factory=dict)
 
     @property

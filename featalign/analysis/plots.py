@@ -171,6 +171,40 @@ def drift_side_by_side(results: dict, path) -> Path:
     return _save(fig, path)
 
 
+def drift_nulls(summary: dict, path) -> Path:
+    """Per drift result with nulls: top: successive overlaps with their 95% intervals next to the identical-copies
+    null's; bottom: the shuffled-order null distribution of the mean overlap with the real order marked."""
+    plt = _plt()
+    names = [k for k, v in summary.items() if isinstance(v, dict) and "null_shuffled" in v]
+    fig, axes = plt.subplots(2, max(len(names), 1), figsize=(4.2 * max(len(names), 1), 6.4), squeeze=False)
+    for j, name in enumerate(names):
+        v = summary[name]
+        for label, d, colour, dx in (
+            ("real order", v, "C0", -0.08),
+            ("identical copies", v.get("null_copies"), "C7", 0.08),
+        ):
+            if not d:
+                continue
+            x = np.arange(len(d["overlap"])) + dx
+            o, ci = np.array(d["overlap"]), np.array(d["overlap_95"]).reshape(-1, 2)
+            axes[0, j].errorbar(
+                x, o, yerr=np.array([o - ci[:, 0], ci[:, 1] - o]).clip(0), fmt="o", color=colour, capsize=3, label=label
+            )
+        axes[0, j].set_xticks(range(len(v["overlap"])), [f"{a}->{a + 1}" for a in range(1, len(v["overlap"]) + 1)])
+        axes[0, j].set_ylim(-0.02, 1.05)
+        axes[0, j].set_ylabel("top-k overlap (95% CI)")
+        axes[0, j].set_title(f"{name}: overlap vs identical-copies null", fontsize=9)
+        axes[0, j].legend(fontsize=7)
+        sh = v["null_shuffled"]
+        if "null_values" in sh:
+            axes[1, j].hist(sh["null_values"], bins=20, color="C7")
+            axes[1, j].axvline(sh["observed"], color="C3", lw=2, label=f"real order (p = {sh['p']:.3g})")
+            axes[1, j].legend(fontsize=7)
+        axes[1, j].set_xlabel("mean successive overlap over checkpoint orders")
+        axes[1, j].set_ylabel("orders")
+    return _save(fig, path)
+
+
 def success_sets(per_task_sizes: dict[str, int], n_features: int, null_95, path, title: str = "") -> Path:
     """Per-task RL-success set sizes and their intersection, with the random-subset null's 95% interval on the
     intersection."""

@@ -268,36 +268,107 @@ def controls_stage(ctx: AnalysisContext) -> Sections:
 def drift_study(series: dict, columns, hook: str, cfg, crosscoder_dir) -> tuple[dict, dict]:
     """Feature drift over each checkpoint series ({"sft": CheckpointSeries, "rl": ...}) with joint and/or
     pairwise crosscoders trained on `columns(*names)` ([N, M, 1, D] activations of those models), plus the
-    SFT-vs-RL stabilisation comparisons: ({result name: DriftResult}, summary dict)."""
+    SFT-vs-RL stabilisation comparisons: ({result name: DriftResult}, summary dict).
+
+    With `cfg.drift_nulls` each result's summary also holds its nulls, computed by this same code:
+    `null_shuffled` (the series' checkpoints in permuted orders, `shuffled_order_null`) and, for joint
+    results, `null_copies` (every checkpoint replaced by the base itself, `drift_copies_null`)."""
+    from featalign.analysis.drift import DriftConfig, compare_stabilisation
+
+    drift_cfg, results, orders = DriftConfig(top_k=cfg.top_k), {}, {}
+    for kind, s in series.items():
+        for key, (result, drift_in_order) in drift_series(
+            kind, s, columns, hook, cfg, crosscoder_dir, drift_cfg
+        ).items():
+            results[key], orders[key] = result, drift_in_order
+    summary = {k: v.summary() for k, v in results.items()}
+    if getattr(cfg, "drift_nulls", False):
+        copies: dict[int, dict] = {}
+        for key, result in results.items():
+            summary[key]["null_shuffled"] = drift_shuffled_null(orders[key], len(result.indices), cfg)
+            if result.mode == "joint":
+                s = series[result.series]
+                if len(s.checkpoints) not in copies:
+                    copies[len(s.checkpoints)] = drift_copies_null(s, columns, hook, cfg, crosscoder_dir, drift_cfg)
+                summary[key]["null_copies"] = copies[len(s.checkpoints)]
+    if "sft" in results and "rl" in results:
+        summary["sft_vs_rl"] = compare_stabilisation(results["sft"], results["rl"])
+        summary["sft_vs_rl_topk_entry"] = compare_stabilisation(results["sft"], results["rl"], what="topk_entry")
+    return results, summary
+
+
+def drift_series(kind: str, s, columns, hook: str, cfg, crosscoder_dir, drift_cfg, modes=None) -> dict:
+    """{result name: (DriftResult, drift(order))} of one series in the modes `cfg.drift_mode` asks for (or
+    `modes`); `drift(order)` reruns the analysis on the same crosscoders with the checkpoints in `order`
+    (0-based positions), which the shuffled-order null calls."""
     from featalign.analysis.attribution import decoder_vectors, latent_activations
-    from featalign.analysis.drift import DriftConfig, compare_stabilisation, drift_joint, drift_pairwise
+    from featalign.analysis.drift import DriftResult, drift_joint, drift_pairwise
     from featalign.analysis.training import train_or_load
 
     def fired(cc, x_NMHD) -> torch.Tensor:
         return (latent_activations(cc, x_NMHD[: cfg.eval_tokens]) > 0).any(0)
 
-    drift_cfg, results = DriftConfig(top_k=cfg.top_k), {}
-    for kind, s in series.items():
-        steps = [c.step for c in s.checkpoints]
-        if cfg.drift_mode in ("joint", "both"):
-            cc = train_or_load(crosscoder_dir / f"drift-{kind}-joint", tuple(s.names), columns(*s.names), hook, cfg)
-            results[kind] = drift_joint(decoder_vectors(cc), drift_cfg, fired(cc, columns(*s.names)), kind, steps)
-        if cfg.drift_mode in ("pairwise", "both"):
-            decoders, alive = [], []
-            for name in s.names[1:]:
-                x_NMHD = columns("base", name)
-                cc = train_or_load(
-                    crosscoder_dir / f"drift-{kind}-pair-{name.split('@')[1]}", ("base", name), x_NMHD, hook, cfg
-                )
-                decoders.append(decoder_vectors(cc))
-                alive.append(fired(cc, x_NMHD))
-            key = kind if cfg.drift_mode == "pairwise" else f"{kind}-pairwise"
-            results[key] = drift_pairwise(decoders, drift_cfg, alive, kind, steps)
-    summary = {k: v.summary() for k, v in results.items()}
-    if "sft" in results and "rl" in results:
-        summary["sft_vs_rl"] = compare_stabilisation(results["sft"], results["rl"])
-        summary["sft_vs_rl_topk_entry"] = compare_stabilisation(results["sft"], results["rl"], what="topk_entry")
-    return results, summary
+    modes = modes or {"joint": ("joint",), "pairwise": ("pairwise",), "both": ("joint", "pairwise")}[cfg.drift_mode]
+    steps = [c.step for c in s.checkpoints]
+    out: dict = {}
+    if "joint" in modes:
+        cc = train_or_load(crosscoder_dir / f"drift-{kind}-joint", tuple(s.names), columns(*s.names), hook, cfg)
+        dec_LMK, alive_L = decoder_vectors(cc), fired(cc, columns(*s.names))
+
+        def joint(order) -> DriftResult:
+            return drift_joint(
+                dec_LMK[:, [0, *(o + 1 for o in order)]], drift_cfg, alive_L, kind, [steps[o] for o in order]
+            )
+
+        out[kind] = (joint(range(len(steps))), joint)
+    if "pairwise" in modes:
+        decoders, alive = [], []
+        for name in s.names[1:]:
+            x_NMHD = columns("base", name)
+            cc = train_or_load(
+                crosscoder_dir / f"drift-{kind}-pair-{name.split('@')[1]}", ("base", name), x_NMHD, hook, cfg
+            )
+            decoders.append(decoder_vectors(cc))
+            alive.append(fired(cc, x_NMHD))
+
+        def pairwise(order) -> DriftResult:
+            return drift_pairwise(
+                [decoders[o] for o in order], drift_cfg, [alive[o] for o in order], kind, [steps[o] for o in order]
+            )
+
+        out[kind if modes == ("pairwise",) else f"{kind}-pairwise"] = (pairwise(range(len(steps))), pairwise)
+    return out
+
+
+def drift_shuffled_null(drift_in_order, n_checkpoints: int, cfg) -> dict:
+    """The shuffled-order null of one drift result: mean successive top-k overlap over checkpoint orders (exact
+    over every order when n! <= `cfg.drift_permutations`), the real order's p; no p for fewer than 3 checkpoints
+    (every order of 2 has the same one overlap)."""
+    from featalign.analysis.drift import shuffled_order_null
+
+    if n_checkpoints < 3:
+        return {"skipped": f"{n_checkpoints} checkpoints: every order has the same successive pairs"}
+    return shuffled_order_null(drift_in_order, n_checkpoints, "mean_overlap", cfg.drift_permutations, cfg.seed)
+
+
+def drift_copies_null(s, columns, hook: str, cfg, crosscoder_dir, drift_cfg) -> dict:
+    """The identical-copies null of a series: the same joint drift analysis on [base, base, ..., base] (as many
+    copies as the series has checkpoints, all read from the base's activations), where no feature can belong to
+    a checkpoint: its successive overlaps (the overlap of rankings by noise alone) with intervals, and its
+    specific features (NRN >= 0.9) at the last copy with an interval (should be 0)."""
+    from featalign.analysis.drift import Checkpoint, CheckpointSeries
+
+    T = len(s.checkpoints)
+    name = f"copies{T}"
+    copies = CheckpointSeries(name, s.base, [Checkpoint(k, None, s.base) for k in range(1, T + 1)]).validate()
+
+    def base_columns(*names: str):
+        return columns(*("base" if n.startswith(f"{name}@") else n for n in names))
+
+    ((result, _),) = drift_series(name, copies, base_columns, hook, cfg, crosscoder_dir, drift_cfg, ("joint",)).values()
+    full = result.summary()
+    keys = ("overlap", "overlap_95", "mean_overlap", "n_specific", "n_specific_last", "topk_entry_median")
+    return {"crosscoder": f"drift-{name}-joint", **{k: full[k] for k in keys}}
 
 
 NO_SERIES = (
@@ -328,6 +399,7 @@ def drift_markdown(r: dict) -> list[str]:
             f"{v['stabilisation_median']:.1f} [{stab[0]:.1f}, {stab[1]:.1f}] | {v['topk_entry_median']:.1f} "
             f"[{entry[0]:.1f}, {entry[1]:.1f}] | {v['new_features']} |"
         )
+    lines += drift_nulls_markdown(q2)
     for key, label in (("sft_vs_rl", "stabilisation"), ("sft_vs_rl_topk_entry", "top-k entry")):
         if key in q2:
             c = q2[key]
@@ -337,6 +409,46 @@ def drift_markdown(r: dict) -> list[str]:
                 f"Median {label} SFT - RL: {c['median_diff']:+.1f} checkpoints [{low:+.1f}, {high:+.1f}]; "
                 f"one-sided Mann-Whitney p (SFT earlier) = {c['mannwhitney_p_a_earlier']:.3g}.",
             ]
+    return lines
+
+
+def drift_nulls_markdown(q2: dict) -> list[str]:
+    """The drift nulls' table (one row per drift result that has them), from report.json's q2_drift."""
+    rows = [(k, v) for k, v in q2.items() if isinstance(v, dict) and "null_shuffled" in v]
+    if not rows:
+        return []
+
+    def pairs(v: dict) -> str:
+        return ", ".join(f"{o:.2f} [{lo:.2f}, {hi:.2f}]" for o, (lo, hi) in zip(v["overlap"], v["overlap_95"]))
+
+    lines = [
+        "",
+        "Nulls, by the same analysis: *identical copies* (the base in place of every checkpoint: nothing can "
+        "become specific, and the overlap is what rankings by training noise give) and *shuffled order* (the "
+        "checkpoints in every order, or seeded random orders: is the real order's mean successive overlap "
+        "higher than a random order's? p = share of orders with a mean overlap >= the real one's).",
+        "",
+        "| series | overlap per pair [95% CI] | identical copies: overlap per pair (mean) | specific at the last "
+        "checkpoint: real / copies [95% CI] | shuffled order: mean overlap, null mean [95%] | p (orders) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, v in rows:
+        copies = v.get("null_copies")
+        real = format_interval(v["n_specific_last"]) if v.get("n_specific_last") else str(v["n_specific"][-1])
+        copies_cells = "-", f"{real} / -"
+        if copies:
+            null = format_interval(copies["n_specific_last"]) if copies.get("n_specific_last") else "-"
+            copies_cells = (f"{pairs(copies)} ({copies['mean_overlap']:.2f})", f"{real} / {null}")
+        sh = v["null_shuffled"]
+        if "skipped" in sh:
+            shuffled = "-", sh["skipped"]
+        else:
+            lo, hi = sh["null_95"]
+            shuffled = (
+                f"{sh['observed']:.2f}, {sh['null_mean']:.2f} [{lo:.2f}, {hi:.2f}]",
+                f"{sh['p']:.3g} ({sh['n_permutations']}{', exact' if sh['exact'] else ' random'})",
+            )
+        lines.append(f"| {k} | {pairs(v)} | {' | '.join(copies_cells)} | {' | '.join(shuffled)} |")
     return lines
 
 
@@ -351,6 +463,8 @@ def drift_stage(ctx: AnalysisContext) -> Sections:
         ctx.models.checkpoint_series(), ctx.train.columns, ctx.hook, ctx.cfg, ctx.out / "crosscoders"
     )
     plots.drift_side_by_side(results, ctx.figures / "drift.png")
+    if ctx.cfg.drift_nulls:
+        plots.drift_nulls(summary, ctx.figures / "drift_nulls.png")
     return {"q2_drift": summary}
 
 

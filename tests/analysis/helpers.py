@@ -72,17 +72,20 @@ def reference_success_selection(cc, base_dir, rl_dir, tasks: dict, frac: float =
 
 
 @torch.no_grad()
-def reference_joint_drift(cc, x_NMHD: torch.Tensor, k: int, tol: float = 0.05, cos_min: float = 0.9):
+def reference_joint_drift(cc, x_NMHD: torch.Tensor, k: int, tol: float = 0.05, cos_min: float = 0.9, order=None):
     """Reference for `drift_joint` as a slow loop: (successive top-k overlaps, stabilisation checkpoint of each
-    final top-k latent). Model 0 is the base, models 1..n the checkpoints; a latent is alive if it fires on any
-    row of `x_NMHD`; at checkpoint t the alive latents are ranked by NRN s_t = ||d_t|| / (||d_0|| + ||d_t||)
-    (ties: the larger ||d_t||); a latent has stabilised at the first checkpoint from which every later one has
-    |s_t - s_n| <= tol and cos(d_t, d_n) >= cos_min."""
+    final top-k latent). Model 0 is the base, models 1..n the checkpoints (in `order`, 0-based checkpoint
+    positions, when given); a latent is alive if it fires on any row of `x_NMHD`; at checkpoint t the alive
+    latents are ranked by NRN s_t = ||d_t|| / (||d_0|| + ||d_t||) (ties: the larger ||d_t||); a latent has
+    stabilised at the first checkpoint from which every later one has |s_t - s_n| <= tol and
+    cos(d_t, d_n) >= cos_min."""
     W = cc.W_dec_LMHD.double().flatten(2)
+    fired = (cc.encode(x_NMHD.float()) > 0).any(0)
+    if order is not None:
+        W = W[:, [0, *(o + 1 for o in order)]]
     L, M = W.shape[:2]
     norm = [[float(W[i, m].norm()) for m in range(M)] for i in range(L)]
     nrn = [[norm[i][t] / (norm[i][0] + norm[i][t]) for t in range(M)] for i in range(L)]
-    fired = (cc.encode(x_NMHD.float()) > 0).any(0)
     alive = [i for i in range(L) if bool(fired[i])]
     tops = [sorted(alive, key=lambda i, t=t: (-nrn[i][t], -norm[i][t]))[:k] for t in range(1, M)]
     overlap = [len(set(a) & set(b)) / k for a, b in zip(tops[:-1], tops[1:])]
