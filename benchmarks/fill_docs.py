@@ -12,7 +12,7 @@ from pathlib import Path
 from tables import quality, speed  # benchmarks/tables.py
 
 ROOT = Path(__file__).parents[1]
-QUALITY = ("base", "aux", "lr", "l1024")
+QUALITY = ("base", "aux", "lr", "l1024", "auxk32", "auxk32_l1024")
 
 
 def fill(text: str, marker: str, table: str) -> str:
