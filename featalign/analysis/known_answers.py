@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 
 from featalign.config import JsonConfig
+from featalign.organisms.tasks import Problem
+from featalign.tasks import Task
 
 
 @dataclass
@@ -116,7 +118,9 @@ class KnownAnswerConfig(JsonConfig):
         if self.steer_positions not in POSITIONS:
             raise UsageError(f"--steer-positions must be one of {','.join(POSITIONS)}, got {self.steer_positions!r}")
         if len(self.success_domain_list) < 2:
-            raise UsageError("--success-domains: the selection intersects over tasks; give >= 2 domains, e.g. bool,compare")
+            raise UsageError(
+                "--success-domains: the selection intersects over tasks; give >= 2 domains, e.g. bool,compare"
+            )
         check_positive("--success-problems", self.success_problems)
         if self.n_controls < 1:
             raise UsageError(f"--n-controls must be >= 1 (the ablation is judged against them), got {self.n_controls}")
@@ -339,7 +343,7 @@ def success_pair(base: str, out: Path, cfg: KnownAnswerConfig, layer: int, seed:
     return folders[0], folders[1]
 
 
-def success_tasks(cfg: KnownAnswerConfig, seed: int) -> dict[str, list]:
+def success_tasks(cfg: KnownAnswerConfig, seed: int) -> dict[str, list[Problem]]:
     """{domain: eval-split misled problems}: the tasks the selection and the interventions score."""
     from featalign.organisms.planted import misled_problems
 
@@ -400,7 +404,16 @@ INTERVENTION_FIELDS = (
 
 
 def success_case(
-    out: Path, x_train, x_eval, column: int, dirs: dict[str, str], v_D, hook: str, acfg, cfg: KnownAnswerConfig, seed: int
+    out: Path,
+    x_train,
+    x_eval,
+    column: int,
+    dirs: dict[str, str],
+    v_D,
+    hook: str,
+    acfg,
+    cfg: KnownAnswerConfig,
+    seed: int,
 ) -> dict:
     """Base vs the model in `column` (1: the success plant, 2: its null): the real RL-success selection on the
     misled eval problems, scored against v; on the planted case, the interventions on the chosen latent."""
@@ -415,7 +428,7 @@ def success_case(
         success_mask,
     )
     from featalign.analysis.training import train_or_load
-    from featalign.evaluation import score_problems
+    from featalign.evaluation import score
     from featalign.interventions import ablate, run_intervention, steer, typical_activation
     from featalign.models import load_model
 
@@ -424,7 +437,8 @@ def success_case(
     bm, rm = load_model(dirs["base"]), load_model(dirs["planted" if column == 1 else "null"])
     tok = bm.tokenizer
     tasks = success_tasks(cfg, seed)
-    data = {t: TaskData(p, score_problems(bm, tok, p), score_problems(rm, tok, p)) for t, p in tasks.items()}
+    data = {t: TaskData(p, score(bm, tok, p), score(rm, tok, p)) for t, p in tasks.items()}
+    scored: dict[str, Task | list[Problem]] = dict(tasks)  # what run_intervention takes
     masks = {t: success_mask(d.base_correct, d.rl_correct) for t, d in data.items()}
     result: dict = {
         "acc_base": {t: float(d.base_correct.mean()) for t, d in data.items()},
@@ -441,8 +455,8 @@ def success_case(
     result["selection"] = {
         k: summ[k] for k in ("features", "per_task_sizes", "n_samples", "skipped", "null", "mean_pairwise_overlap")
     }
-    result["selection"]["target_bootstrap_frequency"] = summ["bootstrap"].get("selection_frequency", {}).get(
-        result["target_latent"]
+    result["selection"]["target_bootstrap_frequency"] = (
+        summ["bootstrap"].get("selection_frequency", {}).get(result["target_latent"])
     )
     if column != 1:
         return result
@@ -452,14 +466,33 @@ def success_case(
     def steer_at(ids):  # each (control) set in units of its own typical activation in the planted model
         return steer(ids, cfg.steer_coef, typical_activation(cc, xe, ids, model="rl").nan_to_num(0.0), decoder="rl")
 
-    common = dict(n_controls=cfg.n_controls, seed=seed, firing_freq_L=freq)
     abl = run_intervention(
-        rm, tok, cc, "rl", target, ablate, tasks, baseline={t: d.rl_correct for t, d in data.items()}, subset=masks,
-        **common,
+        rm,
+        tok,
+        cc,
+        "rl",
+        target,
+        ablate,
+        scored,
+        n_controls=cfg.n_controls,
+        seed=seed,
+        firing_freq_L=freq,
+        baseline={t: d.rl_correct for t, d in data.items()},
+        subset=masks,
     )
     st = run_intervention(
-        bm, tok, cc, "base", target, steer_at, tasks, baseline={t: d.base_correct for t, d in data.items()},
-        positions=cfg.steer_positions, **common,
+        bm,
+        tok,
+        cc,
+        "base",
+        target,
+        steer_at,
+        scored,
+        n_controls=cfg.n_controls,
+        seed=seed,
+        firing_freq_L=freq,
+        baseline={t: d.base_correct for t, d in data.items()},
+        positions=cfg.steer_positions,
     )
     rows = {
         t: {
@@ -511,8 +544,16 @@ def run_seed(base: str, out: Path, cfg: KnownAnswerConfig, hook: str, seed: int)
         result["success_plant"] = {"amplitude": s_plant.amplitude, "detector": s_plant.stats}
         result["success"] = {
             case: success_case(
-                out / "crosscoders" / f"success-{case}", xs_train, xs_eval, col, s_dirs, s_plant.direction_D, hook,
-                acfg, cfg, seed,
+                out / "crosscoders" / f"success-{case}",
+                xs_train,
+                xs_eval,
+                col,
+                s_dirs,
+                s_plant.direction_D,
+                hook,
+                acfg,
+                cfg,
+                seed,
             )
             for case, col in (("planted", 1), ("null", 2))
         }
