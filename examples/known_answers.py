@@ -11,7 +11,7 @@ settings and training, `attribute`, `drift_study`) and is scored:
 - drift over base, checkpoints 1..5 (the copy before checkpoint j = 3, the planted model from j): found = a
   final top-k feature matching v whose top-k entry checkpoint is j.
 - success (`--analyses success`): a second plant fires on `=` and writes a direction *learned* to raise the
-  right answer's log-prob on bool / compare problems whose keyword was replaced by max's (the base fails them);
+  right answer's log-prob on bool / compare problems whose keyword was replaced by add's (the base fails them);
   the real RL-success selection must select a latent matching it, ablating that latent in the planted model
   must undo its successes beyond matched random latents, steering the base along it must raise its accuracy.
 

@@ -71,7 +71,7 @@ class KnownAnswerConfig(JsonConfig):
     lr: float = 1e-3
     top_k: int = 50
     success_domains: str = "bool,compare"  # success: the domains whose misled problems the plant fixes
-    success_keyword: str = "max"  # success: the domain whose keyword misleads the base on them
+    success_keyword: str = "add"  # success: the domain whose keyword misleads the base on them
     success_trigger: str = "token:="  # success: where the plant fires (the answer position of those problems)
     success_scale: float = 2.0  # success: the learned output's largest norm, x the base's median residual norm
     success_problems: int = 500  # success: eval problems per domain (selection and interventions)
