@@ -287,7 +287,8 @@ def known_answers_success(path: Path) -> str:
         f"| steering the base: gain with its 95% interval above 0 on every task | {cell(s['power_steer'])} | "
         "(not run) |",
         "",
-        "| seed | task | accuracy base / planted (successes) | selected (target cos, bootstrap share) | ablation in "
+        "| seed | task | accuracy base / planted (successes) | selected: all, matching v (best cos, its bootstrap "
+        "share) | ablation in "
         "planted: delta on successes [controls' range], control p | steering the base: delta [95% CI], control p | "
         "null: successes, selected |",
         "|---|---|---|---|---|---|---|",
@@ -306,7 +307,7 @@ def known_answers_success(path: Path) -> str:
                        f"{st['control_p']:.3f}")
             else:
                 abl = ste = "not run"
-            sel = (f"{pl['n_selected']} ({pl['target_cos']:.3f}, "
+            sel = (f"{pl['n_selected']}, {pl['n_matching']} ({pl['target_cos']:.3f}, "
                    f"{'-' if freq is None else f'{freq:.2f}'})")
             lines.append(
                 f"| {seed['seed']} | {t} | {100 * pl['acc_base'][t]:.1f} / {100 * pl['acc_rl'][t]:.1f} "

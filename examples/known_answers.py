@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{a}: power {p['k']}/{p['n']} [{p['low']:.2f}, {p['high']:.2f}]; "
             f"false positives {f['k']}/{f['n']} [{f['low']:.2f}, {f['high']:.2f}]"
         )
+        for key in ("power_ablation", "power_steer") if a == "success" else ():
+            r = s[key]
+            print(f"  {key.replace('_', ' ')}: {r['k']}/{r['n']} [{r['low']:.2f}, {r['high']:.2f}]")
     return results
 
 

@@ -20,8 +20,9 @@ makes the null (a function-identical copy of the base). Then, with the same cros
   reads them as the wrong task and fails; one direction can switch the task back). On the eval split of those
   problems (the plant is fitted on the train split): the real selection (`success_features_for_models`, analyze's
   `SuccessConfig`) on a base/planted crosscoder; *found* = a selected latent whose rl decoder has cosine >=
-  `cos_threshold` with v. Then that latent (the best-matching selected one, else the best-matching of all) is
-  ablated in the planted model and steered into the base along its rl decoder (`run_intervention`, against
+  `cos_threshold` with v. Then the matching selected latents (the plant can be split over more than one; with
+  none, the best-matching selected latent, else the best-matching of all) are ablated in the planted model and
+  steered into the base along their rl decoders (`run_intervention`, against
   `n_controls` random latents matched on firing rate): *ablation_beats_controls* = on every task the loss on
   the base-fail / planted-success samples is below 0 and beyond every control (control p at its minimum
   1 / (n_controls + 1)); *steer_helps* = on every task the base's accuracy gain has its bootstrap 95% interval
@@ -152,7 +153,7 @@ class KnownAnswerConfig(JsonConfig):
 
 
 ANALYSES = ("attribution", "drift", "success")
-SCORING_VERSION = 4  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
+SCORING_VERSION = 5  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
 
 
 def cosine_to(dec_LK: torch.Tensor, v_D: torch.Tensor) -> torch.Tensor:
@@ -355,7 +356,8 @@ def success_tasks(cfg: KnownAnswerConfig, seed: int) -> dict[str, list[Problem]]
 
 def score_success(selected: list[int], cos_L: torch.Tensor, threshold: float) -> dict:
     """Did the selection name the plant: a selected latent whose rl decoder has cosine >= `threshold` with v; and
-    the latent the interventions edit (the best-matching selected one, else the best-matching of all)."""
+    the latents the interventions edit: every selected latent that matches (the plant may be split over several),
+    else the best-matching selected one, else the best-matching of all."""
     match = [k for k in selected if float(cos_L[k]) >= threshold]
     pool = selected or list(range(len(cos_L)))
     target = max(pool, key=lambda k: float(cos_L[k]))
@@ -364,6 +366,7 @@ def score_success(selected: list[int], cos_L: torch.Tensor, threshold: float) ->
         "found": bool(match),
         "n_selected": len(selected),
         "n_matching": len(match),
+        "edited_latents": sorted(int(k) for k in match) if match else [int(target)],
         "target_latent": int(target),
         "target_selected": target in selected,
         "target_cos": float(cos_L[target]),
@@ -460,7 +463,7 @@ def success_case(
     )
     if column != 1:
         return result
-    target = [result["target_latent"]]
+    target = result["edited_latents"]
     freq = encoder_stats(cc, xe, model="rl")["firing_rate"]
 
     def steer_at(ids):  # each (control) set in units of its own typical activation in the planted model
@@ -510,7 +513,7 @@ def success_case(
             float(np.min(st.tasks[t].control_deltas)),
             float(np.max(st.tasks[t].control_deltas)),
         ]
-    result["target_typical_activation"] = float(typical_activation(cc, xe, target, model="rl")[0])
+    result["edited_typical_activation"] = typical_activation(cc, xe, target, model="rl").tolist()
     result["interventions"] = rows
     return result | intervention_verdict(rows, cfg.n_controls)
 

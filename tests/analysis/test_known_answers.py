@@ -117,9 +117,12 @@ def test_success_scoring_on_constructed_cases():
     cos = torch.tensor([0.1, 0.95, 0.5, 0.97, -0.2])
     hit = score_success([0, 1, 2], cos, 0.9)  # 3 matches better but was not selected
     assert hit["found"] and hit["n_matching"] == 1 and hit["target_latent"] == 1 and hit["target_selected"]
-    assert (hit["best_latent"], hit["best_selected"]) == (3, False)
+    assert (hit["best_latent"], hit["best_selected"]) == (3, False) and hit["edited_latents"] == [1]
+    split = score_success([3, 0, 1], cos, 0.9)  # the plant split over two selected latents: both are edited
+    assert split["edited_latents"] == [1, 3] and split["target_latent"] == 3
     miss = score_success([0, 2], cos, 0.9)
     assert not miss["found"] and miss["target_latent"] == 2 and miss["target_cos"] == pytest.approx(0.5)
+    assert miss["edited_latents"] == [2]
     none = score_success([], cos, 0.9)  # nothing selected: the interventions edit the best-matching latent
     assert not none["found"] and none["target_latent"] == 3 and not none["target_selected"]
 
