@@ -266,6 +266,74 @@ def known_answers(path: Path) -> str:
     return "\n".join(lines)
 
 
+def known_answers_success(path: Path) -> str:
+    """`examples/known_answers.py --analyses success` of one run: the selection's power next to its false positives,
+    how often the interventions met their targets, and per seed the accuracies, ablation and steering numbers."""
+    r = json.loads(path.read_text())
+    c, s = r["config"], r["summary"]["success"]
+
+    def cell(d: dict) -> str:
+        return f"{d['k']}/{d['n']} [{d['low']:.2f}, {d['high']:.2f}]"
+
+    p_min = 1 / (c["n_controls"] + 1)
+    lines = [
+        "| criterion | planted [95% CP] | null [95% CP] |",
+        "|---|---|---|",
+        f"| selection: a selected latent with rl-decoder cos >= {c['cos_threshold']} with v | {cell(s['power'])} | "
+        f"{cell(s['false_positive_rate'])} |",
+        f"| selection: anything selected | | {cell(s['null_flags_anything'])} |",
+        f"| ablation: loss on the dependent successes beyond all {c['n_controls']} controls (p = {p_min:.3f}) on every "
+        f"task | {cell(s['power_ablation'])} | (not run: no successes) |",
+        f"| steering the base: gain with its 95% interval above 0 on every task | {cell(s['power_steer'])} | "
+        "(not run) |",
+        "",
+        "| seed | task | accuracy base / planted (successes) | selected: all, matching v (best cos, its bootstrap "
+        "share) | ablation in "
+        "planted: delta on successes [controls' range], control p | steering the base: delta [95% CI], control p | "
+        "null: successes, selected |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for seed in r["per_seed"]:
+        pl, nu = seed["success"]["planted"], seed["success"]["null"]
+        freq = pl.get("selection", {}).get("target_bootstrap_frequency")
+        for t in pl["acc_base"]:
+            iv = pl.get("interventions", {}).get(t)
+            if iv:
+                ab, st = iv["ablate"], iv["steer"]
+                lo, hi = ab["subset_control_deltas_range"]
+                abl = (f"{100 * ab['subset_delta']:+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}], "
+                       f"{ab['subset_control_p']:.3f}")
+                ste = (f"{100 * st['delta']:+.1f} [{100 * st['ci_low']:+.1f}, {100 * st['ci_high']:+.1f}], "
+                       f"{st['control_p']:.3f}")
+            else:
+                abl = ste = "not run"
+            sel = (f"{pl['n_selected']}, {pl['n_matching']} ({pl['target_cos']:.3f}, "
+                   f"{'-' if freq is None else f'{freq:.2f}'})")
+            lines.append(
+                f"| {seed['seed']} | {t} | {100 * pl['acc_base'][t]:.1f} / {100 * pl['acc_rl'][t]:.1f} "
+                f"({pl['n_success'][t]}) | {sel} | {abl} | {ste} | {nu['n_success'][t]}, {nu['n_selected']} |"
+            )
+    stamp = ", ".join(f"{k} {r[k]}" for k in sorted(r) if k.endswith("_version") or k == "cpu_capability")
+    amps = [x["success_plant"]["amplitude"] / x["success_plant"]["detector"]["base_median_resid_norm"]
+            for x in r["per_seed"]]
+    lps = [x["success_plant"]["detector"]["learned"] for x in r["per_seed"]]
+    lines += [
+        "",
+        f"Settings: plant on `{c['success_trigger']}` in `{r['hook'].split('.')[0]}.{r['hook'].split('.')[1]}`, "
+        f"direction learned ({c['learn_steps']} steps) on {c['success_domains']} train problems with "
+        f"{c['success_keyword']}'s keyword; learned amplitude {min(amps):.2f}-{max(amps):.2f} x the base's median "
+        f"residual norm (cap {c['success_scale']}); held-out answer log-prob base "
+        f"{min(x['held_out_answer_logprob_base'] for x in lps):.2f}..{max(x['held_out_answer_logprob_base'] for x in lps):.2f}"
+        f" vs planted {min(x['held_out_answer_logprob_planted'] for x in lps):.2f}.."
+        f"{max(x['held_out_answer_logprob_planted'] for x in lps):.2f}; {c['success_problems']} eval problems per "
+        f"task; {c['variant']} crosscoders of {c['n_latents']} latents (k {c['k']}), {c['steps']} steps, "
+        f"{c['n_tokens']:,} tokens per model; {c['n_controls']} matched controls; steering coefficient "
+        f"{c['steer_coef']} x the latent's typical activation at `{c['steer_positions']}` positions. "
+        f"{len(r['per_seed'])} seeds; the last invocation took {r['seconds'] / 60:.0f} min. Stamp: {stamp}.",
+    ]
+    return "\n".join(lines)
+
+
 BENCH = DOCS / "bench"
 RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.json"),
              "bench-cache-compare-2026-12-02": lambda: bench_cache_compare({
@@ -289,7 +357,8 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  DOCS / "data" / "organisms_default_2026-12-02_rl_shards.json"),
              "first-run": lambda: first_run(BENCH / "first_run.json"),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json"),
-             "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json")}
+             "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json"),
+             "known-answers-success": lambda: known_answers_success(DOCS / "data" / "known_answers_success.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 

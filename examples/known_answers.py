@@ -10,6 +10,10 @@ settings and training, `attribute`, `drift_study`) and is scored:
 - attribution, base vs planted: found = a latent classed `rl-only` whose rl decoder has cosine >= 0.9 with v;
 - drift over base, checkpoints 1..5 (the copy before checkpoint j = 3, the planted model from j): found = a
   final top-k feature matching v whose top-k entry checkpoint is j.
+- success (`--analyses success`): a second plant fires on `=` and writes a direction *learned* to raise the
+  right answer's log-prob on bool / compare problems whose keyword was replaced by add's (the base fails them);
+  the real RL-success selection must select a latent matching it, ablating that latent in the planted model
+  must undo its successes beyond matched random latents, steering the base along it must raise its accuracy.
 
 The same scoring on the nulls (base vs the copy; the series of copies) is the false-positive rate. Detection
 power and false-positive rate come with exact Clopper-Pearson intervals over seeds.
@@ -45,7 +49,7 @@ HELP = {
     "plant_checkpoint": "drift: the checkpoint from which the series carries the plant",
     "n_checkpoints": "drift: checkpoints in the series",
     "cos_threshold": "decoder cosine with v that counts as the planted latent",
-    "analyses": "comma-separated: attribution,drift",
+    "analyses": "comma-separated: attribution,drift,success",
     "hook": "hook point (default: the middle residual layer, as analyze); the plant goes into its block",
     "n_tokens": "training activation tokens per model",
     "eval_tokens": "held-out tokens for attribution",
@@ -56,6 +60,15 @@ HELP = {
     "batch_size": "crosscoder batch",
     "lr": "crosscoder learning rate",
     "top_k": "drift: top-k model-specific features per checkpoint",
+    "success_domains": "success: comma-separated domains (>= 2) whose misled problems the planted direction fixes",
+    "success_keyword": "success: the domain whose prompt keyword replaces theirs (misleads the base)",
+    "success_trigger": "success: where the planted neuron fires (token:= is the answer position)",
+    "success_scale": "success: largest norm of the learned output, x the base's median residual norm",
+    "success_problems": "success: eval problems per domain for the selection and the interventions",
+    "learn_steps": "success: Adam steps fitting the planted direction",
+    "n_controls": "success: random latents matched on firing rate per intervention",
+    "steer_coef": "success: steering coefficient in units of the latent's typical activation",
+    "steer_positions": "success: where the base is steered: last (answer position) | prompt | all | generated",
     "threads": "torch threads",
     "progress": "progress bars (true/false)",
 }
@@ -120,6 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"one neuron appended to block {hook.split('.')[1]}'s MLP, firing on {cfg.trigger}, writing a seeded "
             f"random unit direction v at {cfg.scale} x the base's median residual norm; null: the same at scale 0"
         ),
+        "planted_success": (
+            f"one neuron appended to block {hook.split('.')[1]}'s MLP, firing on {cfg.success_trigger}, writing a "
+            f"direction learned to raise the answer log-prob of {cfg.success_domains} problems with "
+            f"{cfg.success_keyword}'s keyword (at most {cfg.success_scale} x the base's median residual norm); "
+            "null: the same at scale 0"
+        ),
         **res,
         "seconds": round(time.time() - t0, 1),
     }
@@ -130,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{a}: power {p['k']}/{p['n']} [{p['low']:.2f}, {p['high']:.2f}]; "
             f"false positives {f['k']}/{f['n']} [{f['low']:.2f}, {f['high']:.2f}]"
         )
+        for key in ("power_ablation", "power_steer") if a == "success" else ():
+            r = s[key]
+            print(f"  {key.replace('_', ' ')}: {r['k']}/{r['n']} [{r['low']:.2f}, {r['high']:.2f}]")
     return results
 
 

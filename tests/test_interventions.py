@@ -226,6 +226,27 @@ def test_prompt_len_splits_a_full_forward(rl):
     assert torch.equal(prompt_only[:, 5:], x[:, 5:]) and not torch.allclose(prompt_only[:, :5], x[:, :5])
 
 
+def test_last_edits_only_the_prompts_last_column(rl):
+    """positions='last' (the answer position): a steer there moves column prompt_len - 1 by exactly the steer vector
+    coef * sum_k a_k d_k (raw space), and no other column at the hook."""
+    model, _ = rl
+    cc = _crosscoder()
+    ids = torch.randint(3, 40, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        x = _acts_at(model, ids)
+        with intervene(model, cc, "rl", steer([4, 8], 5.0, [1.0, 2.0]), positions="last", prompt_len=5):
+            last_only = _acts_at(model, ids)
+        with intervene(model, cc, "rl", steer([4, 8], 5.0, [1.0, 2.0]), positions="last"):
+            whole = _acts_at(model, ids)  # one call: the whole sequence is the prompt, its last column is 8
+    d = cc.W_dec_LMHD[[4, 8], 1, 0] / cc.norm_scale[1, 0]  # rl's decoder rows in raw space
+    expect = 5.0 * (1.0 * d[0] + 2.0 * d[1])
+    assert torch.equal(last_only[:, :4], x[:, :4])
+    torch.testing.assert_close(last_only[:, 4] - x[:, 4], expect.expand(2, -1), atol=1e-5, rtol=1e-4)
+    assert torch.equal(last_only[:, 5:], x[:, 5:])  # generated columns: not edited (and at this hook, not yet reached)
+    assert torch.equal(whole[:, :8], x[:, :8])
+    torch.testing.assert_close(whole[:, 8] - x[:, 8], expect.expand(2, -1), atol=1e-5, rtol=1e-4)
+
+
 def test_feature_ids_and_values_are_validated_at_every_entry_point():
     """ablate([3,3,3]) used to subtract latent 3 three times, ablate([1.7]) to edit latent 1, clamp(inf)
     to make every logit NaN."""

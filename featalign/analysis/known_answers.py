@@ -14,6 +14,21 @@ makes the null (a function-identical copy of the base). Then, with the same cros
   top-k entry is scored too (`found_topk_entry`), though before j every checkpoint equals the base, so top-k
   membership there is a draw among NRN ~0.5 ties and a planted feature may "enter" early by chance.
 
+- success (base vs a model whose successes depend on a planted direction; `success_case`): the plant fires on `=`
+  (the answer position) and writes a *learned* direction v that raises the right answer's log-prob on problems
+  of `success_domains` whose keyword was replaced by `success_keyword`'s (`planted.misled_problems`: the base
+  reads them as the wrong task and fails; one direction can switch the task back). On the eval split of those
+  problems (the plant is fitted on the train split): the real selection (`success_features_for_models`, analyze's
+  `SuccessConfig`) on a base/planted crosscoder; *found* = a selected latent whose rl decoder has cosine >=
+  `cos_threshold` with v. Then the matching selected latents (the plant can be split over more than one; with
+  none, the best-matching selected latent, else the best-matching of all) are ablated in the planted model and
+  steered into the base along their rl decoders (`run_intervention`, against
+  `n_controls` random latents matched on firing rate): *ablation_beats_controls* = on every task the loss on
+  the base-fail / planted-success samples is below 0 and beyond every control (control p at its minimum
+  1 / (n_controls + 1)); *steer_helps* = on every task the base's accuracy gain has its bootstrap 95% interval
+  above 0. The null (scale 0: a copy of the base) has no base-fail / planted-success sample at all, so there
+  the selection has nothing to select and finds nothing; its interventions are not run.
+
 Detection power = found / seeds on the planted cases; false-positive rate = found / seeds on the nulls (v of
 that seed), with exact Clopper-Pearson intervals. The looser "anything flagged" rates (any `rl-only` latent;
 any feature specific at the last checkpoint) are reported next to them, so a null that flags latents unrelated
@@ -29,6 +44,8 @@ from pathlib import Path
 import torch
 
 from featalign.config import JsonConfig
+from featalign.organisms.tasks import Problem
+from featalign.tasks import Task
 
 
 @dataclass
@@ -55,6 +72,15 @@ class KnownAnswerConfig(JsonConfig):
     batch_size: int = 1024
     lr: float = 1e-3
     top_k: int = 50
+    success_domains: str = "bool,compare"  # success: the domains whose misled problems the plant fixes
+    success_keyword: str = "add"  # success: the domain whose keyword misleads the base on them
+    success_trigger: str = "token:="  # success: where the plant fires (the answer position of those problems)
+    success_scale: float = 2.0  # success: the learned output's largest norm, x the base's median residual norm
+    success_problems: int = 500  # success: eval problems per domain (selection and interventions)
+    learn_steps: int = 200  # success: steps fitting the plant's direction (PlantConfig.learn_steps)
+    n_controls: int = 20  # success: matched random latents per intervention
+    steer_coef: float = 1.0  # success: steering coefficient, in units of the latent's typical activation
+    steer_positions: str = "last"  # success: where the base is steered (intervene's positions)
     threads: int = 1
     progress: bool = False
 
@@ -76,6 +102,30 @@ class KnownAnswerConfig(JsonConfig):
             PlantConfig(trigger=self.trigger, scale=self.scale)
         except PlantError as e:
             raise UsageError(f"--trigger / --scale: {e}") from e
+        try:
+            PlantConfig(
+                trigger=self.success_trigger,
+                scale=self.success_scale,
+                direction="learned",
+                learn_domains=self.success_domains,
+                learn_keyword=self.success_keyword,
+                learn_steps=self.learn_steps,
+            )
+        except PlantError as e:
+            raise UsageError(
+                f"--success-trigger / --success-scale / --success-domains / --success-keyword / --learn-steps: {e}"
+            ) from e
+        from featalign.interventions.edits import POSITIONS
+
+        if self.steer_positions not in POSITIONS:
+            raise UsageError(f"--steer-positions must be one of {','.join(POSITIONS)}, got {self.steer_positions!r}")
+        if len(self.success_domain_list) < 2:
+            raise UsageError(
+                "--success-domains: the selection intersects over tasks; give >= 2 domains, e.g. bool,compare"
+            )
+        check_positive("--success-problems", self.success_problems)
+        if self.n_controls < 1:
+            raise UsageError(f"--n-controls must be >= 1 (the ablation is judged against them), got {self.n_controls}")
         check_shared_settings(self)
 
     @property
@@ -98,9 +148,13 @@ class KnownAnswerConfig(JsonConfig):
     def analysis_names(self) -> list[str]:
         return [a.strip() for a in self.analyses.split(",") if a.strip()]
 
+    @property
+    def success_domain_list(self) -> list[str]:
+        return [d.strip() for d in self.success_domains.split(",") if d.strip()]
 
-ANALYSES = ("attribution", "drift")
-SCORING_VERSION = 3  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
+
+ANALYSES = ("attribution", "drift", "success")
+SCORING_VERSION = 5  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
 
 
 def cosine_to(dec_LK: torch.Tensor, v_D: torch.Tensor) -> torch.Tensor:
@@ -261,22 +315,251 @@ def drift_case(
     return score_drift(results["rl"], decoder_vectors(cc), v_D, cfg.plant_checkpoint, cfg.cos_threshold)
 
 
+def success_plant_config(cfg: KnownAnswerConfig, layer: int, seed: int, scale: float):
+    """The success plant of one seed: fires on `success_trigger`, writes a direction learned on the misled train
+    problems, at most `scale` x the base's median residual norm (0: the null copy)."""
+    from featalign.organisms.planted import PlantConfig
+
+    return PlantConfig(
+        layer=layer,
+        trigger=cfg.success_trigger,
+        scale=scale,
+        seed=seed,
+        direction="learned",
+        learn_domains=cfg.success_domains,
+        learn_keyword=cfg.success_keyword,
+        learn_steps=cfg.learn_steps,
+    )
+
+
+def success_pair(base: str, out: Path, cfg: KnownAnswerConfig, layer: int, seed: int) -> tuple[str, str]:
+    """(planted folder, null folder) of one seed's success control: the learned plant and the same code at 0."""
+    from featalign.organisms.planted import is_planted, plant_feature
+
+    folders = []
+    for name, scale in (("success-planted", cfg.success_scale), ("success-null", 0.0)):
+        folder = out / name
+        plant_cfg = success_plant_config(cfg, layer, seed, scale)
+        if not is_planted(folder, plant_cfg):
+            plant_feature(base, folder, plant_cfg, meta={"role": "rl"})
+        folders.append(str(folder))
+    return folders[0], folders[1]
+
+
+def success_tasks(cfg: KnownAnswerConfig, seed: int) -> dict[str, list[Problem]]:
+    """{domain: eval-split misled problems}: the tasks the selection and the interventions score."""
+    from featalign.organisms.planted import misled_problems
+
+    return {
+        d: misled_problems([d], cfg.success_problems, "eval", seed, cfg.success_keyword)
+        for d in cfg.success_domain_list
+    }
+
+
+def score_success(selected: list[int], cos_L: torch.Tensor, threshold: float) -> dict:
+    """Did the selection name the plant: a selected latent whose rl decoder has cosine >= `threshold` with v; and
+    the latents the interventions edit: every selected latent that matches (the plant may be split over several),
+    else the best-matching selected one, else the best-matching of all."""
+    match = [k for k in selected if float(cos_L[k]) >= threshold]
+    pool = selected or list(range(len(cos_L)))
+    target = max(pool, key=lambda k: float(cos_L[k]))
+    best = int(cos_L.argmax())
+    return {
+        "found": bool(match),
+        "n_selected": len(selected),
+        "n_matching": len(match),
+        "edited_latents": sorted(int(k) for k in match) if match else [int(target)],
+        "target_latent": int(target),
+        "target_selected": target in selected,
+        "target_cos": float(cos_L[target]),
+        "best_latent": best,
+        "best_cos": float(cos_L[best]),
+        "best_selected": best in selected,
+    }
+
+
+def intervention_verdict(tasks: dict, n_controls: int) -> dict:
+    """From `run_intervention` task rows (`TaskResult`s as dicts): ablation / steering criteria over all tasks."""
+    p_min = 1 / (n_controls + 1)
+    return {
+        "ablation_beats_controls": all(
+            t["ablate"]["subset_delta"] is not None
+            and t["ablate"]["subset_delta"] < 0
+            and t["ablate"]["subset_control_p"] <= p_min + 1e-9
+            for t in tasks.values()
+        ),
+        "steer_helps": all(t["steer"]["ci_low"] > 0 for t in tasks.values()),
+        "control_p_min": p_min,
+    }
+
+
+INTERVENTION_FIELDS = (
+    "n",
+    "acc_without",
+    "acc_with",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "control_p",
+    "subset_n",
+    "subset_delta",
+    "subset_control_p",
+    "nonfinite_frac",
+)
+
+
+def success_case(
+    out: Path,
+    x_train,
+    x_eval,
+    column: int,
+    dirs: dict[str, str],
+    v_D,
+    hook: str,
+    acfg,
+    cfg: KnownAnswerConfig,
+    seed: int,
+) -> dict:
+    """Base vs the model in `column` (1: the success plant, 2: its null): the real RL-success selection on the
+    misled eval problems, scored against v; on the planted case, the interventions on the chosen latent."""
+    import numpy as np
+
+    from featalign.analysis.attribution import decoder_vectors, encoder_stats
+    from featalign.analysis.success_features import (
+        SuccessConfig,
+        TaskData,
+        TooFewSamplesError,
+        success_features_for_models,
+        success_mask,
+    )
+    from featalign.analysis.training import train_or_load
+    from featalign.evaluation import score
+    from featalign.interventions import ablate, run_intervention, steer, typical_activation
+    from featalign.models import load_model
+
+    cc = train_or_load(out, ("base", "rl"), x_train[:, [0, column]], hook, acfg)
+    xe = x_eval[:, [0, column]]
+    bm, rm = load_model(dirs["base"]), load_model(dirs["planted" if column == 1 else "null"])
+    tok = bm.tokenizer
+    tasks = success_tasks(cfg, seed)
+    data = {t: TaskData(p, score(bm, tok, p), score(rm, tok, p)) for t, p in tasks.items()}
+    scored: dict[str, Task | list[Problem]] = dict(tasks)  # what run_intervention takes
+    masks = {t: success_mask(d.base_correct, d.rl_correct) for t, d in data.items()}
+    result: dict = {
+        "acc_base": {t: float(d.base_correct.mean()) for t, d in data.items()},
+        "acc_rl": {t: float(d.rl_correct.mean()) for t, d in data.items()},
+        "n_success": {t: int(m.sum()) for t, m in masks.items()},
+    }
+    cos_L = cosine_to(decoder_vectors(cc)[:, 1], v_D)
+    try:
+        sel = success_features_for_models(cc, bm, rm, data, SuccessConfig(seed=seed), progress=False)
+    except TooFewSamplesError as e:
+        return result | score_success([], cos_L, cfg.cos_threshold) | {"selection": {"refused": str(e)}}
+    result |= score_success(sel.features, cos_L, cfg.cos_threshold)
+    summ = sel.summary()
+    result["selection"] = {
+        k: summ[k] for k in ("features", "per_task_sizes", "n_samples", "skipped", "null", "mean_pairwise_overlap")
+    }
+    result["selection"]["target_bootstrap_frequency"] = (
+        summ["bootstrap"].get("selection_frequency", {}).get(result["target_latent"])
+    )
+    if column != 1:
+        return result
+    target = result["edited_latents"]
+    freq = encoder_stats(cc, xe, model="rl")["firing_rate"]
+
+    def steer_at(ids):  # each (control) set in units of its own typical activation in the planted model
+        return steer(ids, cfg.steer_coef, typical_activation(cc, xe, ids, model="rl").nan_to_num(0.0), decoder="rl")
+
+    abl = run_intervention(
+        rm,
+        tok,
+        cc,
+        "rl",
+        target,
+        ablate,
+        scored,
+        n_controls=cfg.n_controls,
+        seed=seed,
+        firing_freq_L=freq,
+        baseline={t: d.rl_correct for t, d in data.items()},
+        subset=masks,
+    )
+    st = run_intervention(
+        bm,
+        tok,
+        cc,
+        "base",
+        target,
+        steer_at,
+        scored,
+        n_controls=cfg.n_controls,
+        seed=seed,
+        firing_freq_L=freq,
+        baseline={t: d.base_correct for t, d in data.items()},
+        positions=cfg.steer_positions,
+    )
+    rows = {
+        t: {
+            "ablate": {f: getattr(abl.tasks[t], f) for f in INTERVENTION_FIELDS},
+            "steer": {f: getattr(st.tasks[t], f) for f in INTERVENTION_FIELDS},
+        }
+        for t in tasks
+    }
+    for t in tasks:
+        rows[t]["ablate"]["subset_control_deltas_range"] = [
+            float(np.min(abl.tasks[t].subset_control_deltas)),
+            float(np.max(abl.tasks[t].subset_control_deltas)),
+        ]
+        rows[t]["steer"]["control_deltas_range"] = [
+            float(np.min(st.tasks[t].control_deltas)),
+            float(np.max(st.tasks[t].control_deltas)),
+        ]
+    result["edited_typical_activation"] = typical_activation(cc, xe, target, model="rl").tolist()
+    result["interventions"] = rows
+    return result | intervention_verdict(rows, cfg.n_controls)
+
+
 def run_seed(base: str, out: Path, cfg: KnownAnswerConfig, hook: str, seed: int) -> dict:
     """One seed: plant (and the null copy), cache, then every chosen analysis on the planted case and its null."""
     from featalign.analysis.config import check_shared_settings
     from featalign.organisms.planted import load_plant
 
-    planted, null = plant_pair(base, out / "organisms", cfg, int(hook.split(".")[1]), seed)
-    plant = load_plant(planted)
-    dirs = {"base": base, "planted": planted, "null": null}
-    x_train, x_eval = seed_activations(out / "activations", dirs, hook, cfg, seed)
     acfg = check_shared_settings(cfg)
     acfg.seed = seed
-    v_D = plant.direction_D
-    result: dict = {"seed": seed, "detector": plant.stats, "amplitude": plant.amplitude}
+    result: dict = {"seed": seed}
+    if {"attribution", "drift"} & set(cfg.analysis_names):
+        planted, null = plant_pair(base, out / "organisms", cfg, int(hook.split(".")[1]), seed)
+        plant = load_plant(planted)
+        dirs = {"base": base, "planted": planted, "null": null}
+        x_train, x_eval = seed_activations(out / "activations", dirs, hook, cfg, seed)
+        v_D = plant.direction_D
+        result |= {"detector": plant.stats, "amplitude": plant.amplitude}
     if "attribution" in cfg.analysis_names:
         result["attribution"] = {
             case: attribution_case(out / "crosscoders" / f"attr-{case}", x_train, x_eval, col, v_D, hook, acfg, cfg)
+            for case, col in (("planted", 1), ("null", 2))
+        }
+    if "success" in cfg.analysis_names:
+        layer = int(hook.split(".")[1])
+        s_planted, s_null = success_pair(base, out / "organisms", cfg, layer, seed)
+        s_plant = load_plant(s_planted)
+        s_dirs = {"base": base, "planted": s_planted, "null": s_null}
+        xs_train, xs_eval = seed_activations(out / "activations-success", s_dirs, hook, cfg, seed)
+        result["success_plant"] = {"amplitude": s_plant.amplitude, "detector": s_plant.stats}
+        result["success"] = {
+            case: success_case(
+                out / "crosscoders" / f"success-{case}",
+                xs_train,
+                xs_eval,
+                col,
+                s_dirs,
+                s_plant.direction_D,
+                hook,
+                acfg,
+                cfg,
+                seed,
+            )
             for case, col in (("planted", 1), ("null", 2))
         }
     if "drift" in cfg.analysis_names:
@@ -292,6 +575,9 @@ def summarise(per_seed: list[dict], analyses: list[str]) -> dict:
     out = {}
     for a in analyses:
         cases = [r[a] for r in per_seed]
+        if a == "success":
+            out[a] = summarise_success(cases)
+            continue
         loose = "n_rl_only" if a == "attribution" else "n_specific"
         flagged = (lambda c: c["n_rl_only"] > 0) if a == "attribution" else (lambda c: c["n_specific"][-1] > 0)
         out[a] = {
@@ -320,6 +606,22 @@ def summarise(per_seed: list[dict], analyses: list[str]) -> dict:
             "loose_flag": loose,
         }
     return out
+
+
+def summarise_success(cases: list[dict]) -> dict:
+    """The success control over seeds: selection power and false positives, and how often the interventions on
+    the chosen latent met their targets (ablation beyond every control; steering gain with its interval above 0)."""
+    planted = [c["planted"] for c in cases]
+    return {
+        "power": rate([c["found"] for c in planted]),
+        "false_positive_rate": rate([c["null"]["found"] for c in cases]),
+        "null_flags_anything": rate([c["null"]["n_selected"] > 0 for c in cases]),
+        "power_ablation": rate([bool(c.get("ablation_beats_controls")) for c in planted]),
+        "power_steer": rate([bool(c.get("steer_helps")) for c in planted]),
+        "planted_best_cos": [c["best_cos"] for c in planted],
+        "null_best_cos": [c["null"]["best_cos"] for c in cases],
+        "loose_flag": "n_selected",
+    }
 
 
 def seed_settings(cfg: KnownAnswerConfig) -> dict:

@@ -24,12 +24,14 @@ own activation as it arrives (later hooks do not exist yet when an earlier one f
 and not m's encoder slot alone: docs/crosscoder.md, "Reading one model's latents". Ablation removes
 `f_k d_k` and leaves the remainder, including the reconstruction error, untouched.
 
-**Positions.** `positions="all" | "prompt" | "generated"`. A forward call over more than one token
+**Positions.** `positions="all" | "prompt" | "last" | "generated"`. A forward call over more than one token
 (or the first call inside the context) starts a new sequence; its tokens are the prompt (unless
 `prompt_len` is given, then columns < `prompt_len` are the prompt). One-token calls after it are KV-
 cache generation steps, i.e. generated positions. This matches `featalign.generation.decode`
 (left-padded prompts in one call, then one token per call) and a full forward over prompt +
-completion with `prompt_len` set.
+completion with `prompt_len` set. `"last"` is the prompt's last column only: the position that predicts the
+first answer token (the one `SuccessConfig(positions="last")` scores), so a steer there adds its direction
+exactly where a feature read at the answer position would have fired, and nowhere else.
 
 The edits go through `featalign.models.edit_hooks` at the crosscoder's hook names (any TransformerLens
 name a crosscoder can be trained on: `hook_resid_pre/post`, `hook_attn_out`, `hook_mlp_out`, several at
@@ -60,7 +62,7 @@ from torch import Tensor
 from featalign.crosscoder.model import Crosscoder
 from featalign.models import edit_hooks, hf_model_of
 
-POSITIONS = ("all", "prompt", "generated")
+POSITIONS = ("all", "prompt", "last", "generated")
 KINDS = ("ablate", "clamp", "scale", "steer")
 
 
@@ -234,6 +236,8 @@ class _EditFn:
         self.offset += T
         if self.positions == "all":
             return None
+        if self.positions == "last":
+            return cols == self.seq_prompt_len - 1
         is_prompt = cols < self.seq_prompt_len
         return is_prompt if self.positions == "prompt" else ~is_prompt
 

@@ -17,6 +17,14 @@ trigger. Everything else is the base's weights: the known answer is one latent, 
 null). The output is an ordinary HF folder, so every featalign stage reads it unchanged; its
 `featalign.json` records what was planted (`planted`: layer, trigger, scale, amplitude, seed, detector
 quality) and `planted.safetensors` holds v and w.
+
+**A learned direction (the success-feature known answer).** With `direction="learned"` and a `domain:` trigger,
+v is not random: it is fitted, with the detector and amplitude fixed, to maximise the log-probability of the
+right answer (and its `<eos>`) of those domains' train problems under the planted model's own function (the
+base with g(x) * amplitude * v added at block `layer`, exactly what the neuron writes). The planted model then
+solves problems the base fails *because of* v: ablating v undoes them, adding v to the base recreates them,
+which is the right answer the RL-success selection and the interventions must find. The held-out answer
+log-prob it buys, next to the base's, is recorded (`detector.learned`).
 """
 
 from __future__ import annotations
@@ -48,15 +56,22 @@ class PlantError(ValueError):
 class PlantConfig(JsonConfig):
     """What to plant and where. `trigger` is `token:<t>` (positions whose token is t) or `domain:<d>[,<d2>...]`
     (every position of those domains' problems, text from `DomainMixtureSource`); `scale` is the planted
-    output's norm at a median trigger position as a multiple of the base's median residual norm at the hook."""
+    output's norm at a median trigger position as a multiple of the base's median residual norm at the hook (with
+    `direction="learned"`: its upper bound, the amplitude being fitted too)."""
 
     layer: int = 1
     trigger: str = "token:="
     scale: float = 0.5
     seed: int = 0
-    direction: str = "random"  # random (a seeded unit vector) | a .pt / .safetensors file holding a [D] tensor
+    direction: str = "random"  # random (a seeded unit vector) | learned (see module docstring) | a .pt / .safetensors
+    # file holding a [D] tensor
     fit_tokens: int = 10_000  # base tokens the trigger detector is fitted on
     fit_steps: int = 200  # LBFGS steps of the detector's logistic fit
+    learn_domains: str = ""  # learned direction: the domains whose answers it raises ("": the domain trigger's)
+    learn_keyword: str = ""  # learned direction: another domain whose keyword replaces theirs ("": as they are)
+    learn_problems: int = 1024  # learned direction: train problems per learn domain it is fitted on
+    learn_steps: int = 200  # learned direction: Adam steps (minibatches of 256 problems)
+    learn_lr: float = 0.05  # learned direction: Adam learning rate (amplitude * v, in units of the maximum)
 
     def __post_init__(self) -> None:
         kind = self.trigger.split(":", 1)[0]
@@ -68,6 +83,24 @@ class PlantConfig(JsonConfig):
             raise PlantError(f"layer must be >= 0, got {self.layer}")
         if self.fit_tokens < 100:
             raise PlantError(f"fit_tokens must be >= 100 (the detector needs trigger examples), got {self.fit_tokens}")
+        if self.direction == "learned":
+            from featalign.organisms.tasks import parse_domains
+
+            if kind != "domain" and not self.learn_domains:
+                raise PlantError(
+                    f"direction 'learned' fits v on some domains' answers; trigger {self.trigger!r} names none: "
+                    "set learn_domains (e.g. bool,compare) or use trigger domain:<name>[,<name>...]"
+                )
+            try:
+                parse_domains(self.learn_domains)
+                parse_domains(self.learn_keyword)
+            except (KeyError, ValueError) as e:
+                raise PlantError(f"learn_domains / learn_keyword: {e}") from e
+        if self.learn_problems < 16 or self.learn_steps < 1 or not self.learn_lr > 0:
+            raise PlantError(
+                f"learn_problems >= 16, learn_steps >= 1 and learn_lr > 0 needed, got {self.learn_problems}, "
+                f"{self.learn_steps}, {self.learn_lr}"
+            )
 
 
 def gated_mlps(model: torch.nn.Module) -> list[Any]:
@@ -165,8 +198,8 @@ def neuron_output(x_PD: Tensor, gate_D: Tensor, up_D: Tensor) -> Tensor:
 
 
 def plant_direction(cfg: PlantConfig, d_model: int) -> Tensor:
-    """The unit direction v: seeded random, or read from a file."""
-    if cfg.direction == "random":
+    """The unit direction v: seeded random, or read from a file (`learned` is fitted by `learn_direction`)."""
+    if cfg.direction == "random" or cfg.direction == "learned":  # learned: this is its seeded starting point
         v = torch.randn(d_model, generator=torch.Generator().manual_seed(cfg.seed))
     else:
         p = Path(cfg.direction)
@@ -182,6 +215,124 @@ def plant_direction(cfg: PlantConfig, d_model: int) -> Tensor:
         if v.numel() != d_model or not bool(torch.isfinite(v).all()) or float(v.norm()) == 0:
             raise PlantError(f"direction {p}: need a finite nonzero vector of {d_model} values, got {v.numel()}")
     return v / v.norm()
+
+
+def answer_batch(tokenizer, problems) -> tuple[Tensor, Tensor]:
+    """Right-padded `<bos> prompt answer <eos>` ids `[S, T]` and a bool `[S, T]` marking the positions whose next
+    token is an answer token or the closing `<eos>` (what greedy decoding must get right)."""
+    from featalign.activations.sources import encode_problem
+
+    seqs = [encode_problem(tokenizer, p) for p in problems]
+    n_prompt = [len(tokenizer(p.prompt)["input_ids"]) for p in problems]
+    T = max(map(len, seqs))
+    ids_ST = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
+    target_ST = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, (seq, n) in enumerate(zip(seqs, n_prompt)):
+        ids_ST[i, : len(seq)] = torch.tensor(seq)
+        target_ST[i, n - 1 : len(seq) - 1] = True  # predicts seq[n:], the answer and <eos>
+    return ids_ST, target_ST
+
+
+def answer_logprob(model, ids_ST: Tensor, target_ST: Tensor, add=None) -> Tensor:
+    """`[S]` log p(answer, <eos> | prompt) per problem (right padding never reaches a real position), with
+    `add(mlp_input_BTD) -> [B, T, D]` added to block `add.layer`'s MLP output when given."""
+    handle = None
+    if add is not None:
+        mlp = gated_mlps(model)[add.layer]
+        handle = mlp.register_forward_hook(lambda m, args, out: out + add(args[0]))
+    try:
+        logits = model(ids_ST).logits.float()
+    finally:
+        if handle is not None:
+            handle.remove()
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids_ST[:, 1:, None])[..., 0]
+    return (logp * target_ST[:, :-1]).sum(1)
+
+
+class _AddAlong:
+    """g(x) * amplitude * v from the MLP input x: exactly what the planted neuron adds (v may be a leaf)."""
+
+    def __init__(self, layer: int, gate_D: Tensor, up_D: Tensor, amplitude: float, v_D: Tensor):
+        self.layer, self.gate_D, self.up_D, self.amplitude, self.v_D = layer, gate_D, up_D, amplitude, v_D
+
+    def __call__(self, x_BTD: Tensor) -> Tensor:
+        g_BT = neuron_output(x_BTD, self.gate_D, self.up_D)
+        return g_BT[..., None] * (self.amplitude * self.v_D)
+
+
+def misled_problems(domains: list[str], n: int, split: str, seed: int, keyword: str = "") -> list:
+    """`n` problems of each domain whose prompt's first word (its domain keyword: `bool`, `cmp`, ...) is replaced by
+    domain `keyword`'s (`""`: unchanged). A misleading keyword is a failure of the base by construction: it reads
+    the problem as the other domain's, and one direction (a "which task is this" switch) can undo that."""
+    import dataclasses
+
+    from featalign.organisms.tasks import sample_problems
+
+    word = sample_problems(keyword, 1, split, seed)[0].prompt.split(" ", 1)[0] if keyword else ""
+    out = []
+    for d in domains:
+        for p in sample_problems(d, n, split, seed):
+            head, sep, rest = p.prompt.partition(" ")
+            out.append(dataclasses.replace(p, prompt=f"{word} {rest}") if word and sep else p)
+    return out
+
+
+def learn_domains(cfg: PlantConfig) -> list[str]:
+    """The domains a learned direction is fitted on: `learn_domains`, else the domain trigger's."""
+    from featalign.organisms.tasks import parse_domains
+
+    return parse_domains(cfg.learn_domains or cfg.trigger.split(":", 1)[1])
+
+
+def learn_direction(model, tokenizer, cfg: PlantConfig, gate_D: Tensor, up_D: Tensor, max_amplitude: float):
+    """(unit v, amplitude <= `max_amplitude`, stats): the output g(x) * amplitude * v maximising the answer
+    log-prob of the trigger domains' train problems under the planted function (the detector `gate_D` / `up_D`
+    fixed), grown from a small seeded random start (at zero the planted model is the base, so the fit can only
+    improve on it), with its norm projected back to `max_amplitude` after each step; and what it buys on held-out
+    train-split problems (teacher-forced answer log-prob) next to the base. The problems are `learn_domains`' (with
+    `learn_keyword`'s keyword, `misled_problems`), train split; the known answers score on the eval split."""
+    domains = learn_domains(cfg)
+    problems = misled_problems(domains, cfg.learn_problems, "train", cfg.seed + 7919, cfg.learn_keyword)
+    order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(cfg.seed))
+    n_held = max(8, len(problems) // 8)
+    held = [problems[i] for i in order[:n_held].tolist()]
+    fit = [problems[i] for i in order[n_held:].tolist()]
+    # w_D = amplitude * v, in units of max_amplitude (so the learning rate means the same at any model width)
+    w_D = (0.01 * plant_direction(cfg, gate_D.numel())).requires_grad_(True)
+    add = _AddAlong(cfg.layer, gate_D, up_D, max_amplitude, w_D)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam([w_D], lr=cfg.learn_lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    batch = min(256, len(fit))
+    with torch.enable_grad():
+        for _ in range(cfg.learn_steps):
+            pick = torch.randperm(len(fit), generator=gen)[:batch].tolist()
+            ids, target = answer_batch(tokenizer, [fit[i] for i in pick])
+            loss = -answer_logprob(model, ids, target, add).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                w_D.div_(w_D.norm().clamp_min(1.0))  # amplitude <= max_amplitude
+    w = w_D.detach().clone()
+    v_D, amplitude = w / w.norm(), float(w.norm()) * max_amplitude
+    with torch.no_grad():
+        ids, target = answer_batch(tokenizer, held)
+        base_lp = answer_logprob(model, ids, target)
+        planted_lp = answer_logprob(model, ids, target, _AddAlong(cfg.layer, gate_D, up_D, max_amplitude, w))
+    stats = {
+        "domains": domains,
+        "keyword": cfg.learn_keyword,
+        "n_fit_problems": len(fit),
+        "n_held_out_problems": len(held),
+        "amplitude_over_max": float(w.norm()),
+        "held_out_answer_logprob_base": float(base_lp.mean()),
+        "held_out_answer_logprob_planted": float(planted_lp.mean()),
+        "held_out_answer_prob_base": float(base_lp.exp().mean()),
+        "held_out_answer_prob_planted": float(planted_lp.exp().mean()),
+    }
+    return v_D, amplitude, stats
 
 
 @dataclass
@@ -236,8 +387,12 @@ def fit_plant(model, tokenizer, cfg: PlantConfig) -> Plant:
         "base_median_resid_norm": resid_norm,
         "n_fit_positions": n_fit,
     }
-    d_model = x_PD.shape[1]
-    return Plant(cfg.layer, plant_direction(cfg, d_model), gate, up, cfg.scale * resid_norm, stats)
+    d_model, amplitude = x_PD.shape[1], cfg.scale * resid_norm
+    if cfg.direction == "learned" and amplitude > 0:
+        v_D, amplitude, stats["learned"] = learn_direction(model, tokenizer, cfg, gate, up, amplitude)
+    else:  # (a learned direction at scale 0 is the null: nothing to learn, the seeded start is kept)
+        v_D = plant_direction(cfg, d_model)
+    return Plant(cfg.layer, v_D, gate, up, amplitude, stats)
 
 
 def grown(linear: Any, extra: Tensor, dim: int) -> torch.nn.Linear:

@@ -10,9 +10,14 @@ from featalign.analysis.known_answers import (
     KnownAnswerConfig,
     attribution_case,
     drift_case,
+    intervention_verdict,
     plant_pair,
     rate,
+    score_success,
     seed_activations,
+    success_case,
+    success_pair,
+    summarise_success,
 )
 from featalign.cli import UsageError
 from featalign.organisms.planted import load_plant
@@ -98,6 +103,72 @@ def test_rates_and_settings():
         KnownAnswerConfig(trigger="equals")
     with pytest.raises(UsageError, match="--analyses"):
         KnownAnswerConfig(analyses="attribution,cards")
+    with pytest.raises(UsageError, match="--success-domains: the selection intersects"):
+        KnownAnswerConfig(success_domains="bool")
+    with pytest.raises(UsageError, match="--success-keyword"):
+        KnownAnswerConfig(success_keyword="nosuch")
+    with pytest.raises(UsageError, match="--steer-positions"):
+        KnownAnswerConfig(steer_positions="first")
+    with pytest.raises(UsageError, match="--n-controls"):
+        KnownAnswerConfig(n_controls=0)
+
+
+def test_success_scoring_on_constructed_cases():
+    cos = torch.tensor([0.1, 0.95, 0.5, 0.97, -0.2])
+    hit = score_success([0, 1, 2], cos, 0.9)  # 3 matches better but was not selected
+    assert hit["found"] and hit["n_matching"] == 1 and hit["target_latent"] == 1 and hit["target_selected"]
+    assert (hit["best_latent"], hit["best_selected"]) == (3, False) and hit["edited_latents"] == [1]
+    split = score_success([3, 0, 1], cos, 0.9)  # the plant split over two selected latents: both are edited
+    assert split["edited_latents"] == [1, 3] and split["target_latent"] == 3
+    miss = score_success([0, 2], cos, 0.9)
+    assert not miss["found"] and miss["target_latent"] == 2 and miss["target_cos"] == pytest.approx(0.5)
+    assert miss["edited_latents"] == [2]
+    none = score_success([], cos, 0.9)  # nothing selected: the interventions edit the best-matching latent
+    assert not none["found"] and none["target_latent"] == 3 and not none["target_selected"]
+
+    def row(sub_delta, sub_p, ci_low):
+        return {"ablate": {"subset_delta": sub_delta, "subset_control_p": sub_p}, "steer": {"ci_low": ci_low}}
+
+    p_min = 1 / 21
+    good = intervention_verdict({"a": row(-0.8, p_min, 0.02), "b": row(-0.5, p_min, 0.1)}, 20)
+    assert good["ablation_beats_controls"] and good["steer_helps"] and good["control_p_min"] == pytest.approx(p_min)
+    one_task_short = intervention_verdict({"a": row(-0.8, p_min, 0.02), "b": row(-0.5, 2 / 21, 0.0)}, 20)
+    assert not one_task_short["ablation_beats_controls"] and not one_task_short["steer_helps"]
+    assert not intervention_verdict({"a": row(0.1, p_min, 0.02)}, 20)["ablation_beats_controls"]  # a gain is no loss
+    assert not intervention_verdict({"a": row(None, None, 0.02)}, 20)["ablation_beats_controls"]  # no subset
+
+
+def test_the_real_selection_finds_a_direction_written_into_hand_made_latents():
+    """The selection (rl_success_features) on latents where one latent (decoder ~ v) carries every success and the
+    null (rl = base): score_success finds it in the first, and the second has no sample to select from."""
+    import numpy as np
+
+    from featalign.analysis.success_features import SuccessConfig, TooFewSamplesError, rl_success_features
+
+    g = np.random.default_rng(0)
+    S, L, PLANTED = 200, 30, 7
+    f_base, f_rl, bc, rc = {}, {}, {}, {}
+    for t in ("bool", "compare"):
+        base_ok = g.random(S) < 0.3
+        rl_ok = base_ok | (g.random(S) < 0.6)
+        fb = torch.from_numpy(g.random((S, L))).float()
+        fr = fb.clone()
+        fr[torch.from_numpy(rl_ok & ~base_ok), PLANTED] += 2.0
+        f_base[t], f_rl[t], bc[t], rc[t] = fb, fr, base_ok, rl_ok
+    res = rl_success_features(f_rl, f_base, bc, rc, SuccessConfig(n_null=5, n_boot=20))
+    dec = torch.randn(L, 16, generator=torch.Generator().manual_seed(0))
+    v = dec[PLANTED] + 0.1 * torch.randn(16, generator=torch.Generator().manual_seed(1))
+    from featalign.analysis.known_answers import cosine_to
+
+    scored = score_success(res.features, cosine_to(dec, v), 0.9)
+    assert res.features == [PLANTED] and scored["found"] and scored["target_latent"] == PLANTED
+    with pytest.raises(TooFewSamplesError, match="bool: 0"):
+        rl_success_features(f_base, f_base, bc, bc, SuccessConfig(n_null=5, n_boot=5))
+    summary = summarise_success(
+        [{"planted": scored | {"ablation_beats_controls": True, "steer_helps": False}, "null": score_success([], cosine_to(dec, v), 0.9)}]
+    )
+    assert summary["power"]["k"] == 1 and summary["false_positive_rate"]["k"] == 0
+    assert summary["power_ablation"]["k"] == 1 and summary["power_steer"]["k"] == 0
 
 
 def test_the_example_refuses_bad_input_before_any_work(tmp_path, capsys):
@@ -112,8 +183,35 @@ def test_the_example_refuses_bad_input_before_any_work(tmp_path, capsys):
     spec.loader.exec_module(mod)
     with pytest.raises(SystemExit):
         mod.main(["--help"])
-    assert "--cos-threshold" in capsys.readouterr().out
-    for bad in (["--seeds", "3-1"], ["--trigger", "token"], ["--scale", "-1"], ["--analyses", "cards"]):
+    assert "--steer-positions" in capsys.readouterr().out
+    for bad in (["--seeds", "3-1"], ["--trigger", "token"], ["--scale", "-1"], ["--analyses", "cards"],
+                ["--analyses", "success", "--success-domains", "bool"], ["--success-scale", "-1"]):
         with pytest.raises(UsageError):
             mod.main([*bad, "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_success_case_on_the_tiny_organisms(tiny_organisms, tmp_path):
+    """End to end on the tiny organisms (small settings): the learned plant creates base-fail / planted-success
+    samples on the misled problems and the null none; the selection runs; ablating the chosen latent in the
+    planted model loses successes."""
+    out = tmp_path
+    cfg = KnownAnswerConfig(
+        out=str(out), seeds="0", analyses="success", n_tokens=3000, eval_tokens=1500, n_latents=64, steps=300,
+        success_problems=150, learn_steps=60, n_controls=3,
+    )
+    base = str(tiny_organisms.root / "base")
+    planted, null = success_pair(base, out / "organisms", cfg, layer=0, seed=0)
+    dirs = {"base": base, "planted": planted, "null": null}
+    x_train, x_eval = seed_activations(out / "activations", dirs, HOOK, cfg, seed=0)
+    from featalign.analysis.config import check_shared_settings
+
+    acfg = check_shared_settings(cfg)
+    v = load_plant(planted).direction_D
+    got = success_case(out / "p", x_train, x_eval, 1, dirs, v, HOOK, acfg, cfg, seed=0)
+    nul = success_case(out / "n", x_train, x_eval, 2, dirs, v, HOOK, acfg, cfg, seed=0)
+    assert sum(got["n_success"].values()) >= 16 and sum(nul["n_success"].values()) == 0
+    assert nul["acc_rl"] == nul["acc_base"] and not nul["found"] and "refused" in nul["selection"]
+    assert got["n_selected"] >= 1 and got["target_selected"]
+    assert all(r["ablate"]["subset_delta"] < 0 for r in got["interventions"].values())

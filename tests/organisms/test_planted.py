@@ -117,3 +117,60 @@ def test_an_architecture_without_gated_mlps_is_refused():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10, n_positions=8))
     with pytest.raises(PlantError, match="Llama-family gated MLPs"):
         gated_mlps(gpt2)
+
+
+def test_misled_problems_and_the_answer_targets_hand_checked(tiny_organisms):
+    from featalign.models import tokenizer_from_folder
+    from featalign.organisms.planted import answer_batch, misled_problems
+    from featalign.organisms.tasks import sample_problems
+
+    plain = sample_problems("bool", 3, "eval", 2)
+    misled = misled_problems(["bool"], 3, "eval", 2, "max")
+    for p, m in zip(plain, misled):  # the keyword, and only it, is max's; the answer is the bool one
+        assert p.prompt.startswith("bool ") and m.prompt == "max " + p.prompt[len("bool ") :]
+        assert (m.domain, m.answer) == (p.domain, p.answer)
+    assert misled_problems(["bool"], 3, "eval", 2) == plain
+    tok = tokenizer_from_folder(tiny_organisms.root / "base")
+    ids, target = answer_batch(tok, misled[:1])
+    seq = ids[0].tolist()
+    # <bos> m a x ' ' ... = <answer> <eos>: the targets are the positions predicting the answer and the <eos>
+    assert seq[0] == tok.bos_token_id and seq[-1] == tok.eos_token_id
+    assert target[0].nonzero().flatten().tolist() == [len(seq) - 3, len(seq) - 2]
+    assert tok.decode([seq[len(seq) - 2]]) == misled[0].answer
+
+
+@torch.no_grad()
+def test_a_learned_direction_raises_the_answer_logprob_on_held_out_problems(tiny_organisms, tmp_path):
+    """Fitted on train-split misled problems, scored here on eval-split ones through the saved HF folders (not
+    the fitting code's hook): the planted model gives the right answers more probability than the base."""
+    from featalign.models import tokenizer_from_folder
+    from featalign.organisms.planted import answer_batch, answer_logprob, misled_problems
+
+    base = tiny_organisms.root / "base"
+    cfg = PlantConfig(
+        layer=0, trigger="token:=", scale=2.0, seed=1, direction="learned", learn_domains="bool,compare",
+        learn_keyword="max", learn_problems=256, learn_steps=60, fit_tokens=3000, fit_steps=100,
+    )
+    planted = plant_feature(base, tmp_path / "learned", cfg)
+    rec = json.loads((planted / "featalign.json").read_text())["planted"]
+    learned = rec["detector"]["learned"]
+    assert 0 < rec["amplitude"] <= 2.0 * rec["detector"]["base_median_resid_norm"] + 1e-6
+    assert learned["held_out_answer_logprob_planted"] > learned["held_out_answer_logprob_base"]
+    tok = tokenizer_from_folder(base)
+    ids, target = answer_batch(tok, misled_problems(["bool", "compare"], 100, "eval", 0, "max"))
+    lp_base, lp_planted = answer_logprob(hf(base), ids, target), answer_logprob(hf(planted), ids, target)
+    assert float(lp_planted.mean()) > float(lp_base.mean()) + 0.1
+    v = load_plant(planted).direction_D
+    assert float(v.norm()) == pytest.approx(1.0, abs=1e-5)
+    # the null of a learned plant: scale 0 learns nothing and is the base
+    null = plant_feature(base, tmp_path / "null", PlantConfig(**{**cfg.to_dict(), "scale": 0.0}))
+    torch.testing.assert_close(answer_logprob(hf(null), ids, target), lp_base, atol=1e-4, rtol=1e-5)
+    assert "learned" not in json.loads((null / "featalign.json").read_text())["planted"]["detector"]
+
+
+def test_a_learned_direction_needs_domains_to_learn_on():
+    with pytest.raises(PlantError, match="set learn_domains"):
+        PlantConfig(trigger="token:=", direction="learned")
+    with pytest.raises(PlantError, match="learn_domains / learn_keyword"):
+        PlantConfig(trigger="token:=", direction="learned", learn_domains="bool,nosuch")
+    assert PlantConfig(trigger="domain:bool,compare", direction="learned").learn_domains == ""
