@@ -422,9 +422,8 @@ def success_case(
 ) -> dict:
     """Base vs the model in `column` (1: the success plant, 2: its null): the real RL-success selection on the
     misled eval problems, scored against v; on the planted case, the interventions on the chosen latent."""
-    import numpy as np
 
-    from featalign.analysis.attribution import decoder_vectors, encoder_stats
+    from featalign.analysis.attribution import decoder_vectors
     from featalign.analysis.success_features import (
         SuccessConfig,
         TaskData,
@@ -434,7 +433,6 @@ def success_case(
     )
     from featalign.analysis.training import train_or_load
     from featalign.evaluation import score
-    from featalign.interventions import ablate, run_intervention, steer, typical_activation
     from featalign.models import load_model
 
     cc = train_or_load(out, ("base", "rl"), x_train[:, [0, column]], hook, acfg)
@@ -465,7 +463,20 @@ def success_case(
     )
     if column != 1:
         return result
-    target = result["edited_latents"]
+    return result | success_interventions(cc, bm, rm, xe, data, scored, masks, result["edited_latents"], cfg, seed)
+
+
+def success_interventions(
+    cc, bm, rm, xe, data: dict, scored: dict, masks: dict, target, cfg: KnownAnswerConfig, seed: int
+) -> dict:
+    """Ablate the latents matching v in the planted model (on its successes, `masks`) and steer the base along
+    them, each against frequency-matched random controls (`run_intervention`); per-task rows and the verdict."""
+    import numpy as np
+
+    from featalign.analysis.attribution import encoder_stats
+    from featalign.interventions import ablate, run_intervention, steer, typical_activation
+
+    tok = bm.tokenizer
     freq = encoder_stats(cc, xe, model="rl")["firing_rate"]
 
     def steer_at(ids):  # each (control) set in units of its own typical activation in the planted model
@@ -504,9 +515,9 @@ def success_case(
             "ablate": {f: getattr(abl.tasks[t], f) for f in INTERVENTION_FIELDS},
             "steer": {f: getattr(st.tasks[t], f) for f in INTERVENTION_FIELDS},
         }
-        for t in tasks
+        for t in data
     }
-    for t in tasks:
+    for t in data:
         rows[t]["ablate"]["subset_control_deltas_range"] = [
             float(np.min(abl.tasks[t].subset_control_deltas)),
             float(np.max(abl.tasks[t].subset_control_deltas)),
@@ -515,9 +526,10 @@ def success_case(
             float(np.min(st.tasks[t].control_deltas)),
             float(np.max(st.tasks[t].control_deltas)),
         ]
-    result["edited_typical_activation"] = typical_activation(cc, xe, target, model="rl").tolist()
-    result["interventions"] = rows
-    return result | intervention_verdict(rows, cfg.n_controls)
+    return {
+        "edited_typical_activation": typical_activation(cc, xe, target, model="rl").tolist(),
+        "interventions": rows,
+    } | intervention_verdict(rows, cfg.n_controls)
 
 
 def run_seed(base: str, out: Path, cfg: KnownAnswerConfig, hook: str, seed: int) -> dict:
