@@ -74,7 +74,11 @@ def test_overlap_intervals_in_the_summary():
     assert s["overlap_95"][0] == pytest.approx([0.025 ** 0.1, 1.0])
     assert s["n_specific_last"]["count"] == 10 and s["n_specific_last"]["n"] == 60  # 10 specific of 60 alive
     lo, hi = overlap_interval(4, 10)
-    assert 0 <= lo < 0.4 < hi <= 1
+    # 4 of 10: a percentile bootstrap, whose limit is the Binomial(10, 0.4) quantiles (cdf 0.046 at 1 and 0.988
+    # at 7, far from 0.025 / 0.975, so 2000 resamples land on the same counts)
+    from scipy.stats import binom
+
+    assert (lo, hi) == pytest.approx((binom.ppf(0.025, 10, 0.4) / 10, binom.ppf(0.975, 10, 0.4) / 10))
 
 
 SMALL = dict(n_latents=64, k=4, steps=40, batch_size=256, top_k=8, eval_tokens=600, progress=False)
