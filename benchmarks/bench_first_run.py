@@ -1,6 +1,6 @@
 """The README's main job from an empty cache, timed per phase: what a user's first run costs.
 
-    python benchmarks/bench_first_run.py                  # the main job, into docs/bench/first_run.json
+    python benchmarks/bench_first_run.py                  # the main job, into docs/bench/first_run_<cpu>.json
     python benchmarks/bench_first_run.py --preset tiny --json /tmp/first_run_tiny.json   # a quick check
     python benchmarks/bench_first_run.py -- --steps 500   # extra arguments after `--` go to the job
 
@@ -22,6 +22,7 @@ paths. Run it with nothing else on the machine to measure the README's figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -92,12 +93,23 @@ def main() -> None:
         help="also keep the fresh build's eval/summary.json here (e.g. docs/data/organisms_default_<date>.json): "
         "docs/render_tables.py renders its accuracy table and the targets of docs/organisms.md from it",
     )
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="an empty (or new) folder to run in and keep: its cache/ then serves later runs as FEATALIGN_CACHE "
+        "(default: a temporary folder, removed)",
+    )
     p.add_argument("extra", nargs="*", help="arguments for the job, after `--`")
     a = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="featalign-first-run-") as tmp:
-        res = run_job(a.preset, a.extra, Path(tmp))
+    if a.keep is not None and a.keep.exists() and any(a.keep.iterdir()):
+        p.error(f"--keep {a.keep} is not empty: a first run starts from an empty cache; pass a new folder")
+    with contextlib.ExitStack() as stack:
+        work = a.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="featalign-first-run-")))
+        work.mkdir(parents=True, exist_ok=True)
+        res = run_job(a.preset, a.extra, work)
         if a.organisms_json:
-            summary = Path(tmp) / "cache" / "organisms" / a.preset / "eval" / "summary.json"
+            summary = work / "cache" / "organisms" / a.preset / "eval" / "summary.json"
             atomic_write_json(a.organisms_json, json.loads(summary.read_text()))
     res = {
         "what": "python -m featalign.train_crosscoder from an empty FEATALIGN_CACHE (README quickstart)",
@@ -108,7 +120,7 @@ def main() -> None:
         **res,
         **provenance(),
     }
-    out = a.json or ROOT / "docs" / "bench" / "first_run.json"
+    out = a.json or ROOT / "docs" / "bench" / f"first_run_{res['cpu_capability'].lower()}.json"
     atomic_write_json(out, res)
     print(json.dumps(res, indent=1))
 

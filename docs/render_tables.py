@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -144,20 +144,26 @@ def organisms_targets(path: Path) -> str:
     return "\n".join(lines)
 
 
-def first_run(path: Path) -> str:
-    """The README's first-run time, from `benchmarks/bench_first_run.py`'s JSON (a sentence saying how to
-    measure it while there is none)."""
-    if not path.exists():
+def first_run(paths: Sequence[Path]) -> str:
+    """The README's first-run time, one sentence per machine kind (`benchmarks/bench_first_run.py` writes
+    `docs/bench/first_run_<cpu capability>.json`): the same job differs by 3x between an AVX-512 and an
+    AVX2-only CPU, so a single figure would mislead on the other kind. Says how to measure while there is none."""
+    if not paths:
         return ("Not yet measured with this version: `python benchmarks/bench_first_run.py` on an otherwise idle "
-                "machine writes `docs/bench/first_run.json`, and `python docs/render_tables.py` puts it here.")
-    s = json.loads(path.read_text())
-    p = s["phases_s"]
-    return (f"Measured {s['date']} ({s['cores']} cores, load average {s['load_average_before'][0]:.1f} at the start, "
-            f"{s['cores_busy']:.2f} cores busy on average): **{s['wall_s'] / 60:.1f} minutes**: the organisms "
-            f"{p['organisms']:.0f} s (pretraining {p['organisms_pretraining']:.0f} s, post-training and evaluation "
+                "machine writes `docs/bench/first_run_<cpu>.json`, and `python docs/render_tables.py` puts it here.")
+    out = []
+    for path in paths:
+        s = json.loads(path.read_text())
+        p = s["phases_s"]
+        out.append(
+            f"- {s.get('cpu_capability', 'unknown')} CPU, measured {s['date']} ({s['cores']} cores, load average "
+            f"{s['load_average_before'][0]:.1f} at the start, {s['cores_busy']:.2f} cores busy on average): "
+            f"**{s['wall_s'] / 60:.1f} minutes**: the organisms {p['organisms']:.0f} s (pretraining "
+            f"{p['organisms_pretraining']:.0f} s, post-training and evaluation "
             f"{p['organisms_post_training_and_eval']:.0f} s), caching the activations {p['activations_caching']:.0f} s, "
             f"training the crosscoder {p['crosscoder_training']:.0f} s, its evaluation {p['crosscoder_evaluation']:.0f} s "
-            f"(`docs/bench/first_run.json`).")
+            f"(`docs/bench/{path.name}`).")
+    return "\n".join(out)
 
 
 def real_models_plan(path: Path) -> str:
@@ -355,7 +361,7 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  DOCS / "data" / "organisms_default_2026-12-02_rl_shards.json"),
              "organisms-targets-2026-12-02-rl-shards": lambda: organisms_targets(
                  DOCS / "data" / "organisms_default_2026-12-02_rl_shards.json"),
-             "first-run": lambda: first_run(BENCH / "first_run.json"),
+             "first-run": lambda: first_run(sorted(BENCH.glob("first_run_*.json"))),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json"),
              "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json"),
              "known-answers-success": lambda: known_answers_success(DOCS / "data" / "known_answers_success.json")}

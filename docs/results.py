@@ -490,8 +490,14 @@ def pair_row(runs: list[dict], pw: Callable[[dict], dict], label: str, iv: Calla
     )
 
 
-def q1_section(runs: list[dict]) -> str:
+def q1_section(runs: list[dict], with_variants: bool = False) -> str:
     q = lambda r: r["analysis"]["q1"]
+    l1_note = (
+        "The L1 loss (`--variant l1`, the published one) is compared with BatchTopK in "
+        '"Q1 by crosscoder variant" below.'
+        if with_variants
+        else "The L1 comparison (`--variant l1`, the published loss) is not part of these runs."
+    )
     iv = lambda get: lambda r: f"{count(get(r)['count'])} {ci(get(r)['low'], get(r)['high'])}"
     rows = [pair_row(runs, lambda r, key=key: q(r)["pairwise"][key], label, iv) for key, label in PAIRS]
     diff = lambda name, above, below: over_seeds(
@@ -567,8 +573,7 @@ Figures: `figures/nrn_hist.png`, `figures/specific_counts.png`, `figures/mas_his
 
 Published ({pub["source"]}): SFT has *many highly specialised* features, RL *few extreme* ones. The
 spread of NRN (sd column) is the graded version of that contrast; the disjoint-halves null shows what the
-crosscoders find when the two sides really differ. The L1 comparison (`--variant l1`, the published loss)
-is not part of these runs."""
+crosscoders find when the two sides really differ. {l1_note}"""
 
 
 TWO_TEST_ANSWER = {
@@ -1043,6 +1048,117 @@ relative to the organisms folder or the run's `--out`) in `docs/data/results/see
 `tests/test_docs.py` fails when this page differs from `render` of those files."""
 
 
+VARIANTS = DATA / "variants"
+
+
+def collect_variant(analysis: Path, organisms: Path, seed: int) -> dict:
+    """One `python -m featalign.analyze --stages controls --variant V --seed S` run's Q1 record (the
+    attribution, the pairwise counts and their base-vs-base nulls), with the build it ran on."""
+    r = json.loads((Path(analysis) / "report.json").read_text())
+    if r["config"].get("seed") != seed:
+        raise ValueError(f"{analysis} ran with --seed {r['config'].get('seed')}, not {seed}")
+    org = Path(organisms).resolve()
+    roots = [("organisms", org), ("out", Path(analysis).resolve())]
+    part = {
+        **pick(r, ("config", "hook", "attribution", "timings_s")),
+        "stamp": stamp(r),
+        "q1": r["q1_specific_latents"],
+    }
+    o = compact_organisms(org)
+    rec = {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "variant": r["config"]["variant"],
+        "analysis": strip_paths(part, roots),
+        "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary")}, roots),
+    }
+    left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
+    if left:
+        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
+    return rec
+
+
+def load_variants(folder: Path = VARIANTS) -> dict[str, list[dict]]:
+    """{variant: its seed records by seed} from `folder/<variant>-seed-<S>.json`, all on one build."""
+    recs = sorted((json.loads(p.read_text()) for p in folder.glob("*-seed-*.json")), key=lambda r: r["seed"])
+    builds = {json.dumps(r["organisms"]["provenance"], sort_keys=True) for r in recs}
+    if len(builds) > 1:
+        raise ValueError(f"{folder}: the variant runs come from {len(builds)} organisms builds; a table shows one")
+    out: dict[str, list[dict]] = {}
+    for r in recs:
+        out.setdefault(r["variant"], []).append(r)
+    return dict(sorted(out.items()))
+
+
+def variant_verdicts(runs: list[dict]) -> tuple[Verdict, bool]:
+    """SFT − RL tuned-only over seeds, and whether the disjoint-halves null found specific latents in
+    every seed (the positive control of this question)."""
+    q = lambda r: r["analysis"]["q1"]
+    only = over_seeds(
+        runs,
+        lambda r: interval_rule(
+            q(r)["pairwise_sft_minus_rl_tuned_only"]["low"],
+            q(r)["pairwise_sft_minus_rl_tuned_only"]["high"],
+            "more SFT-specific latents",
+            "more RL-specific latents",
+            lambda x: signed(x, 0),
+        ),
+    )
+    can_find = all(q(r)["pairwise"]["control-disjoint"]["tuned_only"]["low"] > 0 for r in runs)
+    return only, can_find
+
+
+def variants_section(by_variant: dict[str, list[dict]]) -> str:
+    """Q1 by crosscoder variant on one build (`docs/data/results/variants/`): empty when there are none."""
+    if not by_variant:
+        return ""
+    q = lambda r: r["analysis"]["q1"]
+    iv = lambda get: lambda r: f"{count(get(r)['count'])} {ci(get(r)['low'], get(r)['high'])}"
+    att = lambda r: r["analysis"]["attribution"]
+    trio = lambda r, k: q(r)["trio_after_latent_scaling"][k]["count"]
+    rows, lines = [], []
+    for variant, runs in by_variant.items():
+        for key, label in PAIRS:
+            pw = lambda r, key=key: q(r)["pairwise"][key]
+            rows.append(
+                [f"{variant}: {label}", cell(runs, lambda r, pw=pw: pw(r)["n_alive"], count)]
+                + [
+                    cell(runs, lambda r, c=c, pw=pw: pw(r)[c]["count"], count, iv(lambda r, c=c, pw=pw: pw(r)[c]))
+                    for c in ("tuned_only", "tuned_lean")
+                ]
+                + [cell(runs, lambda r, pw=pw: pw(r)["nrn_sd"], lambda x: num(x, 3))]
+            )
+        only, can_find = variant_verdicts(runs)
+        lines.append(
+            f"- **{variant}** (seeds {', '.join(str(r['seed']) for r in runs)}): SFT − RL tuned-only: {only.text}. "
+            + (
+                "The disjoint-halves null's tuned-only interval is above 0 in every seed, so this variant does "
+                "find specific latents when the two sides differ. "
+                if can_find
+                else "The disjoint-halves null finds no specific latent in some seed, so this variant cannot "
+                "tell there. "
+            )
+            + f"Latent Scaling flagged {cell(runs, lambda r: att(r)['n_artifacts'], count)} artifacts of "
+            f"{cell(runs, lambda r: q(r)['n_alive'], count)} alive trio latents; after it the trio has "
+            f"{cell(runs, lambda r: trio(r, 'rl-only'), count)} rl-only and "
+            f"{cell(runs, lambda r: trio(r, 'sft-only'), count)} sft-only latents."
+        )
+    first = next(iter(by_variant.values()))[0]
+    build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
+    a = first["analysis"]["config"]
+    return f"""## Q1 by crosscoder variant: the L1 loss next to BatchTopK
+
+The same question with the published loss (`--variant l1`, sparsity coefficient {a["sparsity_coef"]:g}) and with
+BatchTopK (k = {a["k"]}), each over crosscoder seeds, on **another build** of the same recipe than the tables
+above (build stamp: {build}), so compare the variants with each other, not with the tables above. Each run:
+`python -m featalign.analyze --stages controls --variant V --seed S` (the attribution, the pairwise
+crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]} steps.
+
+{table(["variant: crosscoder (pairwise)", "alive", "tuned-only (NRN ≥ 0.9)", "tuned-leaning (≥ 0.6)", "sd(NRN)"], rows)}
+
+{chr(10).join(lines)}"""
+
+
 PREDICTION = DATA / "transfer_prediction.json"
 PREDICTION_TRANSFERS = (("rl_delta", "RL transfer (accuracy delta)"), ("sft_delta", "SFT transfer (accuracy delta)"))
 
@@ -1145,17 +1261,19 @@ def load_prediction(path: Path = PREDICTION) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def render(runs: list[dict], prediction: dict | None = None) -> str:
-    """The whole page from the seed records (as `load_runs` returns them) and the transfer-prediction record."""
+def render(runs: list[dict], prediction: dict | None = None, variants: dict[str, list[dict]] | None = None) -> str:
+    """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record and
+    the variant runs (as `load_variants` returns them)."""
     parts = [
         header(runs),
         organisms_section(runs),
-        q1_section(runs),
+        q1_section(runs, bool(variants)),
         q2_section(runs),
         q3_section(runs),
         q4_section(runs),
         transfer_section(runs),
         prediction_section(prediction),
+        variants_section(variants or {}),
         times_section(runs),
         FOOTER,
     ]
@@ -1164,7 +1282,7 @@ def render(runs: list[dict], prediction: dict | None = None) -> str:
 
 def render_page() -> str:
     """docs/results.md as the committed JSON says it should be."""
-    return render(load_runs(DATA), load_prediction(DATA / PREDICTION.name))
+    return render(load_runs(DATA), load_prediction(DATA / PREDICTION.name), load_variants(VARIANTS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1181,6 +1299,13 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--run", type=Path, required=True, help="the run's --out folder")
     cp.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
     cp.add_argument("--data", type=Path, default=DATA)
+    cv = sub.add_parser(
+        "collect-variant", help="one analyze --stages controls run -> docs/data/results/variants/<variant>-seed-S.json"
+    )
+    cv.add_argument("--analysis", type=Path, required=True, help="the run's --out folder")
+    cv.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
+    cv.add_argument("--seed", type=int, required=True)
+    cv.add_argument("--data", type=Path, default=VARIANTS)
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
@@ -1197,7 +1322,13 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(a.data / PREDICTION.name, collect_prediction(a.run, a.organisms))
         print(f"wrote {a.data / PREDICTION.name}")
         return 0
-    text = render(load_runs(a.data), load_prediction(a.data / PREDICTION.name))
+    if a.verb == "collect-variant":
+        rec = collect_variant(a.analysis, a.organisms, a.seed)
+        path = a.data / f"{rec['variant']}-seed-{a.seed}.json"
+        atomic_write_json(path, rec)
+        print(f"wrote {path}")
+        return 0
+    text = render(load_runs(a.data), load_prediction(a.data / PREDICTION.name), load_variants(a.data / "variants"))
     if a.check:
         if a.page.read_text() != text:
             print(f"{a.page} disagrees with {a.data}: run python docs/results.py render")

@@ -1,4 +1,11 @@
-"""Shared fixtures: the tiny organisms are built once per test session (about 10 s on 2 cores)."""
+"""Shared fixtures: the tiny organisms are built once per test session (about 10 s on 2 cores).
+
+The suite runs on every core (pytest-xdist, `-n auto` in pyproject.toml): each test runs torch on one
+thread, so two workers on two cores halve the wall time. Each worker gets its own FEATALIGN_CACHE
+subfolder, so no two workers build the same organisms folder at once; `-n 0` runs serially. Tests
+marked `slow` (minutes each) are handed out first, so they run beside the many short ones rather than
+after them, alone on one core at the end.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,21 @@ import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("FEATALIGN_TEST_THREADS", "1")))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    from featalign.organisms.config import CACHE_ENV, default_cache_dir
+
+    os.environ[CACHE_ENV] = str(default_cache_dir() / f"xdist-{os.environ['PYTEST_XDIST_WORKER']}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, those with the longest own timeout first among them; the rest as collected."""
+
+    def own_timeout(item) -> float:
+        m = item.get_closest_marker("timeout")
+        return float(m.args[0]) if m and m.args else 0.0
+
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, -own_timeout(item)))
 
 
 @pytest.fixture(scope="session")

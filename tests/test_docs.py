@@ -699,8 +699,8 @@ def test_first_run_time_is_rendered_from_the_benchmark_json(tmp_path):
     mod_spec.loader.exec_module(render)
     readme = (ROOT / "README.md").read_text()
     assert "<!-- table:first-run -->" in readme and render.render(readme) == readme
-    assert "Not yet measured" in render.first_run(tmp_path / "absent.json")
-    f = tmp_path / "first_run.json"
+    assert "Not yet measured" in render.first_run([])
+    f = tmp_path / "first_run_avx2.json"
     phases = {
         "organisms": 300.0,
         "organisms_pretraining": 200.0,
@@ -713,6 +713,7 @@ def test_first_run_time_is_rendered_from_the_benchmark_json(tmp_path):
         json.dumps(
             {
                 "date": "2026-12-03",
+                "cpu_capability": "AVX2",
                 "cores": 2,
                 "load_average_before": [0.1, 0.2, 0.3],
                 "cores_busy": 1.8,
@@ -721,5 +722,10 @@ def test_first_run_time_is_rendered_from_the_benchmark_json(tmp_path):
             }
         )
     )
-    text = render.first_run(f)
-    assert "**9.0 minutes**" in text and "pretraining 200 s" in text and "caching the activations 80 s" in text
+    g = tmp_path / "first_run_avx512.json"
+    g.write_text(json.dumps({**json.loads(f.read_text()), "cpu_capability": "AVX512", "wall_s": 300.0}))
+    text = render.first_run([f, g])
+    first, second = text.splitlines()
+    assert first.startswith("- AVX2 CPU") and "**9.0 minutes**" in first and "pretraining 200 s" in first
+    assert "caching the activations 80 s" in first and "first_run_avx2.json" in first
+    assert second.startswith("- AVX512 CPU") and "**5.0 minutes**" in second

@@ -29,6 +29,7 @@ def recipe() -> str:
     return m.group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_recipe_runs_end_to_end(tmp_path):
     base = tiny_random_model("qwen2", tmp_path / "base", seed=0)

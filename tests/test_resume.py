@@ -104,6 +104,7 @@ def _rerun_equals(argv: list[str], out: Path, reference: dict[str, str], what: s
     assert not differ, f"{what}: contents differ in {differ}"
 
 
+@pytest.mark.slow
 def test_organisms_build_killed_during_post_training(tiny_organisms, tmp_path):
     """The reference is the session's uninterrupted build (same preset, same seed)."""
     out = tmp_path / "org"
@@ -114,6 +115,7 @@ def test_organisms_build_killed_during_post_training(tiny_organisms, tmp_path):
     _rerun_equals(argv, out, tree(tiny_organisms.root), what)
 
 
+@pytest.mark.slow
 def test_cache_killed_while_caching(tiny_organisms, tmp_path):
     trio = tiny_organisms.default_trio()
     common = [a for n, p in trio.items() for a in ("--model", f"{n}={p}")] + [
@@ -127,6 +129,7 @@ def test_cache_killed_while_caching(tiny_organisms, tmp_path):
     _rerun_equals(argv, out, reference, what)
 
 
+@pytest.mark.slow
 def test_train_crosscoder_interrupted_with_ctrl_c(tmp_path):
     """SIGINT: the one-line "interrupted — rerun the same command to resume", exit 130, then the rerun."""
     import torch
@@ -149,6 +152,7 @@ def test_train_crosscoder_interrupted_with_ctrl_c(tmp_path):
     _rerun_equals(argv, out, reference, what)
 
 
+@pytest.mark.slow
 def test_analyze_killed_while_training_crosscoders(tiny_organisms, tmp_path):
     common = ["--organisms-dir", str(tiny_organisms.root), "--stages", "attribution,controls", "--n-tokens", "2000",
               "--eval-tokens", "600", "--n-latents", "32", "--k", "4", "--steps", "300", "--batch-size", "256",
@@ -174,12 +178,14 @@ def _example_killed_and_rerun(script: str, common: list[str], out: Path, max_del
     _rerun_equals(argv, out, reference, what)
 
 
+@pytest.mark.slow
 def test_drift_example_killed_while_training_crosscoders(tiny_organisms, tmp_path):
     common = ["--organisms-dir", str(tiny_organisms.root), "--n-tokens", "2000", "--eval-tokens", "1000",
               "--n-latents", "64", "--steps", "200", "--top-k", "8", "--progress", "false"]
     _example_killed_and_rerun("reproduce_drift.py", common, tmp_path / "drift", max_delay_s=8.0)
 
 
+@pytest.mark.slow
 def test_feature_interventions_example_killed_and_rerun(tiny_organisms, tmp_path):
     # the RL model in the rl role: it beats the base on bool and modsum (tests/organisms/test_build.py)
     common = ["--model", f"base={tiny_organisms.base_dir}", "--model", f"rl={tiny_organisms.model_dir('rl')}",
@@ -190,6 +196,7 @@ def test_feature_interventions_example_killed_and_rerun(tiny_organisms, tmp_path
     _example_killed_and_rerun("reproduce_feature_interventions.py", common, tmp_path / "fi", max_delay_s=10.0)
 
 
+@pytest.mark.slow
 def test_transfer_example_killed_and_rerun(tiny_organisms, tmp_path):
     """Killed while it post-trains the extra domain in its copy of the organisms, rerun."""
     common = ["--organisms-dir", str(tiny_organisms.root), "--domains", "add,count", "--n-prompts", "40"]
