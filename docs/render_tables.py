@@ -83,6 +83,39 @@ def organisms_structured(path: Path, timings: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+def structured_target(tr: dict) -> tuple[bool, bool, bool]:
+    """Issue 14's targets on one structured build's transfer summary: RL gains on the structure-sharing domains
+    (same_family OR interval above 1), not on the others (other_families interval not above 1), and SFT
+    forgets somewhere (its out-of-domain interval below 1)."""
+    rl, sft = tr["rl"]["cmh"], tr["sft"]["cmh"]
+    return rl["same_family"]["ci_low"] > 1, rl["other_families"]["ci_low"] <= 1, sft["out_of_domain"]["ci_high"] < 1
+
+
+def organisms_structured_seeds(paths: Sequence[Path]) -> str:
+    """The structured preset over organism seeds (one `eval/summary.json` per build, `--seed S`): per build the
+    pooled CMH odds ratios that carry the targets, and in how many builds each target holds."""
+    builds = [json.loads(p.read_text()) for p in paths]
+    head = ["seed", "CPU", "RL same family", "RL other families", "RL out of domain", "SFT out of domain",
+            "RL same-family gain / none elsewhere / SFT forgets"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    met = []
+    for s in sorted(builds, key=lambda b: (b["config"]["seed"], b.get("cpu_capability", ""))):
+        rl, sft = s["transfer"]["rl"]["cmh"], s["transfer"]["sft"]["cmh"]
+        ok = structured_target(s["transfer"])
+        met.append(ok)
+        lines.append(f"| {s['config']['seed']} | {s.get('cpu_capability', '?')} | {_ci(rl['same_family'])} | "
+                     f"{_ci(rl['other_families'])} | {_ci(rl['out_of_domain'])} | {_ci(sft['out_of_domain'])} | "
+                     + " / ".join("yes" if x else "**no**" for x in ok) + " |")
+    n = len(met)
+    ors = [b["transfer"]["rl"]["cmh"]["same_family"]["odds_ratio"] for b in builds]
+    counts = [sum(m[i] for m in met) for i in range(3)]
+    lines += ["", f"CMH odds ratio [95% CI] vs the base, pooled over each scope's domains; {n} builds. RL's "
+              f"same-family interval is above 1 in {counts[0]} of {n} builds (odds ratio {min(ors):.2f} to "
+              f"{max(ors):.2f}); its other-families interval is not above 1 in {counts[1]} of {n}; SFT's "
+              f"out-of-domain interval is below 1 in {counts[2]} of {n}."]
+    return "\n".join(lines)
+
+
 def organisms_transfer_rows(path: Path) -> str:
     """The transfer matrix of a build with several post-training domains: accuracy delta vs base (points) per
     (kind, training domain) and eval domain, under the base's accuracy and right-answer-then-'.' share."""
@@ -350,6 +383,9 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
              "organisms-structured": lambda: organisms_structured(DOCS / "data" / "organisms_structured_summary.json",
                                                                 DOCS / "data" / "organisms_structured_timings.json"),
+             "organisms-structured-seeds": lambda: organisms_structured_seeds(
+                 [DOCS / "data" / "organisms_structured_summary.json",
+                  *sorted((DOCS / "data").glob("organisms_structured_seed-*.json"))]),
              "organisms-structured-rollouts": lambda: organisms_rollouts(
                  DOCS / "data" / "organisms_structured_rollouts.json"),
              "organisms-structured-countd-largest": lambda: organisms_transfer_rows(

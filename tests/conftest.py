@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny organisms are built once per test session (about 10 s on 2 cores).
+"""Shared fixtures: the tiny organisms are built once per test session (about 10 s on 2 cores; under
+pytest-xdist once for all workers).
 
 The suite runs on every core (pytest-xdist, `-n auto` in pyproject.toml): each test runs torch on one
 thread, so two workers on two cores halve the wall time. Each worker gets its own FEATALIGN_CACHE
@@ -38,8 +39,21 @@ def tiny_organisms(tmp_path_factory):
     from featalign.organisms import preset_config
     from featalign.organisms.build import build_organisms
 
-    root = tmp_path_factory.mktemp("organisms") / "tiny"
-    return build_organisms(preset_config("tiny"), root, workers=2)  # parallel, whatever the machine
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.mktemp("organisms") / "tiny"
+        return build_organisms(preset_config("tiny"), root, workers=2)  # parallel, whatever the machine
+    from filelock import FileLock
+
+    # one build for all workers (the session's shared temp folder): the first builds, the others wait and open it
+    shared = tmp_path_factory.getbasetemp().parent / "organisms-shared"
+    shared.mkdir(exist_ok=True)
+    from featalign.organisms.build import Organisms
+
+    root = shared / "tiny"
+    with FileLock(str(shared / "tiny.lock")):
+        if (root / "config.json").exists() and Organisms.open(root).is_complete():
+            return Organisms.open(root)
+        return build_organisms(preset_config("tiny"), root, workers=2)
 
 
 @pytest.fixture(scope="session")

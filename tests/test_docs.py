@@ -530,6 +530,52 @@ def test_results_refuse_seeds_from_two_builds(tmp_path):
         res.load_runs(tmp_path)
 
 
+def _variant_record(variant, seed, sft_minus_rl, disjoint_low, provenance="0"):
+    """A Q1-by-variant record by hand: a `_hand_record`'s analysis part under another variant."""
+    rec = _hand_record(seed)
+    a = rec["analysis"]
+    a["config"] = {**a["config"], "variant": variant, "sparsity_coef": 2.0}
+    a["q1"]["pairwise_sft_minus_rl_tuned_only"] = {"low": sft_minus_rl[0], "high": sft_minus_rl[1]}
+    a["q1"]["pairwise"]["control-disjoint"]["tuned_only"] = _iv(50, disjoint_low, 60)
+    return {
+        "format_version": 1,
+        "seed": seed,
+        "variant": variant,
+        "analysis": {k: a[k] for k in ("config", "stamp", "hook", "attribution", "q1", "timings_s")},
+        "organisms": {**rec["organisms"], "provenance": {"featalign_version": provenance}},
+    }
+
+
+def test_results_variants_section_follows_the_intervals(tmp_path):
+    """Q1 by variant: one table row per variant x crosscoder, a verdict per variant from its own seeds'
+    intervals, the positive control's verdict, and runs from two builds refused."""
+    import json
+
+    res = _results()
+    recs = [
+        _variant_record("l1", 0, (1, 9), 10),
+        _variant_record("l1", 1, (2, 7), 12),
+        _variant_record("batchtopk", 0, (-3, 2), 0),
+        _variant_record("batchtopk", 1, (-1, 4), 5),
+    ]
+    for r in recs:
+        (tmp_path / f"{r['variant']}-seed-{r['seed']}.json").write_text(json.dumps(r))
+    by_variant = res.load_variants(tmp_path)
+    assert list(by_variant) == ["batchtopk", "l1"] and [r["seed"] for r in by_variant["l1"]] == [0, 1]
+    text = res.variants_section(by_variant)
+    l1 = next(ln for ln in text.splitlines() if ln.startswith("- **l1**"))
+    btk = next(ln for ln in text.splitlines() if ln.startswith("- **batchtopk**"))
+    assert "the same in all 2 seeds" in l1 and "more SFT-specific latents" in l1 and "does find specific" in l1
+    assert "no evidence of a difference" in btk and "cannot tell there" in btk  # seed 0's control is at 0
+    rows = [ln for ln in text.splitlines() if ln.startswith("| l1: ") or ln.startswith("| batchtopk: ")]
+    assert len(rows) == 2 * len(res.PAIRS)
+    assert res.variants_section({}) == ""
+    other = _variant_record("l1", 2, (1, 9), 10, provenance="another build")
+    (tmp_path / "l1-seed-2.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="2 organisms builds"):
+        res.load_variants(tmp_path)
+
+
 def _example(name):
     import sys
 
@@ -625,6 +671,13 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in row
     with pytest.raises(ValueError, match="--seed 0, not 1"):
         res.collect(**dirs, seed=1)
+    # the same analysis run as a Q1-by-variant record: its numbers are the run's, and the page shows them
+    var = res.collect_variant(out / "analysis", root, seed=0)
+    assert var["variant"] == "batchtopk" and var["analysis"]["q1"] == report["q1_specific_latents"]
+    assert str(tmp_path) not in json.dumps(var) and str(root) not in json.dumps(var)
+    section = res.variants_section({"batchtopk": [var]})
+    alive = report["q1_specific_latents"]["pairwise"]["base-vs-rl"]["n_alive"]
+    assert f"| batchtopk: base vs RL | {alive} |" in section
 
 
 def test_known_answers_page_agrees_with_its_json():
@@ -633,7 +686,9 @@ def test_known_answers_page_agrees_with_its_json():
     mod_spec.loader.exec_module(render)
     page = (ROOT / "docs" / "known_answers.md").read_text()
     assert "<!-- table:known-answers -->" in page and "<!-- table:known-answers-success -->" in page
-    assert render.render(page) == page, "docs/known_answers.md disagrees with docs/data: run python docs/render_tables.py"
+    assert render.render(page) == page, (
+        "docs/known_answers.md disagrees with docs/data: run python docs/render_tables.py"
+    )
     data = json.loads((ROOT / "docs" / "data" / "known_answers.json").read_text())
     power = data["summary"]["drift"]["power"]
     row = f"{power['k']}/{power['n']} [{power['low']:.2f}, {power['high']:.2f}]"
@@ -729,3 +784,37 @@ def test_first_run_time_is_rendered_from_the_benchmark_json(tmp_path):
     assert first.startswith("- AVX2 CPU") and "**9.0 minutes**" in first and "pretraining 200 s" in first
     assert "caching the activations 80 s" in first and "first_run_avx2.json" in first
     assert second.startswith("- AVX512 CPU") and "**5.0 minutes**" in second
+
+
+def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
+    """One row per structured build; each target is judged on that build's own intervals and counted."""
+    mod_spec = importlib.util.spec_from_file_location("featalign_docs_render", ROOT / "docs" / "render_tables.py")
+    render = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(render)
+
+    def c(odds, lo, hi):
+        return {"odds_ratio": odds, "ci_low": lo, "ci_high": hi}
+
+    def build(seed, same, other, sft_out):
+        rl = {"same_family": same, "other_families": other, "out_of_domain": c(1.1, 1.0, 1.2)}
+        sft = {"out_of_domain": sft_out}
+        return {
+            "config": {"seed": seed},
+            "cpu_capability": "AVX2",
+            "transfer": {"rl": {"cmh": rl}, "sft": {"cmh": sft}},
+        }
+
+    builds = [
+        build(0, c(1.8, 1.5, 2.1), c(0.9, 0.8, 1.05), c(0.3, 0.2, 0.4)),  # every target met
+        build(1, c(1.2, 0.95, 1.5), c(1.3, 1.1, 1.5), c(0.9, 0.8, 1.02)),  # none met
+    ]
+    paths = []
+    for b in builds:
+        paths.append(tmp_path / f"organisms_structured_seed-{b['config']['seed']}.json")
+        paths[-1].write_text(json.dumps(b))
+    text = render.organisms_structured_seeds(paths)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 0 ") or ln.startswith("| 1 ")]
+    assert rows[0].endswith("| yes / yes / yes |") and "1.80 [1.50, 2.10]" in rows[0]
+    assert rows[1].endswith("| **no** / **no** / **no** |")
+    assert "above 1 in 1 of 2 builds (odds ratio 1.20 to 1.80)" in text
+    assert "not above 1 in 1 of 2" in text and "below 1 in 1 of 2" in text
