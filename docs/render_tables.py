@@ -397,6 +397,10 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  DOCS / "data" / "organisms_default_2026-12-02_rl_shards.json"),
              "organisms-targets-2026-12-02-rl-shards": lambda: organisms_targets(
                  DOCS / "data" / "organisms_default_2026-12-02_rl_shards.json"),
+             "organisms-default-2026-12-07-avx2": lambda: organisms_build(
+                 DOCS / "data" / "organisms_default_2026-12-07_avx2.json"),
+             "organisms-targets-2026-12-07-avx2": lambda: organisms_targets(
+                 DOCS / "data" / "organisms_default_2026-12-07_avx2.json"),
              "first-run": lambda: first_run(sorted(BENCH.glob("first_run_*.json"))),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json"),
              "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json"),
