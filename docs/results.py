@@ -1052,11 +1052,16 @@ VARIANTS = DATA / "variants"
 
 
 def collect_variant(analysis: Path, organisms: Path, seed: int) -> dict:
-    """One `python -m featalign.analyze --stages controls --variant V --seed S` run's Q1 record (the
+    """One `python -m featalign.analyze --stages attribution,controls --variant V --seed S` run's Q1 record (the
     attribution, the pairwise counts and their base-vs-base nulls), with the build it ran on."""
     r = json.loads((Path(analysis) / "report.json").read_text())
     if r["config"].get("seed") != seed:
         raise ValueError(f"{analysis} ran with --seed {r['config'].get('seed')}, not {seed}")
+    missing = [k for k in ("attribution", "q1_specific_latents") if k not in r]
+    if missing or "trio_after_latent_scaling" not in r["q1_specific_latents"]:
+        raise ValueError(
+            f"{analysis}/report.json lacks {missing or 'the trio counts'}: rerun it with --stages attribution,controls"
+        )
     org = Path(organisms).resolve()
     roots = [("organisms", org), ("out", Path(analysis).resolve())]
     part = {
@@ -1151,7 +1156,7 @@ def variants_section(by_variant: dict[str, list[dict]]) -> str:
 The same question with the published loss (`--variant l1`, sparsity coefficient {a["sparsity_coef"]:g}) and with
 BatchTopK (k = {a["k"]}), each over crosscoder seeds, on **another build** of the same recipe than the tables
 above (build stamp: {build}), so compare the variants with each other, not with the tables above. Each run:
-`python -m featalign.analyze --stages controls --variant V --seed S` (the attribution, the pairwise
+`python -m featalign.analyze --stages attribution,controls --variant V --seed S` (the attribution, the pairwise
 crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]} steps.
 
 {table(["variant: crosscoder (pairwise)", "alive", "tuned-only (NRN ≥ 0.9)", "tuned-leaning (≥ 0.6)", "sd(NRN)"], rows)}
@@ -1300,7 +1305,8 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
     cp.add_argument("--data", type=Path, default=DATA)
     cv = sub.add_parser(
-        "collect-variant", help="one analyze --stages controls run -> docs/data/results/variants/<variant>-seed-S.json"
+        "collect-variant",
+        help="one analyze --stages attribution,controls run -> docs/data/results/variants/<variant>-seed-S.json",
     )
     cv.add_argument("--analysis", type=Path, required=True, help="the run's --out folder")
     cv.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")

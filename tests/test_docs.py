@@ -574,6 +574,12 @@ def test_results_variants_section_follows_the_intervals(tmp_path):
     (tmp_path / "l1-seed-2.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="2 organisms builds"):
         res.load_variants(tmp_path)
+    # a run without the attribution stage (`--stages controls` alone) is refused with the flag that fixes it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({"config": {"seed": 0}, "q1_specific_latents": {"pairwise": {}}}))
+    with pytest.raises(ValueError, match="--stages attribution,controls"):
+        res.collect_variant(run, tmp_path, seed=0)
 
 
 def _example(name):
