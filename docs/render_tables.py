@@ -95,15 +95,19 @@ def organisms_structured_seeds(paths: Sequence[Path]) -> str:
     """The structured preset over organism seeds (one `eval/summary.json` per build, `--seed S`): per build the
     pooled CMH odds ratios that carry the targets, and in how many builds each target holds."""
     builds = [json.loads(p.read_text()) for p in paths]
-    head = ["seed", "CPU", "RL same family", "RL other families", "RL out of domain", "SFT out of domain",
-            "RL same-family gain / none elsewhere / SFT forgets"]
+    head = ["seed", "CPU", "base: answer + '.' on the same family (%)", "RL same family", "RL other families",
+            "RL out of domain", "SFT out of domain", "RL same-family gain / none elsewhere / SFT forgets"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     met = []
     for s in sorted(builds, key=lambda b: (b["config"]["seed"], b.get("cpu_capability", ""))):
         rl, sft = s["transfer"]["rl"]["cmh"], s["transfer"]["sft"]["cmh"]
         ok = structured_target(s["transfer"])
         met.append(ok)
-        lines.append(f"| {s['config']['seed']} | {s.get('cpu_capability', '?')} | {_ci(rl['same_family'])} | "
+        (train,) = s["config"]["post_train_domains"]
+        family = s["domains"][train]["family"]
+        same = [d for d in s["config"]["pretrain_domains"] if d != train and s["domains"][d]["family"] == family]
+        dots = ", ".join(f"{d} {100 * s['sloppy_stop_share']['base'][d]:.1f}" for d in same)
+        lines.append(f"| {s['config']['seed']} | {s.get('cpu_capability', '?')} | {dots} | {_ci(rl['same_family'])} | "
                      f"{_ci(rl['other_families'])} | {_ci(rl['out_of_domain'])} | {_ci(sft['out_of_domain'])} | "
                      + " / ".join("yes" if x else "**no**" for x in ok) + " |")
     n = len(met)
@@ -113,6 +117,27 @@ def organisms_structured_seeds(paths: Sequence[Path]) -> str:
               f"same-family interval is above 1 in {counts[0]} of {n} builds (odds ratio {min(ors):.2f} to "
               f"{max(ors):.2f}); its other-families interval is not above 1 in {counts[1]} of {n}; SFT's "
               f"out-of-domain interval is below 1 in {counts[2]} of {n}."]
+    return "\n".join(lines)
+
+
+def hook_choice(path: Path) -> str:
+    """`--hook auto`'s measurement on a model set (report.json `hook_choice`, kept with the build's stamp): per
+    block the relative change r of each tuned model and their mean, with 95% intervals, and the block chosen."""
+    s = json.loads(path.read_text())
+    table, choice = s["hook_choice"]["table"], s["hook_choice"]["choice"]
+    models = list(table["per_model"])
+    head = ["block", *(f"r {m} [95% CI]" for m in models), "r mean over tuned [95% CI]", "chosen"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    iv = lambda m, lo_hi: f"{m:.3f} [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+    for h, hook in enumerate(table["hooks"]):
+        cells = [hook] + [iv(table["per_model"][m]["mean"][h], table["per_model"][m]["mean_95"][h]) for m in models]
+        cells += [iv(table["mean_over_tuned"][h], table["mean_over_tuned_95"][h])]
+        cells += ["**yes**" if hook == choice["hook"] else ("not a candidate" if h not in choice["candidates"] else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    clear = "above" if choice.get("clear") else "not above"
+    stamp = ", ".join(f"{k} {v}" for k, v in sorted(s["stamp"].items()))
+    lines += ["", f"{table['n_tokens']:,} tokens; the chosen block's interval is {clear} every other candidate's. "
+              f"Default hook of this model: `{s['default_hook']}`. Stamp: {stamp}."]
     return "\n".join(lines)
 
 
@@ -401,6 +426,7 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
                  DOCS / "data" / "organisms_default_2026-12-07_avx2.json"),
              "organisms-targets-2026-12-07-avx2": lambda: organisms_targets(
                  DOCS / "data" / "organisms_default_2026-12-07_avx2.json"),
+             "hook-auto-default-avx2": lambda: hook_choice(DOCS / "data" / "hook_auto_default_2026-12-07_avx2.json"),
              "first-run": lambda: first_run(sorted(BENCH.glob("first_run_*.json"))),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json"),
              "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json"),

@@ -805,7 +805,9 @@ def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
         rl = {"same_family": same, "other_families": other, "out_of_domain": c(1.1, 1.0, 1.2)}
         sft = {"out_of_domain": sft_out}
         return {
-            "config": {"seed": seed},
+            "config": {"seed": seed, "post_train_domains": ["a"], "pretrain_domains": ["a", "b", "c"]},
+            "domains": {"a": {"family": "f"}, "b": {"family": "f"}, "c": {"family": "g"}},
+            "sloppy_stop_share": {"base": {"a": 0.5, "b": 0.25, "c": 0.0}},
             "cpu_capability": "AVX2",
             "transfer": {"rl": {"cmh": rl}, "sft": {"cmh": sft}},
         }
@@ -821,6 +823,7 @@ def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
     text = render.organisms_structured_seeds(paths)
     rows = [ln for ln in text.splitlines() if ln.startswith("| 0 ") or ln.startswith("| 1 ")]
     assert rows[0].endswith("| yes / yes / yes |") and "1.80 [1.50, 2.10]" in rows[0]
+    assert rows[0].startswith("| 0 | AVX2 | b 25.0 | ")  # the trained domain's family, without the trained domain
     assert rows[1].endswith("| **no** / **no** / **no** |")
     assert "above 1 in 1 of 2 builds (odds ratio 1.20 to 1.80)" in text
     assert "not above 1 in 1 of 2" in text and "below 1 in 1 of 2" in text
