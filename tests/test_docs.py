@@ -827,3 +827,27 @@ def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
     assert rows[1].endswith("| **no** / **no** / **no** |")
     assert "above 1 in 1 of 2 builds (odds ratio 1.20 to 1.80)" in text
     assert "not above 1 in 1 of 2" in text and "below 1 in 1 of 2" in text
+
+
+def test_hook_choice_table_marks_the_chosen_block_and_the_non_candidates(tmp_path):
+    mod_spec = importlib.util.spec_from_file_location("featalign_docs_render", ROOT / "docs" / "render_tables.py")
+    render = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(render)
+    from featalign.analysis.layers import choose_layer
+
+    hooks = [f"blocks.{i}.hook_resid_post" for i in range(3)]
+    mean, iv = [0.1, 0.3, 0.5], [[0.09, 0.11], [0.28, 0.32], [0.45, 0.55]]
+    table = {
+        "hooks": hooks,
+        "n_tokens": 1234,
+        "per_model": {"rl": {"mean": mean, "mean_95": iv}},
+        "mean_over_tuned": mean,
+        "mean_over_tuned_95": iv,
+    }
+    f = tmp_path / "hook.json"
+    choice = choose_layer(mean, 3, iv)  # the last block is not a candidate: block 1 wins
+    f.write_text(json.dumps({"hook_choice": {"table": table, "choice": choice}, "default_hook": hooks[1], "stamp": {}}))
+    rows = render.hook_choice(f).splitlines()
+    assert rows[3] == "| blocks.1.hook_resid_post | 0.300 [0.280, 0.320] | 0.300 [0.280, 0.320] | **yes** |"
+    assert rows[4].endswith("| not a candidate |") and rows[2].endswith("|  |")
+    assert "1,234 tokens; the chosen block's interval is above every other" in rows[-1]
