@@ -1143,7 +1143,9 @@ def variants_section(by_variant: dict[str, list[dict]]) -> str:
                 else "The disjoint-halves null finds no specific latent in some seed, so this variant cannot "
                 "tell there. "
             )
-            + f"Latent Scaling flagged {cell(runs, lambda r: att(r)['n_artifacts'], count)} artifacts of "
+            + f"The trio crosscoder has {cell(runs, lambda r: q(r)['trio']['rl-only']['count'], count)} rl-only and "
+            f"{cell(runs, lambda r: q(r)['trio']['sft-only']['count'], count)} sft-only latents; Latent Scaling "
+            f"flagged {cell(runs, lambda r: att(r)['n_artifacts'], count)} artifacts of "
             f"{cell(runs, lambda r: q(r)['n_alive'], count)} alive trio latents; after it the trio has "
             f"{cell(runs, lambda r: trio(r, 'rl-only'), count)} rl-only and "
             f"{cell(runs, lambda r: trio(r, 'sft-only'), count)} sft-only latents."
