@@ -229,24 +229,36 @@ class CMHResult:
     ci_high: float
     p_value: float  # test of OR = 1
     mean_delta_points: float  # mean accuracy delta over strata, in points
+    # True when the plain estimate was undefined (e.g. the base at 0% on every stratum: OR = inf, no interval) and
+    # the odds ratio and interval are those of the tables with 0.5 added to every cell of each table with a zero
+    # cell (the Haldane-Anscombe correction); the p-value is always the plain CMH test's
+    zero_shifted: bool = False
 
 
 def cmh_odds_ratio(strata: list[tuple[np.ndarray, np.ndarray]]) -> CMHResult:
-    """Mantel-Haenszel common odds ratio over (base_correct, tuned_correct) strata."""
+    """Mantel-Haenszel common odds ratio over (base_correct, tuned_correct) strata.
+
+    Where the plain estimate or its interval is not finite because of zero cells, both come from the
+    zero-shifted tables instead (`CMHResult.zero_shifted`); a finite plain estimate is never changed."""
     from statsmodels.stats.contingency_tables import StratifiedTable
 
     if not strata:
         raise ValueError("CMH needs at least one (base, tuned) stratum")
     tables = [two_by_two(b, t) for b, t in strata]
     st = StratifiedTable(tables)
-    # Degenerate strata (a model at 0% or 100%) make the OR undefined: report NaN, not a warning flood.
+    # Degenerate strata (a model at 0% or 100%) make the plain OR undefined: no warning flood, then the shift.
     with np.errstate(divide="ignore", invalid="ignore"):
-        lo, hi = st.oddsratio_pooled_confint()
+        estimate = (st.oddsratio_pooled, *st.oddsratio_pooled_confint())
         test = st.test_null_odds(correction=False)
+        shifted = not np.all(np.isfinite(estimate)) and any((t == 0).any() for t in tables)
+        if shifted:
+            shifted_st = StratifiedTable(tables, shift_zeros=True)
+            estimate = (shifted_st.oddsratio_pooled, *shifted_st.oddsratio_pooled_confint())
+    odds, lo, hi = (float(x) for x in estimate)
     delta = float(np.mean([t.mean() - b.mean() for b, t in strata]) * 100)
     # statsmodels returns 1 - cdf, which underflows to 0 past ~1e-16: take the survival function.
     p = float(chi2.sf(test.statistic, df=1))
-    return CMHResult(len(tables), float(st.oddsratio_pooled), float(lo), float(hi), p, delta)
+    return CMHResult(len(tables), odds, lo, hi, p, delta, bool(shifted))
 
 
 def format_p(p: float) -> str:

@@ -88,6 +88,30 @@ def test_cmh_matches_hand_formula():
     assert r.p_value == pytest.approx(chi2.sf(num**2 / var, 1), rel=1e-6)
     big = cmh_odds_ratio([(np.arange(1000) < 404, np.arange(1000) < 593)])
     assert 0 < big.p_value < 1e-15  # statsmodels alone would report exactly 0
+    assert not r.zero_shifted and not big.zero_shifted  # a defined estimate is the plain one
+
+
+def test_cmh_with_the_base_at_zero_everywhere_uses_the_zero_shifted_tables():
+    """Base 0% on every stratum: the plain MH estimate is a/0; the shifted one is the hand formula on the tables
+    with 0.5 added to every cell, with a finite interval above 1, and the p-value is the plain CMH test's."""
+    strata = [(np.zeros(200, bool), np.arange(200) < 90), (np.zeros(150, bool), np.arange(150) < 40)]
+    num = den = 0.0
+    for base, tuned in strata:
+        a, b = tuned.sum() + 0.5, (~tuned).sum() + 0.5
+        c, d = base.sum() + 0.5, (~base).sum() + 0.5
+        n = a + b + c + d
+        num += a * d / n
+        den += b * c / n
+    r = cmh_odds_ratio(strata)
+    assert r.zero_shifted
+    assert r.odds_ratio == pytest.approx(num / den, rel=1e-9)
+    assert 1 < r.ci_low < r.odds_ratio < r.ci_high < np.inf
+    a_s = [(t.sum(), len(t), b.sum(), len(b)) for b, t in strata]
+    num = sum(a - n1 * (a + c) / (n1 + n0) for a, n1, c, n0 in a_s)
+    var = sum(n1 * n0 * (a + c) * (n1 + n0 - a - c) / ((n1 + n0) ** 2 * (n1 + n0 - 1)) for a, n1, c, n0 in a_s)
+    from scipy.stats import chi2
+
+    assert r.p_value == pytest.approx(chi2.sf(num**2 / var, 1), rel=1e-6)
 
 
 def test_transfer_matrix_and_in_out_split():
