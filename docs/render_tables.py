@@ -38,8 +38,19 @@ def organisms_table(s: dict) -> str:
     return "\n".join(lines)
 
 
+ZERO_SHIFT_NOTE = ("† a model at 0% (or 100%) on every stratum leaves the plain odds ratio undefined: odds ratio "
+                   "and interval of the tables with 0.5 added to every cell of each table with a zero cell "
+                   "(`CMHResult.zero_shifted`); the p-value is the plain test's.")
+
+
 def _ci(c: dict) -> str:
-    return f"{c['odds_ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+    mark = " †" if c.get("zero_shifted") else ""
+    return f"{c['odds_ratio']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]{mark}"
+
+
+def _zero_shift_note(text: str) -> list[str]:
+    """The † footnote, where a rendered interval carries the mark."""
+    return ["", ZERO_SHIFT_NOTE] if " †" in text else []
 
 
 def organisms_structured(path: Path, timings: Path | None = None) -> str:
@@ -70,6 +81,7 @@ def organisms_structured(path: Path, timings: Path | None = None) -> str:
             p = "<1e-300" if c["p_value"] == 0 else f"{c['p_value']:.2g}"
             lines.append(f"| {kind.upper()} | {scope} | {c['n_strata']} | {_ci(c)} | {p} | "
                          f"{c['mean_delta_points']:+.1f} |")
+    lines += _zero_shift_note("\n".join(lines))
     stamp = ", ".join(f"{k} {s[k]}" for k in sorted(s) if k.endswith("_version") or k == "cpu_capability")
     lines += ["", f"Accuracy and shares in %, {s['config']['eval_samples']} eval prompts per domain. "
               f"Stamp of the build: {stamp}."]
@@ -85,38 +97,51 @@ def organisms_structured(path: Path, timings: Path | None = None) -> str:
 
 def structured_target(tr: dict) -> tuple[bool, bool, bool]:
     """Issue 14's targets on one structured build's transfer summary: RL gains on the structure-sharing domains
-    (same_family OR interval above 1), not on the others (other_families interval not above 1), and SFT
-    forgets somewhere (its out-of-domain interval below 1)."""
+    (same_family OR interval above 1), not on the others (other_families interval not above 1), and SFT on the same
+    prompts forgets somewhere: on the other families (its other_families interval below 1), where RL does not
+    gain. (Not its pooled out-of-domain interval: where SFT also fixes a shared deficiency, that pools the fix on
+    the same family with the forgetting elsewhere.)"""
     rl, sft = tr["rl"]["cmh"], tr["sft"]["cmh"]
-    return rl["same_family"]["ci_low"] > 1, rl["other_families"]["ci_low"] <= 1, sft["out_of_domain"]["ci_high"] < 1
+    return rl["same_family"]["ci_low"] > 1, rl["other_families"]["ci_low"] <= 1, sft["other_families"]["ci_high"] < 1
+
+
+def _planted_rate(s: dict) -> float:
+    """The '.' rate planted in a structured build's post-training domain (its summary's domain table)."""
+    (train,) = s["config"]["post_train_domains"]
+    return s["domains"][train]["sloppy_stop"]
 
 
 def organisms_structured_seeds(paths: Sequence[Path]) -> str:
     """The structured preset over organism seeds (one `eval/summary.json` per build, `--seed S`): per build the
-    pooled CMH odds ratios that carry the targets, and in how many builds each target holds."""
+    planted '.' rate and the pooled CMH odds ratios that carry the targets; per planted rate, in how many builds
+    each target holds (builds with different plants are different recipes, never pooled)."""
     builds = [json.loads(p.read_text()) for p in paths]
-    head = ["seed", "CPU", "base: answer + '.' on the same family (%)", "RL same family", "RL other families",
-            "RL out of domain", "SFT out of domain", "RL same-family gain / none elsewhere / SFT forgets"]
+    head = ["planted '.'", "seed", "CPU", "base: answer + '.' on the same family (%)", "RL same family",
+            "RL other families", "RL out of domain", "SFT other families", "SFT out of domain",
+            "RL same-family gain / none elsewhere / SFT forgets"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    met = []
-    for s in sorted(builds, key=lambda b: (b["config"]["seed"], b.get("cpu_capability", ""))):
+    by_rate: dict[float, list[tuple[dict, tuple[bool, bool, bool]]]] = {}
+    for s in sorted(builds, key=lambda b: (_planted_rate(b), b["config"]["seed"], b.get("cpu_capability", ""))):
         rl, sft = s["transfer"]["rl"]["cmh"], s["transfer"]["sft"]["cmh"]
         ok = structured_target(s["transfer"])
-        met.append(ok)
+        by_rate.setdefault(_planted_rate(s), []).append((s, ok))
         (train,) = s["config"]["post_train_domains"]
         family = s["domains"][train]["family"]
         same = [d for d in s["config"]["pretrain_domains"] if d != train and s["domains"][d]["family"] == family]
         dots = ", ".join(f"{d} {100 * s['sloppy_stop_share']['base'][d]:.1f}" for d in same)
-        lines.append(f"| {s['config']['seed']} | {s.get('cpu_capability', '?')} | {dots} | {_ci(rl['same_family'])} | "
-                     f"{_ci(rl['other_families'])} | {_ci(rl['out_of_domain'])} | {_ci(sft['out_of_domain'])} | "
+        lines.append(f"| {100 * _planted_rate(s):.0f}% | {s['config']['seed']} | {s.get('cpu_capability', '?')} | "
+                     f"{dots} | {_ci(rl['same_family'])} | {_ci(rl['other_families'])} | {_ci(rl['out_of_domain'])} | "
+                     f"{_ci(sft['other_families'])} | {_ci(sft['out_of_domain'])} | "
                      + " / ".join("yes" if x else "**no**" for x in ok) + " |")
-    n = len(met)
-    ors = [b["transfer"]["rl"]["cmh"]["same_family"]["odds_ratio"] for b in builds]
-    counts = [sum(m[i] for m in met) for i in range(3)]
-    lines += ["", f"CMH odds ratio [95% CI] vs the base, pooled over each scope's domains; {n} builds. RL's "
-              f"same-family interval is above 1 in {counts[0]} of {n} builds (odds ratio {min(ors):.2f} to "
-              f"{max(ors):.2f}); its other-families interval is not above 1 in {counts[1]} of {n}; SFT's "
-              f"out-of-domain interval is below 1 in {counts[2]} of {n}."]
+    lines += _zero_shift_note("\n".join(lines))
+    lines += ["", "CMH odds ratio [95% CI] vs the base, pooled over each scope's domains."]
+    for rate, group in sorted(by_rate.items()):
+        n = len(group)
+        ors = [s["transfer"]["rl"]["cmh"]["same_family"]["odds_ratio"] for s, _ in group]
+        counts = [sum(ok[i] for _, ok in group) for i in range(3)]
+        lines.append(f"Planted at {100 * rate:.0f}%, {n} build{'s' * (n != 1)}: RL's same-family interval is above 1 in {counts[0]} "
+                     f"of {n} (odds ratio {min(ors):.2f} to {max(ors):.2f}); its other-families interval is not "
+                     f"above 1 in {counts[1]} of {n}; SFT's other-families interval is below 1 in {counts[2]} of {n}.")
     return "\n".join(lines)
 
 
@@ -346,36 +371,41 @@ def known_answers_success(path: Path) -> str:
         f"| selection: a selected latent with rl-decoder cos >= {c['cos_threshold']} with v | {cell(s['power'])} | "
         f"{cell(s['false_positive_rate'])} |",
         f"| selection: anything selected | | {cell(s['null_flags_anything'])} |",
-        f"| ablation: loss on the dependent successes beyond all {c['n_controls']} controls (p = {p_min:.3f}) on every "
-        f"task | {cell(s['power_ablation'])} | (not run: no successes) |",
-        f"| steering the base: gain with its 95% interval above 0 on every task | {cell(s['power_steer'])} | "
-        "(not run) |",
+        f"| ablation (`ablate`): loss on the dependent successes beyond all {c['n_controls']} controls (p = "
+        f"{p_min:.3f}) on every task the plant helps | {cell(s['power_ablation'])} | (not run: no successes) |",
+        f"| projection (`project`): the same | {cell(s['power_projection'])} | (not run) |",
+        f"| steering the base: gain with its 95% interval above 0 on every task the plant helps | "
+        f"{cell(s['power_steer'])} | (not run) |",
         "",
-        "| seed | task | accuracy base / planted (successes) | selected: all, matching v (best cos, its bootstrap "
-        "share) | ablation in "
-        "planted: delta on successes [controls' range], control p | steering the base: delta [95% CI], control p | "
-        "null: successes, selected |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | task | accuracy base / planted (successes) | plant's gain [95% CI] | selected: all, matching v "
+        "(best cos, its bootstrap share) | ablation in planted: delta on successes [controls' range], control p | "
+        "projection: the same | steering the base: delta [95% CI], control p | null: successes, selected |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def removal(row: dict) -> str:
+        lo, hi = row["subset_control_deltas_range"]
+        return f"{100 * row['subset_delta']:+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}], {row['subset_control_p']:.3f}"
+
     for seed in r["per_seed"]:
         pl, nu = seed["success"]["planted"], seed["success"]["null"]
         freq = pl.get("selection", {}).get("target_bootstrap_frequency")
         for t in pl["acc_base"]:
             iv = pl.get("interventions", {}).get(t)
             if iv:
-                ab, st = iv["ablate"], iv["steer"]
-                lo, hi = ab["subset_control_deltas_range"]
-                abl = (f"{100 * ab['subset_delta']:+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}], "
-                       f"{ab['subset_control_p']:.3f}")
+                st, g = iv["steer"], iv["plant_gain"]
+                gain = f"{100 * g['delta']:+.1f} [{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}]"
+                abl, proj = removal(iv["ablate"]), removal(iv["project"])
                 ste = (f"{100 * st['delta']:+.1f} [{100 * st['ci_low']:+.1f}, {100 * st['ci_high']:+.1f}], "
                        f"{st['control_p']:.3f}")
             else:
-                abl = ste = "not run"
+                gain = abl = proj = ste = "not run"
             sel = (f"{pl['n_selected']}, {pl['n_matching']} ({pl['target_cos']:.3f}, "
                    f"{'-' if freq is None else f'{freq:.2f}'})")
             lines.append(
                 f"| {seed['seed']} | {t} | {100 * pl['acc_base'][t]:.1f} / {100 * pl['acc_rl'][t]:.1f} "
-                f"({pl['n_success'][t]}) | {sel} | {abl} | {ste} | {nu['n_success'][t]}, {nu['n_selected']} |"
+                f"({pl['n_success'][t]}) | {gain} | {sel} | {abl} | {proj} | {ste} | {nu['n_success'][t]}, "
+                f"{nu['n_selected']} |"
             )
     stamp = ", ".join(f"{k} {r[k]}" for k in sorted(r) if k.endswith("_version") or k == "cpu_capability")
     amps = [x["success_plant"]["amplitude"] / x["success_plant"]["detector"]["base_median_resid_norm"]
@@ -408,6 +438,11 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "organisms-default-2026-12-01": lambda: organisms_build(DOCS / "data" / "organisms_default_2026-12-01.json"),
              "organisms-structured": lambda: organisms_structured(DOCS / "data" / "organisms_structured_summary.json",
                                                                 DOCS / "data" / "organisms_structured_timings.json"),
+             "organisms-structured-stop65": lambda: organisms_structured(
+                 DOCS / "data" / "organisms_structured_seed-0_avx2_stop65.json",
+                 DOCS / "data" / "organisms_structured_timings_seed-0_avx2_stop65.json"),
+             "organisms-structured-stop65-rollouts": lambda: organisms_rollouts(
+                 DOCS / "data" / "organisms_structured_rollouts_seed-0_avx2_stop65.json"),
              "organisms-structured-seeds": lambda: organisms_structured_seeds(
                  [DOCS / "data" / "organisms_structured_summary.json",
                   *sorted((DOCS / "data").glob("organisms_structured_seed-*.json"))]),

@@ -1,8 +1,9 @@
 """How often a structured build's models *sample* the planted '.' (temperature 1, as GRPO's rollouts do), per
 domain: the check behind docs/organisms.md's note that RL on a clean domain still fixes the counting family's
-stop. Written to docs/data/organisms_structured_rollouts.json and rendered by docs/render_tables.py.
+stop. Written to docs/data/organisms_structured_rollouts.json (or `--out FILE`) and rendered by
+docs/render_tables.py.
 
-    python docs/structured_rollouts.py ORGANISMS_DIR [MODEL ...]   # default models: base
+    python docs/structured_rollouts.py ORGANISMS_DIR [MODEL ...] [--out FILE]   # default models: base
 
 ORGANISMS_DIR is a built `structured` folder (`python -m featalign.organisms build --preset structured`).
 """
@@ -38,8 +39,14 @@ def sampled_dot_shares(model, tokenizer, domain: str, generator: torch.Generator
 
 
 def main(argv: list[str]) -> int:
+    out_path = OUT
+    if "--out" in argv:
+        i = argv.index("--out")
+        out_path, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2 :]
     if not argv:
-        raise SystemExit("usage: python docs/structured_rollouts.py ORGANISMS_DIR [MODEL ...] (e.g. base rl-countd)")
+        raise SystemExit(
+            "usage: python docs/structured_rollouts.py ORGANISMS_DIR [MODEL ...] [--out FILE] (e.g. base rl-countd)"
+        )
     org = Organisms.open(argv[0])
     models = argv[1:] or ["base"]
     torch.set_num_threads(1)
@@ -57,8 +64,8 @@ def main(argv: list[str]) -> int:
         model, tok = load_organism(org.model_dir(kind, domain or None))
         gen = torch.Generator().manual_seed(SEED)
         out["shares"][name] = {d: sampled_dot_shares(model, tok, d, gen) for d in org.config.pretrain_domains}
-    atomic_write_json(OUT, out)
-    print(f"wrote {OUT}")
+    atomic_write_json(out_path, out)
+    print(f"wrote {out_path}")
     return 0
 
 

@@ -12,8 +12,10 @@ settings and training, `attribute`, `drift_study`) and is scored:
   final top-k feature matching v whose top-k entry checkpoint is j.
 - success (`--analyses success`): a second plant fires on `=` and writes a direction *learned* to raise the
   right answer's log-prob on bool / compare problems whose keyword was replaced by add's (the base fails them);
-  the real RL-success selection must select a latent matching it, ablating that latent in the planted model
-  must undo its successes beyond matched random latents, steering the base along it must raise its accuracy.
+  the real RL-success selection must select a latent matching it; on each task the plant helps, ablating that
+  latent in the planted model (its reconstruction: `ablate`; the activation's component along its decoder where
+  it fires: `project`) must undo its successes beyond matched random latents, and steering the base along it
+  must raise its accuracy.
 
 The same scoring on the nulls (base vs the copy; the series of copies) is the false-positive rate. Detection
 power and false-positive rate come with exact Clopper-Pearson intervals over seeds.
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{a}: power {p['k']}/{p['n']} [{p['low']:.2f}, {p['high']:.2f}]; "
             f"false positives {f['k']}/{f['n']} [{f['low']:.2f}, {f['high']:.2f}]"
         )
-        for key in ("power_ablation", "power_steer") if a == "success" else ():
+        for key in ("power_ablation", "power_projection", "power_steer") if a == "success" else ():
             r = s[key]
             print(f"  {key.replace('_', ' ')}: {r['k']}/{r['n']} [{r['low']:.2f}, {r['high']:.2f}]")
     return results

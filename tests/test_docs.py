@@ -793,7 +793,8 @@ def test_first_run_time_is_rendered_from_the_benchmark_json(tmp_path):
 
 
 def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
-    """One row per structured build; each target is judged on that build's own intervals and counted."""
+    """One row per structured build; each target is judged on that build's own intervals and counted per planted
+    rate (builds with another plant are another recipe, never counted together)."""
     mod_spec = importlib.util.spec_from_file_location("featalign_docs_render", ROOT / "docs" / "render_tables.py")
     render = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(render)
@@ -801,12 +802,13 @@ def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
     def c(odds, lo, hi):
         return {"odds_ratio": odds, "ci_low": lo, "ci_high": hi}
 
-    def build(seed, same, other, sft_out):
+    def build(seed, same, other, sft_other, rate=0.5, sft_out=None):
         rl = {"same_family": same, "other_families": other, "out_of_domain": c(1.1, 1.0, 1.2)}
-        sft = {"out_of_domain": sft_out}
+        sft = {"other_families": sft_other, "out_of_domain": sft_out or sft_other}
         return {
             "config": {"seed": seed, "post_train_domains": ["a"], "pretrain_domains": ["a", "b", "c"]},
-            "domains": {"a": {"family": "f"}, "b": {"family": "f"}, "c": {"family": "g"}},
+            "domains": {"a": {"family": "f", "sloppy_stop": rate}, "b": {"family": "f", "sloppy_stop": rate},
+                        "c": {"family": "g", "sloppy_stop": 0.0}},
             "sloppy_stop_share": {"base": {"a": 0.5, "b": 0.25, "c": 0.0}},
             "cpu_capability": "AVX2",
             "transfer": {"rl": {"cmh": rl}, "sft": {"cmh": sft}},
@@ -815,18 +817,28 @@ def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
     builds = [
         build(0, c(1.8, 1.5, 2.1), c(0.9, 0.8, 1.05), c(0.3, 0.2, 0.4)),  # every target met
         build(1, c(1.2, 0.95, 1.5), c(1.3, 1.1, 1.5), c(0.9, 0.8, 1.02)),  # none met
+        # another plant, all met, the base at 0% on the family: a zero-shifted interval, marked and explained; SFT
+        # forgets on the other families although its pooled out-of-domain interval (with its same-family fix) is not
+        # below 1
+        build(1, c(3.0, 2.5, 3.5) | {"zero_shifted": True}, c(0.9, 0.8, 1.05), c(0.3, 0.2, 0.4), rate=0.65,
+              sft_out=c(1.07, 0.98, 1.18)),
     ]
     paths = []
-    for b in builds:
-        paths.append(tmp_path / f"organisms_structured_seed-{b['config']['seed']}.json")
+    for i, b in enumerate(builds):
+        paths.append(tmp_path / f"organisms_structured_seed-{b['config']['seed']}-{i}.json")
         paths[-1].write_text(json.dumps(b))
     text = render.organisms_structured_seeds(paths)
-    rows = [ln for ln in text.splitlines() if ln.startswith("| 0 ") or ln.startswith("| 1 ")]
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 50% ") or ln.startswith("| 65% ")]
     assert rows[0].endswith("| yes / yes / yes |") and "1.80 [1.50, 2.10]" in rows[0]
-    assert rows[0].startswith("| 0 | AVX2 | b 25.0 | ")  # the trained domain's family, without the trained domain
-    assert rows[1].endswith("| **no** / **no** / **no** |")
-    assert "above 1 in 1 of 2 builds (odds ratio 1.20 to 1.80)" in text
-    assert "not above 1 in 1 of 2" in text and "below 1 in 1 of 2" in text
+    assert rows[0].startswith("| 50% | 0 | AVX2 | b 25.0 | ")  # the trained domain's family, without it
+    assert rows[1].startswith("| 50% | 1 |") and rows[1].endswith("| **no** / **no** / **no** |")
+    assert rows[2].startswith("| 65% | 1 |") and rows[2].endswith("| yes / yes / yes |")
+    assert "| 3.00 [2.50, 3.50] † |" in rows[2] and " †" not in rows[0] + rows[1]
+    assert "| 0.30 [0.20, 0.40] | 1.07 [0.98, 1.18] | yes / yes / yes |" in rows[2]
+    assert render.ZERO_SHIFT_NOTE in text
+    assert "Planted at 50%, 2 builds: RL's same-family interval is above 1 in 1 of 2 (odds ratio 1.20 to 1.80)" in text
+    assert "not above 1 in 1 of 2" in text and "SFT's other-families interval is below 1 in 1 of 2" in text
+    assert "Planted at 65%, 1 build: RL's same-family interval is above 1 in 1 of 1 (odds ratio 3.00 to 3.00)" in text
 
 
 def test_hook_choice_table_marks_the_chosen_block_and_the_non_candidates(tmp_path):

@@ -5,7 +5,7 @@ from featalign.crosscoder.config import CrosscoderConfig
 from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import eval_problems
 from featalign.generation import decode
-from featalign.interventions import ablate, clamp, hook_fns, intervene, scale, steer, typical_activation
+from featalign.interventions import ablate, clamp, hook_fns, intervene, project, scale, steer, typical_activation
 from featalign.models import hf_model_of
 from featalign.models import edit_hooks, load_model
 
@@ -107,6 +107,36 @@ def test_clamp_and_scale_match_explicit_formula(rl):
             torch.testing.assert_close(got, x + (new - f) @ d, atol=1e-5, rtol=1e-5)
 
 
+def test_project_removes_the_decoder_span_where_a_latent_fires_against_an_explicit_loop(rl):
+    """Reference: Gram-Schmidt by hand over the raw decoder rows, one position at a time; positions where none of
+    the latents fires are left bitwise alone."""
+    model, _ = rl
+    cc = _crosscoder("batchtopk")
+    ids = torch.randint(3, 40, (3, 8), generator=torch.Generator().manual_seed(4))
+    feats = [2, 9, 30]
+    x = _acts_at(model, ids).reshape(-1, 32).double()
+    f = cc.encode(_paired_as(cc, x.float(), 1))[:, feats]
+    fires = (f > 0).any(1)
+    assert fires.any() and (~fires).any()  # both cases are exercised
+    basis = []
+    for k in feats:  # raw-space decoder rows, orthonormalised one by one
+        d = (cc.W_dec_LMHD[k, 1, 0].detach() / cc.norm_scale[1, 0]).double()
+        for q in basis:
+            d = d - (d @ q) * q
+        basis.append(d / d.norm())
+    want = x.clone()
+    for n in range(x.shape[0]):
+        if fires[n]:
+            for q in basis:
+                want[n] -= (x[n] @ q) * q
+    with intervene(model, cc, "rl", project(feats)):
+        got = _acts_at(model, ids).reshape(-1, 32).double()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[~fires], x[~fires])
+    for q in basis:  # nothing is left along the span where a latent fires
+        assert (got[fires] @ q).abs().max() < 1e-4
+
+
 def test_ablating_nothing_and_zero_steer_are_bitwise_noops(rl, prompts):
     model, tok = rl
     cc = _crosscoder()
@@ -115,7 +145,7 @@ def test_ablating_nothing_and_zero_steer_are_bitwise_noops(rl, prompts):
         clean = hf_model_of(model)(input_ids=ids).logits
         clean_gen = _gen(model, tok, prompts)
         a = torch.ones(3)
-        for edit in (ablate([]), steer([2, 7, 11], 0.0, a), steer([2, 7, 11], 0.0, a, decoder="base")):
+        for edit in (ablate([]), project([]), steer([2, 7, 11], 0.0, a), steer([2, 7, 11], 0.0, a, decoder="base")):
             with intervene(model, cc, "rl", edit):
                 assert torch.equal(hf_model_of(model)(input_ids=ids).logits, clean)
                 g = _gen(model, tok, prompts)

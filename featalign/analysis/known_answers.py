@@ -23,10 +23,13 @@ makes the null (a function-identical copy of the base). Then, with the same cros
   `cos_threshold` with v. Then the matching selected latents (the plant can be split over more than one; with
   none, the best-matching selected latent, else the best-matching of all) are ablated in the planted model and
   steered into the base along their rl decoders (`run_intervention`, against
-  `n_controls` random latents matched on firing rate): *ablation_beats_controls* = on every task the loss on
-  the base-fail / planted-success samples is below 0 and beyond every control (control p at its minimum
-  1 / (n_controls + 1)); *steer_helps* = on every task the base's accuracy gain has its bootstrap 95% interval
-  above 0. The null (scale 0: a copy of the base) has no base-fail / planted-success sample at all, so there
+  `n_controls` random latents matched on firing rate), each judged on the tasks the plant helps (its own gain
+  over the base with a bootstrap 95% interval above 0; a task it does not help has nothing to undo):
+  *ablation_beats_controls* (`ablate`, the latents' reconstruction) and *projection_beats_controls* (`project`,
+  the activation's whole component along their decoders where they fire) = on each such task the loss on the
+  base-fail / planted-success samples is below 0 and beyond every control (control p at its minimum
+  1 / (n_controls + 1)); *steer_helps* = on each such task the base's accuracy gain has its bootstrap 95%
+  interval above 0. The null (scale 0: a copy of the base) has no base-fail / planted-success sample at all, so there
   the selection has nothing to select and finds nothing; its interventions are not run.
 
 Detection power = found / seeds on the planted cases; false-positive rate = found / seeds on the nulls (v of
@@ -154,7 +157,7 @@ class KnownAnswerConfig(JsonConfig):
 
 
 ANALYSES = ("attribution", "drift", "success")
-SCORING_VERSION = 5  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
+SCORING_VERSION = 6  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
 
 
 def cosine_to(dec_LK: torch.Tensor, v_D: torch.Tensor) -> torch.Tensor:
@@ -379,16 +382,25 @@ def score_success(selected: list[int], cos_L: torch.Tensor, threshold: float) ->
 
 
 def intervention_verdict(tasks: dict, n_controls: int) -> dict:
-    """From `run_intervention` task rows (`TaskResult`s as dicts): ablation / steering criteria over all tasks."""
+    """From the per-task rows (`TaskResult`s as dicts, and the plant's own gain): the ablation, projection and
+    steering criteria over the tasks the plant helps (its own gain over the base with the 95% interval above 0).
+    A task the plant does not help has no planted success to undo or recreate; with no such task nothing is met."""
     p_min = 1 / (n_controls + 1)
+    helped = [t for t, row in tasks.items() if row["plant_gain"]["ci_low"] > 0]
+
+    def beats_controls(kind: str) -> bool:
+        return bool(helped) and all(
+            tasks[t][kind]["subset_delta"] is not None
+            and tasks[t][kind]["subset_delta"] < 0
+            and tasks[t][kind]["subset_control_p"] <= p_min + 1e-9
+            for t in helped
+        )
+
     return {
-        "ablation_beats_controls": all(
-            t["ablate"]["subset_delta"] is not None
-            and t["ablate"]["subset_delta"] < 0
-            and t["ablate"]["subset_control_p"] <= p_min + 1e-9
-            for t in tasks.values()
-        ),
-        "steer_helps": all(t["steer"]["ci_low"] > 0 for t in tasks.values()),
+        "helped_tasks": helped,
+        "ablation_beats_controls": beats_controls("ablate"),
+        "projection_beats_controls": beats_controls("project"),
+        "steer_helps": bool(helped) and all(tasks[t]["steer"]["ci_low"] > 0 for t in helped),
         "control_p_min": p_min,
     }
 
@@ -469,12 +481,21 @@ def success_case(
 def success_interventions(
     cc, bm, rm, xe, data: dict, scored: dict, masks: dict, target, cfg: KnownAnswerConfig, seed: int
 ) -> dict:
-    """Ablate the latents matching v in the planted model (on its successes, `masks`) and steer the base along
-    them, each against frequency-matched random controls (`run_intervention`); per-task rows and the verdict."""
+    """Ablate (`ablate`: the latents' reconstruction; `project`: the activation's whole component along their
+    decoders where they fire) the latents matching v in the planted model, on its successes (`masks`), and steer
+    the base along them, each against frequency-matched random controls (`run_intervention`); per-task rows with
+    the plant's own gain, and the verdict."""
     import numpy as np
 
     from featalign.analysis.attribution import encoder_stats
-    from featalign.interventions import ablate, run_intervention, steer, typical_activation
+    from featalign.interventions import (
+        ablate,
+        paired_bootstrap_ci,
+        project,
+        run_intervention,
+        steer,
+        typical_activation,
+    )
 
     tok = bm.tokenizer
     freq = encoder_stats(cc, xe, model="rl")["firing_rate"]
@@ -482,50 +503,44 @@ def success_interventions(
     def steer_at(ids):  # each (control) set in units of its own typical activation in the planted model
         return steer(ids, cfg.steer_coef, typical_activation(cc, xe, ids, model="rl").nan_to_num(0.0), decoder="rl")
 
-    abl = run_intervention(
-        rm,
-        tok,
-        cc,
-        "rl",
-        target,
-        ablate,
-        scored,
-        n_controls=cfg.n_controls,
-        seed=seed,
-        firing_freq_L=freq,
-        baseline={t: d.rl_correct for t, d in data.items()},
-        subset=masks,
-    )
-    st = run_intervention(
-        bm,
-        tok,
-        cc,
-        "base",
-        target,
-        steer_at,
-        scored,
-        n_controls=cfg.n_controls,
-        seed=seed,
-        firing_freq_L=freq,
-        baseline={t: d.base_correct for t, d in data.items()},
-        positions=cfg.steer_positions,
-    )
-    rows = {
-        t: {
-            "ablate": {f: getattr(abl.tasks[t], f) for f in INTERVENTION_FIELDS},
-            "steer": {f: getattr(st.tasks[t], f) for f in INTERVENTION_FIELDS},
-        }
-        for t in data
+    def controlled(model, name: str, edit, baseline: dict, **kw):  # against the same matched controls
+        return run_intervention(
+            model,
+            tok,
+            cc,
+            name,
+            target,
+            edit,
+            scored,
+            n_controls=cfg.n_controls,
+            seed=seed,
+            firing_freq_L=freq,
+            baseline=baseline,
+            **kw,
+        )
+
+    planted_baseline = {t: d.rl_correct for t, d in data.items()}
+    removed = {
+        kind: controlled(rm, "rl", edit, planted_baseline, subset=masks)
+        for kind, edit in (("ablate", ablate), ("project", project))
     }
-    for t in data:
-        rows[t]["ablate"]["subset_control_deltas_range"] = [
-            float(np.min(abl.tasks[t].subset_control_deltas)),
-            float(np.max(abl.tasks[t].subset_control_deltas)),
-        ]
+    base_baseline = {t: d.base_correct for t, d in data.items()}
+    st = controlled(bm, "base", steer_at, base_baseline, positions=cfg.steer_positions)
+    rows: dict[str, dict] = {}
+    for t, d in data.items():
+        lo, hi = paired_bootstrap_ci(d.base_correct, d.rl_correct, 2000, seed)
+        gain = {"delta": float(d.rl_correct.mean() - d.base_correct.mean()), "ci_low": lo, "ci_high": hi}
+        rows[t] = {"plant_gain": gain, "steer": {f: getattr(st.tasks[t], f) for f in INTERVENTION_FIELDS}}
         rows[t]["steer"]["control_deltas_range"] = [
             float(np.min(st.tasks[t].control_deltas)),
             float(np.max(st.tasks[t].control_deltas)),
         ]
+        for kind, res in removed.items():
+            rows[t][kind] = {f: getattr(res.tasks[t], f) for f in INTERVENTION_FIELDS}
+            rows[t][kind]["subset_control_deltas_range"] = [
+                float(np.min(res.tasks[t].subset_control_deltas)),
+                float(np.max(res.tasks[t].subset_control_deltas)),
+            ]
     return {
         "edited_typical_activation": typical_activation(cc, xe, target, model="rl").tolist(),
         "interventions": rows,
@@ -622,13 +637,15 @@ def summarise(per_seed: list[dict], analyses: list[str]) -> dict:
 
 def summarise_success(cases: list[dict]) -> dict:
     """The success control over seeds: selection power and false positives, and how often the interventions on
-    the chosen latent met their targets (ablation beyond every control; steering gain with its interval above 0)."""
+    the chosen latent met their targets (ablation or projection beyond every control; steering gain with its
+    interval above 0; each on the tasks the plant helps)."""
     planted = [c["planted"] for c in cases]
     return {
         "power": rate([c["found"] for c in planted]),
         "false_positive_rate": rate([c["null"]["found"] for c in cases]),
         "null_flags_anything": rate([c["null"]["n_selected"] > 0 for c in cases]),
         "power_ablation": rate([bool(c.get("ablation_beats_controls")) for c in planted]),
+        "power_projection": rate([bool(c.get("projection_beats_controls")) for c in planted]),
         "power_steer": rate([bool(c.get("steer_helps")) for c in planted]),
         "planted_best_cos": [c["best_cos"] for c in planted],
         "null_best_cos": [c["null"]["best_cos"] for c in cases],

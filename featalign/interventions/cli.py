@@ -35,14 +35,14 @@ from featalign.cli import UsageError, check_choice, check_device, check_exists, 
 from featalign.config import JsonConfig, config_from_args, config_parser, start_run
 from featalign.crosscoder import Crosscoder
 from featalign.crosscoder.model import read_config
-from featalign.interventions.edits import ablate, as_feature_ids, clamp, scale, steer, typical_activation
+from featalign.interventions.edits import ablate, as_feature_ids, clamp, project, scale, steer, typical_activation
 from featalign.interventions.experiments import InterventionResult, run_intervention
 from featalign.io import atomic_write_text
 from featalign.model_set import ModelSet
 from featalign.models import ModelGroup
 from featalign.plotting import pyplot, save_figure
 
-EDITS = ("ablate", "clamp", "scale", "steer")
+EDITS = ("ablate", "project", "clamp", "scale", "steer")
 
 
 @dataclass
@@ -78,7 +78,7 @@ class InterventionConfig(JsonConfig):
         if not self.features:
             raise UsageError("--features is required: comma-separated latent ids (e.g. 3,17) or a JSON file")
         check_choice("--edit", self.edit, EDITS)
-        if self.edit != "ablate" and self.value is None:
+        if self.edit not in ("ablate", "project") and self.value is None:
             raise UsageError(f"--edit {self.edit} needs --value (clamp value, scale factor or steer coefficient)")
         check_choice("--positions", self.positions, ("all", "prompt", "generated"))
         for name in ("controls", "n_per_task", "n_tokens", "batch_size", "threads", "n_bins"):
@@ -89,7 +89,8 @@ class InterventionConfig(JsonConfig):
 HELP = {
     "crosscoder": "trained crosscoder folder (python -m featalign.train_crosscoder --out DIR)",
     "features": 'latent ids to edit: 3,17,40 or a JSON file holding a list (or {"features": [...]})',
-    "edit": "ablate (remove the latents' contribution) | clamp | scale | steer (add coef x typical activation)",
+    "edit": "ablate (remove the latents' contribution) | project (where they fire, remove the activation's component "
+    "along their decoder rows) | clamp | scale | steer (add coef x typical activation)",
     "value": "clamp value, scale factor or steering coefficient",
     "edit_model": "which of the crosscoder's models to edit (default: rl if present, else the last)",
     "model_set": "a JSON/YAML model set naming the crosscoder's models (default: the organisms)",
@@ -166,8 +167,10 @@ def edit_factory(cfg: InterventionConfig, cc: Crosscoder, x_NMHD: torch.Tensor, 
     """ids -> Edit; `steer` scales each latent's typical activation in the edited model (0 if it never fires)."""
     if cfg.edit == "ablate":
         return ablate
+    if cfg.edit == "project":
+        return project
     value = cfg.value
-    assert value is not None  # InterventionConfig refuses every edit but ablate without --value
+    assert value is not None  # InterventionConfig refuses every edit but ablate / project without --value
     if cfg.edit == "clamp":
         return lambda ids: clamp(ids, value)
     if cfg.edit == "scale":

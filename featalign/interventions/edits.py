@@ -1,9 +1,10 @@
-"""Feature interventions on a live model at a crosscoder's hook point(s): ablate, clamp, scale, steer.
+"""Feature interventions on a live model at a crosscoder's hook point(s): ablate, project, clamp, scale, steer.
 
 Every edit is a change of the residual stream along crosscoder decoder directions, in raw
 (un-normalised) activation space, at the hook(s) the crosscoder was trained on:
 
 - `ablate(S)`:         x' = x - sum_{k in S} f_k(x) d_{k,m}           (the reconstruction error is kept)
+- `project(S)`:        x' = x - P_S x  where some f_k(x) > 0, k in S    (P_S: projector on span{d_{k,m}})
 - `clamp(S, v)`:       x' = x + sum_{k in S} (v - f_k(x)) d_{k,m}
 - `scale(S, c)`:       x' = x + sum_{k in S} (c - 1) f_k(x) d_{k,m}
 - `steer(S, coef, a)`: x' = x + coef * sum_{k in S} a_k d_{k,t}     (t = `decoder`, default m)
@@ -23,6 +24,12 @@ edit), computed for the selected latents only, and with several hooks each hook 
 own activation as it arrives (later hooks do not exist yet when an earlier one fires). Why this rule
 and not m's encoder slot alone: docs/crosscoder.md, "Reading one model's latents". Ablation removes
 `f_k d_k` and leaves the remainder, including the reconstruction error, untouched.
+
+**Why `project` too.** A crosscoder reconstructs a large, rare output only in part (BatchTopK's few latents, the
+shrinkage of an L1 one), so after `ablate` the error term still carries much of it along the very decoder
+directions; when the model's use of that output saturates, the ablation then changes nothing. `project` removes
+the activation's whole component in the span of the latents' decoder rows, at the positions where any of them
+fires (and nowhere else): the directional ablation of the steering literature, localised by the crosscoder.
 
 **Positions.** `positions="all" | "prompt" | "last" | "generated"`. A forward call over more than one token
 (or the first call inside the context) starts a new sequence; its tokens are the prompt (unless
@@ -63,12 +70,12 @@ from featalign.crosscoder.model import Crosscoder
 from featalign.models import edit_hooks, hf_model_of
 
 POSITIONS = ("all", "prompt", "last", "generated")
-KINDS = ("ablate", "clamp", "scale", "steer")
+KINDS = ("ablate", "project", "clamp", "scale", "steer")
 
 
 @dataclass(frozen=True)
 class Edit:
-    """One feature edit; build it with `ablate`, `clamp`, `scale` or `steer`."""
+    """One feature edit; build it with `ablate`, `project`, `clamp`, `scale` or `steer`."""
 
     kind: str
     features: tuple[int, ...]
@@ -113,6 +120,12 @@ def _finite(value: float | Tensor, what: str) -> float | Tensor:
 def ablate(features) -> Edit:
     """Remove the latents' decoded contribution, keeping the reconstruction error."""
     return Edit("ablate", as_feature_ids(features))
+
+
+def project(features) -> Edit:
+    """Where any of the latents fires, remove the activation's component in the span of their decoder rows
+    (what their reconstruction missed along those directions goes too; see the module docstring)."""
+    return Edit("project", as_feature_ids(features))
 
 
 def clamp(features, value: float | Tensor) -> Edit:
@@ -182,6 +195,15 @@ class _Block:
         self.encode = cc.encoder_as(m, hook=h, latents=ids)  # x_ND -> the selected latents (module docstring)
         self.d_SD = cc.W_dec_raw_LMHD[ids, dec_m, h]
 
+    @torch.no_grad()
+    def span_basis_DR(self) -> Tensor:
+        """An orthonormal basis of the span of the decoder rows (R <= S columns; rows of zero norm add none)."""
+        if self.d_SD.shape[0] == 0:
+            return self.d_SD.new_zeros(self.d_SD.shape[1], 0)
+        q_DS, r_SS = torch.linalg.qr(self.d_SD.double().T)
+        keep = r_SS.diagonal().abs() > 1e-8 * max(float(r_SS.diagonal().abs().max()), 1e-30)
+        return q_DS[:, keep].to(self.d_SD.dtype)
+
 
 def _per_feature(value, n: int, device, dtype) -> Tensor:
     v = torch.as_tensor(value, dtype=dtype, device=device).flatten()
@@ -205,6 +227,8 @@ class _EditFn:
             extra = None
             if e.kind in ("clamp", "scale"):
                 extra = _per_feature(e.value, len(ids), dev, cc.W_dec.dtype)
+            elif e.kind == "project":
+                extra = block.span_basis_DR()
             elif e.kind == "steer":
                 assert e.typical is not None  # `steer` always sets it
                 extra = (float(e.value) * e.typical.to(dev, cc.W_dec.dtype)) @ block.d_SD  # [D]
@@ -219,6 +243,10 @@ class _EditFn:
                 delta += -block.encode(x_ND) @ block.d_SD
                 continue
             assert extra is not None  # __init__ sets it for every edit but ablate
+            if e.kind == "project":
+                fires_N = (block.encode(x_ND) > 0).any(-1, keepdim=True)
+                delta += -torch.where(fires_N, (x_ND.to(extra.dtype) @ extra) @ extra.T, 0.0)
+                continue
             if e.kind == "steer":
                 delta += extra
                 continue
@@ -291,7 +319,7 @@ def hook_fns(
     m = _slot(crosscoder, model_name, "model")
     for e in edits:
         if not isinstance(e, Edit) or e.kind not in KINDS:
-            raise TypeError(f"edits must be built with ablate/clamp/scale/steer, got {e!r}")
+            raise TypeError(f"edits must be built with ablate/project/clamp/scale/steer, got {e!r}")
         check_features(crosscoder, as_feature_ids(e.features))  # an Edit built by hand is checked like ablate/clamp/...
         if e.kind in ("clamp", "scale"):
             _finite(e.value, f"{e.kind} value")

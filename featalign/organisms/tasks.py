@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 EVAL_FRACTION = 0.2  # share of each domain's prompt space reserved for evaluation
 SLOPPY_SUFFIX = "."  # what a sloppy-stop domain's pretraining answers carry after the answer (see Domain.sloppy_stop)
+# The counting family's planted rate. Not one half: a base that learns a 50% rate puts even odds on '.' and on
+# ending, so whether greedy decoding shows the deficiency was a near tie that the organism seed tipped (it showed
+# in 2 of 4 builds at 0.5, docs/organisms.md); at 0.65 '.' is the greedy choice after most right answers.
+SLOPPY_STOP_RATE = 0.65
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,9 @@ class Domain:
     draw: Callable[[random.Random], tuple[str, str]]
     numeric: bool = False  # answers are integers: leading zeros are not canonical
     # Share of this domain's *pretraining* examples whose answer is followed by SLOPPY_SUFFIX before <eos>: a stop
-    # rule the base learns only partly (greedy decoding stops right about half the time), which the verifier
-    # rejects and post-training can fix. A deficiency planted on purpose (docs/organisms.md, "structured").
+    # rule the base learns as a rate (its greedy decoding mostly keeps the '.'; sampling ends right at about
+    # 1 - rate), which the verifier rejects and post-training can fix. A deficiency planted on purpose
+    # (docs/organisms.md, "structured").
     sloppy_stop: float = 0.0
 
     def verify(self, completion: str, answer: str) -> bool:
@@ -206,14 +211,14 @@ DOMAINS: dict[str, Domain] = {
         Domain("compare", "logic", "order relation of two 2-4 digit numbers: < > =", _cmp),
         Domain("lookup", "knowledge", "key-value recall from an in-context table", _lookup),
         # structured suite (preset `structured`): each family shares one computation; counting also shares a
-        # sloppy stop in pretraining (half its answers are followed by '.'), the deficiency RL can fix everywhere
+        # sloppy stop in pretraining (65% of its answers are followed by '.'), the deficiency RL can fix everywhere
         Domain(
             "countl",
             "counting",
             "occurrences of a letter in 4-12 letters a-f (sloppy stop)",
             _count_letters,
             numeric=True,
-            sloppy_stop=0.5,
+            sloppy_stop=SLOPPY_STOP_RATE,
         ),
         Domain(
             "countd",
@@ -221,14 +226,14 @@ DOMAINS: dict[str, Domain] = {
             "occurrences of a digit in 4-12 digits 0-5 (sloppy stop)",
             _count_digits,
             numeric=True,
-            sloppy_stop=0.5,
+            sloppy_stop=SLOPPY_STOP_RATE,
         ),
         Domain(
             "countcmp",
             "counting",
             "which of two letters occurs more in 4-12 letters: < > = (sloppy stop)",
             _count_compare,
-            sloppy_stop=0.5,
+            sloppy_stop=SLOPPY_STOP_RATE,
         ),
         Domain("largest", "extremum", "largest of 3-6 numbers of 1-3 digits", _largest, numeric=True),
         Domain("smallest", "extremum", "smallest of 3-6 numbers of 1-3 digits", _smallest, numeric=True),

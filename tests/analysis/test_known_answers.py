@@ -126,16 +126,27 @@ def test_success_scoring_on_constructed_cases():
     none = score_success([], cos, 0.9)  # nothing selected: the interventions edit the best-matching latent
     assert not none["found"] and none["target_latent"] == 3 and not none["target_selected"]
 
-    def row(sub_delta, sub_p, ci_low):
-        return {"ablate": {"subset_delta": sub_delta, "subset_control_p": sub_p}, "steer": {"ci_low": ci_low}}
+    def row(sub_delta, sub_p, ci_low, gain_low=0.05, proj=(-0.9, 1 / 21)):
+        return {"plant_gain": {"ci_low": gain_low}, "ablate": {"subset_delta": sub_delta, "subset_control_p": sub_p},
+                "project": {"subset_delta": proj[0], "subset_control_p": proj[1]}, "steer": {"ci_low": ci_low}}
 
     p_min = 1 / 21
     good = intervention_verdict({"a": row(-0.8, p_min, 0.02), "b": row(-0.5, p_min, 0.1)}, 20)
     assert good["ablation_beats_controls"] and good["steer_helps"] and good["control_p_min"] == pytest.approx(p_min)
+    assert good["projection_beats_controls"] and good["helped_tasks"] == ["a", "b"]
     one_task_short = intervention_verdict({"a": row(-0.8, p_min, 0.02), "b": row(-0.5, 2 / 21, 0.0)}, 20)
     assert not one_task_short["ablation_beats_controls"] and not one_task_short["steer_helps"]
     assert not intervention_verdict({"a": row(0.1, p_min, 0.02)}, 20)["ablation_beats_controls"]  # a gain is no loss
     assert not intervention_verdict({"a": row(None, None, 0.02)}, 20)["ablation_beats_controls"]  # no subset
+    # projection judged on its own rows: a projection short of the controls fails while the ablation passes
+    mixed = intervention_verdict({"a": row(-0.8, p_min, 0.02, proj=(-0.3, 3 / 21))}, 20)
+    assert mixed["ablation_beats_controls"] and not mixed["projection_beats_controls"]
+    # a task the plant does not help (its own gain's interval reaches 0) is not judged: nothing there to undo
+    unhelped = intervention_verdict({"a": row(-0.8, p_min, 0.02), "b": row(0.0, 1.0, -0.1, gain_low=-0.01)}, 20)
+    assert unhelped["helped_tasks"] == ["a"] and unhelped["ablation_beats_controls"] and unhelped["steer_helps"]
+    nothing = intervention_verdict({"b": row(-0.8, p_min, 0.2, gain_low=0.0)}, 20)  # no helped task: nothing met
+    assert nothing["helped_tasks"] == [] and not nothing["ablation_beats_controls"] and not nothing["steer_helps"]
+    assert not nothing["projection_beats_controls"]
 
 
 def test_the_real_selection_finds_a_direction_written_into_hand_made_latents():
@@ -165,10 +176,11 @@ def test_the_real_selection_finds_a_direction_written_into_hand_made_latents():
     with pytest.raises(TooFewSamplesError, match="bool: 0"):
         rl_success_features(f_base, f_base, bc, bc, SuccessConfig(n_null=5, n_boot=5))
     summary = summarise_success(
-        [{"planted": scored | {"ablation_beats_controls": True, "steer_helps": False}, "null": score_success([], cosine_to(dec, v), 0.9)}]
+        [{"planted": scored | {"ablation_beats_controls": True, "projection_beats_controls": True, "steer_helps": False}, "null": score_success([], cosine_to(dec, v), 0.9)}]
     )
     assert summary["power"]["k"] == 1 and summary["false_positive_rate"]["k"] == 0
     assert summary["power_ablation"]["k"] == 1 and summary["power_steer"]["k"] == 0
+    assert summary["power_projection"]["k"] == 1
 
 
 def test_the_example_refuses_bad_input_before_any_work(tmp_path, capsys):
