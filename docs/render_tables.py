@@ -355,17 +355,16 @@ def known_answers(path: Path) -> str:
     return "\n".join(lines)
 
 
-def known_answers_success(path: Path) -> str:
-    """`examples/known_answers.py --analyses success` of one run: the selection's power next to its false positives,
-    how often the interventions met their targets, and per seed the accuracies, ablation and steering numbers."""
-    r = json.loads(path.read_text())
+def _success_criteria(r: dict) -> list[str]:
+    """The success control's criteria table: selection power and false positives, and how often each intervention
+    met its target."""
     c, s = r["config"], r["summary"]["success"]
 
     def cell(d: dict) -> str:
         return f"{d['k']}/{d['n']} [{d['low']:.2f}, {d['high']:.2f}]"
 
     p_min = 1 / (c["n_controls"] + 1)
-    lines = [
+    return [
         "| criterion | planted [95% CP] | null [95% CP] |",
         "|---|---|---|",
         f"| selection: a selected latent with rl-decoder cos >= {c['cos_threshold']} with v | {cell(s['power'])} | "
@@ -376,6 +375,26 @@ def known_answers_success(path: Path) -> str:
         f"| projection (`project`): the same | {cell(s['power_projection'])} | (not run) |",
         f"| steering the base: gain with its 95% interval above 0 on every task the plant helps | "
         f"{cell(s['power_steer'])} | (not run) |",
+    ]
+
+
+def known_answers_success_criteria(path: Path) -> str:
+    """The criteria table of another `--analyses success` run of the same seeds (e.g. another steering
+    coefficient), with the settings that differ named."""
+    r = json.loads(path.read_text())
+    c = r["config"]
+    return "\n".join(_success_criteria(r) + [
+        "", f"Steering coefficient {c['steer_coef']} x the latent's typical activation at `{c['steer_positions']}` "
+        f"positions; {len(r['per_seed'])} seeds (seeds {', '.join(str(x['seed']) for x in r['per_seed'])})."])
+
+
+def known_answers_success(path: Path) -> str:
+    """`examples/known_answers.py --analyses success` of one run: the selection's power next to its false positives,
+    how often the interventions met their targets, and per seed the accuracies, ablation and steering numbers."""
+    r = json.loads(path.read_text())
+    c = r["config"]
+    lines = [
+        *_success_criteria(r),
         "",
         "| seed | task | accuracy base / planted (successes) | plant's gain [95% CI] | selected: all, matching v "
         "(best cos, its bootstrap share) | ablation in planted: delta on successes [controls' range], control p | "
@@ -465,7 +484,9 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "first-run": lambda: first_run(sorted(BENCH.glob("first_run_*.json"))),
              "real-models-plan": lambda: real_models_plan(DOCS / "data" / "real_models_plan.json"),
              "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json"),
-             "known-answers-success": lambda: known_answers_success(DOCS / "data" / "known_answers_success.json")}
+             "known-answers-success": lambda: known_answers_success(DOCS / "data" / "known_answers_success.json"),
+             "known-answers-success-coef2": lambda: known_answers_success_criteria(
+                 DOCS / "data" / "known_answers_success_coef2.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
