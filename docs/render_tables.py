@@ -397,14 +397,15 @@ def known_answers_success(path: Path) -> str:
         *_success_criteria(r),
         "",
         "| seed | task | accuracy base / planted (successes) | plant's gain [95% CI] | selected: all, matching v "
-        "(best cos, its bootstrap share) | ablation in planted: delta on successes [controls' range], control p | "
-        "projection: the same | steering the base: delta [95% CI], control p | null: successes, selected |",
+        "(best cos, its bootstrap share) | ablation in planted: delta on successes [controls' range], control p; "
+        "accuracy after | projection: the same | steering the base: delta [95% CI], control p | null: successes, selected |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def removal(row: dict) -> str:
         lo, hi = row["subset_control_deltas_range"]
-        return f"{100 * row['subset_delta']:+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}], {row['subset_control_p']:.3f}"
+        return (f"{100 * row['subset_delta']:+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}], {row['subset_control_p']:.3f}; "
+                f"accuracy {100 * row['acc_with']:.1f}")
 
     for seed in r["per_seed"]:
         pl, nu = seed["success"]["planted"], seed["success"]["null"]
