@@ -63,6 +63,24 @@ def test_large_clamp_changes_answers(setup):
     assert res.model_name == "rl" and res.features == [0, 1, 2, 3]
 
 
+def test_project_needs_no_value_and_equals_the_edit_applied_by_hand(setup):
+    """`--edit project` (no --value) scores what `intervene(..., project(ids))` around an independent scoring gives."""
+    from featalign.interventions import intervene, project
+
+    root, common, org = setup
+    ids = list(range(0, 48, 2))
+    res = main([*common, "--features", ",".join(map(str, ids)), "--edit", "project", "--controls", "0",
+                "--out", str(root / "project")])
+    rl = load_model(org.model_dir("rl"))
+    tasks = TaskSet.load("organisms:add,bool", 24)
+    cc = Crosscoder.load(root / "cc")
+    with intervene(rl, cc, "rl", project(ids)):
+        want = {name: score_task(rl, rl.tokenizer, tasks[name]).tolist() for name in res.tasks}
+    assert {name: t.correct_with for name, t in res.tasks.items()} == want
+    assert any(t.correct_with != t.correct_without for t in res.tasks.values())  # the edit did something
+    assert json.loads((root / "project" / "config.json").read_text())["edit"] == "project"
+
+
 @pytest.mark.parametrize("args, words", [
     (["--features", "48"], "[0, 48)"),
     (["--features", "1", "--edit-model", "other"], "base, rl, sft"),
