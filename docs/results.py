@@ -2,6 +2,9 @@
 
     python docs/results.py collect --analysis DIR --interventions DIR --drift DIR --transfer DIR \\
         --organisms DIR --seed S          # the compact parts of four runs' outputs -> docs/data/results/seed-S.json
+    python docs/results.py collect-organism-seed --analysis DIR --organisms DIR
+                                          # one analyze run on one build of a preset (the structured one over
+                                          # organism seeds) -> docs/data/results/structured/seed-<organism seed>.json
     python docs/results.py render         # docs/results.md from every docs/data/results/seed-*.json
     python docs/results.py render --check # exit 1 if docs/results.md disagrees with the JSON
 
@@ -1166,6 +1169,66 @@ crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]
 {chr(10).join(lines)}"""
 
 
+STRUCTURED = DATA / "structured"
+
+
+def collect_organism_seed(analysis: Path, organisms: Path) -> dict:
+    """One `python -m featalign.analyze` run (every stage) on one build of an organisms preset, with the build:
+    a record of the preset over organism seeds (each seed its own base, so its own build)."""
+    r = json.loads((Path(analysis) / "report.json").read_text())
+    org = Path(organisms).resolve()
+    roots = [("organisms", org), ("out", Path(analysis).resolve())]
+    o = compact_organisms(org)
+    rec = {
+        "format_version": FORMAT_VERSION,
+        "seed": o["config"]["seed"],  # the organism seed: the records' `seed`, as the verdicts over seeds name it
+        "crosscoder_seed": r["config"]["seed"],
+        "analysis": strip_paths(compact_analysis(r), roots),
+        "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary", "paired_tests")}, roots),
+    }
+    left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
+    if left:
+        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
+    return rec
+
+
+def load_structured(folder: Path = STRUCTURED) -> list[dict]:
+    """The organism-seed records (`collect-organism-seed`), by organism seed; they must share one preset."""
+    recs = sorted((json.loads(p.read_text()) for p in folder.glob("seed-*.json")), key=lambda r: r["seed"])
+    presets = {r["organisms"]["config"]["preset"] for r in recs}
+    if len(presets) > 1:
+        raise ValueError(f"{folder}: records of several presets {sorted(presets)}; a section shows one")
+    return recs
+
+
+def structured_section(recs: list[dict]) -> str:
+    """Q1 and Q3 on a preset's builds over organism seeds (the structured preset: a known same-family transfer),
+    by the same rules as the sections above; empty when there are none."""
+    if not recs:
+        return ""
+    org = recs[0]["organisms"]["config"]
+    a = recs[0]["analysis"]["config"]
+    q1 = q1_section(recs).split("\n", 1)[1]  # without its heading: this section's own comes first
+    q3 = q3_section(recs).split("\n", 1)[1]
+    return f"""## The `{org["preset"]}` preset over organism seeds: Q1 and Q3
+
+The same analysis (`python -m featalign.analyze`, every stage, {a["variant"]}, {a["n_latents"]} latents,
+{a["steps"]} steps, hook `{recs[0]["analysis"]["hook"]}`) on builds of the `{org["preset"]}` preset with organism
+seeds {", ".join(str(r["seed"]) for r in recs)} (each its own base and post-training; docs/organisms.md shows
+their transfer: RL on `{org["post_train_domains"][0]}` gains on its family through the planted stop). Here
+"seed" is the organism seed; each build's crosscoders use crosscoder seed
+{", ".join(sorted({str(r["crosscoder_seed"]) for r in recs}))}. Q2 and Q4 were not run on these builds. The
+success selection reads the latents where analyze reads them (`--positions`, the same for every build); the
+planted stop is decided after the answer, so at the last prompt token it can show only through what the model
+already represents there.
+
+### Q1 on the `{org["preset"]}` builds
+{q1}
+
+### Q3 on the `{org["preset"]}` builds
+{q3}"""
+
+
 PREDICTION = DATA / "transfer_prediction.json"
 PREDICTION_TRANSFERS = (("rl_delta", "RL transfer (accuracy delta)"), ("sft_delta", "SFT transfer (accuracy delta)"))
 
@@ -1268,9 +1331,14 @@ def load_prediction(path: Path = PREDICTION) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def render(runs: list[dict], prediction: dict | None = None, variants: dict[str, list[dict]] | None = None) -> str:
-    """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record and
-    the variant runs (as `load_variants` returns them)."""
+def render(
+    runs: list[dict],
+    prediction: dict | None = None,
+    variants: dict[str, list[dict]] | None = None,
+    structured: list[dict] | None = None,
+) -> str:
+    """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record, the
+    variant runs (as `load_variants` returns them) and a preset's organism-seed records (`load_structured`)."""
     parts = [
         header(runs),
         organisms_section(runs),
@@ -1281,6 +1349,7 @@ def render(runs: list[dict], prediction: dict | None = None, variants: dict[str,
         transfer_section(runs),
         prediction_section(prediction),
         variants_section(variants or {}),
+        structured_section(structured or []),
         times_section(runs),
         FOOTER,
     ]
@@ -1289,7 +1358,8 @@ def render(runs: list[dict], prediction: dict | None = None, variants: dict[str,
 
 def render_page() -> str:
     """docs/results.md as the committed JSON says it should be."""
-    return render(load_runs(DATA), load_prediction(DATA / PREDICTION.name), load_variants(VARIANTS))
+    return render(load_runs(DATA), load_prediction(DATA / PREDICTION.name), load_variants(VARIANTS),
+                  load_structured(STRUCTURED))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1314,6 +1384,13 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
     cv.add_argument("--seed", type=int, required=True)
     cv.add_argument("--data", type=Path, default=VARIANTS)
+    co = sub.add_parser(
+        "collect-organism-seed",
+        help="one analyze run on one build of a preset -> docs/data/results/structured/seed-<organism seed>.json",
+    )
+    co.add_argument("--analysis", type=Path, required=True, help="the run's --out folder")
+    co.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
+    co.add_argument("--data", type=Path, default=STRUCTURED)
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
@@ -1336,7 +1413,18 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(path, rec)
         print(f"wrote {path}")
         return 0
-    text = render(load_runs(a.data), load_prediction(a.data / PREDICTION.name), load_variants(a.data / "variants"))
+    if a.verb == "collect-organism-seed":
+        rec = collect_organism_seed(a.analysis, a.organisms)
+        path = a.data / f"seed-{rec['seed']}.json"
+        atomic_write_json(path, rec)
+        print(f"wrote {path}")
+        return 0
+    text = render(
+        load_runs(a.data),
+        load_prediction(a.data / PREDICTION.name),
+        load_variants(a.data / "variants"),
+        load_structured(a.data / "structured"),
+    )
     if a.check:
         if a.page.read_text() != text:
             print(f"{a.page} disagrees with {a.data}: run python docs/results.py render")

@@ -684,6 +684,21 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     section = res.variants_section({"batchtopk": [var]})
     alive = report["q1_specific_latents"]["pairwise"]["base-vs-rl"]["n_alive"]
     assert f"| batchtopk: base vs RL | {alive} |" in section
+    # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
+    org_rec = res.collect_organism_seed(out / "analysis", root)
+    assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
+    assert org_rec["analysis"]["q1"] == report["q1_specific_latents"]
+    assert str(tmp_path) not in json.dumps(org_rec) and str(root) not in json.dumps(org_rec)
+    other = json.loads(json.dumps(org_rec)) | {"seed": 7}
+    section = res.structured_section([org_rec, other])
+    assert section.startswith("## The `tiny` preset over organism seeds: Q1 and Q3")
+    assert f"| base vs RL | {alive} / {alive} (mean {alive}" in section  # one value per organism seed
+    assert "the same in all 2 seeds (seed 0: " in section and "seed 7: " in section
+    other["organisms"]["config"]["preset"] = "default"
+    for i, r in enumerate((org_rec, other)):
+        (tmp_path / f"seed-{i}.json").write_text(json.dumps(r))
+    with pytest.raises(ValueError, match="several presets"):
+        res.load_structured(tmp_path)
 
 
 def test_known_answers_page_agrees_with_its_json():
