@@ -1376,21 +1376,16 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--run", type=Path, required=True, help="the run's --out folder")
     cp.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
     cp.add_argument("--data", type=Path, default=DATA)
-    cv = sub.add_parser(
-        "collect-variant",
-        help="one analyze --stages attribution,controls run -> docs/data/results/variants/<variant>-seed-S.json",
-    )
-    cv.add_argument("--analysis", type=Path, required=True, help="the run's --out folder")
-    cv.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
-    cv.add_argument("--seed", type=int, required=True)
-    cv.add_argument("--data", type=Path, default=VARIANTS)
-    co = sub.add_parser(
-        "collect-organism-seed",
-        help="one analyze run on one build of a preset -> docs/data/results/structured/seed-<organism seed>.json",
-    )
-    co.add_argument("--analysis", type=Path, required=True, help="the run's --out folder")
-    co.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
-    co.add_argument("--data", type=Path, default=STRUCTURED)
+    for verb, default, what in (
+        ("collect-variant", VARIANTS, "one analyze --stages attribution,controls run -> <variant>-seed-S.json"),
+        ("collect-organism-seed", STRUCTURED, "one analyze run on one build of a preset -> seed-<organism seed>.json"),
+    ):
+        one = sub.add_parser(verb, help=f"{what} in {default.relative_to(DOCS.parent)}")
+        one.add_argument("--analysis", type=Path, required=True, help="the run's --out folder")
+        one.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
+        one.add_argument("--data", type=Path, default=default)
+        if verb == "collect-variant":
+            one.add_argument("--seed", type=int, required=True)
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
