@@ -609,8 +609,9 @@ def series_row(runs: list[dict], d: Callable[[dict], dict], label: str) -> list[
 def q2_section(runs: list[dict]) -> str:
     q = lambda r: r["analysis"]["q2"]
     ex = lambda r: r["drift"]["drift"]
+    with_example = all("drift" in r for r in runs)  # records of analyze runs alone have no example run
     k = runs[0]["analysis"]["config"]["top_k"]
-    rows = drift_rows(runs, q, "analyze") + drift_rows(runs, ex, "reproduce_drift.py")
+    rows = drift_rows(runs, q, "analyze") + (drift_rows(runs, ex, "reproduce_drift.py") if with_example else [])
     higher = lambda r: sum(x > 0 for x in q(r)["sft_vs_rl"]["overlap_diff_per_pair"])
     diffs = cell(  # the per-pair lists only: a mean of lists means nothing (the count of higher pairs follows)
         runs,
@@ -627,13 +628,18 @@ def q2_section(runs: list[dict]) -> str:
     entry, stab = test("sft_vs_rl_topk_entry"), test("sft_vs_rl")
     md = lambda key: cell(runs, lambda r: q(r)[key]["median_diff"], signed)
     specific = all(x == 0 for r in runs for s in ("sft", "rl") for x in q(r)[s]["n_specific"])
-    same = all(q(r)[s]["overlap"] == ex(r)[s]["overlap"] for r in runs for s in ("sft", "rl"))
+    same = with_example and all(q(r)[s]["overlap"] == ex(r)[s]["overlap"] for r in runs for s in ("sft", "rl"))
+    rows_are = (
+        'Rows "analyze" are `python -m featalign.analyze`, rows "reproduce_drift.py" the example (the same\ncode with '
+        f'the same settings); {"they agree exactly" if same else "their overlaps differ (see the rows)"}.'
+        if with_example
+        else "The rows are `python -m featalign.analyze`'s."
+    )
     pw = lambda r, p: r["analysis"]["q1"]["pairwise"][p]
     return f"""## Q2. Do SFT features stabilise earlier than RL's?
 
 Joint crosscoder over base + {len(q(runs[0])["sft"]["overlap"]) + 1} checkpoints per series; top-{k} by NRN against the
-base. Rows "analyze" are `python -m featalign.analyze`, rows "reproduce_drift.py" the example (the same
-code with the same settings); {"they agree exactly" if same else "their overlaps differ (see the rows)"}.
+base. {rows_are}
 
 {
         table(
@@ -1202,28 +1208,30 @@ def load_structured(folder: Path = STRUCTURED) -> list[dict]:
 
 
 def structured_section(recs: list[dict]) -> str:
-    """Q1 and Q3 on a preset's builds over organism seeds (the structured preset: a known same-family transfer),
+    """Q1 to Q3 on a preset's builds over organism seeds (the structured preset: a known same-family transfer),
     by the same rules as the sections above; empty when there are none."""
     if not recs:
         return ""
     org = recs[0]["organisms"]["config"]
     a = recs[0]["analysis"]["config"]
-    q1 = q1_section(recs).split("\n", 1)[1]  # without its heading: this section's own comes first
-    q3 = q3_section(recs).split("\n", 1)[1]
-    return f"""## The `{org["preset"]}` preset over organism seeds: Q1 and Q3
+    q1, q2, q3 = (section(recs).split("\n", 1)[1] for section in (q1_section, q2_section, q3_section))  # no heading
+    return f"""## The `{org["preset"]}` preset over organism seeds: Q1 to Q3
 
 The same analysis (`python -m featalign.analyze`, every stage, {a["variant"]}, {a["n_latents"]} latents,
 {a["steps"]} steps, hook `{recs[0]["analysis"]["hook"]}`) on builds of the `{org["preset"]}` preset with organism
 seeds {", ".join(str(r["seed"]) for r in recs)} (each its own base and post-training; docs/organisms.md shows
 their transfer: RL on `{org["post_train_domains"][0]}` gains on its family through the planted stop). Here
 "seed" is the organism seed; each build's crosscoders use crosscoder seed
-{", ".join(sorted({str(r["crosscoder_seed"]) for r in recs}))}. Q2 and Q4 were not run on these builds. The
+{", ".join(sorted({str(r["crosscoder_seed"]) for r in recs}))}. Q4 and the drift example were not run on these builds. The
 success selection reads the latents where analyze reads them (`--positions`, the same for every build); the
 planted stop is decided after the answer, so at the last prompt token it can show only through what the model
 already represents there.
 
 ### Q1 on the `{org["preset"]}` builds
 {q1}
+
+### Q2 on the `{org["preset"]}` builds
+{q2}
 
 ### Q3 on the `{org["preset"]}` builds
 {q3}"""

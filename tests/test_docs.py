@@ -691,7 +691,8 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert str(tmp_path) not in json.dumps(org_rec) and str(root) not in json.dumps(org_rec)
     other = json.loads(json.dumps(org_rec)) | {"seed": 7}
     section = res.structured_section([org_rec, other])
-    assert section.startswith("## The `tiny` preset over organism seeds: Q1 and Q3")
+    assert section.startswith("## The `tiny` preset over organism seeds: Q1 to Q3")
+    assert "### Q2 on the `tiny` builds" in section and "The rows are `python -m featalign.analyze`'s." in section
     assert f"| base vs RL | {alive} / {alive} (mean {alive}" in section  # one value per organism seed
     assert "the same in all 2 seeds (seed 0: " in section and "seed 7: " in section
     other["organisms"]["config"]["preset"] = "default"
