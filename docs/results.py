@@ -5,6 +5,7 @@
     python docs/results.py collect-organism-seed --analysis DIR --organisms DIR
                                           # one analyze run on one build of a preset (the structured one over
                                           # organism seeds) -> docs/data/results/structured/seed-<organism seed>.json
+                                          # (a --positions P run: structured/positions-P/, Q3 only)
     python docs/results.py render         # docs/results.md from every docs/data/results/seed-*.json
     python docs/results.py render --check # exit 1 if docs/results.md disagrees with the JSON
 
@@ -115,15 +116,15 @@ def compact_analysis(r: dict) -> dict:
             "bootstrap_size_95": q3["bootstrap"]["size_95"],
             "gradient": {t: pick(g, ("spearman", "top_k_jaccard")) for t, g in q3["gradient"].items()},
         }
+    # a run of some stages (`--stages success`) has only their parts; the page's sections say what they need
+    optional = {"attribution": "attribution", "q1": "q1_specific_latents", "q2": "q2_drift"}
     return {
         "config": r["config"],
         "stamp": stamp(r),
         "hook": r["hook"],
         "models": r["models"],
         "timings_s": r["timings_s"],
-        "attribution": r["attribution"],
-        "q1": r["q1_specific_latents"],
-        "q2": r["q2_drift"],
+        **{k: r[key] for k, key in optional.items() if key in r},
         "q3": q3_part,
     }
 
@@ -680,6 +681,14 @@ overlap; RL features keep evolving with low overlap while base representations a
 Figure: `figures/drift.png`."""
 
 
+#: where the success stage read the latents (analyze's `--positions`), as the Q3 text says it
+POSITION_WORDS = {
+    "last": "at the last prompt token",
+    "all": "averaged over the prompt tokens",
+    "answer_end": "at the reference answer's last token (the answer teacher-forced: the position that predicts <eos>)",
+}
+
+
 def q3_section(runs: list[dict]) -> str:
     q = lambda r: r["analysis"]["q3"]
     if any("error" in q(r) for r in runs):
@@ -761,7 +770,7 @@ def q3_section(runs: list[dict]) -> str:
     return f"""## Q3. Is there a compact RL-success feature set shared across tasks?
 
 Base-fail / RL-success samples per out-of-domain task: {samples}; skipped ({skipped}).
-Score at the last prompt token, {100 * runs[0]["analysis"]["config"]["success_frac"]:.0f}%-of-max threshold.
+Score {POSITION_WORDS[runs[0]["analysis"]["config"]["positions"]]}, {100 * runs[0]["analysis"]["config"]["success_frac"]:.0f}%-of-max threshold.
 
 {table(["", "real", f"random-subset null ({n_null} repeats), mean [95%]"], rows)}
 
@@ -1207,14 +1216,40 @@ def load_structured(folder: Path = STRUCTURED) -> list[dict]:
     return recs
 
 
-def structured_section(recs: list[dict]) -> str:
+def organism_seed_path(data: Path, rec: dict) -> Path:
+    """Where `collect-organism-seed` files a record: `seed-<S>.json`, or under `positions-<P>/` for a run whose
+    success stage read the latents elsewhere than the default's last prompt token (a Q3-only record)."""
+    positions = rec["analysis"]["config"]["positions"]
+    folder = data if positions == "last" else data / f"positions-{positions}"
+    return folder / f"seed-{rec['seed']}.json"
+
+
+def load_structured_positions(folder: Path = STRUCTURED) -> dict[str, list[dict]]:
+    """The Q3 records read at other positions (`organism_seed_path`), by position."""
+    return {p.name.removeprefix("positions-"): load_structured(p) for p in sorted(folder.glob("positions-*"))}
+
+
+def positions_subsections(preset: str, by_positions: dict[str, list[dict]]) -> str:
+    out = []
+    for positions, recs in by_positions.items():
+        q3 = q3_section(recs).split("\n", 1)[1]
+        out.append(f"""### Q3 on the `{preset}` builds, read at another position (`--positions {positions}`)
+
+`python -m featalign.analyze --stages success --positions {positions}` on the same builds, with crosscoders
+trained by the same settings and seeds as above; only where the latents are read differs.
+{q3}""")
+    return "\n\n".join(out)
+
+
+def structured_section(recs: list[dict], by_positions: dict[str, list[dict]] | None = None) -> str:
     """Q1 to Q3 on a preset's builds over organism seeds (the structured preset: a known same-family transfer),
-    by the same rules as the sections above; empty when there are none."""
+    by the same rules as the sections above, and Q3 read at other positions; empty when there are none."""
     if not recs:
         return ""
     org = recs[0]["organisms"]["config"]
     a = recs[0]["analysis"]["config"]
     q1, q2, q3 = (section(recs).split("\n", 1)[1] for section in (q1_section, q2_section, q3_section))  # no heading
+    more = positions_subsections(org["preset"], by_positions or {})
     return f"""## The `{org["preset"]}` preset over organism seeds: Q1 to Q3
 
 The same analysis (`python -m featalign.analyze`, every stage, {a["variant"]}, {a["n_latents"]} latents,
@@ -1234,7 +1269,7 @@ already represents there.
 {q2}
 
 ### Q3 on the `{org["preset"]}` builds
-{q3}"""
+{q3}""" + (f"\n\n{more}" if more else "")
 
 
 PREDICTION = DATA / "transfer_prediction.json"
@@ -1344,6 +1379,7 @@ def render(
     prediction: dict | None = None,
     variants: dict[str, list[dict]] | None = None,
     structured: list[dict] | None = None,
+    structured_positions: dict[str, list[dict]] | None = None,
 ) -> str:
     """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record, the
     variant runs (as `load_variants` returns them) and a preset's organism-seed records (`load_structured`)."""
@@ -1357,7 +1393,7 @@ def render(
         transfer_section(runs),
         prediction_section(prediction),
         variants_section(variants or {}),
-        structured_section(structured or []),
+        structured_section(structured or [], structured_positions),
         times_section(runs),
         FOOTER,
     ]
@@ -1367,7 +1403,7 @@ def render(
 def render_page() -> str:
     """docs/results.md as the committed JSON says it should be."""
     return render(load_runs(DATA), load_prediction(DATA / PREDICTION.name), load_variants(VARIANTS),
-                  load_structured(STRUCTURED))
+                  load_structured(STRUCTURED), load_structured_positions(STRUCTURED))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1418,7 +1454,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.verb == "collect-organism-seed":
         rec = collect_organism_seed(a.analysis, a.organisms)
-        path = a.data / f"seed-{rec['seed']}.json"
+        path = organism_seed_path(a.data, rec)
         atomic_write_json(path, rec)
         print(f"wrote {path}")
         return 0
@@ -1427,6 +1463,7 @@ def main(argv: list[str] | None = None) -> int:
         load_prediction(a.data / PREDICTION.name),
         load_variants(a.data / "variants"),
         load_structured(a.data / "structured"),
+        load_structured_positions(a.data / "structured"),
     )
     if a.check:
         if a.page.read_text() != text:

@@ -84,6 +84,7 @@ class FeatureInterventionConfig(JsonConfig):
     n_latents: int = 1024
     k: int = 16
     steps: int = 600
+    positions: str = "last"  # where the success scores read the latents (featalign.analysis POSITIONS)
     success_frac: float = 0.2
     min_samples: int = 8
     min_features: int = 8
@@ -132,6 +133,7 @@ HELP = {
     "held_out_tasks": "tasks never used for selection (reported apart)", "n_prompts": "eval prompts per task",
     "n_tokens": "crosscoder training tokens per model", "eval_tokens": "tokens for firing rates / typical activations",
     "variant": "crosscoder variant", "n_latents": "latents", "k": "batchtopk k", "steps": "crosscoder steps",
+    "positions": ANALYZE_HELP["positions"] + "; the edits apply at every position",
     "success_frac": "per-task threshold as a fraction of the max score",
     "min_samples": "fewest base-fail/RL-success samples for a selection task to count",
     "min_features": "fewest features to intervene on (fallback rules below this)",
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     t_cc = time.time() - t0
 
     # 3. RL-success features on the selection tasks only
-    scfg = SuccessConfig(frac=cfg.success_frac, min_samples=cfg.min_samples, seed=cfg.seed)
+    scfg = SuccessConfig(positions=cfg.positions, frac=cfg.success_frac, min_samples=cfg.min_samples, seed=cfg.seed)
     succ = success_features_for_models(cc, bm, rm, {t: data[t] for t in sel_names}, scfg, progress=cfg.progress)
     feats, rule = choose_features(succ, cfg.min_features)
     typical = typical_activation(cc, xe, feats, model="rl")

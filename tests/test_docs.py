@@ -695,6 +695,19 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert "### Q2 on the `tiny` builds" in section and "The rows are `python -m featalign.analyze`'s." in section
     assert f"| base vs RL | {alive} / {alive} (mean {alive}" in section  # one value per organism seed
     assert "the same in all 2 seeds (seed 0: " in section and "seed 7: " in section
+    # a Q3 record read at the answer's end is filed apart and rendered as its own subsection after the main ones
+    ae = json.loads(json.dumps(org_rec))
+    ae["analysis"]["config"]["positions"] = "answer_end"
+    assert res.organism_seed_path(tmp_path, ae) == tmp_path / "positions-answer_end" / f"seed-{ae['seed']}.json"
+    assert res.organism_seed_path(tmp_path, org_rec) == tmp_path / f"seed-{org_rec['seed']}.json"
+    section = res.structured_section([org_rec], {"answer_end": [ae]})
+    head = "### Q3 on the `tiny` builds, read at another position (`--positions answer_end`)"
+    assert section.index("### Q3 on the `tiny` builds\n") < section.index(head)
+    assert section.split(head)[1].count("Score at the reference answer's last token") == 1
+    path = res.organism_seed_path(tmp_path, ae)
+    path.parent.mkdir()
+    path.write_text(json.dumps(ae))
+    assert res.load_structured_positions(tmp_path) == {"answer_end": [ae]}
     other["organisms"]["config"]["preset"] = "default"
     for i, r in enumerate((org_rec, other)):
         (tmp_path / f"seed-{i}.json").write_text(json.dumps(r))

@@ -42,7 +42,7 @@ class AnalyzeConfig(JsonConfig):
     drift_permutations: int = 1000  # shuffled-order null: every order when n! <= this, else this many random ones
     top_k: int = 50
     lean: float = 0.6  # graded pairwise counts: NRN >= lean (tuned-leaning) / <= 1 - lean
-    positions: str = "last"  # RL-success score positions: last prompt token | all prompt tokens
+    positions: str = "last"  # RL-success score positions (success_features.POSITIONS)
     success_frac: float = 0.2
     min_samples: int = 8
     gradient: bool = True  # activation x gradient attribution score next to Score_k
@@ -150,7 +150,8 @@ HELP = {
     "else this many seeded random orders",
     "top_k": "top-k model-specific features compared between successive checkpoints",
     "lean": "graded pairwise count threshold: NRN >= lean is tuned-leaning (strict classes use 0.9)",
-    "positions": "RL-success score positions: last (last prompt token) | all (mean over prompt tokens)",
+    "positions": "RL-success score positions: last (last prompt token) | all (mean over prompt tokens) | "
+    "answer_end (the reference answer's last token, answer teacher-forced: where the model decides to stop)",
     "success_frac": "keep latents above this fraction of the per-task maximum score",
     "min_samples": "fewest base-fail/RL-success samples for a task to be scored",
     "gradient": "also compute the activation x gradient score and its agreement (true/false)",

@@ -27,7 +27,10 @@ from tqdm.auto import tqdm
 
 from featalign.config import JsonConfig
 
-POSITIONS = ("last", "all")
+#: where a sample's latents are read: the last prompt token (it predicts the answer's first token), the mean
+#: over the prompt tokens, or the reference answer's last token with the answer teacher-forced (it predicts
+#: <eos>: where a model decides to stop, which the last prompt token sees only through what it already holds)
+POSITIONS = ("last", "all", "answer_end")
 
 
 class TooFewSamplesError(ValueError):
@@ -41,7 +44,7 @@ class SuccessConfig(JsonConfig):
 
     base: str = "base"  # crosscoder model names
     rl: str = "rl"
-    positions: str = "last"  # "last": the last prompt token (predicts the answer); "all": mean over prompt tokens
+    positions: str = "last"  # one of POSITIONS: "last" prompt token, "all" prompt tokens' mean, "answer_end"
     frac: float = 0.2  # keep latents with Score_k > frac * max_k Score_k (per task)
     min_samples: int = 8  # per task; fewer base-fail/RL-success samples -> the task is skipped (with its count)
     min_tasks: int = 2  # tasks needed for an intersection
@@ -265,13 +268,14 @@ def agreement(score_L: Tensor, attr_L: Tensor, k: int) -> dict:
 
 
 def prompt_batch(tokenizer, problems, with_answer: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Right-padded ids [S, T] (with <bos>), a prompt-position mask (no <bos>), and each prompt's last index."""
+    """Right-padded ids [S, T] (with <bos>), a prompt-position mask (no <bos>), and each prompt's last index.
+    `with_answer` appends the reference answer and <eos> to each prompt (teacher forcing)."""
     seqs, lens = [], []
     for p in problems:
         ids = tokenizer(p.prompt)["input_ids"]
         lens.append(len(ids))
         if with_answer:
-            ids = ids + tokenizer(p.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = ids + answer_ids(tokenizer, p) + [tokenizer.eos_token_id]
         seqs.append(ids)
     T = max(map(len, seqs))
     ids_ST = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
@@ -282,27 +286,45 @@ def prompt_batch(tokenizer, problems, with_answer: bool = False) -> tuple[Tensor
     return ids_ST, mask, torch.tensor(lens) - 1
 
 
-def pool_positions(f_STX: Tensor, mask_ST: Tensor, last_S: Tensor, positions: str) -> Tensor:
-    """[S, X]: per sample, the last prompt token's row (`positions='last'`) or the mean over prompt positions."""
-    if positions == "last":
-        return f_STX[torch.arange(len(f_STX)), last_S]
+def answer_ids(tokenizer, problem) -> list[int]:
+    """The reference answer's token ids, as they follow the prompt in `prompt_batch(with_answer=True)`."""
+    return tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
+
+
+def read_index(tokenizer, problems, last_S: Tensor, positions: str) -> Tensor:
+    """[S]: the position a sample is read at: its last prompt token, or (`answer_end`) the last token of its
+    teacher-forced reference answer (the one that predicts <eos>). Unused by `positions='all'`."""
+    if positions != "answer_end":
+        return last_S
+    return last_S + torch.tensor([len(answer_ids(tokenizer, p)) for p in problems], dtype=last_S.dtype)
+
+
+def pool_positions(f_STX: Tensor, mask_ST: Tensor, read_S: Tensor, positions: str) -> Tensor:
+    """[S, X]: per sample, the mean over prompt positions (`positions='all'`), else the row at `read_S`
+    (`read_index`: the last prompt token, or the answer's end)."""
+    if positions != "all":
+        return f_STX[torch.arange(len(f_STX)), read_S]
     w = mask_ST.float()
     return (f_STX * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
 
 
 @torch.no_grad()
 def prompt_activations(
-    model, tokenizer, problems, hooks, batch: int = 128
+    model, tokenizer, problems, hooks, batch: int = 128, positions: str = "last"
 ) -> Iterator[tuple[Float[Tensor, "S T H D"], Tensor, Tensor]]:
-    """Per batch of prompts: (hook activations [S, T, H, D], prompt-position mask [S, T], last prompt index [S])
-    of one model (a `featalign.models.load_model` bridge), on the model's device and dtype."""
+    """Per batch of prompts: (hook activations [S, T, H, D], prompt-position mask [S, T], read index [S]) of one
+    model (a `featalign.models.load_model` bridge), on the model's device and dtype. The read index is
+    `read_index`'s: with `positions='answer_end'` the reference answers are teacher-forced after the prompts."""
     from featalign.models import capture_models
 
+    with_answer = positions == "answer_end"
     for i in range(0, len(problems), batch):
-        ids, mask, last = prompt_batch(tokenizer, problems[i : i + batch])
+        chunk = problems[i : i + batch]
+        ids, mask, last = prompt_batch(tokenizer, chunk, with_answer=with_answer)
         # right-padded and causal: padding never reaches a real position, so no attention mask is needed
         ids = ids.to(model.cfg.device)
-        yield capture_models([model], ids, torch.ones_like(ids), hooks)[:, :, 0], mask, last
+        read = read_index(tokenizer, chunk, last, positions)
+        yield capture_models([model], ids, torch.ones_like(ids), hooks)[:, :, 0], mask, read
 
 
 @torch.no_grad()
@@ -310,13 +332,13 @@ def sample_latents(
     cc, model, tokenizer, problems, model_index: int, positions: str = "last", batch: int = 128
 ) -> Float[Tensor, "S L"]:
     """Per-sample latents of one model (a `featalign.models.load_model` bridge) on prompts, pooled over
-    `positions` (last prompt token or all)."""
+    `positions` (one of POSITIONS)."""
     out = []
-    for acts, mask, last in prompt_activations(model, tokenizer, problems, cc.cfg.hooks, batch):
+    for acts, mask, read in prompt_activations(model, tokenizer, problems, cc.cfg.hooks, batch, positions):
         acts = acts.to(cc.W_enc.device, torch.float32)  # the crosscoder's device and dtype, whatever the model's
         S, T = mask.shape
         f = cc.encode_as(acts.reshape(S * T, *acts.shape[2:]), model_index).view(S, T, -1)
-        out.append(pool_positions(f, mask, last, positions))
+        out.append(pool_positions(f, mask, read, positions))
     return torch.cat(out)
 
 
@@ -339,7 +361,7 @@ def gradient_attribution(
         S, T = ids.shape
         ans = torch.zeros(S, T, dtype=torch.bool)
         for s, p in enumerate(chunk):
-            n_ans = len(tokenizer(p.answer, add_special_tokens=False)["input_ids"]) + 1
+            n_ans = len(answer_ids(tokenizer, p)) + 1
             ans[s, last[s] + 1 : last[s] + 1 + n_ans] = True
         holder = {}
 
@@ -356,7 +378,8 @@ def gradient_attribution(
         logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
         (logp * ans[:, 1:]).sum().backward()
         f = holder["f"]
-        out.append(pool_positions((f * f.grad).detach(), mask, last, positions))
+        read = read_index(tokenizer, chunk, last, positions)
+        out.append(pool_positions((f * f.grad).detach(), mask, read, positions))
         model.zero_grad(set_to_none=True)
     return torch.cat(out)
 

@@ -78,7 +78,8 @@ def test_agreement():
     assert agreement(a, -a, 3)["top_k_jaccard"] == 0.0
 
 
-def test_gradient_attribution_matches_finite_difference(tiny_organisms):
+@pytest.mark.parametrize("positions", ["last", "answer_end"])
+def test_gradient_attribution_matches_finite_difference(tiny_organisms, positions):
     from featalign.models import hf_model_of
     from featalign.models import edit_hooks, load_model
     from featalign.evaluation import eval_problems
@@ -91,21 +92,22 @@ def test_gradient_attribution_matches_finite_difference(tiny_organisms):
     cc = hand_crosscoder(torch.randn(16, 2, D, generator=g) * 0.5, models=("base", "rl"),
                         hook="blocks.0.hook_resid_post")
     probs = eval_problems("sort", 3)
-    attr = gradient_attribution(cc, model, tok, probs, 1, "last")  # [S, L]
-    lat = sample_latents(cc, model, tok, probs, 1, "last")
+    attr = gradient_attribution(cc, model, tok, probs, 1, positions)  # [S, L]
+    lat = sample_latents(cc, model, tok, probs, 1, positions)
     assert attr.shape == lat.shape == (3, 16)
     assert ((attr != 0) <= (lat > 0)).all()  # no activation -> no attribution
 
-    # finite difference: scaling latent k at the last prompt token by (1 + eps) adds eps f_k d_k there
+    # finite difference: scaling latent k at the read position by (1 + eps) adds eps f_k d_k there
     ids, _, last = prompt_batch(tok, probs[:1], with_answer=True)
     n_ans = len(tok(probs[0].answer, add_special_tokens=False)["input_ids"]) + 1
+    at = int(last[0]) + (n_ans - 1 if positions == "answer_end" else 0)  # the answer's last token, by hand
     k = int(lat[0].argmax())
 
     def logp(eps):
         def fn(resid):
             x = resid.detach().clone()
-            f = cc.encode_as(x[0, last[0]][None, None], 1)[0, k]
-            x[0, last[0]] += eps * f * cc.W_dec_LMHD[k, 1, 0].detach()
+            f = cc.encode_as(x[0, at][None, None], 1)[0, k]
+            x[0, at] += eps * f * cc.W_dec_LMHD[k, 1, 0].detach()
             return x
         with torch.no_grad(), edit_hooks(model, {cc.cfg.hooks[0]: fn}):
             lp = torch.log_softmax(hf_model_of(model)(input_ids=ids).logits[0, :-1].double(), -1).gather(-1, ids[0, 1:, None])[:, 0]
@@ -115,3 +117,25 @@ def test_gradient_attribution_matches_finite_difference(tiny_organisms):
     eps = 1e-3
     fd = (logp(eps) - logp(-eps)) / (2 * eps)
     assert attr[0, k].item() == pytest.approx(fd, rel=2e-2, abs=1e-4)
+
+
+def test_answer_end_reads_the_token_before_eos_of_each_unpadded_sequence(tiny_organisms):
+    """`answer_end` latents of a padded batch equal, per sample, the crosscoder encoding of the hook activation
+    at the reference answer's last token, taken from that sample's own unpadded prompt + answer sequence."""
+    from featalign.evaluation import eval_problems
+    from featalign.models import capture_models, load_model
+    from tests.analysis.helpers import hand_crosscoder
+
+    model, tok = _with_tokenizer(load_model(tiny_organisms.model_dir("rl")))
+    g = torch.Generator().manual_seed(1)
+    cc = hand_crosscoder(torch.randn(16, 2, model.cfg.d_model, generator=g) * 0.5, models=("base", "rl"),
+                         hook="blocks.0.hook_resid_post")
+    probs = eval_problems("add", 3) + eval_problems("sort", 3)  # answers of several lengths: padding differs
+    got = sample_latents(cc, model, tok, probs, 1, "answer_end", batch=4)
+    for s, p in enumerate(probs):
+        seq = tok(p.prompt)["input_ids"] + tok(p.answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([seq + [tok.eos_token_id]])
+        acts = capture_models([model], ids, torch.ones_like(ids), cc.cfg.hooks)[0, len(seq) - 1, 0]
+        want = cc.encode_as(acts[None].float(), 1)[0]
+        torch.testing.assert_close(got[s], want, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, sample_latents(cc, model, tok, probs, 1, "last", batch=4))
