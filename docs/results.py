@@ -2,7 +2,7 @@
 
     python docs/results.py collect --analysis DIR --interventions DIR --drift DIR --transfer DIR \\
         --organisms DIR --seed S          # the compact parts of four runs' outputs -> docs/data/results/seed-S.json
-    python docs/results.py collect-organism-seed --analysis DIR --organisms DIR
+    python docs/results.py collect-organism-seed --analysis DIR --organisms DIR [--interventions DIR]
                                           # one analyze run on one build of a preset (the structured one over
                                           # organism seeds) -> docs/data/results/structured/seed-<organism seed>.json
                                           # (a --positions P run: structured/positions-P/, Q3 only)
@@ -632,7 +632,7 @@ def q2_section(runs: list[dict]) -> str:
     same = with_example and all(q(r)[s]["overlap"] == ex(r)[s]["overlap"] for r in runs for s in ("sft", "rl"))
     rows_are = (
         'Rows "analyze" are `python -m featalign.analyze`, rows "reproduce_drift.py" the example (the same\ncode with '
-        f'the same settings); {"they agree exactly" if same else "their overlaps differ (see the rows)"}.'
+        f"the same settings); {'they agree exactly' if same else 'their overlaps differ (see the rows)'}."
         if with_example
         else "The rows are `python -m featalign.analyze`'s."
     )
@@ -770,7 +770,7 @@ def q3_section(runs: list[dict]) -> str:
     return f"""## Q3. Is there a compact RL-success feature set shared across tasks?
 
 Base-fail / RL-success samples per out-of-domain task: {samples}; skipped ({skipped}).
-Score {POSITION_WORDS[runs[0]["analysis"]["config"]["positions"]]}, {100 * runs[0]["analysis"]["config"]["success_frac"]:.0f}%-of-max threshold.
+Score {POSITION_WORDS[runs[0]["analysis"]["config"].get("positions", "last")]}, {100 * runs[0]["analysis"]["config"]["success_frac"]:.0f}%-of-max threshold.
 
 {table(["", "real", f"random-subset null ({n_null} repeats), mean [95%]"], rows)}
 
@@ -815,7 +815,9 @@ def q4_rows(runs: list[dict]) -> list[list[str]]:
                     cell(runs, lambda r, t=t: 100 * t(r)["delta"], signed, delta),
                     cell(runs, lambda r, t=t: t(r)["mcnemar_p"], pval, spread=False),
                     cell(runs, lambda r, t=t: t(r)["control_p"], pval, spread=False),
-                    cell(runs, lambda r, t=t: 100 * t(r)["subset_acc_with"], count, sub),
+                    cell(runs, lambda r, t=t: 100 * t(r)["subset_acc_with"], count, sub)
+                    if all(t(r)["subset_acc_with"] is not None for r in runs)
+                    else "not shown: " + " / ".join(str(t(r).get("subset_n", 0)) for r in runs) + " samples",
                     PUBLISHED["features"][kind] if i == 0 else "",
                 ]
             )
@@ -851,7 +853,7 @@ def q4_verdicts(r: dict) -> dict[str, Verdict]:
             if other
             else f"no {kind} row {other_verb} beyond both",
         )
-        subset = [t for t, v in tasks.items() if v["subset_control_p"] < 0.05]
+        subset = [t for t, v in tasks.items() if v["subset_control_p"] is not None and v["subset_control_p"] < 0.05]
         out[kind + " subset"] = Verdict(
             "yes" if subset else "no",
             f"{kind}: the base-fail/RL-success subset moves beyond its controls on {', '.join(subset)}"
@@ -884,8 +886,10 @@ def q4_section(runs: list[dict]) -> str:
     rules = "; ".join(f"seed {r['seed']}: {r['interventions']['rule']}" for r in runs)
     return f"""## Q4. Do the RL-success features matter causally? (`examples/reproduce_feature_interventions.py`)
 
-A base/RL {c["variant"]} crosscoder ({c["n_latents"]} latents, {c["steps"]} steps); RL-success scores on
-{len(s["tasks"])} out-of-domain selection tasks (base-fail / RL-success samples among {c["n_prompts"]} prompts
+A base/RL {c["variant"]} crosscoder ({c["n_latents"]} latents, {c["steps"]} steps); RL-success scores
+{POSITION_WORDS[c.get("positions", "last")]} on {
+        len(s["tasks"])
+    } out-of-domain selection tasks (base-fail / RL-success samples among {c["n_prompts"]} prompts
 each: {samples}); `{"`, `".join(c["held_out_tasks"].split(","))}` held out. The script's feature rule
 ({rules}) chose the features ({feats}). Each edit is compared with {c["n_controls"]} random feature sets
 matched on the RL model's firing frequency; {c["n_prompts"]} prompts per task. The edits read the latents
@@ -1187,9 +1191,10 @@ crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]
 STRUCTURED = DATA / "structured"
 
 
-def collect_organism_seed(analysis: Path, organisms: Path) -> dict:
-    """One `python -m featalign.analyze` run (every stage) on one build of an organisms preset, with the build:
-    a record of the preset over organism seeds (each seed its own base, so its own build)."""
+def collect_organism_seed(analysis: Path, organisms: Path, interventions: Path | None = None) -> dict:
+    """One `python -m featalign.analyze` run on one build of an organisms preset, with the build (and optionally
+    an `examples/reproduce_feature_interventions.py` run on it, read at the same positions): a record of the
+    preset over organism seeds (each seed its own base, so its own build)."""
     r = json.loads((Path(analysis) / "report.json").read_text())
     org = Path(organisms).resolve()
     roots = [("organisms", org), ("out", Path(analysis).resolve())]
@@ -1201,10 +1206,26 @@ def collect_organism_seed(analysis: Path, organisms: Path) -> dict:
         "analysis": strip_paths(compact_analysis(r), roots),
         "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary", "paired_tests")}, roots),
     }
+    if interventions is not None:
+        rec = with_interventions(rec, interventions, organisms)
     left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
     if left:
         raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
     return rec
+
+
+def with_interventions(rec: dict, interventions: Path, organisms: Path) -> dict:
+    """An organism-seed record with an `examples/reproduce_feature_interventions.py` run on its build added; the
+    run must be on that build (the same organisms config), read at the record's positions, with its seed."""
+    org = Path(organisms).resolve()
+    fi = compact_interventions(json.loads((Path(interventions) / "results.json").read_text()))
+    want = {"positions": rec["analysis"]["config"]["positions"], "seed": rec["crosscoder_seed"]}
+    got = {k: fi["config"].get(k, "last") for k in want}
+    if got != want:
+        raise ValueError(f"the interventions ran with {got}, the analysis with {want}: pass runs that match")
+    if compact_organisms(org)["config"] != rec["organisms"]["config"]:
+        raise ValueError(f"{org} is not the build of the record (organism seed {rec['seed']}): pass that build")
+    return {**rec, "interventions": strip_paths(fi, [("organisms", org), ("out", Path(interventions).resolve())])}
 
 
 def load_structured(folder: Path = STRUCTURED) -> list[dict]:
@@ -1229,6 +1250,14 @@ def load_structured_positions(folder: Path = STRUCTURED) -> dict[str, list[dict]
     return {p.name.removeprefix("positions-"): load_structured(p) for p in sorted(folder.glob("positions-*"))}
 
 
+def q4_subsection(preset: str, recs: list[dict], where: str) -> str:
+    """Q4 on a preset's builds, when every record carries an interventions run (else empty)."""
+    if not recs or not all("interventions" in r for r in recs):
+        return ""
+    body = q4_section(recs).split("\n", 1)[1]
+    return f"### Q4 on the `{preset}` builds{where}\n{body}"
+
+
 def positions_subsections(preset: str, by_positions: dict[str, list[dict]]) -> str:
     out = []
     for positions, recs in by_positions.items():
@@ -1238,6 +1267,8 @@ def positions_subsections(preset: str, by_positions: dict[str, list[dict]]) -> s
 `python -m featalign.analyze --stages success --positions {positions}` on the same builds, with crosscoders
 trained by the same settings and seeds as above; only where the latents are read differs.
 {q3}""")
+        q4 = q4_subsection(preset, recs, f", read at another position (`--positions {positions}`)")
+        out += [q4] if q4 else []
     return "\n\n".join(out)
 
 
@@ -1249,15 +1280,24 @@ def structured_section(recs: list[dict], by_positions: dict[str, list[dict]] | N
     org = recs[0]["organisms"]["config"]
     a = recs[0]["analysis"]["config"]
     q1, q2, q3 = (section(recs).split("\n", 1)[1] for section in (q1_section, q2_section, q3_section))  # no heading
-    more = positions_subsections(org["preset"], by_positions or {})
-    return f"""## The `{org["preset"]}` preset over organism seeds: Q1 to Q3
+    more = "\n\n".join(
+        x
+        for x in (q4_subsection(org["preset"], recs, ""), positions_subsections(org["preset"], by_positions or {}))
+        if x
+    )
+    last_q = "Q4" if all("interventions" in r for r in recs) else "Q3"
+    return f"""## The `{org["preset"]}` preset over organism seeds: Q1 to {last_q}
 
 The same analysis (`python -m featalign.analyze`, every stage, {a["variant"]}, {a["n_latents"]} latents,
 {a["steps"]} steps, hook `{recs[0]["analysis"]["hook"]}`) on builds of the `{org["preset"]}` preset with organism
 seeds {", ".join(str(r["seed"]) for r in recs)} (each its own base and post-training; docs/organisms.md shows
 their transfer: RL on `{org["post_train_domains"][0]}` gains on its family through the planted stop). Here
 "seed" is the organism seed; each build's crosscoders use crosscoder seed
-{", ".join(sorted({str(r["crosscoder_seed"]) for r in recs}))}. Q4 and the drift example were not run on these builds. The
+{", ".join(sorted({str(r["crosscoder_seed"]) for r in recs}))}. {
+        "Q4 ran as `examples/reproduce_feature_interventions.py` on each build; the drift example did not"
+        if all("interventions" in r for r in recs)
+        else "Q4 and the drift example were not run on these builds"
+    }. The
 success selection reads the latents where analyze reads them (`--positions`, the same for every build); the
 planted stop is decided after the answer, so at the last prompt token it can show only through what the model
 already represents there.
@@ -1321,7 +1361,8 @@ def prediction_section(pred: dict | None) -> str:
     lines = [
         "## Predicting where RL transfers from the base model's features (`examples/predict_transfer.py`)",
         "",
-        f"The `{org['preset']}` organisms ({len(pred['tasks'])} domains: {', '.join(pred['tasks'])}); "
+        f"The `{org['preset']}` organisms (organism seed {org['seed']}; {len(pred['tasks'])} domains: "
+        f"{', '.join(pred['tasks'])}); "
         f"single-domain RL and SFT from the one base on each of {', '.join(pred['train']['rl_delta'])}, every "
         f"model evaluated on every domain ({org['eval_samples']} prompts; the similarity from the base alone on "
         f"{cfg['n_prompts']} prompts per domain, a {cfg['variant']} SAE of {cfg['n_latents']} latents at "
@@ -1402,8 +1443,13 @@ def render(
 
 def render_page() -> str:
     """docs/results.md as the committed JSON says it should be."""
-    return render(load_runs(DATA), load_prediction(DATA / PREDICTION.name), load_variants(VARIANTS),
-                  load_structured(STRUCTURED), load_structured_positions(STRUCTURED))
+    return render(
+        load_runs(DATA),
+        load_prediction(DATA / PREDICTION.name),
+        load_variants(VARIANTS),
+        load_structured(STRUCTURED),
+        load_structured_positions(STRUCTURED),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1425,11 +1471,18 @@ def main(argv: list[str] | None = None) -> int:
         ("collect-organism-seed", STRUCTURED, "one analyze run on one build of a preset -> seed-<organism seed>.json"),
     ):
         one = sub.add_parser(verb, help=f"{what} in {default.relative_to(DOCS.parent)}")
-        one.add_argument("--analysis", type=Path, required=True, help="the run's --out folder")
+        one.add_argument("--analysis", type=Path, required=verb == "collect-variant", help="the run's --out folder")
         one.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
         one.add_argument("--data", type=Path, default=default)
         if verb == "collect-variant":
             one.add_argument("--seed", type=int, required=True)
+        else:
+            one.add_argument(
+                "--interventions",
+                type=Path,
+                help="a reproduce_feature_interventions.py run's --out on the same build (without --analysis: "
+                "added to the build's record already collected)",
+            )
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
@@ -1453,7 +1506,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
     if a.verb == "collect-organism-seed":
-        rec = collect_organism_seed(a.analysis, a.organisms)
+        if a.analysis is not None:
+            rec = collect_organism_seed(a.analysis, a.organisms, a.interventions)
+        elif a.interventions is not None:
+            fi_cfg = json.loads((a.interventions / "results.json").read_text())["config"]
+            key = {
+                "seed": compact_organisms(a.organisms.resolve())["config"]["seed"],
+                "analysis": {"config": {"positions": fi_cfg.get("positions", "last")}},
+            }
+            rec = with_interventions(
+                json.loads(organism_seed_path(a.data, key).read_text()), a.interventions, a.organisms
+            )
+        else:
+            ap.error("collect-organism-seed needs --analysis, --interventions or both")
         path = organism_seed_path(a.data, rec)
         atomic_write_json(path, rec)
         print(f"wrote {path}")

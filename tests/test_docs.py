@@ -692,6 +692,18 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     other = json.loads(json.dumps(org_rec)) | {"seed": 7}
     section = res.structured_section([org_rec, other])
     assert section.startswith("## The `tiny` preset over organism seeds: Q1 to Q3")
+    assert "### Q4 on the `tiny` builds" not in section  # no interventions run collected
+    # with the interventions run on the build: its numbers, and a Q4 subsection; a run read elsewhere is refused
+    with_fi = res.collect_organism_seed(out / "analysis", root, out / "fi")
+    assert with_fi["interventions"]["features"] == fi["features"] and str(root) not in json.dumps(with_fi)
+    q4 = res.structured_section([with_fi])
+    assert "### Q4 on the `tiny` builds\n" in q4 and "RL-success scores\nat the last prompt token" in q4
+    assert q4.startswith("## The `tiny` preset over organism seeds: Q1 to Q4")
+    moved = tmp_path / "fi-elsewhere"
+    moved.mkdir()
+    (moved / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"positions": "answer_end"}}))
+    with pytest.raises(ValueError, match="pass runs that match"):
+        res.collect_organism_seed(out / "analysis", root, moved)
     assert "### Q2 on the `tiny` builds" in section and "The rows are `python -m featalign.analyze`'s." in section
     assert f"| base vs RL | {alive} / {alive} (mean {alive}" in section  # one value per organism seed
     assert "the same in all 2 seeds (seed 0: " in section and "seed 7: " in section
@@ -753,7 +765,7 @@ def test_results_transfer_prediction_wording_follows_its_scores():
 
     pred = {
         "config": {"n_prompts": 50, "variant": "batchtopk", "n_latents": 64, "n_permutations": 100, "n_boot": 50},
-        "organisms_config": {"preset": "structured", "eval_samples": 100},
+        "organisms_config": {"preset": "structured", "eval_samples": 100, "seed": 3},
         "hook": "blocks.1.hook_resid_post",
         "tasks": ["a", "b", "c"],
         "train": {"rl_delta": ["a", "b"], "sft_delta": ["a", "b"]},
@@ -779,6 +791,7 @@ def test_results_transfer_prediction_wording_follows_its_scores():
     assert "`feature_mass`: weakly" in sft and "best baseline `ngram`: predicts it" in sft
     assert "do not separate it from the best baseline" in sft
     assert "| ngram (baseline) | +0.10 [−0.40, +0.50], p 0.4 | +0.50 [+0.10, +0.80], p 0.02 |" in text
+    assert "The `structured` organisms (organism seed 3; 3 domains" in text
     assert res.prediction_section(None) == ""
 
 
