@@ -1105,6 +1105,27 @@ def collect_variant(analysis: Path, organisms: Path, seed: int) -> dict:
     return rec
 
 
+def collect_variant_q23(analysis: Path, organisms: Path, seed: int, rec: dict) -> dict:
+    """The variant record `rec` (Q1, `collect_variant`) with Q2 and Q3 of a `python -m featalign.analyze --stages
+    drift,success --variant V --seed S` run on the same build added as `analysis_q23` (its own config and stamp)."""
+    r = json.loads((Path(analysis) / "report.json").read_text())
+    got = (r["config"].get("seed"), r["config"]["variant"])
+    if got != (seed, rec["variant"]):
+        raise ValueError(f"{analysis} ran with (seed, variant) {got}, the record has {(seed, rec['variant'])}")
+    if "q2_drift" not in r or "q3_success_features" not in r:
+        raise ValueError(f"{analysis}/report.json lacks Q2 or Q3: rerun it with --stages drift,success")
+    org = Path(organisms).resolve()
+    o = compact_organisms(org)
+    if o["provenance"] != rec["organisms"]["provenance"] or o["config"] != rec["organisms"]["config"]:
+        raise ValueError(f"{org} is not the build of the record's Q1 run: pass that build")
+    compact = compact_analysis(r)
+    part = {k: compact[k] for k in ("config", "stamp", "hook", "timings_s", "q2", "q3")}
+    roots = [("organisms", org), ("out", Path(analysis).resolve())]
+    out = {**rec, "analysis_q23": strip_paths(part, roots)}
+    out["organisms"] = {**rec["organisms"], "paired_tests": o["paired_tests"]}  # the Q3 text's flip counts
+    return out
+
+
 def load_variants(folder: Path = VARIANTS) -> dict[str, list[dict]]:
     """{variant: its seed records by seed} from `folder/<variant>-seed-<S>.json`, all on one build."""
     recs = sorted((json.loads(p.read_text()) for p in folder.glob("*-seed-*.json")), key=lambda r: r["seed"])
@@ -1175,7 +1196,8 @@ def variants_section(by_variant: dict[str, list[dict]]) -> str:
     first = next(iter(by_variant.values()))[0]
     build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
     a = first["analysis"]["config"]
-    return f"""## Q1 by crosscoder variant: the L1 loss next to BatchTopK
+    upto = "Q3" if variants_q23(by_variant) else "Q1"
+    return f"""## {"Q1 to Q3" if upto == "Q3" else "Q1"} by crosscoder variant: the L1 loss next to BatchTopK
 
 The same question with the published loss (`--variant l1`, sparsity coefficient {a["sparsity_coef"]:g}) and with
 BatchTopK (k = {a["k"]}), each over crosscoder seeds, on **another build** of the same recipe than the tables
@@ -1185,7 +1207,30 @@ crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]
 
 {table(["variant: crosscoder (pairwise)", "alive", "tuned-only (NRN ≥ 0.9)", "tuned-leaning (≥ 0.6)", "sd(NRN)"], rows)}
 
-{chr(10).join(lines)}"""
+{chr(10).join(lines)}""" + variants_q23(by_variant)
+
+
+def variants_q23(by_variant: dict[str, list[dict]]) -> str:
+    """Q2 and Q3 per variant, by the page's rules, for the variants whose every record carries a drift,success
+    run (`collect_variant_q23`); empty when none does."""
+    out = []
+    for variant, recs in by_variant.items():
+        if not all("analysis_q23" in r for r in recs):
+            continue
+        runs = [{**r, "analysis": {**r["analysis"], **r["analysis_q23"]}} for r in recs]  # Q2 cites Q1
+        a = runs[0]["analysis"]["config"]
+        q2, q3 = (section(runs).split("\n", 1)[1] for section in (q2_section, q3_section))  # no heading
+        out.append(f"""### Q2 and Q3 with `{variant}` crosscoders
+
+`python -m featalign.analyze --stages drift,success --variant {variant} --seed S` on the same build,
+{a["n_latents"]} latents, {a["steps"]} steps, hook `{runs[0]["analysis"]["hook"]}`.
+
+#### Q2 with `{variant}`
+{q2}
+
+#### Q3 with `{variant}`
+{q3}""")
+    return "".join(f"\n\n{x}" for x in out)
 
 
 STRUCTURED = DATA / "structured"
@@ -1467,7 +1512,12 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
     cp.add_argument("--data", type=Path, default=DATA)
     for verb, default, what in (
-        ("collect-variant", VARIANTS, "one analyze --stages attribution,controls run -> <variant>-seed-S.json"),
+        (
+            "collect-variant",
+            VARIANTS,
+            "one analyze --stages attribution,controls run -> <variant>-seed-S.json (a --stages drift,success run: "
+            "its Q2 and Q3 added to that file)",
+        ),
         ("collect-organism-seed", STRUCTURED, "one analyze run on one build of a preset -> seed-<organism seed>.json"),
     ):
         one = sub.add_parser(verb, help=f"{what} in {default.relative_to(DOCS.parent)}")
@@ -1500,7 +1550,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {a.data / PREDICTION.name}")
         return 0
     if a.verb == "collect-variant":
-        rec = collect_variant(a.analysis, a.organisms, a.seed)
+        report = json.loads((a.analysis / "report.json").read_text())
+        if "q1_specific_latents" in report:
+            rec = collect_variant(a.analysis, a.organisms, a.seed)
+        else:  # a drift,success run: Q2 and Q3 added to the variant's Q1 record of the same seed
+            path = a.data / f"{report['config']['variant']}-seed-{a.seed}.json"
+            rec = collect_variant_q23(a.analysis, a.organisms, a.seed, json.loads(path.read_text()))
         path = a.data / f"{rec['variant']}-seed-{a.seed}.json"
         atomic_write_json(path, rec)
         print(f"wrote {path}")

@@ -684,6 +684,18 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     section = res.variants_section({"batchtopk": [var]})
     alive = report["q1_specific_latents"]["pairwise"]["base-vs-rl"]["n_alive"]
     assert f"| batchtopk: base vs RL | {alive} |" in section
+    assert "### Q2 and Q3 with" not in section and section.startswith("## Q1 by crosscoder variant")
+    # ... and its Q2 and Q3 (this run has every stage) added to that record: the run's numbers, rendered
+    var23 = res.collect_variant_q23(out / "analysis", root, 0, var)
+    assert var23["analysis_q23"]["q2"] == report["q2_drift"] and var23["analysis"] == var["analysis"]
+    assert str(tmp_path) not in json.dumps(var23) and str(root) not in json.dumps(var23)
+    section = res.variants_section({"batchtopk": [var23]})
+    assert section.startswith("## Q1 to Q3 by crosscoder variant")
+    assert "#### Q2 with `batchtopk`" in section and "#### Q3 with `batchtopk`" in section
+    n_feat = report["q3_success_features"]["n_features"]
+    assert f"| intersection over the {len(report['q3_success_features']['tasks'])} tasks | **{n_feat}**" in section
+    with pytest.raises(ValueError, match="the record has"):
+        res.collect_variant_q23(out / "analysis", root, 1, var)
     # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
     org_rec = res.collect_organism_seed(out / "analysis", root)
     assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
