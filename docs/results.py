@@ -1199,8 +1199,8 @@ def variants_section(by_variant: dict[str, list[dict]]) -> str:
     first = next(iter(by_variant.values()))[0]
     build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
     a = first["analysis"]["config"]
-    upto = "Q3" if variants_q23(by_variant) else "Q1"
-    return f"""## {"Q1 to Q3" if upto == "Q3" else "Q1"} by crosscoder variant: the L1 loss next to BatchTopK
+    q23 = variants_q23(by_variant)
+    return f"""## {"Q1 to Q3" if q23 else "Q1"} by crosscoder variant: the L1 loss next to BatchTopK
 
 The same question with the published loss (`--variant l1`, sparsity coefficient {a["sparsity_coef"]:g}) and with
 BatchTopK (k = {a["k"]}), each over crosscoder seeds, on **another build** of the same recipe than the tables
@@ -1210,7 +1210,7 @@ crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]
 
 {table(["variant: crosscoder (pairwise)", "alive", "tuned-only (NRN ≥ 0.9)", "tuned-leaning (≥ 0.6)", "sd(NRN)"], rows)}
 
-{chr(10).join(lines)}""" + variants_q23(by_variant)
+{chr(10).join(lines)}""" + q23
 
 
 def variants_q23(by_variant: dict[str, list[dict]]) -> str:
