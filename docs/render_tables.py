@@ -239,7 +239,7 @@ def first_run(paths: Sequence[Path]) -> str:
         s = json.loads(path.read_text())
         p = s["phases_s"]
         out.append(
-            f"- {s.get('cpu_capability', 'unknown')} CPU, measured {s['date']} ({s['cores']} cores, load average "
+            f"- {s.get('cpu_capability', 'unknown')} CPU{f' ({m})' if (m := s.get('cpu_model')) else ''}, measured {s['date']} ({s['cores']} cores, load average "
             f"{s['load_average_before'][0]:.1f} at the start, {s['cores_busy']:.2f} cores busy on average): "
             f"**{s['wall_s'] / 60:.1f} minutes**: the organisms {p['organisms']:.0f} s (pretraining "
             f"{p['organisms_pretraining']:.0f} s, post-training and evaluation "

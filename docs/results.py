@@ -6,6 +6,9 @@
                                           # one analyze run on one build of a preset (the structured one over
                                           # organism seeds) -> docs/data/results/structured/seed-<organism seed>.json
                                           # (a --positions P run: structured/positions-P/, Q3 only)
+    python docs/results.py collect-q4-variant --interventions DIR --organisms DIR
+                                          # a reproduce_feature_interventions.py --variant V --seed S run (all
+                                          # on one build) -> docs/data/results/q4-variants/<V>-seed-S.json
     python docs/results.py render         # docs/results.md from every docs/data/results/seed-*.json
     python docs/results.py render --check # exit 1 if docs/results.md disagrees with the JSON
 
@@ -1073,6 +1076,13 @@ relative to the organisms folder or the run's `--out`) in `docs/data/results/see
 VARIANTS = DATA / "variants"
 
 
+def build_key(o: dict) -> tuple:
+    """What makes two organisms records the same build: its config, its CPU kind and every model's accuracy on
+    every domain (a rebuild with a newer transformers stamps another version and, being deterministic,
+    reproduces the same models)."""
+    return (o["config"], o["provenance"]["cpu_capability"], o["summary"]["accuracy"])
+
+
 def collect_variant(analysis: Path, organisms: Path, seed: int) -> dict:
     """One `python -m featalign.analyze --stages attribution,controls --variant V --seed S` run's Q1 record (the
     attribution, the pairwise counts and their base-vs-base nulls), with the build it ran on."""
@@ -1116,10 +1126,7 @@ def collect_variant_q23(analysis: Path, organisms: Path, seed: int, rec: dict) -
         raise ValueError(f"{analysis}/report.json lacks Q2 or Q3: rerun it with --stages drift,success")
     org = Path(organisms).resolve()
     o = compact_organisms(org)
-    # the same build: its config, its CPU kind and every model's accuracy on every domain (a rebuild with a
-    # newer transformers stamps another version and, being deterministic, reproduces the same models)
-    same = lambda x: (x["config"], x["provenance"]["cpu_capability"], x["summary"]["accuracy"])
-    if same(o) != same(rec["organisms"]):
+    if build_key(o) != build_key(rec["organisms"]):
         raise ValueError(f"{org} is not the build of the record's Q1 run: pass that build")
     compact = compact_analysis(r)
     part = {k: compact[k] for k in ("config", "stamp", "hook", "timings_s", "q2", "q3")}
@@ -1200,7 +1207,8 @@ def variants_section(by_variant: dict[str, list[dict]]) -> str:
     build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
     a = first["analysis"]["config"]
     q23 = variants_q23(by_variant)
-    return f"""## {"Q1 to Q3" if q23 else "Q1"} by crosscoder variant: the L1 loss next to BatchTopK
+    return (
+        f"""## {"Q1 to Q3" if q23 else "Q1"} by crosscoder variant: the L1 loss next to BatchTopK
 
 The same question with the published loss (`--variant l1`, sparsity coefficient {a["sparsity_coef"]:g}) and with
 BatchTopK (k = {a["k"]}), each over crosscoder seeds, on **another build** of the same recipe than the tables
@@ -1210,7 +1218,9 @@ crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]
 
 {table(["variant: crosscoder (pairwise)", "alive", "tuned-only (NRN ≥ 0.9)", "tuned-leaning (≥ 0.6)", "sd(NRN)"], rows)}
 
-{chr(10).join(lines)}""" + q23
+{chr(10).join(lines)}"""
+        + q23
+    )
 
 
 def variants_q23(by_variant: dict[str, list[dict]]) -> str:
@@ -1234,6 +1244,105 @@ def variants_q23(by_variant: dict[str, list[dict]]) -> str:
 #### Q3 with `{variant}`
 {q3}""")
     return "".join(f"\n\n{x}" for x in out)
+
+
+Q4_VARIANTS = DATA / "q4-variants"
+#: The settings every run of the Q4-by-variant section shares (all but the crosscoder's own: variant, k,
+#: sparsity coefficient, seed, and where a run wrote or how it showed progress).
+Q4_SHARED = (
+    "selection_tasks",
+    "held_out_tasks",
+    "n_prompts",
+    "n_tokens",
+    "eval_tokens",
+    "n_latents",
+    "steps",
+    "hook",
+    "positions",
+    "success_frac",
+    "min_samples",
+    "min_features",
+    "steer_coef",
+    "n_controls",
+    "n_bins",
+    "sweep_coefs",
+    "sweep_controls",
+    "tasks",
+    "model",
+    "model_set",
+)
+
+
+def q4_setting(cfg: dict, key: str) -> Any:
+    return cfg.get(key, "last" if key == "positions" else None)  # runs made before --positions read the last token
+
+
+def collect_q4_variant(interventions: Path, organisms: Path) -> dict:
+    """One `examples/reproduce_feature_interventions.py --variant V --seed S` run with the build it ran on: a record
+    of the Q4-by-variant section (every record of it on one build, with one set of `Q4_SHARED` settings)."""
+    org = Path(organisms).resolve()
+    roots = [("organisms", org), ("out", Path(interventions).resolve())]
+    fi = strip_paths(compact_interventions(json.loads((Path(interventions) / "results.json").read_text())), roots)
+    o = compact_organisms(org)
+    rec = {
+        "format_version": FORMAT_VERSION,
+        "seed": fi["config"]["seed"],
+        "variant": fi["config"]["variant"],
+        "interventions": fi,
+        "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary")}, roots),
+    }
+    left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
+    if left:
+        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
+    return rec
+
+
+def check_q4_variants(recs: list[dict]) -> None:
+    """Refuse records that a side-by-side table cannot show: several builds, or settings beyond the crosscoder's."""
+    if len({json.dumps(build_key(r["organisms"]), sort_keys=True) for r in recs}) > 1:
+        raise ValueError("the Q4-by-variant runs come from several organisms builds; a table shows one")
+    first = recs[0]["interventions"]["config"] if recs else {}
+    for r in recs:
+        cfg = r["interventions"]["config"]
+        differ = [k for k in Q4_SHARED if q4_setting(cfg, k) != q4_setting(first, k)]
+        if differ:
+            raise ValueError(
+                f"the Q4 run {r['variant']} seed {r['seed']} differs from {recs[0]['variant']} seed "
+                f"{recs[0]['seed']} in {differ}: rerun it with the same settings"
+            )
+
+
+def load_q4_variants(folder: Path = Q4_VARIANTS) -> dict[str, list[dict]]:
+    """{variant: its Q4 records by seed} from `folder/<variant>-seed-<S>.json` (`collect_q4_variant`)."""
+    recs = sorted((json.loads(p.read_text()) for p in folder.glob("*-seed-*.json")), key=lambda r: r["seed"])
+    check_q4_variants(recs)
+    out: dict[str, list[dict]] = {}
+    for r in recs:
+        out.setdefault(r["variant"], []).append(r)
+    return dict(sorted(out.items()))
+
+
+def q4_variants_section(by_variant: dict[str, list[dict]]) -> str:
+    """Q4 per crosscoder variant over seeds on one build (`docs/data/results/q4-variants/`): empty when none."""
+    if not by_variant:
+        return ""
+    check_q4_variants([r for recs in by_variant.values() for r in recs])
+    first = next(iter(by_variant.values()))[0]
+    build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
+    out = []
+    for variant, recs in by_variant.items():
+        body = q4_section(recs).split("\n", 1)[1]
+        c = recs[0]["interventions"]["config"]
+        what = f"sparsity coefficient {c['sparsity_coef']:g}" if variant in ("l1", "jumprelu") else f"k = {c['k']}"
+        out.append(f"### Q4 with `{variant}` crosscoders ({what})\n{body}")
+    names = " and ".join(f"`{v}`" for v in by_variant)
+    return f"""## Q4 by crosscoder variant: {names} on one build
+
+`examples/reproduce_feature_interventions.py --variant V --seed S` with every other setting the same, all on
+**another build** of the default recipe than the Q4 table above (build stamp: {build}): compare the variants with
+each other, not with that table. Only the crosscoder's loss differs between the subsections.
+
+""" + "\n\n".join(out)
 
 
 STRUCTURED = DATA / "structured"
@@ -1469,6 +1578,7 @@ def render(
     variants: dict[str, list[dict]] | None = None,
     structured: list[dict] | None = None,
     structured_positions: dict[str, list[dict]] | None = None,
+    q4_variants: dict[str, list[dict]] | None = None,
 ) -> str:
     """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record, the
     variant runs (as `load_variants` returns them) and a preset's organism-seed records (`load_structured`)."""
@@ -1482,6 +1592,7 @@ def render(
         transfer_section(runs),
         prediction_section(prediction),
         variants_section(variants or {}),
+        q4_variants_section(q4_variants or {}),
         structured_section(structured or [], structured_positions),
         times_section(runs),
         FOOTER,
@@ -1497,6 +1608,7 @@ def render_page() -> str:
         load_variants(VARIANTS),
         load_structured(STRUCTURED),
         load_structured_positions(STRUCTURED),
+        load_q4_variants(Q4_VARIANTS),
     )
 
 
@@ -1536,6 +1648,16 @@ def main(argv: list[str] | None = None) -> int:
                 help="a reproduce_feature_interventions.py run's --out on the same build (without --analysis: "
                 "added to the build's record already collected)",
             )
+    q4v = sub.add_parser(
+        "collect-q4-variant",
+        help="a reproduce_feature_interventions.py --variant V --seed S run (every such run on one build, with one set "
+        f"of settings) -> {Q4_VARIANTS.relative_to(DOCS.parent)}/<variant>-seed-S.json",
+    )
+    q4v.add_argument("--interventions", type=Path, required=True, help="the run's --out folder")
+    q4v.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
+    q4v.add_argument(
+        "--data", type=Path, default=DATA, help="folder of the seed files (records go to its q4-variants/)"
+    )
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
@@ -1563,6 +1685,14 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(path, rec)
         print(f"wrote {path}")
         return 0
+    if a.verb == "collect-q4-variant":
+        rec = collect_q4_variant(a.interventions, a.organisms)
+        path = a.data / Q4_VARIANTS.name / f"{rec['variant']}-seed-{rec['seed']}.json"
+        others = [json.loads(p.read_text()) for p in path.parent.glob("*-seed-*.json") if p != path]
+        check_q4_variants(others + [rec])  # refused before anything is written
+        atomic_write_json(path, rec)
+        print(f"wrote {path}")
+        return 0
     if a.verb == "collect-organism-seed":
         if a.analysis is not None:
             rec = collect_organism_seed(a.analysis, a.organisms, a.interventions)
@@ -1587,6 +1717,7 @@ def main(argv: list[str] | None = None) -> int:
         load_variants(a.data / "variants"),
         load_structured(a.data / "structured"),
         load_structured_positions(a.data / "structured"),
+        load_q4_variants(a.data / Q4_VARIANTS.name),
     )
     if a.check:
         if a.page.read_text() != text:

@@ -47,7 +47,7 @@ from featalign.analysis.success_features import (
     SuccessConfig, TaskData, success_features_for_models, success_mask,
 )
 from featalign.analysis.config import HELP as ANALYZE_HELP
-from featalign.analysis.config import check_shared_settings
+from featalign.analysis.config import AnalyzeConfig, check_shared_settings
 from featalign.analysis.inputs import (
     analysis_hook, load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
 )
@@ -83,6 +83,7 @@ class FeatureInterventionConfig(JsonConfig):
     variant: str = "batchtopk"
     n_latents: int = 1024
     k: int = 16
+    sparsity_coef: float = AnalyzeConfig.sparsity_coef  # l1 / jumprelu: analyze's default, one definition
     steps: int = 600
     positions: str = "last"  # where the success scores read the latents (featalign.analysis POSITIONS)
     success_frac: float = 0.2
@@ -133,6 +134,7 @@ HELP = {
     "held_out_tasks": "tasks never used for selection (reported apart)", "n_prompts": "eval prompts per task",
     "n_tokens": "crosscoder training tokens per model", "eval_tokens": "tokens for firing rates / typical activations",
     "variant": "crosscoder variant", "n_latents": "latents", "k": "batchtopk k", "steps": "crosscoder steps",
+    "sparsity_coef": ANALYZE_HELP["sparsity_coef"],
     "positions": ANALYZE_HELP["positions"] + "; the edits apply at every position",
     "success_frac": "per-task threshold as a fraction of the max score",
     "min_samples": "fewest base-fail/RL-success samples for a selection task to count",

@@ -696,6 +696,33 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert f"| intersection over the {len(report['q3_success_features']['tasks'])} tasks | **{n_feat}**" in section
     with pytest.raises(ValueError, match="the record has"):
         res.collect_variant_q23(out / "analysis", root, 1, var)
+    # the interventions run and an `--variant l1` twin (the config such a run writes) as Q4-by-variant records on
+    # one build: their numbers in a section of their own; runs with other settings or on another build are refused
+    q4b = res.collect_q4_variant(out / "fi", root)
+    l1_run = tmp_path / "fi-l1"
+    l1_run.mkdir()
+    l1_cfg = fi["config"] | {"variant": "l1", "sparsity_coef": 2.0, "out": str(l1_run)}
+    (l1_run / "results.json").write_text(json.dumps(fi | {"config": l1_cfg}))
+    q4v = res.collect_q4_variant(l1_run, root)
+    assert (q4b["variant"], q4v["variant"]) == ("batchtopk", "l1") and q4v["interventions"]["ablate_rl"] == fi["ablate_rl"]
+    assert str(tmp_path) not in json.dumps([q4b, q4v]) and str(root) not in json.dumps([q4b, q4v])
+    page = res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [q4v]})
+    section = page.split("## Q4 by crosscoder variant: `batchtopk` and `l1` on one build\n")[1].split("\n## ")[0]
+    sub = section.split("### Q4 with `l1` crosscoders (sparsity coefficient 2)\n")[1]
+    assert "### Q4 with `batchtopk` crosscoders (k = 16)" in section and "A base/RL l1 crosscoder" in sub
+    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in sub
+    (l1_run / "results.json").write_text(json.dumps(fi | {"config": l1_cfg | {"n_controls": 5}}))
+    with pytest.raises(ValueError, match=r"differs from batchtopk seed 0 in \['n_controls'\]"):
+        res.check_q4_variants([q4b, res.collect_q4_variant(l1_run, root)])
+    data = tmp_path / "data"  # the CLI verb files the first, refuses the second before writing it
+    assert res.main(["collect-q4-variant", "--interventions", str(out / "fi"), "--organisms", str(root), "--data", str(data)]) == 0
+    with pytest.raises(ValueError, match="n_controls"):
+        res.main(["collect-q4-variant", "--interventions", str(l1_run), "--organisms", str(root), "--data", str(data)])
+    assert res.load_q4_variants(data / "q4-variants") == {"batchtopk": [q4b]}
+    rebuilt = json.loads(json.dumps(q4v))
+    rebuilt["organisms"]["summary"]["accuracy"]["base"][dom] += 0.01
+    with pytest.raises(ValueError, match="several organisms builds"):
+        res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [rebuilt]})
     # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
     org_rec = res.collect_organism_seed(out / "analysis", root)
     assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
@@ -839,11 +866,14 @@ def test_first_run_time_is_rendered_from_the_benchmark_json(tmp_path):
     )
     g = tmp_path / "first_run_avx512.json"
     g.write_text(json.dumps({**json.loads(f.read_text()), "cpu_capability": "AVX512", "wall_s": 300.0}))
-    text = render.first_run([f, g])
-    first, second = text.splitlines()
+    h = tmp_path / "first_run_avx512_b.json"  # a run that recorded the CPU model names it
+    h.write_text(json.dumps({**json.loads(g.read_text()), "cpu_model": "AMD EPYC, no AMX", "wall_s": 612.0}))
+    text = render.first_run([f, g, h])
+    first, second, third = text.splitlines()
     assert first.startswith("- AVX2 CPU") and "**9.0 minutes**" in first and "pretraining 200 s" in first
     assert "caching the activations 80 s" in first and "first_run_avx2.json" in first
-    assert second.startswith("- AVX512 CPU") and "**5.0 minutes**" in second
+    assert second.startswith("- AVX512 CPU, measured") and "**5.0 minutes**" in second
+    assert third.startswith("- AVX512 CPU (AMD EPYC, no AMX), measured") and "**10.2 minutes**" in third
 
 
 def test_structured_seeds_table_counts_the_targets_per_build(tmp_path):
