@@ -385,7 +385,9 @@ def known_answers_success_criteria(path: Path) -> str:
     c = r["config"]
     return "\n".join(_success_criteria(r) + [
         "", f"Steering coefficient {c['steer_coef']} x the latent's typical activation at `{c['steer_positions']}` "
-        f"positions; {len(r['per_seed'])} seeds (seeds {', '.join(str(x['seed']) for x in r['per_seed'])})."])
+        f"positions; {len(r['per_seed'])} seeds (seeds {', '.join(str(x['seed']) for x in r['per_seed'])}); "
+        f"organisms preset `{r['organisms']['preset']}` (seed {r['organisms']['seed']}) built on an "
+        f"{r['cpu_capability']} CPU."])
 
 
 def known_answers_success(path: Path) -> str:
@@ -487,7 +489,9 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "known-answers": lambda: known_answers(DOCS / "data" / "known_answers.json"),
              "known-answers-success": lambda: known_answers_success(DOCS / "data" / "known_answers_success.json"),
              "known-answers-success-coef2": lambda: known_answers_success_criteria(
-                 DOCS / "data" / "known_answers_success_coef2.json")}
+                 DOCS / "data" / "known_answers_success_coef2.json"),
+             "known-answers-success-coef2-fresh": lambda: known_answers_success_criteria(
+                 DOCS / "data" / "known_answers_success_coef2_fresh.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 

@@ -1322,13 +1322,21 @@ def load_q4_variants(folder: Path = Q4_VARIANTS) -> dict[str, list[dict]]:
     return dict(sorted(out.items()))
 
 
-def q4_variants_section(by_variant: dict[str, list[dict]]) -> str:
-    """Q4 per crosscoder variant over seeds on one build (`docs/data/results/q4-variants/`): empty when none."""
+def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | None = None) -> str:
+    """Q4 per crosscoder variant over seeds on one build (`docs/data/results/q4-variants/`), said to be the build
+    of the page's seed records `runs` only where it is; empty when there are none."""
     if not by_variant:
         return ""
     check_q4_variants([r for recs in by_variant.values() for r in recs])
     first = next(iter(by_variant.values()))[0]
-    build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
+    if runs and build_key(runs[0]["organisms"]) == build_key(first["organisms"]):
+        where = "the same build as the tables above"
+    else:
+        build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
+        where = (
+            f"**another build** of the recipe than the Q4 table above (build stamp: {build}): compare the variants "
+            "with each other, not with that table"
+        )
     out = []
     for variant, recs in by_variant.items():
         body = q4_section(recs).split("\n", 1)[1]
@@ -1336,11 +1344,10 @@ def q4_variants_section(by_variant: dict[str, list[dict]]) -> str:
         what = f"sparsity coefficient {c['sparsity_coef']:g}" if variant in ("l1", "jumprelu") else f"k = {c['k']}"
         out.append(f"### Q4 with `{variant}` crosscoders ({what})\n{body}")
     names = " and ".join(f"`{v}`" for v in by_variant)
-    return f"""## Q4 by crosscoder variant: {names} on one build
+    return f"""## Q4 by crosscoder variant: {names}
 
 `examples/reproduce_feature_interventions.py --variant V --seed S` with every other setting the same, all on
-**another build** of the default recipe than the Q4 table above (build stamp: {build}): compare the variants with
-each other, not with that table. Only the crosscoder's loss differs between the subsections.
+{where}. Only the crosscoder's loss differs between the subsections.
 
 """ + "\n\n".join(out)
 
@@ -1592,7 +1599,7 @@ def render(
         transfer_section(runs),
         prediction_section(prediction),
         variants_section(variants or {}),
-        q4_variants_section(q4_variants or {}),
+        q4_variants_section(q4_variants or {}, runs),
         structured_section(structured or [], structured_positions),
         times_section(runs),
         FOOTER,

@@ -707,7 +707,8 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert (q4b["variant"], q4v["variant"]) == ("batchtopk", "l1") and q4v["interventions"]["ablate_rl"] == fi["ablate_rl"]
     assert str(tmp_path) not in json.dumps([q4b, q4v]) and str(root) not in json.dumps([q4b, q4v])
     page = res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [q4v]})
-    section = page.split("## Q4 by crosscoder variant: `batchtopk` and `l1` on one build\n")[1].split("\n## ")[0]
+    section = page.split("## Q4 by crosscoder variant: `batchtopk` and `l1`\n")[1].split("\n## ")[0]
+    assert "all on\nthe same build as the tables above." in section
     sub = section.split("### Q4 with `l1` crosscoders (sparsity coefficient 2)\n")[1]
     assert "### Q4 with `batchtopk` crosscoders (k = 16)" in section and "A base/RL l1 crosscoder" in sub
     assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in sub
@@ -723,6 +724,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     rebuilt["organisms"]["summary"]["accuracy"]["base"][dom] += 0.01
     with pytest.raises(ValueError, match="several organisms builds"):
         res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [rebuilt]})
+    assert "**another build** of the recipe" in res.q4_variants_section({"l1": [rebuilt]}, [rec])
     # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
     org_rec = res.collect_organism_seed(out / "analysis", root)
     assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
