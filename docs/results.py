@@ -881,7 +881,15 @@ def q4_section(runs: list[dict]) -> str:
     i0 = runs[0]["interventions"]
     c, s = i0["config"], i0["success"]
     vs = {k: over_seeds(runs, lambda r, k=k: q4_verdicts(r)[k]) for k in q4_verdicts(runs[0])}
-    causal = vs["ablation"].key == "causal" or vs["steering"].key == "causal"
+    answer = {  # (ablation hurts beyond controls in every seed, steering helps beyond them in every seed)
+        (True, True): "a causal role beyond matched random features: ablating them hurts and steering the base "
+        "along them helps",
+        (True, False): "ablating them hurts beyond matched random features; steering the base along them does not "
+        "help beyond them",
+        (False, True): "steering the base along them helps beyond matched random features; ablating them does not "
+        "hurt beyond them",
+        (False, False): "no causal role at the task level beyond matched random features",
+    }[vs["ablation"].key == "causal", vs["steering"].key == "causal"]
     samples = ", ".join(
         f"{t} {cell(runs, lambda r, t=t: r['interventions']['success']['n_samples'][t], count)}" for t in s["tasks"]
     )
@@ -927,11 +935,7 @@ By the rule (a row counts when its delta interval excludes 0 **and** control p <
 * {vs["steering"].text}; {vs["steering other"].text};
 * {vs["ablation subset"].text}; {vs["steering subset"].text}.
 
-**Answer: {
-        "a causal role beyond matched random features"
-        if causal
-        else "no causal role at the task level beyond matched random features"
-    }.**
+**Answer: {answer}.**
 Published ({PUBLISHED["features"]["source"]}): ablating the RL-success features costs the RL model
 {PUBLISHED["features"]["ablation"]} points; steering the base along them gains {PUBLISHED["features"]["steering"]}."""
 

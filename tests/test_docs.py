@@ -496,7 +496,11 @@ def test_results_wording_follows_the_intervals():
     assert "lowest control p 0.5; 20 controls cannot give less than 0.048" in one
     causal = res.render([_hand_record(0, ablate=((-0.05, -0.01), 0.01))])
     assert "ablation hurts beyond noise and beyond its matched controls on a" in causal
-    assert "**Answer: a causal role beyond matched random features.**" in causal
+    assert "**Answer: ablating them hurts beyond matched random features; steering the base along them" in causal
+    helps = _hand_record(0)
+    for t in helps["interventions"]["steer_base"]["selection"]["tasks"].values():
+        t.update(_row(delta=0.04, ci=(0.01, 0.07), control_p=0.01))
+    assert "**Answer: steering the base along them helps beyond matched random features; ablating" in res.render([helps])
     # an interval below 0 whose controls fall as far (control p 0.2) does not count
     assert "**Answer: no causal role" in res.render([_hand_record(0, ablate=((-0.05, -0.01), 0.2))])
     # the transfer study: RL's out-of-domain odds ratio against 1
