@@ -1311,7 +1311,7 @@ def check_q4_variants(recs: list[dict]) -> None:
         differ = [k for k in Q4_SHARED if q4_setting(cfg, k) != q4_setting(first, k)]
         if differ:
             raise ValueError(
-                f"the Q4 run {r['variant']} seed {r['seed']} differs from {recs[0]['variant']} seed "
+                f"the Q4 run {cfg['variant']} seed {r['seed']} differs from {first['variant']} seed "
                 f"{recs[0]['seed']} in {differ}: rerun it with the same settings"
             )
 
@@ -1331,10 +1331,12 @@ def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | No
     of the page's seed records `runs` only where it is; empty when there are none."""
     if not by_variant:
         return ""
-    check_q4_variants([r for recs in by_variant.values() for r in recs])
-    first = next(iter(by_variant.values()))[0]
+    recs_all = [r for recs in by_variant.values() for r in recs]
+    check_q4_variants(recs_all)
+    first = recs_all[0]
     if runs and build_key(runs[0]["organisms"]) == build_key(first["organisms"]):
-        where = "the same build as the tables above"
+        check_q4_variants([runs[0], *recs_all])  # on the tables' build, with the Q4 table's settings too
+        where = "the same build as the tables above, with the Q4 table's settings"
     else:
         build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
         where = (

@@ -712,7 +712,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert str(tmp_path) not in json.dumps([q4b, q4v]) and str(root) not in json.dumps([q4b, q4v])
     page = res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [q4v]})
     section = page.split("## Q4 by crosscoder variant: `batchtopk` and `l1`\n")[1].split("\n## ")[0]
-    assert "all on\nthe same build as the tables above." in section
+    assert "all on\nthe same build as the tables above, with the Q4 table's settings." in section
     sub = section.split("### Q4 with `l1` crosscoders (sparsity coefficient 2)\n")[1]
     assert "### Q4 with `batchtopk` crosscoders (k = 16)" in section and "A base/RL l1 crosscoder" in sub
     assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in sub
