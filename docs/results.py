@@ -96,6 +96,13 @@ def pick(d: dict, keys: Sequence[str]) -> dict:
     return {k: d[k] for k in keys if k in d}
 
 
+def compact_drift_summary(q2: dict) -> dict:
+    """A drift summary without the shuffled-order null's value per order (the page shows its mean, interval and p;
+    the per-order values are most of the record's size)."""
+    drop = lambda v: {**v, "null_shuffled": {k: x for k, x in v["null_shuffled"].items() if k != "null_values"}}
+    return {k: drop(v) if isinstance(v, dict) and "null_shuffled" in v else v for k, v in q2.items()}
+
+
 def compact_analysis(r: dict) -> dict:
     """What the page uses of `python -m featalign.analyze`'s report.json."""
     q3 = r["q3_success_features"]
@@ -127,7 +134,7 @@ def compact_analysis(r: dict) -> dict:
         "hook": r["hook"],
         "models": r["models"],
         "timings_s": r["timings_s"],
-        **{k: r[key] for k, key in optional.items() if key in r},
+        **{k: compact_drift_summary(r[key]) if k == "q2" else r[key] for k, key in optional.items() if key in r},
         "q3": q3_part,
     }
 
@@ -161,7 +168,12 @@ def compact_interventions(r: dict) -> dict:
 
 
 def compact_drift(r: dict) -> dict:
-    return {"config": r["config"], "stamp": stamp(r), "seconds": r["seconds"], "drift": r["drift"]}
+    return {
+        "config": r["config"],
+        "stamp": stamp(r),
+        "seconds": r["seconds"],
+        "drift": compact_drift_summary(r["drift"]),
+    }
 
 
 def compact_transfer(r: dict) -> dict:
@@ -640,6 +652,7 @@ def q2_section(runs: list[dict]) -> str:
         else "The rows are `python -m featalign.analyze`'s."
     )
     pw = lambda r, p: r["analysis"]["q1"]["pairwise"][p]
+    nulls = drift_nulls_line(runs, q, k)
     return f"""## Q2. Do SFT features stabilise earlier than RL's?
 
 Joint crosscoder over base + {len(q(runs[0])["sft"]["overlap"]) + 1} checkpoints per series; top-{k} by NRN against the
@@ -675,13 +688,44 @@ base. {rows_are}
         cell(runs, lambda r: pw(r, "base-vs-sft")["nrn_sd"], lambda x: num(x, 3))
     },
   RL {cell(runs, lambda r: pw(r, "base-vs-rl")["nrn_sd"], lambda x: num(x, 3))}, same-tokens null
-  {cell(runs, lambda r: pw(r, "control-same")["nrn_sd"], lambda x: num(x, 3))}.
+  {cell(runs, lambda r: pw(r, "control-same")["nrn_sd"], lambda x: num(x, 3))}.{nulls}
 
 **Answer, by top-{k} entry (the published measure): {TWO_TEST_ANSWER[entry.key]}; by value-based
 stabilisation: {TWO_TEST_ANSWER[stab.key]}** (the rule: "yes" needs both the median-difference interval
 below 0 and p < 0.05; one of the two is "weakly"). Published: SFT features stabilise early with high
 overlap; RL features keep evolving with low overlap while base representations are largely kept.
 Figure: `figures/drift.png`."""
+
+
+SERIES = ("sft", "rl")
+
+
+def drift_nulls_line(runs: list[dict], q: Callable[[dict], dict], k: int) -> str:
+    """The Q2 bullet on the drift nulls (analyze's identical-copies and shuffled-order nulls), where every run has
+    them (runs made before they existed do not): is the training order visible in the successive overlaps?"""
+    if not all("null_shuffled" in q(r)[s] and "observed" in q(r)[s]["null_shuffled"] for r in runs for s in SERIES):
+        return ""
+
+    def order(r: dict, s: str) -> Verdict:
+        sh = q(r)[s]["null_shuffled"]
+        lo, hi = sh["null_95"]
+        words = f"{num(sh['observed'])} against {num(sh['null_mean'])} {ci(lo, hi, num)}, p = {pval(sh['p'])}"
+        if sh["p"] < 0.05:
+            return Verdict("yes", f"the training order's overlap is higher than shuffled orders' ({words})")
+        return Verdict("no", f"no evidence that the training order matters ({words})")
+
+    verdicts = {s: over_seeds(runs, lambda r, s=s: order(r, s)) for s in SERIES}
+    copies = lambda s: cell(runs, lambda r: q(r)[s]["null_copies"]["mean_overlap"], num)
+    has_copies = all("null_copies" in q(r)[s] for r in runs for s in SERIES)
+    return f"""
+* Against its nulls (analyze's; report.md has them per pair): the mean successive top-{k} overlap in the
+  training order against the checkpoints in every order (p = share of orders with a mean overlap ≥ the real
+  one's): SFT {verdicts["sft"].text}; RL {verdicts["rl"].text}.""" + (
+        f""" A base followed by identical copies (no training: the top-{k} is ranking noise)
+  gives a mean overlap of {copies("rl")}."""
+        if has_copies
+        else ""
+    )
 
 
 #: where the success stage read the latents (analyze's `--positions`), as the Q3 text says it
@@ -1336,12 +1380,15 @@ def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | No
     first = recs_all[0]
     if runs and build_key(runs[0]["organisms"]) == build_key(first["organisms"]):
         check_q4_variants([runs[0], *recs_all])  # on the tables' build, with the Q4 table's settings too
-        where = "the same build as the tables above, with the Q4 table's settings"
+        where = (
+            "the same build as the tables above, with the Q4 table's settings: only the crosscoder's loss differs "
+            "from that table's runs"
+        )
     else:
         build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
         where = (
             f"**another build** of the recipe than the Q4 table above (build stamp: {build}): compare the variants "
-            "with each other, not with that table"
+            "with each other, not with that table; only the crosscoder's loss differs between the subsections"
         )
     out = []
     for variant, recs in by_variant.items():
@@ -1353,7 +1400,7 @@ def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | No
     return f"""## Q4 by crosscoder variant: {names}
 
 `examples/reproduce_feature_interventions.py --variant V --seed S` with every other setting the same, all on
-{where}. Only the crosscoder's loss differs between the subsections.
+{where}.
 
 """ + "\n\n".join(out)
 

@@ -491,6 +491,18 @@ def test_results_wording_follows_the_intervals():
     # Q2: an interval reaching 0 with p < 0.05 is "weakly"; an interval below 0 with p < 0.05 is "yes"
     assert "by top-4 entry (the published measure): weakly, the two tests disagree;" in one
     assert "by top-4 entry (the published measure): yes;" in res.render([_hand_record(0, entry=(-3, -1, 0.01))])
+    # Q2's nulls: a line only where every run has them; the order counts where p < 0.05
+    assert "Against its nulls" not in one
+    nulled = _hand_record(0)
+    for s, p_order in (("sft", 0.01), ("rl", 0.4)):
+        nulled["analysis"]["q2"][s] |= {
+            "null_shuffled": {"observed": 0.7, "null_mean": 0.6, "null_95": [0.5, 0.68], "p": p_order},
+            "null_copies": {"mean_overlap": 0.45},
+        }
+    text = res.render([nulled])
+    assert "SFT the training order's overlap is higher than shuffled orders' (0.70 against 0.60 [0.50, 0.68], p = 0.01)" in text
+    assert "RL no evidence that the training order matters (0.70 against 0.60 [0.50, 0.68], p = 0.4)" in text
+    assert "identical copies (no training: the top-4 is ranking noise)\n  gives a mean overlap of 0.45." in text
     # Q4: only a row beyond both noise and the controls counts; 20 controls cannot give p below 1/21
     assert "**Answer: no causal role at the task level beyond matched random features.**" in one
     assert "lowest control p 0.5; 20 controls cannot give less than 0.048" in one
@@ -691,7 +703,13 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert "### Q2 and Q3 with" not in section and section.startswith("## Q1 by crosscoder variant")
     # ... and its Q2 and Q3 (this run has every stage) added to that record: the run's numbers, rendered
     var23 = res.collect_variant_q23(out / "analysis", root, 0, var)
-    assert var23["analysis_q23"]["q2"] == report["q2_drift"] and var23["analysis"] == var["analysis"]
+    assert var23["analysis_q23"]["q2"] == res.compact_drift_summary(report["q2_drift"])
+    assert var23["analysis"] == var["analysis"]
+    # the compact drift summary drops only the shuffled-order null's per-order values
+    sh = report["q2_drift"]["rl"]["null_shuffled"]
+    assert "null_values" in sh and var23["analysis_q23"]["q2"]["rl"]["null_shuffled"] == {
+        k: v for k, v in sh.items() if k != "null_values"
+    }
     assert str(tmp_path) not in json.dumps(var23) and str(root) not in json.dumps(var23)
     section = res.variants_section({"batchtopk": [var23]})
     assert section.startswith("## Q1 to Q3 by crosscoder variant")
@@ -712,7 +730,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert str(tmp_path) not in json.dumps([q4b, q4v]) and str(root) not in json.dumps([q4b, q4v])
     page = res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [q4v]})
     section = page.split("## Q4 by crosscoder variant: `batchtopk` and `l1`\n")[1].split("\n## ")[0]
-    assert "all on\nthe same build as the tables above, with the Q4 table's settings." in section
+    assert "all on\nthe same build as the tables above, with the Q4 table's settings: only the crosscoder's" in section
     sub = section.split("### Q4 with `l1` crosscoders (sparsity coefficient 2)\n")[1]
     assert "### Q4 with `batchtopk` crosscoders (k = 16)" in section and "A base/RL l1 crosscoder" in sub
     assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in sub
