@@ -421,9 +421,10 @@ def header(runs: list[dict]) -> str:
 > **Written by `docs/results.py` from `docs/data/results/seed-*.json`: do not edit by hand.** The footer
 > says how to regenerate both from fresh runs.
 >
-> **One organisms build.** All numbers come from one build of the `{oc["preset"]}` organisms (build stamp:
-> {build}) and from runs of one version of the code on it (stamps below); another build of the same recipe
-> gives other organisms (`docs/organisms.md`, "Two builds, one recipe").
+> **One organisms build per section.** Q1 to Q4 and the transfer study come from one build of the
+> `{oc["preset"]}` organisms (build stamp: {build}) and from runs of one version of the code on it (stamps
+> below); a later section on another build says so in its first lines. Another build of the same recipe gives
+> other organisms (`docs/organisms.md`, "Two builds, one recipe").
 >
 > {seeds_note}
 

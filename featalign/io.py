@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -25,10 +26,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_prefix(path: Path) -> str:
+    """Temp siblings of `path` are `.<name>.<pid>.<random>.tmp`: the pid tells a later writer which ones a
+    killed process left behind (`remove_stale_temps`)."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temp siblings of `path` (files or folders) whose writing process no longer exists.
+
+    A process killed between creating its temp and the rename leaves it behind; the rerun that writes the
+    same path removes it, so a resumed run ends with the files of an uninterrupted one. A temp of a live
+    process (another writer) is left alone.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -36,6 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        remove_stale_temps(path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         if e.filename is None:  # a failed write/fsync names no file: name the one being written (a full disk)
@@ -120,7 +155,7 @@ class _AtomicDir:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.", suffix=".tmp"))
+        self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=_temp_prefix(self.final), suffix=".tmp"))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -131,6 +166,7 @@ class _AtomicDir:
             shutil.rmtree(self.final)
         os.replace(self.tmp, self.final)
         _fsync_dir(self.final.parent)
+        remove_stale_temps(self.final)
 
 
 def provenance() -> dict[str, str]:
