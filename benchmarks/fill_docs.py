@@ -26,6 +26,9 @@ if __name__ == "__main__":
     doc = ROOT / "docs" / "crosscoder.md"
     text = doc.read_text()
     text = fill(text, "bench-crosscoder-table", speed(json.loads((bench / "bench_crosscoder.json").read_text())))
+    # a second machine kind (AVX-512 without AMX, two threads), kept beside the first rather than replacing it
+    avx512 = json.loads((bench / "bench_crosscoder_avx512_2026-12-07.json").read_text())
+    text = fill(text, "bench-crosscoder-table-avx512", speed(avx512))
     runs = [json.loads((bench / f"batchtopk_quality_{n}.json").read_text()) for n in QUALITY]
     text = fill(text, "batchtopk-quality-table", quality(runs))
     doc.write_text(text)
