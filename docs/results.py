@@ -223,10 +223,15 @@ def collect(analysis: Path, interventions: Path, drift: Path, transfer: Path, or
         outs = {Path(folder).resolve()} | ({Path(recorded).expanduser().resolve()} if recorded else set())
         out[name] = strip_paths(part, [("organisms", org)] + [("out", o) for o in sorted(outs)])
     out["organisms"] = strip_paths(compact_organisms(org), [("organisms", org)])
-    left = [s for s in strings(out) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
+    refuse_machine_paths(out)
+    return out
+
+
+def refuse_machine_paths(rec: dict) -> None:
+    """Raise if a record about to be written still holds a path of this machine (`strip_paths` missed it)."""
+    left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
     if left:
         raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
-    return out
 
 
 def strings(obj: Any) -> list[str]:
@@ -1158,9 +1163,7 @@ def collect_variant(analysis: Path, organisms: Path, seed: int) -> dict:
         "analysis": strip_paths(part, roots),
         "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary")}, roots),
     }
-    left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
-    if left:
-        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
+    refuse_machine_paths(rec)
     return rec
 
 
@@ -1185,16 +1188,21 @@ def collect_variant_q23(analysis: Path, organisms: Path, seed: int, rec: dict) -
     return out
 
 
+def group_by_variant(recs: list[dict]) -> dict[str, list[dict]]:
+    """{variant: its records, in the given order}, variants sorted by name."""
+    out: dict[str, list[dict]] = {}
+    for r in recs:
+        out.setdefault(r["variant"], []).append(r)
+    return dict(sorted(out.items()))
+
+
 def load_variants(folder: Path = VARIANTS) -> dict[str, list[dict]]:
     """{variant: its seed records by seed} from `folder/<variant>-seed-<S>.json`, all on one build."""
     recs = sorted((json.loads(p.read_text()) for p in folder.glob("*-seed-*.json")), key=lambda r: r["seed"])
     builds = {json.dumps(r["organisms"]["provenance"], sort_keys=True) for r in recs}
     if len(builds) > 1:
         raise ValueError(f"{folder}: the variant runs come from {len(builds)} organisms builds; a table shows one")
-    out: dict[str, list[dict]] = {}
-    for r in recs:
-        out.setdefault(r["variant"], []).append(r)
-    return dict(sorted(out.items()))
+    return group_by_variant(recs)
 
 
 def variant_verdicts(runs: list[dict]) -> tuple[Verdict, bool]:
@@ -1340,9 +1348,7 @@ def collect_q4_variant(interventions: Path, organisms: Path) -> dict:
         "interventions": fi,
         "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary")}, roots),
     }
-    left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
-    if left:
-        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
+    refuse_machine_paths(rec)
     return rec
 
 
@@ -1365,10 +1371,7 @@ def load_q4_variants(folder: Path = Q4_VARIANTS) -> dict[str, list[dict]]:
     """{variant: its Q4 records by seed} from `folder/<variant>-seed-<S>.json` (`collect_q4_variant`)."""
     recs = sorted((json.loads(p.read_text()) for p in folder.glob("*-seed-*.json")), key=lambda r: r["seed"])
     check_q4_variants(recs)
-    out: dict[str, list[dict]] = {}
-    for r in recs:
-        out.setdefault(r["variant"], []).append(r)
-    return dict(sorted(out.items()))
+    return group_by_variant(recs)
 
 
 def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | None = None) -> str:
@@ -1426,9 +1429,7 @@ def collect_organism_seed(analysis: Path, organisms: Path, interventions: Path |
     }
     if interventions is not None:
         rec = with_interventions(rec, interventions, organisms)
-    left = [s for s in strings(rec) if s.startswith(("/", "~")) or "=/" in s or "=~" in s]
-    if left:
-        raise ValueError(f"paths of this machine left after strip_paths: {left[:5]}")
+    refuse_machine_paths(rec)
     return rec
 
 

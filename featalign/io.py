@@ -51,7 +51,7 @@ def remove_stale_temps(path: Path) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, owned by someone else
@@ -186,8 +186,6 @@ def provenance() -> dict[str, str]:
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
     }
     for dist in ("transformers", "transformer-lens"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):  # not installed: left out of the stamp
             stamp[dist.replace("-", "_") + "_version"] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
     return stamp
