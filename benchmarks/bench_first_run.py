@@ -54,6 +54,13 @@ def cpu_model() -> str | None:
     return f"{name}, {'with' if 'amx_bf16' in info else 'no'} AMX"
 
 
+def crosscoder_bf16(out: Path) -> bool | None:
+    """Whether the job trained its crosscoder in bf16 (its saved trainer config; the CLI decides at start by
+    measuring the device's matmuls, so one machine kind can go either way): None if the job wrote no config."""
+    cfg = out / "trainer_cfg.json"
+    return json.loads(cfg.read_text()).get("bf16") if cfg.exists() else None
+
+
 def run_job(preset: str, extra: list[str], work: Path) -> dict:
     """Run the main job into `work` (cache and output) and read its phase boundaries back from its files."""
     cache, out = work / "cache", work / "run"
@@ -86,6 +93,7 @@ def run_job(preset: str, extra: list[str], work: Path) -> dict:
         "wall_s": round(wall, 1),
         "phases_s": phases,
         "organisms_tasks_s": {k: v for k, v in timings.items() if k not in ("last_call_total_s",)},
+        "crosscoder_bf16": crosscoder_bf16(out),
         "cpu_s": round(cpu, 1),
         "cores_busy": round(cpu / wall, 2),
         "load_average_before": [round(x, 2) for x in load_before],

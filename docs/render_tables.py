@@ -148,7 +148,11 @@ def organisms_structured_seeds(paths: Sequence[Path]) -> str:
 def hook_choice(path: Path) -> str:
     """`--hook auto`'s measurement on a model set (report.json `hook_choice`, kept with the build's stamp): per
     block the relative change r of each tuned model and their mean, with 95% intervals, and the block chosen."""
-    s = json.loads(path.read_text())
+    return hook_choice_table(json.loads(path.read_text()))
+
+
+def hook_choice_table(s: dict) -> str:
+    """`hook_choice`'s table from the record itself ({"hook_choice", "default_hook", "stamp"})."""
     table, choice = s["hook_choice"]["table"], s["hook_choice"]["choice"]
     models = list(table["per_model"])
     head = ["block", *(f"r {m} [95% CI]" for m in models), "r mean over tuned [95% CI]", "chosen"]
@@ -244,7 +248,8 @@ def first_run(paths: Sequence[Path]) -> str:
             f"**{s['wall_s'] / 60:.1f} minutes**: the organisms {p['organisms']:.0f} s (pretraining "
             f"{p['organisms_pretraining']:.0f} s, post-training and evaluation "
             f"{p['organisms_post_training_and_eval']:.0f} s), caching the activations {p['activations_caching']:.0f} s, "
-            f"training the crosscoder {p['crosscoder_training']:.0f} s, its evaluation {p['crosscoder_evaluation']:.0f} s "
+            f"training the crosscoder {p['crosscoder_training']:.0f} s"
+            f"{'' if (b := s.get('crosscoder_bf16')) is None else (' (bf16)' if b else ' (fp32)')}, its evaluation {p['crosscoder_evaluation']:.0f} s "
             f"(`docs/bench/{path.name}`).")
     return "\n".join(out)
 
