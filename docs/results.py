@@ -9,6 +9,9 @@
     python docs/results.py collect-q4-variant --interventions DIR --organisms DIR
                                           # a reproduce_feature_interventions.py --variant V --seed S run (all
                                           # on one build) -> docs/data/results/q4-variants/<V>-seed-S.json
+    python docs/results.py collect-hook-auto --analysis DIR --interventions DIR --organisms DIR
+                                          # analyze --hook auto and the interventions at the block it chose
+                                          # -> docs/data/results/hook-auto/seed-S.json
     python docs/results.py render         # docs/results.md from every docs/data/results/seed-*.json
     python docs/results.py render --check # exit 1 if docs/results.md disagrees with the JSON
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -33,7 +37,7 @@ DOCS = Path(__file__).resolve().parent
 if str(DOCS) not in sys.path:  # render_tables.py sits next to this file
     sys.path.insert(0, str(DOCS))
 
-from render_tables import organisms_table  # noqa: E402
+from render_tables import hook_choice_table, organisms_table  # noqa: E402
 
 DATA = DOCS / "data" / "results"
 PAGE = DOCS / "results.md"
@@ -1531,6 +1535,130 @@ already represents there.
 {q3}""" + (f"\n\n{more}" if more else "")
 
 
+HOOK_AUTO = DATA / "hook-auto"
+
+
+def collect_hook_auto(analysis: Path, organisms: Path, interventions: Path) -> dict:
+    """One `python -m featalign.analyze --hook auto --seed S` run and one
+    `examples/reproduce_feature_interventions.py --hook H --seed S` run at the block H it picked, on one build: a
+    record of Q1 to Q4 at the measured hook (`seed` is the crosscoder seed)."""
+    from featalign.models.hooks import default_hook
+
+    r = json.loads((Path(analysis) / "report.json").read_text())
+    if "hook_choice" not in r:
+        raise ValueError(
+            f"{analysis} did not run with --hook auto (its report.json has no hook_choice): pass one that did"
+        )
+    fi_hook = json.loads((Path(interventions) / "results.json").read_text())["config"].get("hook")
+    if fi_hook != r["hook"]:
+        raise ValueError(
+            f"the interventions ran at --hook {fi_hook}, the analysis chose {r['hook']}: pass runs that match"
+        )
+    org = Path(organisms).resolve()
+    roots = [("organisms", org), ("out", Path(analysis).resolve())]
+    o = compact_organisms(org)
+    rec = {
+        "format_version": FORMAT_VERSION,
+        "seed": r["config"]["seed"],
+        "crosscoder_seed": r["config"]["seed"],
+        "default_hook": default_hook(o["config"]["n_layers"]),
+        "analysis": strip_paths({**compact_analysis(r), "hook_choice": r["hook_choice"]}, roots),
+        "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary", "paired_tests")}, roots),
+    }
+    rec = with_interventions(rec, interventions, organisms)
+    refuse_machine_paths(rec)
+    return rec
+
+
+def answer_of(section_text: str) -> str:
+    """A question section's answer: its first bold span that starts a line (the rules write it there)."""
+    m = re.search(r"^\*\*(.+?)\*\*", section_text, re.M | re.S)
+    if m is None:
+        raise ValueError("the section states no answer in bold at the start of a line")
+    return " ".join(m.group(1).split())
+
+
+def load_hook_auto(folder: Path = HOOK_AUTO) -> list[dict]:
+    """The `collect-hook-auto` records by crosscoder seed; they must share one build and one chosen hook."""
+    recs = sorted((json.loads(p.read_text()) for p in folder.glob("seed-*.json")), key=lambda r: r["seed"])
+    if len({repr(build_key(r["organisms"])) for r in recs}) > 1 or len({r["analysis"]["hook"] for r in recs}) > 1:
+        raise ValueError(f"{folder}: records of several builds or hooks; a section shows one build at one hook")
+    return recs
+
+
+def hook_auto_section(recs: list[dict], runs: list[dict]) -> str:
+    """Q1 to Q4 at the block `--hook auto` picks, by the same rules as the sections above (empty without records)."""
+    if not recs:
+        return ""
+    r0, hook = recs[0], recs[0]["analysis"]["hook"]
+    same_build = bool(runs) and build_key(r0["organisms"]) == build_key(runs[0]["organisms"])
+    same_table = all(r["analysis"]["hook_choice"] == r0["analysis"]["hook_choice"] for r in recs)
+    measured = hook_choice_table(
+        {
+            "hook_choice": r0["analysis"]["hook_choice"],
+            "default_hook": r0["default_hook"],
+            "stamp": r0["analysis"]["stamp"],
+        }
+    )
+    a = r0["analysis"]["config"]
+    sections = (q1_section, q2_section, q3_section, q4_section)
+    q1, q2, q3, q4 = (section(recs).split("\n", 1)[1] for section in sections)
+    compared = ""
+    if runs and same_build:
+        pairs = [(f"Q{i}", answer_of(section(recs)), answer_of(section(runs))) for i, section in enumerate(sections, 1)]
+        compared = (
+            "\n\nAgainst the sections above (the default block, the same build): "
+            + "; ".join(
+                f"{q} {'the same answer' if here == there else f'another answer (here: “{here}”; there: “{there}”)'}"
+                for q, here, there in pairs
+            )
+            + "."
+        )
+    return f"""## Q1 to Q4 at the block `--hook auto` picks
+
+The sections above read the default hook, the middle block `{r0["default_hook"]}`. Here the hook is chosen by
+measurement instead (docs/analysis.md, "Choosing the hook layer"): `python -m featalign.analyze --hook auto --seed S`
+(every stage; otherwise the settings above: {a["variant"]}, {a["n_latents"]} latents, {a["steps"]} steps) and
+`examples/reproduce_feature_interventions.py --hook {hook} --seed S` at the block it picked, crosscoder seeds
+{", ".join(str(r["seed"]) for r in recs)}, on {
+        "the same build as the sections above"
+        if same_build
+        else "another build than the sections above (stamp: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(r0["organisms"]["provenance"].items()) if k in STAMP_KEYS)
+        + ")"
+    }. The measurement ({
+        "the same in every seed: the same tokens of the same models"
+        if same_table
+        else "seed " + str(r0["seed"]) + "'s; the seeds measured different values"
+    }):
+
+{measured}{compared}
+
+Regenerate (`ORG` as in the footer):
+
+```bash
+for S in {" ".join(str(r["seed"]) for r in recs)}; do
+  python -m featalign.analyze --hook auto --seed $S --out runs/hook/s$S/analysis
+  H=$(python -c "import json; print(json.load(open('runs/hook/s$S/analysis/report.json'))['hook'])")
+  python examples/reproduce_feature_interventions.py --hook $H --seed $S --out runs/hook/s$S/fi
+  python docs/results.py collect-hook-auto --analysis runs/hook/s$S/analysis --interventions runs/hook/s$S/fi \\
+    --organisms $ORG
+done
+```
+
+### Q1 at `{hook}`
+{q1}
+
+### Q2 at `{hook}`
+{q2}
+
+### Q3 at `{hook}`
+{q3}
+
+### Q4 at `{hook}`
+{q4}"""
+
+
 PREDICTION = DATA / "transfer_prediction.json"
 PREDICTION_TRANSFERS = (("rl_delta", "RL transfer (accuracy delta)"), ("sft_delta", "SFT transfer (accuracy delta)"))
 
@@ -1641,6 +1769,7 @@ def render(
     structured: list[dict] | None = None,
     structured_positions: dict[str, list[dict]] | None = None,
     q4_variants: dict[str, list[dict]] | None = None,
+    hook_auto: list[dict] | None = None,
 ) -> str:
     """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record, the
     variant runs (as `load_variants` returns them) and a preset's organism-seed records (`load_structured`)."""
@@ -1655,6 +1784,7 @@ def render(
         prediction_section(prediction),
         variants_section(variants or {}),
         q4_variants_section(q4_variants or {}, runs),
+        hook_auto_section(hook_auto or [], runs),
         structured_section(structured or [], structured_positions),
         times_section(runs),
         FOOTER,
@@ -1671,6 +1801,7 @@ def render_page() -> str:
         load_structured(STRUCTURED),
         load_structured_positions(STRUCTURED),
         load_q4_variants(Q4_VARIANTS),
+        load_hook_auto(HOOK_AUTO),
     )
 
 
@@ -1720,6 +1851,15 @@ def main(argv: list[str] | None = None) -> int:
     q4v.add_argument(
         "--data", type=Path, default=DATA, help="folder of the seed files (records go to its q4-variants/)"
     )
+    ha = sub.add_parser(
+        "collect-hook-auto",
+        help="an analyze --hook auto --seed S run and a reproduce_feature_interventions.py --hook H --seed S run at "
+        f"the block H it chose, on one build -> {HOOK_AUTO.relative_to(DOCS.parent)}/seed-S.json",
+    )
+    ha.add_argument("--analysis", type=Path, required=True, help="the analyze run's --out folder")
+    ha.add_argument("--interventions", type=Path, required=True, help="the interventions run's --out folder")
+    ha.add_argument("--organisms", type=Path, required=True, help="the organisms folder both ran on")
+    ha.add_argument("--data", type=Path, default=DATA, help="folder of the seed files (records go to its hook-auto/)")
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
@@ -1755,6 +1895,15 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(path, rec)
         print(f"wrote {path}")
         return 0
+    if a.verb == "collect-hook-auto":
+        rec = collect_hook_auto(a.analysis, a.organisms, a.interventions)
+        path = a.data / HOOK_AUTO.name / f"seed-{rec['seed']}.json"
+        others = [json.loads(p.read_text()) for p in path.parent.glob("seed-*.json") if p != path]
+        if any(build_key(o["organisms"]) != build_key(rec["organisms"]) for o in others):
+            raise SystemExit(f"{path.parent} holds records of another build: move them away first")
+        atomic_write_json(path, rec)
+        print(f"wrote {path}")
+        return 0
     if a.verb == "collect-organism-seed":
         if a.analysis is not None:
             rec = collect_organism_seed(a.analysis, a.organisms, a.interventions)
@@ -1780,6 +1929,7 @@ def main(argv: list[str] | None = None) -> int:
         load_structured(a.data / "structured"),
         load_structured_positions(a.data / "structured"),
         load_q4_variants(a.data / Q4_VARIANTS.name),
+        load_hook_auto(a.data / HOOK_AUTO.name),
     )
     if a.check:
         if a.page.read_text() != text:

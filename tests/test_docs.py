@@ -639,12 +639,19 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
             "1",
             "--gradient",
             "false",
+            "--hook",
+            "auto",
+            "--layer-tokens",
+            "400",
             *small,
         ]
     )
+    chosen = json.loads((out / "analysis" / "report.json").read_text())["hook"]
     # the tiny RL model has no base-fail / RL-success samples: the SFT model takes the RL role (test_examples.py)
     _example("reproduce_feature_interventions").main(
         [
+            "--hook",
+            chosen,
             "--model",
             f"base={tiny_organisms.base_dir}",
             "--model",
@@ -747,6 +754,27 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     with pytest.raises(ValueError, match="several organisms builds"):
         res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [rebuilt]})
     assert "**another build** of the recipe" in res.q4_variants_section({"l1": [rebuilt]}, [rec])
+    # the analysis ran with --hook auto and the interventions at the block it chose: a hook-auto record, its
+    # numbers the runs', its section saying which block and showing the measurement; a run elsewhere is refused
+    ha = res.collect_hook_auto(out / "analysis", root, out / "fi")
+    assert ha["analysis"]["hook"] == chosen and ha["analysis"]["hook_choice"] == report["hook_choice"]
+    assert ha["interventions"]["features"] == fi["features"] and ha["seed"] == 0
+    assert str(tmp_path) not in json.dumps(ha) and str(root) not in json.dumps(ha)
+    section = res.hook_auto_section([ha], [rec])
+    assert section.startswith("## Q1 to Q4 at the block `--hook auto` picks")
+    assert f"### Q4 at `{chosen}`" in section and "the same build as the sections above" in section
+    assert f"| {chosen} |" in section and "**yes**" in section.split(f"| {chosen} |")[1].split("\n")[0]
+    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in section.split(f"### Q4 at `{chosen}`")[1]
+    assert "Q1 the same answer; Q2 the same answer; Q3 the same answer; Q4 the same answer." in section
+    hurts = json.loads(json.dumps(rec))  # the default block's record with every selection-task ablation beyond both
+    for t in hurts["interventions"]["ablate_rl"]["selection"]["tasks"].values():
+        t.update(_row(delta=-0.2, ci=(-0.3, -0.1), control_p=0.01))
+    assert "Q4 another answer (here: “Answer: no causal role" in res.hook_auto_section([ha], [hurts])
+    elsewhere = tmp_path / "fi-other-hook"
+    elsewhere.mkdir()
+    (elsewhere / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"hook": "blocks.0.hook_mlp_out"}}))
+    with pytest.raises(ValueError, match="pass runs that match"):
+        res.collect_hook_auto(out / "analysis", root, elsewhere)
     # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
     org_rec = res.collect_organism_seed(out / "analysis", root)
     assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
