@@ -920,6 +920,27 @@ def q4_verdicts(r: dict) -> dict[str, Verdict]:
     return out
 
 
+def q4_answer(runs: list[dict]) -> str | None:
+    """Q4's answer where the seeds disagree on ablation or steering (None where each edit gets one verdict in
+    every seed): how many seeds each edit moved in, never the answer of all or of none."""
+    n = len(runs)
+    causal = {kind: sum(q4_verdicts(r)[kind].key == "causal" for r in runs) for kind in ("ablation", "steering")}
+    if all(c in (0, n) for c in causal.values()):
+        return None
+    words = {
+        "ablation": ("ablating them hurts beyond matched random features", "ablating them does not hurt beyond them"),
+        "steering": (
+            "steering the base along them helps beyond matched random features",
+            "steering the base along them does not help beyond them",
+        ),
+    }
+    parts = [
+        words[kind][0] if c == n else words[kind][1] if c == 0 else f"{words[kind][0]} in {c} of {n} seeds"
+        for kind, c in causal.items()
+    ]
+    return "the seeds disagree: " + "; ".join(parts)
+
+
 def sweep_table(runs: list[dict]) -> str:
     sw = runs[0]["interventions"]["sweep"]
     tasks = list(dict.fromkeys(row["task"] for row in sw))
@@ -935,15 +956,18 @@ def q4_section(runs: list[dict]) -> str:
     i0 = runs[0]["interventions"]
     c, s = i0["config"], i0["success"]
     vs = {k: over_seeds(runs, lambda r, k=k: q4_verdicts(r)[k]) for k in q4_verdicts(runs[0])}
-    answer = {  # (ablation hurts beyond controls in every seed, steering helps beyond them in every seed)
-        (True, True): "a causal role beyond matched random features: ablating them hurts and steering the base "
-        "along them helps",
-        (True, False): "ablating them hurts beyond matched random features; steering the base along them does not "
-        "help beyond them",
-        (False, True): "steering the base along them helps beyond matched random features; ablating them does not "
-        "hurt beyond them",
-        (False, False): "no causal role at the task level beyond matched random features",
-    }[vs["ablation"].key == "causal", vs["steering"].key == "causal"]
+    answer = (
+        q4_answer(runs)
+        or {  # (ablation hurts beyond controls in every seed, steering helps beyond them in every seed)
+            (True, True): "a causal role beyond matched random features: ablating them hurts and steering the base "
+            "along them helps",
+            (True, False): "ablating them hurts beyond matched random features; steering the base along them does not "
+            "help beyond them",
+            (False, True): "steering the base along them helps beyond matched random features; ablating them does not "
+            "hurt beyond them",
+            (False, False): "no causal role at the task level beyond matched random features",
+        }[vs["ablation"].key == "causal", vs["steering"].key == "causal"]
+    )
     samples = ", ".join(
         f"{t} {cell(runs, lambda r, t=t: r['interventions']['success']['n_samples'][t], count)}" for t in s["tasks"]
     )

@@ -515,6 +515,12 @@ def test_results_wording_follows_the_intervals():
     assert "**Answer: steering the base along them helps beyond matched random features; ablating" in res.render([helps])
     # an interval below 0 whose controls fall as far (control p 0.2) does not count
     assert "**Answer: no causal role" in res.render([_hand_record(0, ablate=((-0.05, -0.01), 0.2))])
+    # seeds that disagree are counted, never answered as all or none
+    split = [_hand_record(0, ablate=((-0.05, -0.01), 0.01)), _hand_record(1, ablate=((-0.05, -0.01), 0.2))]
+    assert (
+        "**Answer: the seeds disagree: ablating them hurts beyond matched random features in 1 of 2 seeds; steering "
+        "the base along them does not help beyond them.**" in res.render(split)
+    )
     # the transfer study: RL's out-of-domain odds ratio against 1
     assert "The organisms do not reproduce the" in one
     assert "The organisms reproduce the" in res.render([_hand_record(0, rl_out=(1.1, 1.5))])
