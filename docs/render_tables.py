@@ -496,7 +496,9 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "known-answers-success-coef2": lambda: known_answers_success_criteria(
                  DOCS / "data" / "known_answers_success_coef2.json"),
              "known-answers-success-coef2-fresh": lambda: known_answers_success_criteria(
-                 DOCS / "data" / "known_answers_success_coef2_fresh.json")}
+                 DOCS / "data" / "known_answers_success_coef2_fresh.json"),
+             "known-answers-success-analysis-settings": lambda: known_answers_success(
+                 DOCS / "data" / "known_answers_success_analysis_settings.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
