@@ -57,7 +57,7 @@ from featalign.config import JsonConfig, cli_config, start_run
 from featalign.models import load_model
 from featalign.evaluation import score
 from featalign.tasks import VERIFIERS, TaskSet
-from featalign.interventions import coefficient_sweep, run_intervention
+from featalign.interventions import SIZE_BINS_HELP, coefficient_sweep, run_intervention
 from featalign.interventions import ablate, steer, typical_activation
 from featalign.io import atomic_write_json, atomic_write_text, provenance
 from featalign.organisms.tasks import parse_domains
@@ -92,6 +92,7 @@ class FeatureInterventionConfig(JsonConfig):
     steer_coef: float = 1.0
     n_controls: int = 20
     n_bins: int = 10  # firing-frequency quantile bins for matching the controls
+    size_bins: int = 0  # and size bins within each (0: frequency only, as every run before this option)
     sweep_coefs: str = "0.25,0.5,1,2"
     sweep_controls: int = 3
     seed: int = 0
@@ -119,7 +120,7 @@ class FeatureInterventionConfig(JsonConfig):
             raise UsageError("--steer-coef and --sweep-coefs must be finite numbers")
         for name in ("n_prompts", "min_features", "n_bins"):
             check_positive(f"--{name.replace('_', '-')}", getattr(self, name))
-        for name in ("n_controls", "sweep_controls"):
+        for name in ("n_controls", "sweep_controls", "size_bins"):
             check_positive(f"--{name.replace('_', '-')}", getattr(self, name), allow_zero=True)
 
 
@@ -142,6 +143,7 @@ HELP = {
     "steer_coef": "steering coefficient in units of each feature's typical activation",
     "n_controls": "matched random feature sets per edit",
     "n_bins": "firing-frequency quantile bins the controls are matched in",
+    "size_bins": SIZE_BINS_HELP,
     "sweep_coefs": "comma-separated steering coefficients",
     "sweep_controls": "controls per sweep point", "seed": "seed", "threads": "torch threads",
     "progress": "progress bars",
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     cc = train_or_load(out / "crosscoder", ("base", "rl"), x, hook, acfg)
     # the RL model's latents (`encode_as`, the rule the edits and the success scores use): the controls
     # are matched on how often each latent fires in the model being edited
-    freq = encoder_stats(cc, xe, model="rl")["firing_rate"]
+    stats = encoder_stats(cc, xe, model="rl")
+    freq, size = stats["firing_rate"], stats["mean_recon_norm"]
     t_cc = time.time() - t0
 
     # 3. RL-success features on the selection tasks only
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 4. ablate in RL, steer the base
     common = dict(n_controls=cfg.n_controls, seed=cfg.seed, firing_freq_L=freq, held_out=held_names,
-                  subset=subset, n_bins=cfg.n_bins)
+                  subset=subset, n_bins=cfg.n_bins, size_L=size, size_bins=cfg.size_bins)
     abl = run_intervention(rm, tok, cc, "rl", feats, ablate, tasks, baseline={t: d.rl_correct for t, d in data.items()},
                            **common)
     def steer_at(ids, coef):  # each (control) set in units of its own typical activations
@@ -238,7 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
     # 5. steering sweep
     sweep = coefficient_sweep(bm, tok, cc, "base", feats, steer_at, [float(c) for c in _split(cfg.sweep_coefs)],
                               tasks, n_controls=cfg.sweep_controls, seed=cfg.seed, firing_freq_L=freq,
-                              n_bins=cfg.n_bins, held_out=held_names, subset=subset, progress=cfg.progress,
+                              n_bins=cfg.n_bins, size_L=size, size_bins=cfg.size_bins, held_out=held_names,
+                              subset=subset, progress=cfg.progress,
                               baseline={t: d.base_correct for t, d in data.items()})
     sweep.save(out / "steer_sweep.json")
     sweep.plot(out / "figures" / "steer_sweep.png", "base + RL-success features (RL decoder), accuracy vs coefficient")

@@ -9,8 +9,8 @@ from featalign.crosscoder.config import CrosscoderConfig
 from featalign.crosscoder.model import Crosscoder
 from featalign.evaluation import eval_problems, score_problems
 from featalign.interventions import (
-    InterventionResult, SweepResult, coefficient_sweep, firing_bins, matched_random_features, paired_bootstrap_ci,
-    run_intervention,
+    InterventionResult, SweepResult, coefficient_sweep, firing_bins, matched_random_features, matching_bins,
+    paired_bootstrap_ci, run_intervention,
 )
 from featalign.interventions import ablate, steer
 from featalign.models import hf_model_of
@@ -80,6 +80,24 @@ def test_dead_latents_have_their_own_bin_and_never_match_alive_features():
     # alive bins are quantiles of the alive frequencies: about equal sizes
     sizes = np.bincount(bins[45:])[1:]
     assert sizes.sum() == 55 and sizes.max() - sizes.min() <= 2
+
+
+def test_size_matched_controls_share_the_size_tercile_within_the_firing_bin():
+    # two firing bins of 30 latents each (frequencies 0.1 and 0.2 tied), sizes 1..30 in each: with 3 size bins
+    # the cells are the thirds of each firing bin by size, counted by hand
+    f = np.r_[np.full(30, 0.1), np.full(30, 0.2)]
+    size = np.r_[np.arange(1.0, 31.0), np.arange(1.0, 31.0)]
+    cells = matching_bins(f, 2, size, 3)
+    third = np.repeat([1, 2, 3], 10)
+    assert (cells == np.r_[1 * 4 + third, 2 * 4 + third]).all()
+    assert (matching_bins(f, 2, size, 0) == firing_bins(f, 2)).all()  # no size bins: frequency only
+    chosen = [29, 30]  # the largest of the first firing bin, the smallest of the second
+    draws = matched_random_features(f, chosen, 40, seed=0, n_bins=2, size_L=size, size_bins=3)
+    assert all(20 <= a <= 28 and 31 <= b <= 39 for a, b in draws)  # same firing bin, same size third
+    loose = matched_random_features(f, chosen, 40, seed=0, n_bins=2)
+    assert any(a < 20 or b > 39 for a, b in loose)  # frequency alone draws from the whole firing bin
+    with pytest.raises(ValueError, match="one size per latent"):
+        matching_bins(f, 2, size[:10], 3)
 
 
 def test_matched_controls_bad_input():

@@ -127,7 +127,8 @@ def encoder_stats(
     blocks; with data: firing_rate [L], mean_act (mean activation when firing) [L], max_act [L], of
     the joint encoding of the paired tokens, or with `model` of that model's latents
     (`cc.encode_as`, the rule interventions edit with: use these to match random controls to an edit
-    in that model).
+    in that model), and then mean_recon_norm [L]: mean_act x the norm of model m's decoder block, the size
+    of what the latent writes into that model when it fires (what an ablation removes).
     """
     c = cc.cfg
     W_enc_LMK = cc.W_enc.detach().float().t().reshape(c.n_latents, c.n_models, -1)
@@ -151,6 +152,8 @@ def encoder_stats(
             "mean_act": (total / fired.clamp_min(1)).float(),
             "max_act": mx,
         }
+        if model is not None:
+            out["mean_recon_norm"] = out["mean_act"] * decoder_norms(cc)[:, cc.model_index(model)]
     return out
 
 

@@ -23,6 +23,7 @@ from featalign.interventions.edits import (
     typical_activation,
 )
 from featalign.interventions.experiments import (
+    SIZE_BINS_HELP,
     InterventionResult,
     SweepResult,
     TaskResult,
@@ -31,6 +32,7 @@ from featalign.interventions.experiments import (
     control_stats,
     firing_bins,
     matched_random_features,
+    matching_bins,
     paired_bootstrap_ci,
     run_intervention,
 )
@@ -38,6 +40,7 @@ from featalign.interventions.experiments import (
 __all__ = [
     "KINDS",
     "POSITIONS",
+    "SIZE_BINS_HELP",
     "Edit",
     "InterventionResult",
     "LogitMonitor",
@@ -51,6 +54,7 @@ __all__ = [
     "coefficient_sweep",
     "control_stats",
     "firing_bins",
+    "matching_bins",
     "hook_fns",
     "intervene",
     "matched_random_features",

@@ -36,7 +36,7 @@ from featalign.config import JsonConfig, config_from_args, config_parser, start_
 from featalign.crosscoder import Crosscoder
 from featalign.crosscoder.model import read_config
 from featalign.interventions.edits import ablate, as_feature_ids, clamp, project, scale, steer, typical_activation
-from featalign.interventions.experiments import InterventionResult, run_intervention
+from featalign.interventions.experiments import SIZE_BINS_HELP, InterventionResult, run_intervention
 from featalign.io import atomic_write_text
 from featalign.model_set import ModelSet
 from featalign.models import ModelGroup
@@ -61,6 +61,7 @@ class InterventionConfig(JsonConfig):
     n_per_task: int | None = None
     controls: int = 20
     n_bins: int = 10
+    size_bins: int = 0
     positions: str = "all"
     n_tokens: int = 20_000  # activation rows for firing rates / typical activations
     batch_size: int = 64
@@ -81,8 +82,10 @@ class InterventionConfig(JsonConfig):
         if self.edit not in ("ablate", "project") and self.value is None:
             raise UsageError(f"--edit {self.edit} needs --value (clamp value, scale factor or steer coefficient)")
         check_choice("--positions", self.positions, ("all", "prompt", "generated"))
-        for name in ("controls", "n_per_task", "n_tokens", "batch_size", "threads", "n_bins"):
-            check_positive(f"--{name.replace('_', '-')}", getattr(self, name), allow_zero=name == "controls")
+        for name in ("controls", "n_per_task", "n_tokens", "batch_size", "threads", "n_bins", "size_bins"):
+            check_positive(
+                f"--{name.replace('_', '-')}", getattr(self, name), allow_zero=name in ("controls", "size_bins")
+            )
         check_device(self.device)
 
 
@@ -101,6 +104,7 @@ HELP = {
     "n_per_task": "first N problems of each task",
     "controls": "matched random latent sets (0: none)",
     "n_bins": "firing-frequency quantile bins the controls are matched in",
+    "size_bins": SIZE_BINS_HELP,
     "positions": "where the edit applies: all | prompt (prompt tokens only) | generated (generated tokens only)",
     "n_tokens": "activation rows (task problems' tokens) for firing rates and typical activations",
     "batch_size": "generation / caching batch size",
@@ -252,7 +256,7 @@ def run(cfg: InterventionConfig) -> InterventionResult:
     x_NHD = ActivationStore(out / "activations").read(0, cfg.n_tokens)[:, 0].to(cfg.device, torch.float32)
     # model m's latents read only slot m (`encode_as`): a broadcast view stands in for the other slots
     x_NMHD = x_NHD.unsqueeze(1).expand(-1, cc.cfg.n_models, -1, -1)
-    freq_L = encoder_stats(cc, x_NMHD, model=name)["firing_rate"] if cfg.controls else None
+    stats = encoder_stats(cc, x_NMHD, model=name) if cfg.controls else {}
     with torch.no_grad():
         res = run_intervention(
             model,
@@ -265,9 +269,11 @@ def run(cfg: InterventionConfig) -> InterventionResult:
             n_controls=cfg.controls,
             seed=cfg.seed,
             batch_size=cfg.batch_size,
-            firing_freq_L=freq_L,
+            firing_freq_L=stats.get("firing_rate"),
             positions=cfg.positions,
             n_bins=cfg.n_bins,
+            size_L=stats.get("mean_recon_norm"),
+            size_bins=cfg.size_bins,
         )
     res.save(out / "results.json")
     plot_deltas(res, out / "figures" / "deltas.png")

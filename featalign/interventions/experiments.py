@@ -69,6 +69,33 @@ def firing_bins(firing_freq_L, n_bins: int = 10) -> np.ndarray:
     return bins
 
 
+#: the flag help of `size_bins` wherever a command draws matched controls
+SIZE_BINS_HELP = (
+    "also match the controls on the size of what each latent writes when it fires (mean activation x decoder "
+    "norm, `encoder_stats`' mean_recon_norm): this many quantile bins within each firing-frequency bin "
+    "(0: frequency only)"
+)
+
+
+def matching_bins(firing_freq_L, n_bins: int = 10, size_L=None, size_bins: int = 0) -> np.ndarray:
+    """The cells random controls are drawn from: `firing_bins`, and with `size_L` ([L], e.g. encoder_stats'
+    `mean_recon_norm`) and `size_bins` >= 2 each firing bin split again into `size_bins` quantile bins of the size.
+
+    Frequency alone lets a control with a tiny reconstruction stand in for a feature with a large one; the size
+    split is within each firing bin, so every cell keeps about 1 / (n_bins * size_bins) of the alive latents."""
+    bins = firing_bins(firing_freq_L, n_bins)
+    if size_L is None or size_bins < 2:
+        return bins
+    size = _freq_array(size_L)
+    if size.size != bins.size:
+        raise ValueError(f"size_L has {size.size} entries, firing_freq_L {bins.size}: give one size per latent")
+    out = bins * (size_bins + 1)
+    for b in np.unique(bins[bins > 0]):
+        in_b = bins == b
+        out[in_b] += firing_bins(np.clip(size[in_b], 0, None), size_bins)
+    return out
+
+
 def _check_ids(ids: tuple[int, ...], n_latents: int) -> tuple[int, ...]:
     bad = [k for k in ids if not 0 <= k < n_latents]
     if bad:
@@ -79,16 +106,17 @@ def _check_ids(ids: tuple[int, ...], n_latents: int) -> tuple[int, ...]:
 
 
 def matched_random_features(
-    firing_freq_L, feature_ids, n_draws: int, seed: int = 0, n_bins: int = 10
+    firing_freq_L, feature_ids, n_draws: int, seed: int = 0, n_bins: int = 10, size_L=None, size_bins: int = 0
 ) -> list[tuple[int, ...]]:
-    """`n_draws` random feature sets matched to `feature_ids` on firing frequency: for each chosen
-    feature, a latent drawn uniformly from the same quantile bin (`firing_bins`), never a chosen
-    one and never twice in one draw. Deterministic for a given seed."""
+    """`n_draws` random feature sets matched to `feature_ids` on firing frequency (and with `size_L` and
+    `size_bins` on the size of their reconstruction too: `matching_bins`): for each chosen feature, a latent
+    drawn uniformly from the same cell, never a chosen one and never twice in one draw. Deterministic for a
+    given seed."""
     f = _freq_array(firing_freq_L)
     ids = _check_ids(as_feature_ids(feature_ids), f.size)
     if n_draws < 0:
         raise ValueError(f"n_draws must be >= 0, got {n_draws}")
-    bins = firing_bins(f, n_bins)
+    bins = matching_bins(f, n_bins, size_L, size_bins)
     chosen = np.zeros(f.size, dtype=bool)
     chosen[list(ids)] = True
     pools = {}
@@ -97,8 +125,8 @@ def matched_random_features(
         need = sum(int(bins[k]) == b for k in ids)
         if pool.size < need:
             raise ValueError(
-                f"firing-frequency bin {b} has {pool.size} unchosen latents but {need} chosen features "
-                f"need matches; use fewer bins (n_bins={n_bins}) or fewer features"
+                f"matching cell {b} has {pool.size} unchosen latents but {need} chosen features need matches; "
+                f"use fewer bins (n_bins={n_bins}, size_bins={size_bins}) or fewer features"
             )
         pools[b] = pool
     rng = np.random.default_rng(seed)
@@ -302,9 +330,16 @@ def _warn_nonfinite(real_edit: Edit, nonfinite: dict[str, float]) -> None:
 
 
 def _draw_controls(
-    firing_freq_L, ids: tuple[int, ...], n_controls: int, seed: int, n_bins: int, n_latents: int
+    firing_freq_L,
+    ids: tuple[int, ...],
+    n_controls: int,
+    seed: int,
+    n_bins: int,
+    n_latents: int,
+    size_L=None,
+    size_bins: int = 0,
 ) -> list[tuple[int, ...]]:
-    """`n_controls` random latent sets matched to `ids` on firing frequency (none for 0)."""
+    """`n_controls` random latent sets matched to `ids` on firing frequency, and size (none for 0)."""
     if n_controls <= 0:
         return []
     if firing_freq_L is None:
@@ -313,7 +348,7 @@ def _draw_controls(
         raise ValueError(
             f"firing_freq_L has {len(_freq_array(firing_freq_L))} entries, the crosscoder has {n_latents} latents"
         )
-    return matched_random_features(firing_freq_L, ids, n_controls, seed, n_bins)
+    return matched_random_features(firing_freq_L, ids, n_controls, seed, n_bins, size_L, size_bins)
 
 
 def _task_result(
@@ -387,10 +422,13 @@ def run_intervention(
     n_resamples: int = 2000,
     subset: dict[str, np.ndarray] | None = None,
     baseline: dict[str, np.ndarray] | None = None,
+    size_L=None,
+    size_bins: int = 0,
 ) -> InterventionResult:
     """Accuracy per task without / with `edit_factory(features)` on `model` (slot `model_name` of
     `crosscoder`), McNemar p, paired bootstrap interval of the delta, and `n_controls` random
-    feature sets matched on `firing_freq_L` ([L], e.g. `encoder_stats(...)["firing_rate"]`).
+    feature sets matched on `firing_freq_L` ([L], e.g. `encoder_stats(...)["firing_rate"]`), and with
+    `size_bins` >= 2 on `size_L` too (e.g. `encoder_stats(...)["mean_recon_norm"]`; `matching_bins`).
 
     `subset` ({task: bool[n]}, optional) selects samples (e.g. base-fail / RL-success) whose
     accuracy is also reported on its own. `baseline` ({task: bool[n]}) is the unedited correctness
@@ -409,7 +447,7 @@ def run_intervention(
     baseline = _check_masks(baseline, tasks, "baseline")
     if baseline and set(baseline) != set(tasks):
         raise ValueError(f"baseline must give every task; missing {sorted(set(tasks) - set(baseline))}")
-    controls = _draw_controls(firing_freq_L, ids, n_controls, seed, n_bins, crosscoder.cfg.n_latents)
+    controls = _draw_controls(firing_freq_L, ids, n_controls, seed, n_bins, crosscoder.cfg.n_latents, size_L, size_bins)
     real_edit = _edit(edit_factory, ids)
     control_edits = [_edit(edit_factory, c) for c in controls]
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from featalign.analysis.attribution import (
-    AttributionConfig, attribute, classify, decoder_cosine, decoder_norms, decoder_vectors, latent_scaling,
-    model_attribution_scores, relative_norm,
+    AttributionConfig, attribute, classify, decoder_cosine, decoder_norms, decoder_vectors, encoder_stats,
+    latent_scaling, model_attribution_scores, relative_norm,
 )
 from tests.analysis.helpers import hand_crosscoder
 
@@ -28,6 +28,27 @@ def test_metrics_hand_computed():
     assert torch.allclose(relative_norm(n, 0, 1), torch.tensor([0.5, 0.0, 2 / 3]))
     assert torch.allclose(decoder_cosine(decoder_vectors(cc), 0, 1), torch.tensor([0.8, 0.0, 0.0]))
     assert classify(n, ("a", "b")) == ["shared", "a-only", "mixed"]
+
+
+def test_encoder_stats_of_one_model_match_a_token_loop():
+    """firing rate, mean activation and the size of what a latent writes (mean_recon_norm) for model b's latents,
+    against a loop over tokens of `encode_as` and each latent's own reconstruction vector."""
+    cc = _two_model_cc()
+    x_NMD = torch.randn(50, 2, 2, generator=torch.Generator().manual_seed(0)).unsqueeze(2)  # [N, M, H=1, D]
+    stats = encoder_stats(cc, x_NMD, batch=7, model="b")
+    fired, act, recon = torch.zeros(3), torch.zeros(3), torch.zeros(3)
+    for x_MHD in x_NMD:
+        f_L = cc.encode_as(x_MHD[1:2], "b")[0]
+        for latent in range(3):
+            if f_L[latent] > 0:
+                fired[latent] += 1
+                act[latent] += f_L[latent]
+                recon[latent] += (f_L[latent] * cc.W_dec_LMHD[latent, 1]).norm()
+    assert torch.allclose(stats["firing_rate"], fired / 50)
+    assert torch.allclose(stats["mean_act"], act / fired.clamp_min(1), atol=1e-6)
+    assert torch.allclose(stats["mean_recon_norm"], recon / fired.clamp_min(1), atol=1e-5)
+    assert fired[2] > 0 and stats["mean_recon_norm"][1] == 0  # latent 1 writes nothing into b
+    assert "mean_recon_norm" not in encoder_stats(cc, x_NMD)  # the joint encoding: no one model's decoder
 
 
 def test_classes_three_models_and_thresholds():
