@@ -9,6 +9,9 @@
     python docs/results.py collect-q4-variant --interventions DIR --organisms DIR
                                           # a reproduce_feature_interventions.py --variant V --seed S run (all
                                           # on one build) -> docs/data/results/q4-variants/<V>-seed-S.json
+    python docs/results.py collect-q4-size-matched --interventions DIR --organisms DIR
+                                          # a reproduce_feature_interventions.py --size-bins N --seed S run (the
+                                          # seed's Q4 run otherwise) -> docs/data/results/q4-size-matched/seed-S.json
     python docs/results.py collect-hook-auto --analysis DIR --interventions DIR --organisms DIR
                                           # analyze --hook auto and the interventions at the block it chose
                                           # -> docs/data/results/hook-auto/seed-S.json
@@ -1355,11 +1358,14 @@ Q4_SHARED = (
     "tasks",
     "model",
     "model_set",
+    "size_bins",
 )
+#: what runs made before an option had instead of it (--positions read the last token; --size-bins: frequency only)
+Q4_BEFORE = {"positions": "last", "size_bins": 0}
 
 
 def q4_setting(cfg: dict, key: str) -> Any:
-    return cfg.get(key, "last" if key == "positions" else None)  # runs made before --positions read the last token
+    return cfg.get(key, Q4_BEFORE.get(key))
 
 
 def collect_q4_variant(interventions: Path, organisms: Path) -> dict:
@@ -1435,6 +1441,62 @@ def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | No
 {where}.
 
 """ + "\n\n".join(out)
+
+
+Q4_SIZE_MATCHED = DATA / "q4-size-matched"
+
+
+def check_q4_size_matched(recs: list[dict], runs: list[dict]) -> None:
+    """Refuse a size-matched record that is not its seed's Q4 run with `--size-bins` added: another build, a
+    seed the page has no Q4 run of, or any other setting changed."""
+    main = {r["seed"]: r for r in runs}
+    for rec in recs:
+        cfg, seed = rec["interventions"]["config"], rec["seed"]
+        if q4_setting(cfg, "size_bins") < 2:
+            raise ValueError(f"the seed-{seed} run matched its controls on frequency only: rerun with --size-bins")
+        if seed not in main:
+            raise ValueError(f"the page has no Q4 run of seed {seed} to set the size-matched run against")
+        if build_key(rec["organisms"]) != build_key(main[seed]["organisms"]):
+            raise ValueError(f"the size-matched seed-{seed} run is on another build than the Q4 table's")
+        other = main[seed]["interventions"]["config"]
+        keys = (set(cfg) | set(other)) - {"size_bins", "out", "progress", "threads"}
+        differ = sorted(k for k in keys if q4_setting(cfg, k) != q4_setting(other, k))
+        if differ:
+            raise ValueError(f"the size-matched seed-{seed} run differs from the Q4 table's in {differ}: rerun it")
+
+
+def load_q4_size_matched(folder: Path = Q4_SIZE_MATCHED) -> list[dict]:
+    """The `collect-q4-size-matched` records by seed."""
+    return sorted((json.loads(p.read_text()) for p in folder.glob("seed-*.json")), key=lambda r: r["seed"])
+
+
+def q4_size_matched_section(recs: list[dict], runs: list[dict]) -> str:
+    """Q4 again with controls matched on size as well as firing frequency (the same runs otherwise); empty
+    without records."""
+    if not recs:
+        return ""
+    check_q4_size_matched(recs, runs)
+    main = {r["seed"]: r for r in runs}
+    paired = [main[r["seed"]] for r in recs]
+    n_size = q4_setting(recs[0]["interventions"]["config"], "size_bins")
+    same = all(r["interventions"]["features"] == m["interventions"]["features"] for r, m in zip(recs, paired))
+    here, there = answer_of(q4_section(recs)), answer_of(q4_section(paired))
+    against = "the same answer" if here == there else f"another answer (here: “{here}”; there: “{there}”)"
+    body = q4_section(recs).split("\n", 1)[1]
+    return f"""## Q4 with controls matched on size too
+
+`examples/reproduce_feature_interventions.py --size-bins {n_size} --seed S` (seeds
+{", ".join(str(r["seed"]) for r in recs)}): the runs of the Q4 table above with one change, how the random controls
+are drawn. Within its firing-frequency bin, each control latent also comes from the same {n_size}-quantile of the
+size of what a latent writes into the RL model when it fires (mean activation x decoder norm, `encoder_stats`'
+`mean_recon_norm`), so a control cannot stand in with a much smaller reconstruction than the feature it matches.
+{
+        "The crosscoders and the chosen features are the Q4 table's in every seed"
+        if same
+        else "**The chosen features differ from the Q4 table's in some seed** (another crosscoder)"
+    }. Against the Q4 table above (the same seeds): {against}.
+
+{body}"""
 
 
 STRUCTURED = DATA / "structured"
@@ -1794,6 +1856,7 @@ def render(
     structured_positions: dict[str, list[dict]] | None = None,
     q4_variants: dict[str, list[dict]] | None = None,
     hook_auto: list[dict] | None = None,
+    q4_size_matched: list[dict] | None = None,
 ) -> str:
     """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record, the
     variant runs (as `load_variants` returns them) and a preset's organism-seed records (`load_structured`)."""
@@ -1808,6 +1871,7 @@ def render(
         prediction_section(prediction),
         variants_section(variants or {}),
         q4_variants_section(q4_variants or {}, runs),
+        q4_size_matched_section(q4_size_matched or [], runs),
         hook_auto_section(hook_auto or [], runs),
         structured_section(structured or [], structured_positions),
         times_section(runs),
@@ -1826,6 +1890,7 @@ def render_page() -> str:
         load_structured_positions(STRUCTURED),
         load_q4_variants(Q4_VARIANTS),
         load_hook_auto(HOOK_AUTO),
+        load_q4_size_matched(Q4_SIZE_MATCHED),
     )
 
 
@@ -1875,6 +1940,16 @@ def main(argv: list[str] | None = None) -> int:
     q4v.add_argument(
         "--data", type=Path, default=DATA, help="folder of the seed files (records go to its q4-variants/)"
     )
+    qs = sub.add_parser(
+        "collect-q4-size-matched",
+        help="a reproduce_feature_interventions.py --size-bins N --seed S run, the seed's Q4 run otherwise -> "
+        f"{Q4_SIZE_MATCHED.relative_to(DOCS.parent)}/seed-S.json",
+    )
+    qs.add_argument("--interventions", type=Path, required=True, help="the run's --out folder")
+    qs.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
+    qs.add_argument(
+        "--data", type=Path, default=DATA, help="folder of the seed files (records go to its q4-size-matched/)"
+    )
     ha = sub.add_parser(
         "collect-hook-auto",
         help="an analyze --hook auto --seed S run and a reproduce_feature_interventions.py --hook H --seed S run at "
@@ -1919,6 +1994,13 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(path, rec)
         print(f"wrote {path}")
         return 0
+    if a.verb == "collect-q4-size-matched":
+        rec = collect_q4_variant(a.interventions, a.organisms)
+        check_q4_size_matched([rec], load_runs(a.data))  # refused before anything is written
+        path = a.data / Q4_SIZE_MATCHED.name / f"seed-{rec['seed']}.json"
+        atomic_write_json(path, rec)
+        print(f"wrote {path}")
+        return 0
     if a.verb == "collect-hook-auto":
         rec = collect_hook_auto(a.analysis, a.organisms, a.interventions)
         path = a.data / HOOK_AUTO.name / f"seed-{rec['seed']}.json"
@@ -1954,6 +2036,7 @@ def main(argv: list[str] | None = None) -> int:
         load_structured_positions(a.data / "structured"),
         load_q4_variants(a.data / Q4_VARIANTS.name),
         load_hook_auto(a.data / HOOK_AUTO.name),
+        load_q4_size_matched(a.data / Q4_SIZE_MATCHED.name),
     )
     if a.check:
         if a.page.read_text() != text:

@@ -781,6 +781,21 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     (elsewhere / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"hook": "blocks.0.hook_mlp_out"}}))
     with pytest.raises(ValueError, match="pass runs that match"):
         res.collect_hook_auto(out / "analysis", root, elsewhere)
+    # the same interventions run with size-matched controls (the config such a run writes): its own section, set
+    # against the Q4 table's run of its seed; a run with another setting changed, or frequency-only, is refused
+    sized_run = tmp_path / "fi-sized"
+    sized_run.mkdir()
+    (sized_run / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"size_bins": 3}}))
+    sized = res.collect_q4_variant(sized_run, root)
+    section = res.q4_size_matched_section([sized], [rec])
+    assert section.startswith("## Q4 with controls matched on size too\n\n`examples/reproduce_feature_interventions.py --size-bins 3")
+    assert "The crosscoders and the chosen features are the Q4 table's in every seed" in section
+    assert "Against the Q4 table above (the same seeds): the same answer." in section
+    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in section
+    for change, match in (({"n_controls": 5}, r"in \['n_controls'\]"), ({"size_bins": 0}, "frequency only")):
+        (sized_run / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"size_bins": 3} | change}))
+        with pytest.raises(ValueError, match=match):
+            res.q4_size_matched_section([res.collect_q4_variant(sized_run, root)], [rec])
     # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
     org_rec = res.collect_organism_seed(out / "analysis", root)
     assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
