@@ -390,7 +390,9 @@ def known_answers_success_criteria(path: Path) -> str:
     c = r["config"]
     return "\n".join(_success_criteria(r) + [
         "", f"Steering coefficient {c['steer_coef']} x the latent's typical activation at `{c['steer_positions']}` "
-        f"positions; {len(r['per_seed'])} seeds (seeds {', '.join(str(x['seed']) for x in r['per_seed'])}); "
+        f"positions; controls matched on firing rate"
+        f"{f' and on reconstruction size ({b} size bins per firing bin)' if (b := c.get('size_bins')) else ''}"
+        f"; {len(r['per_seed'])} seeds (seeds {', '.join(str(x['seed']) for x in r['per_seed'])}); "
         f"organisms preset `{r['organisms']['preset']}` (seed {r['organisms']['seed']}) built on an "
         f"{r['cpu_capability']} CPU."])
 
@@ -448,7 +450,9 @@ def known_answers_success(path: Path) -> str:
         f" vs planted {min(x['held_out_answer_logprob_planted'] for x in lps):.2f}.."
         f"{max(x['held_out_answer_logprob_planted'] for x in lps):.2f}; {c['success_problems']} eval problems per "
         f"task; {c['variant']} crosscoders of {c['n_latents']} latents (k {c['k']}), {c['steps']} steps, "
-        f"{c['n_tokens']:,} tokens per model; {c['n_controls']} matched controls; steering coefficient "
+        f"{c['n_tokens']:,} tokens per model; {c['n_controls']} controls matched on firing rate"
+        f"{f' and on reconstruction size ({b} size bins per firing bin)' if (b := c.get('size_bins')) else ''}; "
+        f"steering coefficient "
         f"{c['steer_coef']} x the latent's typical activation at `{c['steer_positions']}` positions. "
         f"{len(r['per_seed'])} seeds; the last invocation took {r['seconds'] / 60:.0f} min. Stamp: {stamp}.",
     ]

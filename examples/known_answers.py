@@ -40,6 +40,7 @@ from featalign.analysis.known_answers import KnownAnswerConfig, run_known_answer
 from featalign.cli import check_out_dir, run_cli
 from featalign.config import cli_config, start_run
 from featalign.io import atomic_write_json, jsonable, provenance
+from featalign.interventions import SIZE_BINS_HELP
 
 HELP = {
     "out": "output folder (planted organisms, activations, crosscoders, known_answers.json)",
@@ -69,6 +70,7 @@ HELP = {
     "success_problems": "success: eval problems per domain for the selection and the interventions",
     "learn_steps": "success: Adam steps fitting the planted direction",
     "n_controls": "success: random latents matched on firing rate per intervention",
+    "size_bins": "success: " + SIZE_BINS_HELP,
     "steer_coef": "success: steering coefficient in units of the latent's typical activation",
     "steer_positions": "success: where the base is steered: last (answer position) | prompt | all | generated",
     "threads": "torch threads",

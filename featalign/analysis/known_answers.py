@@ -82,6 +82,7 @@ class KnownAnswerConfig(JsonConfig):
     success_problems: int = 500  # success: eval problems per domain (selection and interventions)
     learn_steps: int = 200  # success: steps fitting the plant's direction (PlantConfig.learn_steps)
     n_controls: int = 20  # success: matched random latents per intervention
+    size_bins: int = 0  # success: also match the controls on reconstruction size (interventions' SIZE_BINS_HELP)
     steer_coef: float = 1.0  # success: steering coefficient, in units of the latent's typical activation
     steer_positions: str = "last"  # success: where the base is steered (intervene's positions)
     threads: int = 1
@@ -129,6 +130,7 @@ class KnownAnswerConfig(JsonConfig):
         check_positive("--success-problems", self.success_problems)
         if self.n_controls < 1:
             raise UsageError(f"--n-controls must be >= 1 (the ablation is judged against them), got {self.n_controls}")
+        check_positive("--size-bins", self.size_bins, allow_zero=True)
         check_shared_settings(self)
 
     @property
@@ -498,7 +500,7 @@ def success_interventions(
     )
 
     tok = bm.tokenizer
-    freq = encoder_stats(cc, xe, model="rl")["firing_rate"]
+    stats = encoder_stats(cc, xe, model="rl")
 
     def steer_at(ids):  # each (control) set in units of its own typical activation in the planted model
         return steer(ids, cfg.steer_coef, typical_activation(cc, xe, ids, model="rl").nan_to_num(0.0), decoder="rl")
@@ -514,7 +516,9 @@ def success_interventions(
             scored,
             n_controls=cfg.n_controls,
             seed=seed,
-            firing_freq_L=freq,
+            firing_freq_L=stats["firing_rate"],
+            size_L=stats["mean_recon_norm"],
+            size_bins=cfg.size_bins,
             baseline=baseline,
             **kw,
         )

@@ -197,7 +197,7 @@ def test_the_example_refuses_bad_input_before_any_work(tmp_path, capsys):
         mod.main(["--help"])
     assert "--steer-positions" in capsys.readouterr().out
     for bad in (["--seeds", "3-1"], ["--trigger", "token"], ["--scale", "-1"], ["--analyses", "cards"],
-                ["--analyses", "success", "--success-domains", "bool"], ["--success-scale", "-1"]):
+                ["--analyses", "success", "--success-domains", "bool"], ["--success-scale", "-1"], ["--size-bins", "-1"]):
         with pytest.raises(UsageError):
             mod.main([*bad, "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
