@@ -984,7 +984,11 @@ A base/RL {c["variant"]} crosscoder ({c["n_latents"]} latents, {c["steps"]} step
     } out-of-domain selection tasks (base-fail / RL-success samples among {c["n_prompts"]} prompts
 each: {samples}); `{"`, `".join(c["held_out_tasks"].split(","))}` held out. The script's feature rule
 ({rules}) chose the features ({feats}). Each edit is compared with {c["n_controls"]} random feature sets
-matched on the RL model's firing frequency; {c["n_prompts"]} prompts per task. The edits read the latents
+matched on the RL model's firing frequency{
+        f" and on the size of what each writes ({n} size bins per firing bin)"
+        if (n := q4_setting(c, "size_bins"))
+        else ""
+    }; {c["n_prompts"]} prompts per task. The edits read the latents
 with the one encode rule (`Crosscoder.encode_as`), which docs/crosscoder.md ("Reading one model's
 latents") describes. Control p is the empirical two-sided p of the edit's delta among its controls; all
 p-values are per row, uncorrected for the {2 * len(edit_tasks(runs[0], "ablate_rl"))} rows.

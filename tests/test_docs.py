@@ -790,6 +790,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     section = res.q4_size_matched_section([sized], [rec])
     assert section.startswith("## Q4 with controls matched on size too\n\n`examples/reproduce_feature_interventions.py --size-bins 3")
     assert "The crosscoders and the chosen features are the Q4 table's in every seed" in section
+    assert "matched on the RL model's firing frequency and on the size of what each writes (3 size bins" in section
     assert "Against the Q4 table above (the same seeds): the same answer." in section
     assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in section
     for change, match in (({"n_controls": 5}, r"in \['n_controls'\]"), ({"size_bins": 0}, "frequency only")):
