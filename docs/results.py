@@ -1934,26 +1934,26 @@ def main(argv: list[str] | None = None) -> int:
                 help="a reproduce_feature_interventions.py run's --out on the same build (without --analysis: "
                 "added to the build's record already collected)",
             )
-    q4v = sub.add_parser(
-        "collect-q4-variant",
-        help="a reproduce_feature_interventions.py --variant V --seed S run (every such run on one build, with one set "
-        f"of settings) -> {Q4_VARIANTS.relative_to(DOCS.parent)}/<variant>-seed-S.json",
-    )
-    q4v.add_argument("--interventions", type=Path, required=True, help="the run's --out folder")
-    q4v.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
-    q4v.add_argument(
-        "--data", type=Path, default=DATA, help="folder of the seed files (records go to its q4-variants/)"
-    )
-    qs = sub.add_parser(
-        "collect-q4-size-matched",
-        help="a reproduce_feature_interventions.py --size-bins N --seed S run, the seed's Q4 run otherwise -> "
-        f"{Q4_SIZE_MATCHED.relative_to(DOCS.parent)}/seed-S.json",
-    )
-    qs.add_argument("--interventions", type=Path, required=True, help="the run's --out folder")
-    qs.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
-    qs.add_argument(
-        "--data", type=Path, default=DATA, help="folder of the seed files (records go to its q4-size-matched/)"
-    )
+    for verb, folder, what in (
+        (
+            "collect-q4-variant",
+            Q4_VARIANTS,
+            "a reproduce_feature_interventions.py --variant V --seed S run (every such run on one build, with one set "
+            "of settings) -> <variant>-seed-S.json",
+        ),
+        (
+            "collect-q4-size-matched",
+            Q4_SIZE_MATCHED,
+            "a reproduce_feature_interventions.py --size-bins N --seed S run, the seed's Q4 run otherwise -> "
+            "seed-S.json",
+        ),
+    ):
+        q = sub.add_parser(verb, help=f"{what} in {folder.relative_to(DOCS.parent)}")
+        q.add_argument("--interventions", type=Path, required=True, help="the run's --out folder")
+        q.add_argument("--organisms", type=Path, required=True, help="the organisms folder it ran on")
+        q.add_argument(
+            "--data", type=Path, default=DATA, help=f"folder of the seed files (records go to its {folder.name}/)"
+        )
     ha = sub.add_parser(
         "collect-hook-auto",
         help="an analyze --hook auto --seed S run and a reproduce_feature_interventions.py --hook H --seed S run at "
