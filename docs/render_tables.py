@@ -502,7 +502,9 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "known-answers-success-coef2-fresh": lambda: known_answers_success_criteria(
                  DOCS / "data" / "known_answers_success_coef2_fresh.json"),
              "known-answers-success-analysis-settings": lambda: known_answers_success(
-                 DOCS / "data" / "known_answers_success_analysis_settings.json")}
+                 DOCS / "data" / "known_answers_success_analysis_settings.json"),
+             "known-answers-success-size-matched": lambda: known_answers_success_criteria(
+                 DOCS / "data" / "known_answers_success_size_matched.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
