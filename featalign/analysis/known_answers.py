@@ -657,6 +657,11 @@ def summarise_success(cases: list[dict]) -> dict:
     }
 
 
+#: Settings added after results were saved, with the value those results were made with: a saved seed that lacks
+#: one is reused by a run that asks for that value (results from before --size-bins matched on frequency only).
+SETTINGS_BEFORE: dict[str, object] = {"size_bins": 0}
+
+
 def seed_settings(cfg: KnownAnswerConfig) -> dict:
     """The settings one seed's result depends on (not which seeds run, where, or how it prints), and the scoring."""
     skip = ("out", "seeds", "threads", "progress")
@@ -671,7 +676,7 @@ def run_known_answers(cfg: KnownAnswerConfig, base: str, hook: str) -> dict:
     for seed in cfg.seed_list:
         seed_dir = Path(cfg.out) / f"seed-{seed}"
         done = seed_dir / "result.json"
-        if done.exists() and read_json(done).get("settings") == seed_settings(cfg):
+        if done.exists() and {**SETTINGS_BEFORE, **read_json(done).get("settings", {})} == seed_settings(cfg):
             per_seed.append(read_json(done)["result"])
             continue
         result = run_seed(base, seed_dir, cfg, hook, seed)

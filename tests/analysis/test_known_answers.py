@@ -227,3 +227,30 @@ def test_success_case_on_the_tiny_organisms(tiny_organisms, tmp_path):
     assert nul["acc_rl"] == nul["acc_base"] and not nul["found"] and "refused" in nul["selection"]
     assert got["n_selected"] >= 1 and got["target_selected"]
     assert all(r["ablate"]["subset_delta"] < 0 for r in got["interventions"].values())
+
+
+def test_a_seed_saved_before_size_bins_is_reused_only_for_frequency_matching(tmp_path, monkeypatch):
+    """A seed's result saved before `size_bins` existed (its settings lack the key) matched its controls on frequency
+    only: a run with size_bins 0 reuses it, a run with size-matched controls recomputes it."""
+    import json
+    from pathlib import Path
+
+    from featalign.analysis import known_answers as ka
+
+    committed = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs" / "data" / "known_answers_success_analysis_settings.json").read_text()
+    )
+    saved = committed["per_seed"][0]
+    fields = {k: v for k, v in committed["config"].items() if k not in ("out", "seeds", "organisms_dir")}
+    cfg = KnownAnswerConfig(**{**fields, "out": str(tmp_path), "seeds": str(saved["seed"])})
+    settings = {k: v for k, v in ka.seed_settings(cfg).items() if k != "size_bins"}
+    (tmp_path / f"seed-{saved['seed']}").mkdir()
+    (tmp_path / f"seed-{saved['seed']}" / "result.json").write_text(json.dumps({"settings": settings, "result": saved}))
+
+    def recompute(*args, **kwargs):
+        raise RuntimeError("recomputed")
+
+    monkeypatch.setattr(ka, "run_seed", recompute)
+    assert ka.run_known_answers(cfg, "base", "hook")["per_seed"] == [saved]
+    with pytest.raises(RuntimeError, match="recomputed"):
+        ka.run_known_answers(KnownAnswerConfig(**{**cfg.to_dict(), "size_bins": 3}), "base", "hook")
