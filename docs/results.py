@@ -1484,9 +1484,9 @@ def q4_size_matched_section(recs: list[dict], runs: list[dict]) -> str:
     paired = [main[r["seed"]] for r in recs]
     n_size = q4_setting(recs[0]["interventions"]["config"], "size_bins")
     same = all(r["interventions"]["features"] == m["interventions"]["features"] for r, m in zip(recs, paired))
-    here, there = answer_of(q4_section(recs)), answer_of(q4_section(paired))
-    against = "the same answer" if here == there else f"another answer (here: “{here}”; there: “{there}”)"
-    body = q4_section(recs).split("\n", 1)[1]
+    text = q4_section(recs)
+    against = answers_compared(text, q4_section(paired))
+    body = text.split("\n", 1)[1]
     return f"""## Q4 with controls matched on size too
 
 `examples/reproduce_feature_interventions.py --size-bins {n_size} --seed S` (seeds
@@ -1668,6 +1668,12 @@ def answer_of(section_text: str) -> str:
     return " ".join(m.group(1).split())
 
 
+def answers_compared(here_text: str, there_text: str) -> str:
+    """ "the same answer", or both answers quoted: two renderings of one question's section set side by side."""
+    here, there = answer_of(here_text), answer_of(there_text)
+    return "the same answer" if here == there else f"another answer (here: “{here}”; there: “{there}”)"
+
+
 def load_hook_auto(folder: Path = HOOK_AUTO) -> list[dict]:
     """The `collect-hook-auto` records by crosscoder seed; they must share one build and one chosen hook."""
     recs = sorted((json.loads(p.read_text()) for p in folder.glob("seed-*.json")), key=lambda r: r["seed"])
@@ -1692,15 +1698,14 @@ def hook_auto_section(recs: list[dict], runs: list[dict]) -> str:
     )
     a = r0["analysis"]["config"]
     sections = (q1_section, q2_section, q3_section, q4_section)
-    q1, q2, q3, q4 = (section(recs).split("\n", 1)[1] for section in sections)
+    texts = [section(recs) for section in sections]
+    q1, q2, q3, q4 = (t.split("\n", 1)[1] for t in texts)
     compared = ""
     if runs and same_build:
-        pairs = [(f"Q{i}", answer_of(section(recs)), answer_of(section(runs))) for i, section in enumerate(sections, 1)]
         compared = (
             "\n\nAgainst the sections above (the default block, the same build): "
             + "; ".join(
-                f"{q} {'the same answer' if here == there else f'another answer (here: “{here}”; there: “{there}”)'}"
-                for q, here, there in pairs
+                f"Q{i} {answers_compared(t, section(runs))}" for i, (t, section) in enumerate(zip(texts, sections), 1)
             )
             + "."
         )

@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
                            progress=cfg.progress)
     cc = train_or_load(out / "crosscoder", ("base", "rl"), x, hook, acfg)
     # the RL model's latents (`encode_as`, the rule the edits and the success scores use): the controls
-    # are matched on how often each latent fires in the model being edited
+    # are matched on how often each latent fires in the model being edited (and with --size-bins on how much it
+    # writes there when it fires)
     stats = encoder_stats(cc, xe, model="rl")
     freq, size = stats["firing_rate"], stats["mean_recon_norm"]
     t_cc = time.time() - t0

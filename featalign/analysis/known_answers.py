@@ -676,8 +676,9 @@ def run_known_answers(cfg: KnownAnswerConfig, base: str, hook: str) -> dict:
     for seed in cfg.seed_list:
         seed_dir = Path(cfg.out) / f"seed-{seed}"
         done = seed_dir / "result.json"
-        if done.exists() and {**SETTINGS_BEFORE, **read_json(done).get("settings", {})} == seed_settings(cfg):
-            per_seed.append(read_json(done)["result"])
+        saved = read_json(done) if done.exists() else {}
+        if saved and {**SETTINGS_BEFORE, **saved.get("settings", {})} == seed_settings(cfg):
+            per_seed.append(saved["result"])
             continue
         result = run_seed(base, seed_dir, cfg, hook, seed)
         atomic_write_json(done, jsonable({"settings": seed_settings(cfg), "result": result}))

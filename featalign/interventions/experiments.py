@@ -92,7 +92,7 @@ def matching_bins(firing_freq_L, n_bins: int = 10, size_L=None, size_bins: int =
     out = bins * (size_bins + 1)
     for b in np.unique(bins[bins > 0]):
         in_b = bins == b
-        out[in_b] += firing_bins(np.clip(size[in_b], 0, None), size_bins)
+        out[in_b] += firing_bins(size[in_b], size_bins)  # a size <= 0 (writes nothing) gets a cell of its own
     return out
 
 
