@@ -3,7 +3,8 @@
     python benchmarks/bench_crosscoder.py [--batch 2048 --latents 4096 --d 256 --models 3 --k 32 --json out.json]
         [--device cuda]
 
-Prints, for one full training step (forward, backward, Adam):
+Prints, for one full training step (`Trainer.train_step`: forward, backward, gradient clipping, Adam, the
+variant's update):
   * dense (L1/ReLU) variant, fp32 and bf16 autocast: achieved FLOP/s over the FLOP/s of 2048^3
     torch matmuls of the same dtype (as many FLOPs as a step), timed in the same rounds; median of
     the per-round ratios (target >= 0.8). A dense step is
@@ -28,8 +29,8 @@ import time
 
 import torch
 
-from featalign.crosscoder import Crosscoder, CrosscoderConfig
-from featalign.crosscoder.train import bf16_matmul_is_fast
+from featalign.crosscoder import Crosscoder, CrosscoderConfig, InMemoryActivations, TrainerConfig
+from featalign.crosscoder.train import Trainer, bf16_matmul_is_fast
 
 
 def sync(device: torch.device) -> None:
@@ -37,16 +38,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: Crosscoder, x_BK: torch.Tensor, bf16: bool, quiet_frac: float = 0.0, **fw):
-    """One timed trainer step (forward, backward, fused Adam, the variant's update) on `x_BK`'s device.
+def make_step(cfg: CrosscoderConfig, x_BK: torch.Tensor, bf16: bool, quiet_frac: float = 0.0, coef: float = 1.0):
+    """One timed trainer step (`Trainer.train_step`: forward, backward, clipping, fused Adam, the lr schedule,
+    firing counts, the variant's update) on `x_BK`'s device, for a fresh crosscoder of `cfg`.
 
     `quiet_frac`: that share of the latents (a fixed random set) is held quiet for longer than BatchTopK's
     `aux_dead_tokens` before every step, so its aux-k loss trains them, as in a real run (at this size
     40-75% of the latents are quiet late in training); with random inputs every latent fires and the
     aux loss has nothing to do."""
     dev = x_BK.device
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the Trainer
-    L = model.cfg.n_latents
+    B = x_BK.shape[0]
+    source = InMemoryActivations(x_BK.view(B, cfg.n_models, cfg.n_hooks, cfg.d_model), B,
+                                 models=cfg.models, hooks=cfg.hooks)
+    trainer = Trainer(cfg, TrainerConfig(lr=1e-4, bf16=bf16), source, None, progress=False, device=dev)
+    model, L = trainer.model, cfg.n_latents
     quiet = torch.randperm(L, generator=torch.Generator().manual_seed(1))[: int(quiet_frac * L)].to(dev)
 
     def step() -> float:
@@ -54,12 +59,7 @@ def make_step(model: Crosscoder, x_BK: torch.Tensor, bf16: bool, quiet_frac: flo
             model.tokens_since_fired[quiet] = 10**9
         sync(dev)
         t = time.perf_counter()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model.training_forward(x_BK, **fw)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        model.variant.update(out.stats)
+        trainer.train_step(x_BK, coef)
         sync(dev)
         return time.perf_counter() - t
 
@@ -112,9 +112,9 @@ def main() -> dict:
                  "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     flops = 10 * B * K * L
 
-    def btk(sparse: bool) -> Crosscoder:  # same seed: the same initial weights on both paths
-        return Crosscoder(CrosscoderConfig(models=names, hooks=("h",), d_model=a.d, n_latents=L, variant="batchtopk",
-                                           variant_cfg={"k": a.k, "sparse_decode": sparse})).to(dev)
+    def btk(sparse: bool) -> CrosscoderConfig:  # same seed: the same initial weights on both paths
+        return CrosscoderConfig(models=names, hooks=("h",), d_model=a.d, n_latents=L, variant="batchtopk",
+                                variant_cfg={"k": a.k, "sparse_decode": sparse})
 
     print(f"crosscoder step: B={B}, K={K} ({a.models} models x d {a.d}), L={L}; dense step = {flops / 1e9:.1f} GFLOP")
     bf16_fast = bf16_matmul_is_fast(dev)
@@ -162,8 +162,8 @@ def main() -> dict:
             return time.perf_counter() - t
 
         mm_time(), gemms_time(), enc_gemm_time()
-        m = Crosscoder(CrosscoderConfig(models=names, hooks=("h",), d_model=a.d, n_latents=L, variant="l1")).to(dev)
-        mm_t, gm_t, st_t = interleaved([mm_time, gemms_time, make_step(m, x, bf16, sparsity_coef=1.0)], a.reps)
+        l1 = CrosscoderConfig(models=names, hooks=("h",), d_model=a.d, n_latents=L, variant="l1")
+        mm_t, gm_t, st_t = interleaved([mm_time, gemms_time, make_step(l1, x, bf16)], a.reps)
         ratios = [flops / s_ / (2 * n**3 / m_) for m_, s_ in zip(mm_t, st_t)]
         ratios_g = [g_ / s_ for g_, s_ in zip(gm_t, st_t)]  # same FLOPs: a time ratio
         rate, best = 2 * n**3 / _median(mm_t), _median(st_t)
@@ -195,8 +195,8 @@ def main() -> dict:
     sp_t, dn_t = interleaved([make_step(btk(True), x, False), make_step(btk(False), x, False)], a.reps)
     speed = [d_ / s_ for s_, d_ in zip(sp_t, dn_t)]
     sp, dn = _median(sp_t), _median(dn_t)
-    l_sp = btk(True).training_forward(x).loss.item()
-    l_dn = btk(False).training_forward(x).loss.item()
+    l_sp = Crosscoder(btk(True)).to(dev).training_forward(x).loss.item()
+    l_dn = Crosscoder(btk(False)).to(dev).training_forward(x).loss.item()
     rel = abs(l_sp - l_dn) / abs(l_dn)
     res["batchtopk"] = {"k_frac": a.k / L, "sparse_step_s": sp, "dense_step_s": dn, "speedup": _median(speed),
                         "loss_rel_diff": rel}

@@ -305,10 +305,6 @@ class Trainer:
     def train(self) -> Crosscoder:
         """Train to `steps` (resuming from out_dir's checkpoint), log, checkpoint; returns the crosscoder."""
         loggers = self._start()
-        params = list(self.model.parameters())
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.tcfg.bf16 else contextlib.nullcontext()
-        )
         pbar = tqdm(
             total=self.tcfg.steps,
             initial=self.step,
@@ -317,24 +313,9 @@ class Trainer:
         )
         self.model.train()
         while self.step < self.tcfg.steps:
-            x_BMHD = next(self.source).to(self.device)
-            x_BK = self.model.normalise(x_BMHD)
+            x_BK = self.model.normalise(next(self.source).to(self.device))
             coef = sparsity_coef_at(self.step, self.tcfg)
-            with autocast:
-                out = self.model.training_forward(x_BK, coef)
-            self._check_loss(out.loss)
-            self.opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if self.dist.enabled:
-                distributed.average_gradients(params, self.dist.world_size)
-            if self.tcfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, self.tcfg.grad_clip)
-            self.opt.step()
-            self.sched.step()
-            fired, n_tok, stats = self._sync(out, x_BK.shape[0])
-            self.model.update_firing(fired, n_tok)
-            self.model.variant.update(stats)
-            self.step += 1
+            out = self.train_step(x_BK, coef)
             if (
                 self.tcfg.resample_every
                 and self.step % self.tcfg.resample_every == 0
@@ -348,6 +329,31 @@ class Trainer:
         if self._writes:
             self.model.save(self._dir)
         return self.model
+
+    def train_step(self, x_BK: torch.Tensor, coef: float) -> TrainOutput:
+        """One optimisation step on a normalised batch: forward (bf16 autocast if configured), backward,
+        gradient averaging and clipping, Adam, the lr schedule, firing counts, the variant's update.
+        The whole step, as `benchmarks/bench_crosscoder.py` times it."""
+        params = list(self.model.parameters())
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.tcfg.bf16 else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.model.training_forward(x_BK, coef)
+        self._check_loss(out.loss)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.dist.enabled:
+            distributed.average_gradients(params, self.dist.world_size)
+        if self.tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.tcfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        fired, n_tok, stats = self._sync(out, x_BK.shape[0])
+        self.model.update_firing(fired, n_tok)
+        self.model.variant.update(stats)
+        self.step += 1
+        return out
 
     def _start(self) -> _Loggers | None:
         """Resume from the checkpoint, or seed everything and write the configs; the metric sinks (rank 0)."""

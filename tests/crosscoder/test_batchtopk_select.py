@@ -91,3 +91,56 @@ def test_candidate_bound_lets_through_a_little_more_than_n_on_exchangeable_rows(
     c = candidate_bound(P, b, w, n)
     n_cand = int((((P + b).clamp_min(0) * w) > c).sum())
     assert n < n_cand < 2 * n  # a bound below the n-th value, yet no flood of candidates (the EMA's 0.8 t let ~5x through)
+
+
+class _NoScratch:
+    """A scratch that never keeps anything: every step allocates afresh (the reference)."""
+
+    def take(self, key, make):
+        return make()
+
+    def give(self, key, bufs):
+        pass
+
+
+@pytest.mark.parametrize("variant", ["batchtopk", "matryoshka"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_kept_encoder_output_trains_bit_identically_to_fresh_ones(variant, bf16):
+    """The encoder GEMM's output is kept between steps (`Variant.scratch`) and handed back only after the aux
+    loss read it: training with it equals training where every step allocates its own, weights bit for bit,
+    and the kept output is the same memory from step to step."""
+    cfg = CrosscoderConfig(models=("a", "b"), hooks=("h",), d_model=16, n_latents=128, variant=variant,
+                           dead_tokens=64, variant_cfg={"k": 4, "aux_dead_tokens": 16})
+    x = torch.randn(6, 64, 32, generator=torch.Generator().manual_seed(3))
+    models = []
+    for keep in (True, False):
+        torch.manual_seed(0)
+        cc = Crosscoder(cfg)
+        if not keep:
+            cc.variant.scratch = _NoScratch()
+        opt = torch.optim.Adam(cc.parameters(), lr=1e-2)
+        ptrs = set()
+        for x_BK in x:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = cc.training_forward(x_BK)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            cc.update_firing(out.fired_L, x_BK.shape[0])
+            if keep:
+                ptrs |= {bufs["P"].data_ptr() for bufs in cc.variant.scratch._free.values()}
+        assert out.parts["aux"] > 0  # the aux loss read the kept output on these steps
+        models.append(cc)
+        if keep:
+            assert len(ptrs) == 1  # one output, kept across all steps
+    for (name, p), q in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_encoder_gemm_matches_autocast_mm():
+    cc = Crosscoder(CrosscoderConfig(models=("a", "b"), hooks=("h",), d_model=16, n_latents=64, variant="batchtopk"))
+    x = torch.randn(8, 32)
+    for bf16 in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.no_grad():
+            ref, got = torch.mm(x, cc.W_enc), cc.variant._encoder_gemm(x, cc.W_enc)
+        assert got.dtype == ref.dtype and torch.equal(got, ref)

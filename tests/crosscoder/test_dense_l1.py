@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from featalign.crosscoder import Crosscoder, CrosscoderConfig
-from featalign.crosscoder.variants.l1 import _DenseL1, _Scratch
+from featalign.crosscoder.variants.base import Scratch
+from featalign.crosscoder.variants.l1 import _DenseL1
 
 
 def _cc(**kw) -> Crosscoder:
@@ -109,7 +110,7 @@ def test_dense_l1_function_gradcheck_float64():
                                   (m.W_enc, m.b_enc, m.W_dec, m.b_dec))
     penalty = m.variant.penalty.double()
 
-    for ws in (None, _Scratch()):
+    for ws in (None, Scratch()):
         def fn(x, W_enc, b_enc, W_dec, b_dec, ws=ws):
             recon, sparsity, x_hat, _ = _DenseL1.apply(x, W_enc, b_enc, W_dec, b_dec, penalty, 3,
                                                           torch.float64, ws, [])

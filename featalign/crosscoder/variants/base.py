@@ -53,6 +53,38 @@ class TrainOutput:
     stats: dict[str, Tensor] = field(default_factory=dict)
 
 
+class Scratch:
+    """Tensors a variant's training step keeps between steps (not model state): `Variant.scratch`.
+
+    A fresh large tensor costs page faults on first touch, several times the cost of refilling a kept one,
+    for every such tensor of every step (docs/crosscoder.md, Performance). Buffers are lent to one step at
+    a time (`take`) and handed back when it is done with them (`give`); a step that finds them lent (two
+    forwards before a backward) allocates its own. The L1 step stamps its lendings, so a use of stale
+    buffers raises instead of reading overwritten memory (`variants/l1.py`).
+    """
+
+    def __init__(self) -> None:
+        self._free: dict = {}
+
+    def take(self, key, make: Callable[[], dict]) -> dict:
+        bufs = self._free.pop(key, None)
+        return make() if bufs is None else bufs
+
+    def give(self, key, bufs: dict) -> None:
+        if key not in self._free and len(self._free) >= 4:  # a few shapes at most (e.g. a short last batch)
+            self._free.pop(next(iter(self._free)))
+        self._free[key] = bufs
+
+    def __deepcopy__(self, memo) -> Scratch:
+        return Scratch()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state) -> None:
+        self._free = {}
+
+
 class Variant(nn.Module):
     """One sparsity mechanism. Subclasses set `name` and `Config` and implement `activation` and
     `training_forward`; `update`, `log_row` and `resample_encoder_scale` have defaults."""
@@ -69,6 +101,11 @@ class Variant(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_latents = cc_cfg.n_latents
+        self.scratch = Scratch()
+
+    def _apply(self, *args, **kwargs):  # .to() / .float() / ...: drop the scratch of the old device or dtype
+        self.scratch = Scratch()
+        return super()._apply(*args, **kwargs)
 
     def activation_for(self, cc: Crosscoder, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
         """Inference rule: a function from pre-activations `x W_enc + b_enc` `[B, S]` to latent activations,

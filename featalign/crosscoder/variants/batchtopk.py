@@ -220,7 +220,7 @@ class Selection:
     rows: Tensor
     cols: Tensor
     vals: Tensor
-    P_BL: Tensor
+    P_BL: Tensor  # the sparse path's is scratch (`BatchTopK._encoder_gemm`), valid until `_finish`
     min_selected: Tensor  # smallest selected norm-weighted activation (NaN if nothing fired)
     grouping: tuple[Tensor, Tensor] | None = None  # `by_latent(cols)`, shared by the backward passes
 
@@ -286,12 +286,23 @@ class BatchTopK(Variant):
         B, L = P_BL.shape
         return select_batch_topk(P_BL, cc.b_enc.detach(), w_L, min(self.cfg.k * B, B * L))
 
+    def _encoder_gemm(self, x_BK: Tensor, W_enc_KL: Tensor) -> Tensor:
+        """`x @ W_enc` (no grad), written into the step's scratch output (`_finish` hands it back).
+
+        Why kept: at issue 13's size in fp32 this [B, L] output (32 MiB) is the step's one allocation above
+        glibc's largest mmap threshold, so a fresh one is mapped and page-faulted through every step. The
+        inputs are cast to the autocast dtype by hand, as autocast would (it does not touch `out=` calls)."""
+        cdt = compute_dtype(x_BK)
+        key = ("encoder_gemm", x_BK.shape[0], W_enc_KL.shape[1], cdt, x_BK.device)
+        out = self.scratch.take(key, lambda: {"P": torch.empty(key[1:3], dtype=cdt, device=x_BK.device)})["P"]
+        return torch.mm(x_BK.to(cdt), W_enc_KL.to(cdt), out=out)
+
     def select(self, cc, x_BK: Tensor) -> Selection:
         """The batch top-k·B on norm-weighted activations, sparse (gradient through `_GatherPre`)."""
         L = cc.cfg.n_latents
         w_L = cc.dec_norm_sum().detach()
         with torch.no_grad():
-            P_BL = torch.mm(x_BK, cc.W_enc)
+            P_BL = self._encoder_gemm(x_BK, cc.W_enc)
             flat_idx = self._indices(cc, P_BL, w_L)
             rows = flat_idx // L
             cols = flat_idx - rows * L
@@ -307,6 +318,9 @@ class BatchTopK(Variant):
         self, cc, x_BK: Tensor, x_hat_BK: Tensor, recon: Tensor, sel: Selection, fired_L, l0, parts: dict | None = None
     ) -> TrainOutput:
         aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.P_BL)
+        if sel.grouping is not None:  # the sparse path: P_BL is the scratch output, and nothing reads it again
+            P = sel.P_BL
+            self.scratch.give(("encoder_gemm", P.shape[0], P.shape[1], P.dtype, P.device), {"P": P})
         loss = recon + self.cfg.aux_coef * aux
         return TrainOutput(
             loss,

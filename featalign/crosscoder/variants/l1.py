@@ -35,40 +35,6 @@ class L1Config(VariantConfig):
 _PAD = 8
 
 
-class _Scratch:
-    """Scratch tensors of `_DenseL1`, kept between steps (not model state).
-
-    A fresh [B, L] tensor costs page faults on first touch, several times the cost of refilling a kept
-    one, for every [B, L] tensor of every step (docs/crosscoder.md, Performance). The
-    forward's buffers (saved for the backward) are lent to one forward at a time and handed back
-    by its backward; a forward that finds them lent (two forwards before a backward) allocates its
-    own. Each lending bumps a stamp, so a use of stale buffers (a second backward through a graph
-    whose buffers have been lent again; `l0()` / `fired_L()` of an earlier step) raises instead of
-    reading overwritten memory.
-    """
-
-    def __init__(self) -> None:
-        self._free: dict = {}
-
-    def take(self, key, make: Callable[[], dict]) -> dict:
-        bufs = self._free.pop(key, None)
-        return make() if bufs is None else bufs
-
-    def give(self, key, bufs: dict) -> None:
-        if key not in self._free and len(self._free) >= 4:  # a few shapes at most (e.g. a short last batch)
-            self._free.pop(next(iter(self._free)))
-        self._free[key] = bufs
-
-    def __deepcopy__(self, memo) -> _Scratch:
-        return _Scratch()
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state) -> None:
-        self._free = {}
-
-
 def _check_stamp(lease: tuple, what: str) -> None:
     stamp, n = lease[:2]
     if stamp[0] != n:
@@ -104,7 +70,7 @@ class _DenseL1(torch.autograd.Function):
       four passes over [L, K];
     * the reconstruction error is formed once (fp32) and its gradient written straight into the
       GEMM operand;
-    * [B, L] buffers are reused across steps (`_Scratch`).
+    * [B, L] buffers are reused across steps (`Variant.scratch`).
     """
 
     @staticmethod
@@ -235,11 +201,6 @@ class L1(Variant):
         penalty_L = torch.ones(cc_cfg.n_latents)
         penalty_L[: cfg.n_shared] = cfg.shared_penalty
         self.register_buffer("penalty", penalty_L)
-        self._scratch = _Scratch()  # reused buffers of the fused step (not state)
-
-    def _apply(self, *args, **kwargs):  # .to() / .float() / ...: drop buffers of the old device or dtype
-        self._scratch = _Scratch()
-        return super()._apply(*args, **kwargs)
 
     def activation_for(self, cc, latents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
         return F.relu
@@ -261,7 +222,7 @@ class L1(Variant):
             self.penalty,
             cc.cfg.n_models * cc.cfg.n_hooks,
             cdt,
-            self._scratch,
+            self.scratch,
             lease,
         )
         loss = recon + sparsity_coef * sparsity
