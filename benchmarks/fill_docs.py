@@ -29,6 +29,9 @@ if __name__ == "__main__":
     # a second machine kind (AVX-512 without AMX, two threads), kept beside the first rather than replacing it
     avx512 = json.loads((bench / "bench_crosscoder_avx512_2026-12-07.json").read_text())
     text = fill(text, "bench-crosscoder-table-avx512", speed(avx512))
+    # a third (AVX-512 with bf16 dot products, bf16 GEMMs ~4x fp32), after the step kept its encoder output
+    avx512bf16 = json.loads((bench / "bench_crosscoder_avx512bf16_2026-12-07.json").read_text())
+    text = fill(text, "bench-crosscoder-table-avx512bf16", speed(avx512bf16))
     runs = [json.loads((bench / f"batchtopk_quality_{n}.json").read_text()) for n in QUALITY]
     text = fill(text, "batchtopk-quality-table", quality(runs))
     doc.write_text(text)
