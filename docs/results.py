@@ -12,6 +12,8 @@
     python docs/results.py collect-q4-size-matched --interventions DIR --organisms DIR
                                           # a reproduce_feature_interventions.py --size-bins N --seed S run (the
                                           # seed's Q4 run otherwise) -> docs/data/results/q4-size-matched/seed-S.json
+                                          # (with --hook H, the seed's hook-auto run otherwise:
+                                          # docs/data/results/hook-auto-size-matched/seed-S.json)
     python docs/results.py collect-hook-auto --analysis DIR --interventions DIR --organisms DIR
                                           # analyze --hook auto and the interventions at the block it chose
                                           # -> docs/data/results/hook-auto/seed-S.json
@@ -1448,6 +1450,7 @@ def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | No
 
 
 Q4_SIZE_MATCHED = DATA / "q4-size-matched"
+HOOK_AUTO_SIZE_MATCHED = DATA / "hook-auto-size-matched"  # the same, for the Q4 runs at the hook auto picked
 
 
 def check_q4_size_matched(recs: list[dict], runs: list[dict]) -> None:
@@ -1474,9 +1477,11 @@ def load_q4_size_matched(folder: Path = Q4_SIZE_MATCHED) -> list[dict]:
     return sorted((json.loads(p.read_text()) for p in folder.glob("seed-*.json")), key=lambda r: r["seed"])
 
 
-def q4_size_matched_section(recs: list[dict], runs: list[dict]) -> str:
-    """Q4 again with controls matched on size as well as firing frequency (the same runs otherwise); empty
-    without records."""
+def q4_size_matched_section(
+    recs: list[dict], runs: list[dict], heading: str = "## Q4 with controls matched on size too", table: str = "Q4 table"
+) -> str:
+    """Q4 again with controls matched on size as well as firing frequency (the same runs otherwise: those of
+    `runs`, which the page shows as its `table`); empty without records."""
     if not recs:
         return ""
     check_q4_size_matched(recs, runs)
@@ -1487,18 +1492,19 @@ def q4_size_matched_section(recs: list[dict], runs: list[dict]) -> str:
     text = q4_section(recs)
     against = answers_compared(text, q4_section(paired))
     body = text.split("\n", 1)[1]
-    return f"""## Q4 with controls matched on size too
+    hook = recs[0]["interventions"]["config"].get("hook")
+    return f"""{heading}
 
-`examples/reproduce_feature_interventions.py --size-bins {n_size} --seed S` (seeds
-{", ".join(str(r["seed"]) for r in recs)}): the runs of the Q4 table above with one change, how the random controls
+`examples/reproduce_feature_interventions.py {f"--hook {hook} " if hook else ""}--size-bins {n_size} --seed S` (seeds
+{", ".join(str(r["seed"]) for r in recs)}): the runs of the {table} above with one change, how the random controls
 are drawn. Within its firing-frequency bin, each control latent also comes from the same {n_size}-quantile of the
 size of what a latent writes into the RL model when it fires (mean activation x decoder norm, `encoder_stats`'
 `mean_recon_norm`), so a control cannot stand in with a much smaller reconstruction than the feature it matches.
 {
-        "The crosscoders and the chosen features are the Q4 table's in every seed"
+        f"The crosscoders and the chosen features are the {table}'s in every seed"
         if same
-        else "**The chosen features differ from the Q4 table's in some seed** (another crosscoder)"
-    }. Against the Q4 table above (the same seeds): {against}.
+        else f"**The chosen features differ from the {table}'s in some seed** (another crosscoder)"
+    }. Against the {table} above (the same seeds): {against}.
 
 {body}"""
 
@@ -1682,8 +1688,9 @@ def load_hook_auto(folder: Path = HOOK_AUTO) -> list[dict]:
     return recs
 
 
-def hook_auto_section(recs: list[dict], runs: list[dict]) -> str:
-    """Q1 to Q4 at the block `--hook auto` picks, by the same rules as the sections above (empty without records)."""
+def hook_auto_section(recs: list[dict], runs: list[dict], size_matched: Sequence[dict] = ()) -> str:
+    """Q1 to Q4 at the block `--hook auto` picks, by the same rules as the sections above, and its Q4 with
+    size-matched controls when `size_matched` has records (empty without records)."""
     if not recs:
         return ""
     r0, hook = recs[0], recs[0]["analysis"]["hook"]
@@ -1751,7 +1758,14 @@ done
 {q3}
 
 ### Q4 at `{hook}`
-{q4}"""
+{q4}""" + (
+        "\n\n"
+        + q4_size_matched_section(
+            list(size_matched), recs, f"### Q4 at `{hook}` with controls matched on size too", f"Q4 at `{hook}`"
+        )
+        if size_matched
+        else ""
+    )
 
 
 PREDICTION = DATA / "transfer_prediction.json"
@@ -1866,6 +1880,7 @@ def render(
     q4_variants: dict[str, list[dict]] | None = None,
     hook_auto: list[dict] | None = None,
     q4_size_matched: list[dict] | None = None,
+    hook_auto_size_matched: list[dict] | None = None,
 ) -> str:
     """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record, the
     variant runs (as `load_variants` returns them) and a preset's organism-seed records (`load_structured`)."""
@@ -1881,7 +1896,7 @@ def render(
         variants_section(variants or {}),
         q4_variants_section(q4_variants or {}, runs),
         q4_size_matched_section(q4_size_matched or [], runs),
-        hook_auto_section(hook_auto or [], runs),
+        hook_auto_section(hook_auto or [], runs, hook_auto_size_matched or []),
         structured_section(structured or [], structured_positions),
         times_section(runs),
         FOOTER,
@@ -1900,6 +1915,7 @@ def render_page() -> str:
         load_q4_variants(Q4_VARIANTS),
         load_hook_auto(HOOK_AUTO),
         load_q4_size_matched(Q4_SIZE_MATCHED),
+        load_q4_size_matched(HOOK_AUTO_SIZE_MATCHED),
     )
 
 
@@ -1950,7 +1966,7 @@ def main(argv: list[str] | None = None) -> int:
             "collect-q4-size-matched",
             Q4_SIZE_MATCHED,
             "a reproduce_feature_interventions.py --size-bins N --seed S run, the seed's Q4 run otherwise -> "
-            "seed-S.json",
+            f"seed-S.json (a --hook H run, the seed's hook-auto run otherwise: {HOOK_AUTO_SIZE_MATCHED.name}/seed-S.json)",
         ),
     ):
         q = sub.add_parser(verb, help=f"{what} in {folder.relative_to(DOCS.parent)}")
@@ -2005,8 +2021,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.verb == "collect-q4-size-matched":
         rec = collect_q4_variant(a.interventions, a.organisms)
-        check_q4_size_matched([rec], load_runs(a.data))  # refused before anything is written
-        path = a.data / Q4_SIZE_MATCHED.name / f"seed-{rec['seed']}.json"
+        # at the default hook the seed's Q4 run is the Q4 table's; at another, the hook-auto section's
+        at_default = rec["interventions"]["config"].get("hook") is None
+        baseline = load_runs(a.data) if at_default else load_hook_auto(a.data / HOOK_AUTO.name)
+        check_q4_size_matched([rec], baseline)  # refused before anything is written
+        folder = Q4_SIZE_MATCHED if at_default else HOOK_AUTO_SIZE_MATCHED
+        path = a.data / folder.name / f"seed-{rec['seed']}.json"
         atomic_write_json(path, rec)
         print(f"wrote {path}")
         return 0
@@ -2046,6 +2066,7 @@ def main(argv: list[str] | None = None) -> int:
         load_q4_variants(a.data / Q4_VARIANTS.name),
         load_hook_auto(a.data / HOOK_AUTO.name),
         load_q4_size_matched(a.data / Q4_SIZE_MATCHED.name),
+        load_q4_size_matched(a.data / HOOK_AUTO_SIZE_MATCHED.name),
     )
     if a.check:
         if a.page.read_text() != text:

@@ -788,7 +788,9 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     (sized_run / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"size_bins": 3}}))
     sized = res.collect_q4_variant(sized_run, root)
     section = res.q4_size_matched_section([sized], [rec])
-    assert section.startswith("## Q4 with controls matched on size too\n\n`examples/reproduce_feature_interventions.py --size-bins 3")
+    assert section.startswith(  # the runs' own --hook (this test's ran at the chosen block) is named
+        f"## Q4 with controls matched on size too\n\n`examples/reproduce_feature_interventions.py --hook {chosen} --size-bins 3"
+    )
     assert "The crosscoders and the chosen features are the Q4 table's in every seed" in section
     assert "matched on the RL model's firing frequency and on the size of what each writes (3 size bins" in section
     assert "Against the Q4 table above (the same seeds): the same answer." in section
@@ -797,6 +799,25 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
         (sized_run / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"size_bins": 3} | change}))
         with pytest.raises(ValueError, match=match):
             res.q4_size_matched_section([res.collect_q4_variant(sized_run, root)], [rec])
+    # the run at the block --hook auto picked, with size-matched controls: filed by the CLI beside the hook-auto
+    # records and set against the hook-auto run of its seed (refused while there is none), shown in that section
+    (sized_run / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"size_bins": 3}}))
+    assert sized["interventions"]["config"]["hook"] == chosen
+    hook_data = tmp_path / "hook-data"
+    collect_sized = ["collect-q4-size-matched", "--interventions", str(sized_run), "--organisms", str(root)]
+    with pytest.raises(ValueError, match="no Q4 run of seed 0"):
+        res.main(collect_sized + ["--data", str(hook_data)])
+    (hook_data / "hook-auto").mkdir(parents=True)
+    (hook_data / "hook-auto" / "seed-0.json").write_text(json.dumps(ha))
+    assert res.main(collect_sized + ["--data", str(hook_data)]) == 0
+    assert json.loads((hook_data / "hook-auto-size-matched" / "seed-0.json").read_text()) == sized
+    assert not (hook_data / "q4-size-matched").exists()
+    section = res.hook_auto_section([ha], [rec], res.load_q4_size_matched(hook_data / "hook-auto-size-matched"))
+    sub = section.split(f"### Q4 at `{chosen}` with controls matched on size too\n\n")[1]
+    assert sub.startswith(f"`examples/reproduce_feature_interventions.py --hook {chosen} --size-bins 3 --seed S`")
+    assert f"Against the Q4 at `{chosen}` above (the same seeds): the same answer." in sub
+    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in sub
+    assert "with controls matched on size too" not in res.hook_auto_section([ha], [rec])
     # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
     org_rec = res.collect_organism_seed(out / "analysis", root)
     assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
