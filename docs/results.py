@@ -1491,7 +1491,7 @@ def q4_size_matched_section(
     same = all(r["interventions"]["features"] == m["interventions"]["features"] for r, m in zip(recs, paired))
     text = q4_section(recs)
     against = answers_compared(text, q4_section(paired))
-    body = text.split("\n", 1)[1]
+    body = text.split("\n", 1)[1].lstrip("\n")
     hook = recs[0]["interventions"]["config"].get("hook")
     return f"""{heading}
 
