@@ -397,18 +397,53 @@ def known_answers_success_criteria(path: Path) -> str:
         f"{r['cpu_capability']} CPU."])
 
 
+def _capture_summary(per_seed: list[dict]) -> str:
+    """Over the seeds: the share of the planted move `ablate` can remove, and its Spearman correlation with the
+    ablation's loss on the dependent successes (mean over the tasks the plant helps)."""
+    from scipy.stats import spearmanr
+
+    shares, losses = [], []
+    moves = [x["success"]["planted"]["plant_capture"]["median_move_along_v"]
+             / x["success_plant"]["detector"]["base_median_resid_norm"] for x in per_seed]
+    for x in per_seed:
+        pl = x["success"]["planted"]
+        helped = pl.get("helped_tasks") or []
+        if not helped:
+            continue
+        shares.append(pl["plant_capture"]["ablate_share_of_move"]["median"])
+        losses.append(sum(pl["interventions"][t]["ablate"]["subset_delta"] for t in helped) / len(helped))
+    ordered = sorted(shares)
+    mid = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    rho, p = spearmanr(shares, losses)
+    return (f"At the trigger tokens the plant moves the activation along v by {min(moves):.1f} to {max(moves):.1f} x "
+            f"the base's median residual norm (median over the tokens, range over the seeds). "
+            f"Share of that move that the edited latents write (what `ablate` can remove; `project` "
+            f"removes the whole component along their decoders): median {mid:.2f} over the {len(shares)} seeds whose "
+            f"plant helps a task, range {ordered[0]:.2f} to {ordered[-1]:.2f}. Spearman correlation over those seeds "
+            f"between that share and the ablation's delta on the dependent successes (mean over the helped tasks): "
+            f"rho {rho:+.2f}, p = {p:.3f} ("
+            + ("negative: the more of the move they write, the more successes their ablation undoes" if rho < 0
+               else "not negative: the share does not go with a larger loss") + ").")
+
+
 def known_answers_success(path: Path) -> str:
     """`examples/known_answers.py --analyses success` of one run: the selection's power next to its false positives,
     how often the interventions met their targets, and per seed the accuracies, ablation and steering numbers."""
     r = json.loads(path.read_text())
     c = r["config"]
+    # runs scored from known_answers' SCORING_VERSION 7 on also measured how much of the planted move `ablate`
+    # can remove (`plant_capture`); older runs' tables keep their columns
+    capture = all("plant_capture" in x["success"]["planted"] for x in r["per_seed"])
     lines = [
         *_success_criteria(r),
         "",
         "| seed | task | accuracy base / planted (successes) | plant's gain [95% CI] | selected: all, matching v "
-        "(best cos, its bootstrap share) | ablation in planted: delta on successes [controls' range], control p; "
+        "(best cos, its bootstrap share) | "
+        + ("share of the planted move along v that the edited latents write (median [quartiles] over trigger tokens) | "
+           if capture else "")
+        + "ablation in planted: delta on successes [controls' range], control p; "
         "accuracy after | projection: the same | steering the base: delta [95% CI], control p | null: successes, selected |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|" + ("---|" if capture else "") + "---|---|---|---|",
     ]
 
     def removal(row: dict) -> str:
@@ -431,11 +466,17 @@ def known_answers_success(path: Path) -> str:
                 gain = abl = proj = ste = "not run"
             sel = (f"{pl['n_selected']}, {pl['n_matching']} ({pl['target_cos']:.3f}, "
                    f"{'-' if freq is None else f'{freq:.2f}'})")
+            share = ""
+            if capture:
+                q = pl["plant_capture"]["ablate_share_of_move"]
+                share = f" {q['median']:.2f} [{q['q25']:.2f}, {q['q75']:.2f}] |"
             lines.append(
                 f"| {seed['seed']} | {t} | {100 * pl['acc_base'][t]:.1f} / {100 * pl['acc_rl'][t]:.1f} "
-                f"({pl['n_success'][t]}) | {gain} | {sel} | {abl} | {proj} | {ste} | {nu['n_success'][t]}, "
+                f"({pl['n_success'][t]}) | {gain} | {sel} |{share} {abl} | {proj} | {ste} | {nu['n_success'][t]}, "
                 f"{nu['n_selected']} |"
             )
+    if capture:
+        lines += ["", _capture_summary(r["per_seed"])]
     stamp = ", ".join(f"{k} {r[k]}" for k in sorted(r) if k.endswith("_version") or k == "cpu_capability")
     amps = [x["success_plant"]["amplitude"] / x["success_plant"]["detector"]["base_median_resid_norm"]
             for x in r["per_seed"]]

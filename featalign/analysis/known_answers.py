@@ -159,7 +159,7 @@ class KnownAnswerConfig(JsonConfig):
 
 
 ANALYSES = ("attribution", "drift", "success")
-SCORING_VERSION = 6  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
+SCORING_VERSION = 7  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
 
 
 def cosine_to(dec_LK: torch.Tensor, v_D: torch.Tensor) -> torch.Tensor:
@@ -294,6 +294,33 @@ def where_it_fires(cc, x_eval, column: int, latent: int, base_dec_K: torch.Tenso
         "best_fires_on_trigger": float((fires_N & trigger_N).sum() / fires_N.sum().clamp_min(1)),
         "trigger_fires_best": float((fires_N & trigger_N).sum() / trigger_N.sum().clamp_min(1)),
         "best_base_decoder_cos_base_trigger_direction": float(cosine_to(base_dec_K[None], trigger_dir)[0]),
+    }
+
+
+@torch.no_grad()
+def plant_capture(cc, xe, latents: list[int], v_D: torch.Tensor) -> dict:
+    """How much of the planted move `ablate` can remove: at the trigger tokens (as `where_it_fires`), the planted
+    model's move along v (planted minus base activation, projected on v) against the part of it the edited
+    latents write along v (their activations by `encode_as` of the planted activation, the rule the
+    interventions edit with, times their raw rl decoders projected on v). `project` removes the activation's
+    whole component along those decoders, so with decoders close to v it removes about all of the move; `ablate`
+    removes only the latents' reconstruction, this share of it. Median and quartiles over the trigger tokens.
+    `xe`: the base/planted crosscoder's `[N, 2, 1, D]` eval activations (base, planted)."""
+    x_rl_N_D = xe[:, 1, 0].float()
+    moved_N_D = x_rl_N_D - xe[:, 0, 0].float()
+    moved_N = moved_N_D.norm(dim=-1)
+    trigger_N = moved_N > 0.1 * moved_N.max().clamp_min(1e-12)
+    v_hat_D = (v_D / v_D.norm()).float()
+    plant_T = moved_N_D[trigger_N] @ v_hat_D
+    ids = torch.tensor(latents)
+    f_TS = cc.encode_as(x_rl_N_D[trigger_N], model="rl", latents=ids).float()
+    dec_SD = cc.W_dec_raw_LMHD.detach()[ids, 1, 0].float()
+    share_T = (f_TS @ (dec_SD @ v_hat_D)) / plant_T
+    q = torch.quantile(share_T, torch.tensor([0.25, 0.5, 0.75])).tolist()
+    return {
+        "n_trigger_tokens": int(trigger_N.sum()),
+        "ablate_share_of_move": {"q25": q[0], "median": q[1], "q75": q[2]},
+        "median_move_along_v": float(plant_T.median()),
     }
 
 
@@ -477,6 +504,7 @@ def success_case(
     )
     if column != 1:
         return result
+    result["plant_capture"] = plant_capture(cc, xe, result["edited_latents"], v_D)
     return result | success_interventions(cc, bm, rm, xe, data, scored, masks, result["edited_latents"], cfg, seed)
 
 
@@ -651,6 +679,10 @@ def summarise_success(cases: list[dict]) -> dict:
         "power_ablation": rate([bool(c.get("ablation_beats_controls")) for c in planted]),
         "power_projection": rate([bool(c.get("projection_beats_controls")) for c in planted]),
         "power_steer": rate([bool(c.get("steer_helps")) for c in planted]),
+        # per seed (scored from SCORING_VERSION 7 on): the share of the planted move that `ablate` can remove
+        "ablate_share_of_move": [
+            c["plant_capture"]["ablate_share_of_move"]["median"] for c in planted if "plant_capture" in c
+        ],
         "planted_best_cos": [c["best_cos"] for c in planted],
         "null_best_cos": [c["null"]["best_cos"] for c in cases],
         "loose_flag": "n_selected",

@@ -11,6 +11,7 @@ from featalign.analysis.known_answers import (
     attribution_case,
     drift_case,
     intervention_verdict,
+    plant_capture,
     plant_pair,
     rate,
     score_success,
@@ -227,6 +228,7 @@ def test_success_case_on_the_tiny_organisms(tiny_organisms, tmp_path):
     assert nul["acc_rl"] == nul["acc_base"] and not nul["found"] and "refused" in nul["selection"]
     assert got["n_selected"] >= 1 and got["target_selected"]
     assert all(r["ablate"]["subset_delta"] < 0 for r in got["interventions"].values())
+    assert 0 < got["plant_capture"]["ablate_share_of_move"]["median"] and got["plant_capture"]["n_trigger_tokens"] > 0
 
 
 def test_a_seed_saved_before_size_bins_is_reused_only_for_frequency_matching(tmp_path, monkeypatch):
@@ -254,3 +256,33 @@ def test_a_seed_saved_before_size_bins_is_reused_only_for_frequency_matching(tmp
     assert ka.run_known_answers(cfg, "base", "hook")["per_seed"] == [saved]
     with pytest.raises(RuntimeError, match="recomputed"):
         ka.run_known_answers(KnownAnswerConfig(**{**cfg.to_dict(), "size_bins": 3}), "base", "hook")
+
+
+def test_plant_capture_on_a_hand_made_crosscoder():
+    """One latent that reads the planted model's activation along v at 0.5 and writes 0.8 v back: ablating it
+    removes 0.5 * 0.8 = 0.4 of a move a·v at every trigger token, whatever a; tokens the plant did not move are
+    not counted; a latent orthogonal to v removes none of it."""
+    from featalign.crosscoder import Crosscoder, CrosscoderConfig
+
+    D = 4
+    cc = Crosscoder(CrosscoderConfig(models=("base", "rl"), hooks=("h",), d_model=D, n_latents=2, variant="l1"))
+    v = torch.tensor([1.0, 2.0, 0.0, 2.0])
+    v_hat, w = v / v.norm(), torch.tensor([0.0, 0.0, 1.0, 0.0])  # w orthogonal to v
+    with torch.no_grad():
+        cc.W_enc.zero_(), cc.b_enc.zero_(), cc.W_dec.zero_()
+        cc.W_enc[D:, 0] = 0.5 * v_hat  # the rl block; encode_as reads the rl activation in every block
+        cc.W_enc[D:, 1] = w
+        cc.W_dec[0, D:] = 0.8 * v_hat
+        cc.W_dec[1, D:] = w
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(50, D, generator=g)
+    base -= (base @ v_hat)[:, None] * v_hat  # no component along v, so the planted one is the move
+    a = 5 + 10 * torch.rand(50, generator=g)
+    planted = base + (a * (torch.arange(50) < 20))[:, None] * v_hat  # moved at the first 20 tokens only
+    xe = torch.stack([base, planted], 1)[:, :, None, :]
+    got = plant_capture(cc, xe, [0], v)
+    assert got["n_trigger_tokens"] == 20
+    share = got["ablate_share_of_move"]
+    assert share["q25"] == pytest.approx(0.4, abs=1e-5) and share["q75"] == pytest.approx(0.4, abs=1e-5)
+    assert got["median_move_along_v"] == pytest.approx(float(a[:20].median()), rel=1e-5)
+    assert plant_capture(cc, xe, [1], v)["ablate_share_of_move"]["median"] == pytest.approx(0.0, abs=1e-6)
