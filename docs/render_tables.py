@@ -397,7 +397,7 @@ def known_answers_success_criteria(path: Path) -> str:
         f"{r['cpu_capability']} CPU."])
 
 
-def _capture_summary(per_seed: list[dict]) -> str:
+def _capture_summary(per_seed: list[dict], cos_threshold: float) -> str:
     """Over the seeds: the share of the planted move `ablate` can remove, and its Spearman correlation with the
     ablation's loss on the dependent successes (mean over the tasks the plant helps)."""
     from scipy.stats import spearmanr
@@ -412,8 +412,8 @@ def _capture_summary(per_seed: list[dict]) -> str:
             continue
         shares.append(pl["plant_capture"]["ablate_share_of_move"]["median"])
         losses.append(sum(pl["interventions"][t]["ablate"]["subset_delta"] for t in helped) / len(helped))
-    ordered = sorted(shares)
-    mid = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    writers = [x["success"]["planted"]["plant_capture"].get("writers") for x in per_seed]
+    ordered, mid = sorted(shares), _median(shares)
     rho, p = spearmanr(shares, losses)
     return (f"At the trigger tokens the plant moves the activation along v by {min(moves):.1f} to {max(moves):.1f} x "
             f"the base's median residual norm (median over the tokens, range over the seeds). "
@@ -423,7 +423,22 @@ def _capture_summary(per_seed: list[dict]) -> str:
             f"between that share and the ablation's delta on the dependent successes (mean over the helped tasks): "
             f"rho {rho:+.2f}, p = {p:.3f} ("
             + ("negative: the more of the move they write, the more successes their ablation undoes" if rho < 0
-               else "not negative: the share does not go with a larger loss") + ").")
+               else "not negative: the share does not go with a larger loss") + ")."
+            + (_writers_summary([w for w in writers if w], cos_threshold) if all(writers) else ""))
+
+
+def _median(v: list[float]) -> float:
+    o = sorted(v)
+    return o[len(o) // 2] if len(o) % 2 else (o[len(o) // 2 - 1] + o[len(o) // 2]) / 2
+
+
+def _writers_summary(writers: list[dict], cos_threshold: float) -> str:
+    n, m, share = ([w[k] for w in writers] for k in ("n", "n_matching", "share"))
+    below = [c for w in writers for c in w["cos"] if c < cos_threshold]
+    return (f" Latents that each write at least 5% of the move: {_median(n):.0f} per seed in the median (range "
+            f"{min(n)} to {max(n)}), together {_median(share):.2f} of it (range {min(share):.2f} to {max(share):.2f}); "
+            f"of them {_median(m):.0f} per seed match v at cos >= {cos_threshold} (range {min(m)} to {max(m)})"
+            + (f"; the others' cosines with v run from {min(below):.2f} to {max(below):.2f}" if below else "") + ".")
 
 
 def known_answers_success(path: Path) -> str:
@@ -439,7 +454,8 @@ def known_answers_success(path: Path) -> str:
         "",
         "| seed | task | accuracy base / planted (successes) | plant's gain [95% CI] | selected: all, matching v "
         "(best cos, its bootstrap share) | "
-        + ("share of the planted move along v that the edited latents write (median [quartiles] over trigger tokens) | "
+        + ("share of the planted move along v that the edited latents write (median [quartiles] over trigger tokens); "
+           "latents writing >= 5% of it each (how many match v), and their summed share | "
            if capture else "")
         + "ablation in planted: delta on successes [controls' range], control p; "
         "accuracy after | projection: the same | steering the base: delta [95% CI], control p | null: successes, selected |",
@@ -468,15 +484,16 @@ def known_answers_success(path: Path) -> str:
                    f"{'-' if freq is None else f'{freq:.2f}'})")
             share = ""
             if capture:
-                q = pl["plant_capture"]["ablate_share_of_move"]
-                share = f" {q['median']:.2f} [{q['q25']:.2f}, {q['q75']:.2f}] |"
+                q, w = pl["plant_capture"]["ablate_share_of_move"], pl["plant_capture"].get("writers")
+                share = f" {q['median']:.2f} [{q['q25']:.2f}, {q['q75']:.2f}]" + (
+                    f"; {w['n']} writers ({w['n_matching']} matching v) write {w['share']:.2f}" if w else "") + " |"
             lines.append(
                 f"| {seed['seed']} | {t} | {100 * pl['acc_base'][t]:.1f} / {100 * pl['acc_rl'][t]:.1f} "
                 f"({pl['n_success'][t]}) | {gain} | {sel} |{share} {abl} | {proj} | {ste} | {nu['n_success'][t]}, "
                 f"{nu['n_selected']} |"
             )
     if capture:
-        lines += ["", _capture_summary(r["per_seed"])]
+        lines += ["", _capture_summary(r["per_seed"], c["cos_threshold"])]
     stamp = ", ".join(f"{k} {r[k]}" for k in sorted(r) if k.endswith("_version") or k == "cpu_capability")
     amps = [x["success_plant"]["amplitude"] / x["success_plant"]["detector"]["base_median_resid_norm"]
             for x in r["per_seed"]]

@@ -159,7 +159,7 @@ class KnownAnswerConfig(JsonConfig):
 
 
 ANALYSES = ("attribution", "drift", "success")
-SCORING_VERSION = 7  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
+SCORING_VERSION = 8  # bump when the scoring changes: finished seeds are then rescored (their crosscoders reused)
 
 
 def cosine_to(dec_LK: torch.Tensor, v_D: torch.Tensor) -> torch.Tensor:
@@ -298,29 +298,45 @@ def where_it_fires(cc, x_eval, column: int, latent: int, base_dec_K: torch.Tenso
 
 
 @torch.no_grad()
-def plant_capture(cc, xe, latents: list[int], v_D: torch.Tensor) -> dict:
+def plant_capture(cc, xe, latents: list[int], v_D: torch.Tensor, cos_threshold: float = 0.9) -> dict:
     """How much of the planted move `ablate` can remove: at the trigger tokens (as `where_it_fires`), the planted
     model's move along v (planted minus base activation, projected on v) against the part of it the edited
     latents write along v (their activations by `encode_as` of the planted activation, the rule the
     interventions edit with, times their raw rl decoders projected on v). `project` removes the activation's
     whole component along those decoders, so with decoders close to v it removes about all of the move; `ablate`
     removes only the latents' reconstruction, this share of it. Median and quartiles over the trigger tokens.
+
+    `writers`: every latent that writes at least 5% of the mean move along v at those tokens (mean activation
+    x its rl decoder along v, over the mean move): how many, their summed share, and how many of them have
+    rl-decoder cosine >= `cos_threshold` with v (the scoring's "matches v"). Many writers of which few match
+    means the crosscoder split the planted direction over latents the selection's match does not name.
     `xe`: the base/planted crosscoder's `[N, 2, 1, D]` eval activations (base, planted)."""
+    from featalign.analysis.attribution import decoder_vectors
+
     x_rl_N_D = xe[:, 1, 0].float()
     moved_N_D = x_rl_N_D - xe[:, 0, 0].float()
     moved_N = moved_N_D.norm(dim=-1)
     trigger_N = moved_N > 0.1 * moved_N.max().clamp_min(1e-12)
     v_hat_D = (v_D / v_D.norm()).float()
     plant_T = moved_N_D[trigger_N] @ v_hat_D
+    f_TL = cc.encode_as(x_rl_N_D[trigger_N], model="rl").float()
+    along_L = cc.W_dec_raw_LMHD.detach()[:, 1, 0].float() @ v_hat_D
     ids = torch.tensor(latents)
-    f_TS = cc.encode_as(x_rl_N_D[trigger_N], model="rl", latents=ids).float()
-    dec_SD = cc.W_dec_raw_LMHD.detach()[ids, 1, 0].float()
-    share_T = (f_TS @ (dec_SD @ v_hat_D)) / plant_T
+    share_T = (f_TL[:, ids] @ along_L[ids]) / plant_T
     q = torch.quantile(share_T, torch.tensor([0.25, 0.5, 0.75])).tolist()
+    writes_L = f_TL.mean(0) * along_L / plant_T.mean()
+    writers = (writes_L >= 0.05).nonzero().squeeze(1)
+    cos_L = cosine_to(decoder_vectors(cc)[:, 1], v_D)
     return {
         "n_trigger_tokens": int(trigger_N.sum()),
         "ablate_share_of_move": {"q25": q[0], "median": q[1], "q75": q[2]},
         "median_move_along_v": float(plant_T.median()),
+        "writers": {
+            "n": int(writers.numel()),
+            "share": float(writes_L[writers].sum()),
+            "n_matching": int((cos_L[writers] >= cos_threshold).sum()),
+            "cos": sorted((float(c) for c in cos_L[writers]), reverse=True),
+        },
     }
 
 
@@ -504,7 +520,7 @@ def success_case(
     )
     if column != 1:
         return result
-    result["plant_capture"] = plant_capture(cc, xe, result["edited_latents"], v_D)
+    result["plant_capture"] = plant_capture(cc, xe, result["edited_latents"], v_D, cfg.cos_threshold)
     return result | success_interventions(cc, bm, rm, xe, data, scored, masks, result["edited_latents"], cfg, seed)
 
 

@@ -286,3 +286,18 @@ def test_plant_capture_on_a_hand_made_crosscoder():
     assert share["q25"] == pytest.approx(0.4, abs=1e-5) and share["q75"] == pytest.approx(0.4, abs=1e-5)
     assert got["median_move_along_v"] == pytest.approx(float(a[:20].median()), rel=1e-5)
     assert plant_capture(cc, xe, [1], v)["ablate_share_of_move"]["median"] == pytest.approx(0.0, abs=1e-6)
+    # the writers: latent 0 writes 0.4 of the mean move and matches v; latent 1 writes nothing along v
+    assert got["writers"]["n"] == 1 and got["writers"]["n_matching"] == 1
+    assert got["writers"]["share"] == pytest.approx(0.4, abs=1e-5) and got["writers"]["cos"] == [pytest.approx(1.0)]
+    # the same move split over two latents at 45 degrees either side of v, each writing half: two writers, none
+    # matching at cos 0.9 (cos 45 degrees = 0.71), together 0.4 again
+    u = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    with torch.no_grad():
+        for i, sign in ((0, 1.0), (1, -1.0)):
+            d = (v_hat + sign * u) / 2**0.5  # unit, cos 0.71 with v
+            cc.W_enc[D:, i] = 0.5 * v_hat
+            cc.W_dec[i, D:] = 0.8 * d / 2**0.5  # along v: 0.8 * 0.71 * 0.71 = 0.4 of the latent's activation, halved
+    split = plant_capture(cc, xe, [0], v)
+    assert split["writers"]["n"] == 2 and split["writers"]["n_matching"] == 0
+    assert split["writers"]["share"] == pytest.approx(0.4, abs=1e-5)
+    assert split["ablate_share_of_move"]["median"] == pytest.approx(0.2, abs=1e-5)
