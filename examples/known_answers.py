@@ -71,6 +71,8 @@ HELP = {
     "learn_steps": "success: Adam steps fitting the planted direction",
     "n_controls": "success: random latents matched on firing rate per intervention",
     "size_bins": "success: " + SIZE_BINS_HELP,
+    "edit_latents": "success: the latents the interventions edit: matching (the selected latents whose decoder "
+    "matches the plant) or selected (every selected latent, as the real analysis edits its features)",
     "steer_coef": "success: steering coefficient in units of the latent's typical activation",
     "steer_positions": "success: where the base is steered: last (answer position) | prompt | all | generated",
     "threads": "torch threads",

@@ -50,6 +50,11 @@ from featalign.config import JsonConfig
 from featalign.organisms.tasks import Problem
 from featalign.tasks import Task
 
+#: which latents the success control's interventions edit: "matching" = the selected latents whose rl decoder
+#: matches v (the planted feature as the scoring names it); "selected" = every selected latent, what the real
+#: analysis edits (Q4 ablates the selection's features), which needs no knowledge of v
+EDIT_LATENTS = ("matching", "selected")
+
 
 @dataclass
 class KnownAnswerConfig(JsonConfig):
@@ -82,6 +87,7 @@ class KnownAnswerConfig(JsonConfig):
     success_problems: int = 500  # success: eval problems per domain (selection and interventions)
     learn_steps: int = 200  # success: steps fitting the plant's direction (PlantConfig.learn_steps)
     n_controls: int = 20  # success: matched random latents per intervention
+    edit_latents: str = "matching"  # success: the latents the interventions edit (EDIT_LATENTS)
     size_bins: int = 0  # success: also match the controls on reconstruction size (interventions' SIZE_BINS_HELP)
     steer_coef: float = 1.0  # success: steering coefficient, in units of the latent's typical activation
     steer_positions: str = "last"  # success: where the base is steered (intervene's positions)
@@ -131,6 +137,8 @@ class KnownAnswerConfig(JsonConfig):
         if self.n_controls < 1:
             raise UsageError(f"--n-controls must be >= 1 (the ablation is judged against them), got {self.n_controls}")
         check_positive("--size-bins", self.size_bins, allow_zero=True)
+        if self.edit_latents not in EDIT_LATENTS:
+            raise UsageError(f"--edit-latents must be one of {','.join(EDIT_LATENTS)}, got {self.edit_latents!r}")
         check_shared_settings(self)
 
     @property
@@ -511,6 +519,8 @@ def success_case(
     except TooFewSamplesError as e:
         return result | score_success([], cos_L, cfg.cos_threshold) | {"selection": {"refused": str(e)}}
     result |= score_success(sel.features, cos_L, cfg.cos_threshold)
+    if cfg.edit_latents == "selected" and sel.features:
+        result["edited_latents"] = sorted(int(k) for k in sel.features)
     summ = sel.summary()
     result["selection"] = {
         k: summ[k] for k in ("features", "per_task_sizes", "n_samples", "skipped", "null", "mean_pairwise_overlap")
@@ -707,7 +717,7 @@ def summarise_success(cases: list[dict]) -> dict:
 
 #: Settings added after results were saved, with the value those results were made with: a saved seed that lacks
 #: one is reused by a run that asks for that value (results from before --size-bins matched on frequency only).
-SETTINGS_BEFORE: dict[str, object] = {"size_bins": 0}
+SETTINGS_BEFORE: dict[str, object] = {"size_bins": 0, "edit_latents": "matching"}
 
 
 def seed_settings(cfg: KnownAnswerConfig) -> dict:

@@ -198,7 +198,8 @@ def test_the_example_refuses_bad_input_before_any_work(tmp_path, capsys):
         mod.main(["--help"])
     assert "--steer-positions" in capsys.readouterr().out
     for bad in (["--seeds", "3-1"], ["--trigger", "token"], ["--scale", "-1"], ["--analyses", "cards"],
-                ["--analyses", "success", "--success-domains", "bool"], ["--success-scale", "-1"], ["--size-bins", "-1"]):
+                ["--analyses", "success", "--success-domains", "bool"], ["--success-scale", "-1"], ["--size-bins", "-1"],
+                ["--edit-latents", "all"]):
         with pytest.raises(UsageError):
             mod.main([*bad, "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
@@ -232,8 +233,9 @@ def test_success_case_on_the_tiny_organisms(tiny_organisms, tmp_path):
 
 
 def test_a_seed_saved_before_size_bins_is_reused_only_for_frequency_matching(tmp_path, monkeypatch):
-    """A seed's result saved before `size_bins` existed (its settings lack the key) matched its controls on frequency
-    only: a run with size_bins 0 reuses it, a run with size-matched controls recomputes it."""
+    """A seed's result saved before `size_bins` and `edit_latents` existed (its settings lack the keys) matched its
+    controls on frequency only and edited the matching latents: a run with those values reuses it, a run with
+    size-matched controls or editing every selected latent recomputes it."""
     import json
     from pathlib import Path
 
@@ -245,7 +247,7 @@ def test_a_seed_saved_before_size_bins_is_reused_only_for_frequency_matching(tmp
     saved = committed["per_seed"][0]
     fields = {k: v for k, v in committed["config"].items() if k not in ("out", "seeds", "organisms_dir")}
     cfg = KnownAnswerConfig(**{**fields, "out": str(tmp_path), "seeds": str(saved["seed"])})
-    settings = {k: v for k, v in ka.seed_settings(cfg).items() if k != "size_bins"}
+    settings = {k: v for k, v in ka.seed_settings(cfg).items() if k not in ("size_bins", "edit_latents")}
     (tmp_path / f"seed-{saved['seed']}").mkdir()
     (tmp_path / f"seed-{saved['seed']}" / "result.json").write_text(json.dumps({"settings": settings, "result": saved}))
 
@@ -256,6 +258,9 @@ def test_a_seed_saved_before_size_bins_is_reused_only_for_frequency_matching(tmp
     assert ka.run_known_answers(cfg, "base", "hook")["per_seed"] == [saved]
     with pytest.raises(RuntimeError, match="recomputed"):
         ka.run_known_answers(KnownAnswerConfig(**{**cfg.to_dict(), "size_bins": 3}), "base", "hook")
+    # ... and, saved before `edit_latents` existed, it edited the matching latents: reused for those only
+    with pytest.raises(RuntimeError, match="recomputed"):
+        ka.run_known_answers(KnownAnswerConfig(**{**cfg.to_dict(), "edit_latents": "selected"}), "base", "hook")
 
 
 def test_plant_capture_on_a_hand_made_crosscoder():
