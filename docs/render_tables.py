@@ -392,7 +392,9 @@ def known_answers_success_criteria(path: Path) -> str:
         "", f"Steering coefficient {c['steer_coef']} x the latent's typical activation at `{c['steer_positions']}` "
         f"positions; controls matched on firing rate"
         f"{f' and on reconstruction size ({b} size bins per firing bin)' if (b := c.get('size_bins')) else ''}"
-        f"; {len(r['per_seed'])} seeds (seeds {', '.join(str(x['seed']) for x in r['per_seed'])}); "
+        + ("; the interventions edit every selected latent (`--edit-latents selected`), their controls are random "
+           "sets of as many latents" if c.get("edit_latents") == "selected" else "")
+        + f"; {len(r['per_seed'])} seeds (seeds {', '.join(str(x['seed']) for x in r['per_seed'])}); "
         f"organisms preset `{r['organisms']['preset']}` (seed {r['organisms']['seed']}) built on an "
         f"{r['cpu_capability']} CPU."])
 
@@ -562,7 +564,9 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "known-answers-success-analysis-settings": lambda: known_answers_success(
                  DOCS / "data" / "known_answers_success_analysis_settings.json"),
              "known-answers-success-size-matched": lambda: known_answers_success_criteria(
-                 DOCS / "data" / "known_answers_success_size_matched.json")}
+                 DOCS / "data" / "known_answers_success_size_matched.json"),
+             "known-answers-success-edit-selected": lambda: known_answers_success_criteria(
+                 DOCS / "data" / "known_answers_success_edit_selected.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
