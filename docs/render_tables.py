@@ -566,7 +566,9 @@ RENDERERS = {"bench-cache-2026-12-02": lambda: bench_cache(BENCH / "bench_cache.
              "known-answers-success-size-matched": lambda: known_answers_success_criteria(
                  DOCS / "data" / "known_answers_success_size_matched.json"),
              "known-answers-success-edit-selected": lambda: known_answers_success_criteria(
-                 DOCS / "data" / "known_answers_success_edit_selected.json")}
+                 DOCS / "data" / "known_answers_success_edit_selected.json"),
+             "known-answers-success-edit-selected-size-matched": lambda: known_answers_success_criteria(
+                 DOCS / "data" / "known_answers_success_edit_selected_size_matched.json")}
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
 
 
