@@ -21,7 +21,8 @@ makes the null (a function-identical copy of the base). Then, with the same cros
   problems (the plant is fitted on the train split): the real selection (`success_features_for_models`, analyze's
   `SuccessConfig`) on a base/planted crosscoder; *found* = a selected latent whose rl decoder has cosine >=
   `cos_threshold` with v. Then the matching selected latents (the plant can be split over more than one; with
-  none, the best-matching selected latent, else the best-matching of all) are ablated in the planted model and
+  none, the best-matching selected latent, else the best-matching of all; with `edit_latents="selected"` every
+  selected latent, as the real analysis edits its features) are ablated in the planted model and
   steered into the base along their rl decoders (`run_intervention`, against
   `n_controls` random latents matched on firing rate), each judged on the tasks the plant helps (its own gain
   over the base with a bootstrap 95% interval above 0; a task it does not help has nothing to undo):
@@ -285,6 +286,13 @@ def attribution_case(out: Path, x_train, x_eval, column: int, v_D, hook: str, ac
     )
 
 
+def trigger_tokens(x_base_N_D: torch.Tensor, x_planted_N_D: torch.Tensor) -> torch.Tensor:
+    """bool [N]: the tokens where the plant fired, i.e. where the planted activation moved from the base's by more
+    than 10% of its largest move."""
+    moved_N = (x_planted_N_D.float() - x_base_N_D.float()).norm(dim=-1)
+    return moved_N > 0.1 * moved_N.max().clamp_min(1e-12)
+
+
 @torch.no_grad()
 def where_it_fires(cc, x_eval, column: int, latent: int, base_dec_K: torch.Tensor) -> dict:
     """Does the best-matching latent fire where the plant does (trigger = eval tokens where the planted column
@@ -293,8 +301,7 @@ def where_it_fires(cc, x_eval, column: int, latent: int, base_dec_K: torch.Tenso
     latent the base already had for the trigger."""
     from featalign.analysis.attribution import latent_activations
 
-    moved_N = (x_eval[:, 1, 0] - x_eval[:, 0, 0]).norm(dim=-1)
-    trigger_N = moved_N > 0.1 * moved_N.max().clamp_min(1e-12)
+    trigger_N = trigger_tokens(x_eval[:, 0, 0], x_eval[:, 1, 0])
     fires_N = latent_activations(cc, x_eval[:, [0, column]])[:, latent] > 0
     base_N_D = x_eval[:, 0, 0].float()
     trigger_dir = base_N_D[trigger_N].mean(0) - base_N_D.mean(0)
@@ -323,8 +330,7 @@ def plant_capture(cc, xe, latents: list[int], v_D: torch.Tensor, cos_threshold: 
 
     x_rl_N_D = xe[:, 1, 0].float()
     moved_N_D = x_rl_N_D - xe[:, 0, 0].float()
-    moved_N = moved_N_D.norm(dim=-1)
-    trigger_N = moved_N > 0.1 * moved_N.max().clamp_min(1e-12)
+    trigger_N = trigger_tokens(xe[:, 0, 0], xe[:, 1, 0])
     v_hat_D = (v_D / v_D.norm()).float()
     plant_T = moved_N_D[trigger_N] @ v_hat_D
     f_TL = cc.encode_as(x_rl_N_D[trigger_N], model="rl").float()

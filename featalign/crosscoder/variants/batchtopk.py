@@ -244,6 +244,11 @@ def decode_selected(cc, sel: Selection, keep: Tensor | None = None) -> Tensor:
     return _SparseDecode.apply(vals, W_dec, cc.b_dec, rows, cols, offsets_B, grouping)
 
 
+def _gemm_key(B: int, L: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """`Variant.scratch` key of the encoder GEMM's kept [B, L] output."""
+    return ("encoder_gemm", B, L, dtype, device)
+
+
 def _min_selected(s: Tensor) -> Tensor:
     return s.min().double() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64, device=s.device)
 
@@ -293,7 +298,7 @@ class BatchTopK(Variant):
         glibc's largest mmap threshold, so a fresh one is mapped and page-faulted through every step. The
         inputs are cast to the autocast dtype by hand, as autocast would (it does not touch `out=` calls)."""
         cdt = compute_dtype(x_BK)
-        key = ("encoder_gemm", x_BK.shape[0], W_enc_KL.shape[1], cdt, x_BK.device)
+        key = _gemm_key(x_BK.shape[0], W_enc_KL.shape[1], cdt, x_BK.device)
         out = self.scratch.take(key, lambda: {"P": torch.empty(key[1:3], dtype=cdt, device=x_BK.device)})["P"]
         return torch.mm(x_BK.to(cdt), W_enc_KL.to(cdt), out=out)
 
@@ -320,7 +325,7 @@ class BatchTopK(Variant):
         aux = self.aux_loss(cc, x_BK, x_hat_BK, sel.P_BL)
         if sel.grouping is not None:  # the sparse path: P_BL is the scratch output, and nothing reads it again
             P = sel.P_BL
-            self.scratch.give(("encoder_gemm", P.shape[0], P.shape[1], P.dtype, P.device), {"P": P})
+            self.scratch.give(_gemm_key(P.shape[0], P.shape[1], P.dtype, P.device), {"P": P})
         loss = recon + self.cfg.aux_coef * aux
         return TrainOutput(
             loss,
