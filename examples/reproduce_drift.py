@@ -40,11 +40,12 @@ import torch
 
 from featalign.analysis import plots
 from featalign.analysis.config import HELP as ANALYZE_HELP
-from featalign.analysis.config import check_shared_settings
+from featalign.analysis.config import AnalyzeConfig, check_shared_settings
 from featalign.analysis.drift import SeriesError
 from featalign.analysis.inputs import (
-    Activations, analysis_hook, load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
+    Activations, load_task_set, mixture_domains, resolve_hook, resolve_models, store_activations, text_sources,
 )
+from featalign.analysis.layers import hook_choice_markdown
 from featalign.analysis.stages import NO_SERIES, drift_nulls_markdown, drift_study
 from featalign.cli import UsageError, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
@@ -63,7 +64,8 @@ class DriftExampleConfig(JsonConfig):
     model: tuple[str, ...] = ()
     series: tuple[str, ...] = ()
     tasks: str | None = None  # the activations' text; default: the organisms' domain mixture
-    hook: str | None = None
+    hook: str | None = AnalyzeConfig.hook  # analyze's default, one definition (auto: measured)
+    layer_tokens: int = AnalyzeConfig.layer_tokens
     n_tokens: int = 40_000
     eval_tokens: int = 10_000
     variant: str = "batchtopk"
@@ -91,6 +93,7 @@ HELP = {
     "tasks": "a task set whose text the activations are cached on: a JSONL file ({prompt, answer[, task, split]} "
              "rows; its train rows, else all) or organisms:dom,... (default: the organisms' domain mixture)",
     "hook": ANALYZE_HELP["hook"],
+    "layer_tokens": ANALYZE_HELP["layer_tokens"],
     "n_tokens": "activation tokens per model", "eval_tokens": "tokens used to decide which latents fire",
     "variant": "crosscoder variant", "n_latents": "latents", "k": "batchtopk k", "steps": "crosscoder steps",
     "top_k": "top-k model-specific features compared between checkpoints",
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    # Models, hook and text are resolved (and refused) before --out is made, by analyze's own helpers.
+    # Models, hook and text are resolved (and refused) before any other work, by analyze's own helpers.
     acfg = check_shared_settings(cfg)
     models = resolve_models(acfg)
     if not models.series:
@@ -117,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     short = sorted(k for k, v in series.items() if len(v.checkpoints) < 2)
     if short:
         raise UsageError(f"--series {short}: drift compares successive checkpoints, so a series needs at least 2")
-    hook = analysis_hook(cfg.hook, models.trio["base"])
     train_text, _ = text_sources(acfg, load_task_set(cfg.tasks), mixture_domains(models.organisms))
+    hook, hook_choice = resolve_hook(acfg, models, train_text)  # --hook auto measures (into OUT/activations/layers)
     text = cfg.tasks or "the organisms' domain mixture"
     where = models.describe()
     out = start_run(cfg, cfg.out)
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
              + f". Text: {text}.", "",
              f"Hook `{hook}`; {cfg.variant} crosscoders, {cfg.n_latents} latents, {cfg.steps} steps, "
              f"{cfg.n_tokens} tokens per model; top-{cfg.top_k} model-specific features.", "",
+             *hook_choice_markdown(hook_choice),
              "| series | top-k overlap between successive checkpoints | mean | stabilisation checkpoint "
              "(median [95% CI]) | published |", "|---|---|---|---|---|"]
     for name, s in summary.items():
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", report)
     results = {"config": cfg.to_dict(), **provenance(), "models": where, "hook": hook, "tasks": text,
-               "drift": summary,
+               **({"hook_choice": hook_choice} if hook_choice else {}), "drift": summary,
                "seconds": round(time.time() - t0, 1)}
     atomic_write_json(out / "results.json", jsonable(results))
     print(report)

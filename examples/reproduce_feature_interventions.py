@@ -49,8 +49,9 @@ from featalign.analysis.success_features import (
 from featalign.analysis.config import HELP as ANALYZE_HELP
 from featalign.analysis.config import AnalyzeConfig, check_shared_settings
 from featalign.analysis.inputs import (
-    analysis_hook, load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
+    load_task_set, mixture_domains, resolve_hook, resolve_models, store_activations, text_sources,
 )
+from featalign.analysis.layers import hook_choice_markdown
 from featalign.analysis.training import train_or_load
 from featalign.cli import UsageError, check_choice, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run
@@ -72,7 +73,8 @@ class FeatureInterventionConfig(JsonConfig):
     organisms_dir: str | None = None
     model_set: str | None = None  # analyze's model-set options (base and rl roles); none given: the organisms
     model: tuple[str, ...] = ()
-    hook: str | None = None  # default: blocks.<n_layers/2-1>.hook_resid_post
+    hook: str | None = AnalyzeConfig.hook  # analyze's default, one definition (auto: measured)
+    layer_tokens: int = AnalyzeConfig.layer_tokens
     tasks: str | None = None  # a task set: a JSONL file of prompt/answer[/task] rows or organisms:dom,...
     verifier: str | None = None  # JSONL rows: exact | numeric | final_answer | ... (default: the file's, else exact)
     selection_tasks: str = "modsum,bool,sub,lookup"
@@ -128,6 +130,7 @@ HELP = {
     "out": "output folder", "organisms_preset": "organisms preset to open/build when no models are given",
     "organisms_dir": "organisms folder", "model_set": ANALYZE_HELP["model_set"] + " (roles base and rl)",
     "model": ANALYZE_HELP["model"] + "; needs base and rl", "hook": ANALYZE_HELP["hook"],
+    "layer_tokens": ANALYZE_HELP["layer_tokens"],
     "tasks": "task set to score and to cache the activations' text on: a JSONL file (prompt, answer[, task, split]) "
              "or organisms:add,sub (default: the organisms' domains, text their domain mixture)",
     "verifier": "verifier of a JSONL task set: exact | numeric | final_answer | multiple_choice (default: a task-set file's own, else exact)",
@@ -181,11 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
     check_out_dir(cfg.out)
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    # Models, hook, tasks and text are resolved (and refused) before --out is made, by analyze's own helpers.
+    # Models, hook, tasks and text are resolved (and refused) before any other work, by analyze's own helpers.
     acfg = check_shared_settings(cfg)
     models = resolve_models(acfg)
     specs = [s for s in models.columns(with_series=False)[0] if s.name in ("base", "rl")]
-    hook = analysis_hook(cfg.hook, models.trio["base"])
     sel_names, held_names = _split(cfg.selection_tasks), _split(cfg.held_out_tasks)
     task_set = load_task_set(cfg.tasks, cfg.n_prompts, cfg.verifier)
     scored = task_set if task_set is not None else TaskSet.organisms(sel_names + held_names, cfg.n_prompts)
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError(f"--selection-tasks / --held-out-tasks: {unknown} are not tasks of --tasks {cfg.tasks} "
                          f"(it has {scored.names})")
     train_text, eval_text = text_sources(acfg, task_set, mixture_domains(models.organisms))
+    hook, hook_choice = resolve_hook(acfg, models, train_text)  # --hook auto measures (into OUT/activations/layers)
     out = start_run(cfg, cfg.out)
 
     # 1. correctness of base and RL on every task
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines = ["# Feature interventions (reproduction of arXiv 2604.25011, section on causal tests)", "",
              f"Models: base `{specs[0].path}`, RL `{specs[1].path}`; hook `{hook}`; crosscoder {cfg.variant}, "
              f"{cfg.n_latents} latents, {int((freq > 0).sum())} alive on eval activations.", "",
+             *hook_choice_markdown(hook_choice),
              f"RL-success features ({rule}): **{len(feats)}** — {feats}.",
              f"Selection tasks and their base-fail/RL-success samples: {succ.n_samples}; skipped: {succ.skipped}.",
              "", f"{cfg.n_prompts} prompts per task; {cfg.n_controls} matched random controls per edit; "
@@ -276,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"(crosscoder and activations {t_cc:.0f} s)."]
     report = "\n".join(lines) + "\n"
     atomic_write_text(out / "report.md", report)
-    results = {"config": cfg.to_dict(), **provenance(), "features": feats, "rule": rule,
+    results = {"config": cfg.to_dict(), **provenance(), "hook": hook,
+               **({"hook_choice": hook_choice} if hook_choice else {}), "features": feats, "rule": rule,
                "success": {k: v for k, v in succ.summary().items() if k != "gradient"},
                "ablate_rl": abl.summary(), "steer_base": st.summary(), "sweep": sweep.rows(),
                "seconds": round(time.time() - t0, 1)}

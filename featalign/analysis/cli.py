@@ -32,15 +32,16 @@ import torch
 from featalign.analysis.config import DEFAULT_STAGES, HELP, AnalyzeConfig, check_shared_settings
 from featalign.analysis.inputs import (
     AnalysisModels,
-    analysis_hook,
     load_task_set,
     mixture_activations,
     mixture_domains,
     open_organisms,
+    resolve_hook,
     resolve_models,
     store_activations,
     text_sources,
 )
+from featalign.analysis.layers import hook_choice_markdown
 from featalign.analysis.pipeline import AnalysisContext, run_stages
 from featalign.analysis.stages import CP_MARK, STAGES, drift_study, format_interval, markdown_sections, resolve_stages
 from featalign.analysis.training import TRAINED_ON_FILE, train_or_load
@@ -142,29 +143,9 @@ def analysis_context(cfg: AnalyzeConfig) -> AnalysisContext:
     stages, hook_choice = resolve_stages(cfg.stage_names), None
     if given is not None:
         hook = given.cfg.hooks[0]
-    elif cfg.hook == "auto":
-        hook_choice = auto_hook(cfg, models, sources[0])
-        hook = hook_choice["choice"]["hook"]
     else:
-        hook = analysis_hook(cfg.hook, models.trio["base"])
+        hook, hook_choice = resolve_hook(cfg, models, sources[0])
     return AnalysisContext(cfg, models, hook, sources, task_set, stages, given, hook_choice=hook_choice)
-
-
-def auto_hook(cfg: AnalyzeConfig, models: AnalysisModels, source) -> dict:
-    """`--hook auto`: the trio's per-layer change from the base on the first `--layer-tokens` tokens of the
-    training text (cached into OUT/activations/layers) and the block `choose_layer` picks from it."""
-    from featalign.analysis.layers import measure_layer_change
-
-    specs, _ = models.columns(with_series=False)
-    return measure_layer_change(
-        specs,
-        source,
-        min(cfg.layer_tokens, cfg.n_tokens),
-        Path(cfg.out) / "activations" / "layers",
-        device=cfg.device,
-        dtype=cfg.model_dtype,
-        progress=cfg.progress,
-    )
 
 
 def report_header(ctx: AnalysisContext) -> dict:
@@ -246,7 +227,7 @@ def markdown(r: dict) -> str:
         "all latents).",
         "",
     ]
-    lines += hook_choice_markdown(r)
+    lines += hook_choice_markdown(r.get("hook_choice"))
     lines += markdown_sections(r)
     lines += [
         "",
@@ -256,34 +237,6 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def hook_choice_markdown(r: dict) -> list[str]:
-    """`--hook auto`'s per-layer change table and the rule that picked the hook (nothing for a given hook)."""
-    if "hook_choice" not in r:
-        return []
-    table, choice = r["hook_choice"]["table"], r["hook_choice"]["choice"]
-    models = list(table["per_model"])
-    lines = [
-        f"Hook chosen by `--hook auto`: `{choice['hook']}`, the {choice['rule']}"
-        + (
-            ""
-            if "clear" not in choice
-            else f"; its interval {'separates' if choice['clear'] else 'does not separate'} "
-            "it from every other candidate"
-        )
-        + f". Relative change per block on {table['n_tokens']} tokens (mean [95% CI]):",
-        "",
-        "| hook | " + " | ".join(models) + " | mean over tuned |",
-        "|---|" + "---|" * (len(models) + 1),
-    ]
-    for h, hook in enumerate(table["hooks"]):
-        cells = [table["per_model"][m] for m in models] + [
-            {"mean": table["mean_over_tuned"], "mean_95": table["mean_over_tuned_95"]}
-        ]
-        text = [f"{c['mean'][h]:.4f} [{c['mean_95'][h][0]:.4f}, {c['mean_95'][h][1]:.4f}]" for c in cells]
-        lines.append(f"| {hook}{' (chosen)' if h == choice['layer'] else ''} | " + " | ".join(text) + " |")
-    return lines + [""]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

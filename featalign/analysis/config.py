@@ -26,7 +26,7 @@ class AnalyzeConfig(JsonConfig):
     tasks: str | None = None  # a JSONL task set (default: the organisms' domains)
     train_tasks: str | None = None  # tasks the tuned models were trained on (default: the organisms' post-training)
     crosscoder: str | None = None  # an existing base/rl/sft crosscoder dir to analyse instead of training one
-    hook: str | None = None  # default: the middle residual layer blocks.<n_layers/2-1>.hook_resid_post; "auto"
+    hook: str | None = "auto"  # measured (featalign.analysis.layers); None: the middle block (default_hook)
     layer_tokens: int = 2000  # --hook auto: tokens the per-layer change is measured on
     n_tokens: int = 40_000  # training activations (train split of the task suite), per model
     eval_tokens: int = 10_000  # held-out activations (eval split) for attribution / Latent Scaling
@@ -131,8 +131,9 @@ HELP = {
     "(default: the organisms' post-training domains, or none)",
     "crosscoder": "analyse this trained base/rl/sft crosscoder (python -m featalign.train_crosscoder --out DIR) "
     "instead of training one",
-    "hook": "hook point (default: blocks.<n_layers/2-1>.hook_resid_post); auto: the block whose residual stream the "
-    "tuned models changed most, measured (||x_tuned - x_base|| / ||x_base|| per block, featalign.analysis.layers)",
+    "hook": "hook point, or auto: the block whose residual stream the tuned models changed most, measured "
+    "(||x_tuned - x_base|| / ||x_base|| per block, featalign.analysis.layers); the fixed middle block is "
+    "blocks.<n_layers/2-1>.hook_resid_post",
     "layer_tokens": "--hook auto: tokens of training text the per-layer change is measured on",
     "n_tokens": "tokens of training activations per model",
     "eval_tokens": "held-out tokens for attribution statistics and Latent Scaling",

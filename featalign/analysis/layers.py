@@ -125,3 +125,32 @@ def measure_layer_change(
     x_NMHD = store_activations(root, specs, hooks, n_tokens, source, device=device, dtype=dtype, progress=progress)
     table = layer_change_table(x_NMHD, [s.name for s in specs], hooks)
     return {"table": table, "choice": choose_layer(table["mean_over_tuned"], n_layers, table["mean_over_tuned_95"])}
+
+
+def hook_choice_markdown(hook_choice: dict | None) -> list[str]:
+    """A report's lines for `--hook auto`: the per-layer change table and the rule that picked the hook
+    (`resolve_hook`'s hook_choice; nothing for a given hook)."""
+    if hook_choice is None:
+        return []
+    table, choice = hook_choice["table"], hook_choice["choice"]
+    models = list(table["per_model"])
+    lines = [
+        f"Hook chosen by `--hook auto`: `{choice['hook']}`, the {choice['rule']}"
+        + (
+            ""
+            if "clear" not in choice
+            else f"; its interval {'separates' if choice['clear'] else 'does not separate'} "
+            "it from every other candidate"
+        )
+        + f". Relative change per block on {table['n_tokens']} tokens (mean [95% CI]):",
+        "",
+        "| hook | " + " | ".join(models) + " | mean over tuned |",
+        "|---|" + "---|" * (len(models) + 1),
+    ]
+    for h, hook in enumerate(table["hooks"]):
+        cells = [table["per_model"][m] for m in models] + [
+            {"mean": table["mean_over_tuned"], "mean_95": table["mean_over_tuned_95"]}
+        ]
+        text = [f"{c['mean'][h]:.4f} [{c['mean_95'][h][0]:.4f}, {c['mean_95'][h][1]:.4f}]" for c in cells]
+        lines.append(f"| {hook}{' (chosen)' if h == choice['layer'] else ''} | " + " | ".join(text) + " |")
+    return lines + [""]

@@ -39,10 +39,19 @@ def reference_last_token_latents(cc, model_dir, problems, model: str) -> torch.T
 
     hf, tok = load_organism(model_dir)
     layer = hook_layer(cc.cfg.hooks[0])
+    # the block's own output from a forward hook: HF's last hidden state is after the final norm, so
+    # hidden_states[layer + 1] is the block's output for every block but the last
+    outs: list = []
+    handle = hf.model.layers[layer].register_forward_hook(
+        lambda mod, args, out: outs.append(out[0] if isinstance(out, tuple) else out))
     rows = []
-    for p in problems:
-        ids = torch.tensor([tok(p.prompt)["input_ids"]])
-        rows.append(hf(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0, -1])
+    try:
+        for p in problems:
+            ids = torch.tensor([tok(p.prompt)["input_ids"]])
+            hf(input_ids=ids)
+            rows.append(outs.pop()[0, -1])
+    finally:
+        handle.remove()
     return cc.encode_as(torch.stack(rows)[:, None, :], model)
 
 

@@ -125,3 +125,27 @@ def test_analyze_hook_auto_picks_the_planted_block(planted, tmp_path):
 
     assert ActivationStore(out / "activations" / "train").hooks == ("blocks.2.hook_resid_post",)
     assert len(ActivationStore(out / "activations" / "layers").hooks) == N_LAYERS
+
+
+def test_examples_read_the_block_auto_picks(planted, tmp_path):
+    """The examples take analyze's default hook (`auto`) through the same `resolve_hook`: the drift example on a
+    base and a tuned model changed only from block 2 on runs its crosscoders there and records the measurement;
+    a given hook is still read as given."""
+    from featalign.activations import ActivationStore
+    from tests.test_examples import _load
+
+    mod = _load("reproduce_drift")
+
+    common = ["--model", f"base={planted['base']}", "--model", f"rl={planted[2]}",
+              "--series", f"rl={planted[1]},{planted[2]}", "--drift-mode", "pairwise", "--drift-nulls", "false",
+              "--n-tokens", "400", "--eval-tokens", "200", "--layer-tokens", "300", "--n-latents", "16", "--k", "2",
+              "--steps", "5", "--top-k", "4", "--progress", "false"]
+    r = mod.main(common + ["--out", str(tmp_path / "auto")])
+    assert r["config"]["hook"] == "auto" and r["hook"] == "blocks.2.hook_resid_post"
+    mean = r["hook_choice"]["table"]["mean_over_tuned"]
+    assert mean[0] == mean[1] == 0 and mean[2] > 0
+    assert ActivationStore(tmp_path / "auto" / "activations" / "train").hooks == ("blocks.2.hook_resid_post",)
+    assert "blocks.2.hook_resid_post (chosen)" in (tmp_path / "auto" / "report.md").read_text()
+    given = mod.main(common + ["--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "given")])
+    assert given["hook"] == "blocks.0.hook_resid_post" and "hook_choice" not in given
+    assert not (tmp_path / "given" / "activations" / "layers").exists()
