@@ -166,7 +166,7 @@ def hook_choice_table(s: dict) -> str:
     clear = "above" if choice.get("clear") else "not above"
     stamp = ", ".join(f"{k} {v}" for k, v in sorted(s["stamp"].items()))
     lines += ["", f"{table['n_tokens']:,} tokens; the chosen block's interval is {clear} every other candidate's. "
-              f"Default hook of this model: `{s['default_hook']}`. Stamp: {stamp}."]
+              f"Middle block of this model (the fixed default before `auto`): `{s['default_hook']}`. Stamp: {stamp}."]
     return "\n".join(lines)
 
 

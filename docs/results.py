@@ -9,14 +9,12 @@
     python docs/results.py collect-q4-variant --interventions DIR --organisms DIR
                                           # a reproduce_feature_interventions.py --variant V --seed S run (all
                                           # on one build) -> docs/data/results/q4-variants/<V>-seed-S.json
-    python docs/results.py collect-q4-size-matched --interventions DIR --organisms DIR
+    python docs/results.py collect-q4-size-matched --interventions DIR --organisms DIR [--data DIR]
                                           # a reproduce_feature_interventions.py --size-bins N --seed S run (the
-                                          # seed's Q4 run otherwise) -> docs/data/results/q4-size-matched/seed-S.json
-                                          # (with --hook H, the seed's hook-auto run otherwise:
-                                          # docs/data/results/hook-auto-size-matched/seed-S.json)
-    python docs/results.py collect-hook-auto --analysis DIR --interventions DIR --organisms DIR
-                                          # analyze --hook auto and the interventions at the block it chose
-                                          # -> docs/data/results/hook-auto/seed-S.json
+                                          # seed's Q4 run otherwise) -> <data>/q4-size-matched/seed-S.json
+    python docs/results.py collect --data docs/data/results/middle-block ... (the runs with --hook <the middle
+                                          # block>): the section at the fixed middle block, with its own
+                                          # collect-q4-size-matched --data docs/data/results/middle-block
     python docs/results.py render         # docs/results.md from every docs/data/results/seed-*.json
     python docs/results.py render --check # exit 1 if docs/results.md disagrees with the JSON
 
@@ -141,6 +139,7 @@ def compact_analysis(r: dict) -> dict:
         "config": r["config"],
         "stamp": stamp(r),
         "hook": r["hook"],
+        **({"hook_choice": r["hook_choice"]} if "hook_choice" in r else {}),  # --hook auto: the measurement
         "models": r["models"],
         "timings_s": r["timings_s"],
         **{k: compact_drift_summary(r[key]) if k == "q2" else r[key] for k, key in optional.items() if key in r},
@@ -167,6 +166,7 @@ def compact_interventions(r: dict) -> dict:
         "config": r["config"],
         "stamp": stamp(r),
         "seconds": r["seconds"],
+        **({"hook": r["hook"]} if "hook" in r else {}),  # the block it read (recorded since --hook auto)
         "features": r["features"],
         "rule": r["rule"],
         "success": pick(r["success"], ("tasks", "skipped", "n_samples", "per_task_sizes", "n_features", "n_majority")),
@@ -181,6 +181,7 @@ def compact_drift(r: dict) -> dict:
         "config": r["config"],
         "stamp": stamp(r),
         "seconds": r["seconds"],
+        "hook": r["hook"],
         "drift": compact_drift_summary(r["drift"]),
     }
 
@@ -223,6 +224,9 @@ def collect(analysis: Path, interventions: Path, drift: Path, transfer: Path, or
         "drift": (drift, compact_drift(read(drift, "results.json"))),
         "transfer": (transfer, compact_transfer(read(transfer, "results.json"))),
     }
+    hooks = {name: part["hook"] for name, (_, part) in parts.items() if "hook" in part}
+    if len(set(hooks.values())) > 1:
+        raise ValueError(f"the runs read different hooks ({hooks}): rerun them with one --hook (or all with auto)")
     org = Path(organisms).resolve()
     out: dict[str, Any] = {"format_version": FORMAT_VERSION, "seed": seed}
     for name, (folder, part) in parts.items():
@@ -450,13 +454,55 @@ their defaults on the **{oc["preset"]} organisms** (d_model {oc["d_model"]}, {oc
 each; {oc["eval_samples"]} eval samples per domain). Code: {code_stamps(runs)}; the organisms' eval:
 {", ".join(f"{k} {v}" for k, v in sorted(stamp(st).items()))}.
 
-Settings (the CLI's defaults): hook `{runs[0]["analysis"]["hook"]}`; {a["n_tokens"]:,} training tokens per model,
+Settings (the CLI's defaults): hook {hook_settings(runs)}; {a["n_tokens"]:,} training tokens per model,
 {a["eval_tokens"]:,} held-out tokens; every crosscoder **{a["variant"]}**, {a["n_latents"]} latents, k = {a["k"]},
 {a["steps"]} steps, batch {a["batch_size"]}, lr {a["lr"]:g}. Intervals: 95% percentile bootstrap (over latents
 for counts, over features for medians, over success samples for set sizes); counts of 0 get the exact
 Clopper–Pearson interval. **Wording:** every sentence that states a finding is chosen by a rule in
 `docs/results.py` from these intervals and p-values: a difference whose interval includes 0 is "no evidence
-of a difference", never a direction."""
+of a difference", never a direction.""" + hook_measurement(runs)
+
+
+def hook_settings(runs: list[dict]) -> str:
+    """The settings line's hook: the block every run read, and how it was chosen."""
+    hook = runs[0]["analysis"]["hook"]
+    if not all("hook_choice" in r["analysis"] for r in runs):
+        return f"`{hook}`"
+    return f"`{hook}`, the block `--hook auto` (the default) picks from the measured change (below)"
+
+
+def hook_measurement(runs: list[dict]) -> str:
+    """The per-block change `--hook auto` measured (seed 0's, or the first seed's) and whether every seed's
+    measurement picked the same block; empty for runs at a given hook."""
+    if not all("hook_choice" in r["analysis"] for r in runs):
+        return ""
+    from featalign.models.hooks import default_hook
+
+    r0 = runs[0]
+    chosen = {r["analysis"]["hook_choice"]["choice"]["hook"] for r in runs}
+    same = all(r["analysis"]["hook_choice"] == r0["analysis"]["hook_choice"] for r in runs)
+    measured = hook_choice_table(
+        {
+            "hook_choice": r0["analysis"]["hook_choice"],
+            "default_hook": default_hook(r0["organisms"]["config"]["n_layers"]),
+            "stamp": r0["analysis"]["stamp"],
+        }
+    )
+    seeds = (
+        "every seed measured the same values (the same tokens of the same models)"
+        if same
+        else f"seed {r0['seed']}'s; each seed measures on its own sample of text, "
+        + ("and every seed picked this block" if len(chosen) == 1 else f"and the seeds picked {sorted(chosen)}")
+    )
+    return f"""
+
+**Where the analysis reads.** The hook is chosen by measurement (docs/analysis.md, "Choosing the hook layer"): per
+block, the tuned models' mean relative change of the residual stream from the base's, ||x_tuned − x_base|| /
+||x_base||, on the first training tokens; the block with the largest change among blocks 0..n−2. The examples
+measure the same way on the same text, so every run of a seed reads one block (`collect` refuses runs that do not).
+The measurement ({seeds}):
+
+{measured}"""
 
 
 def organisms_section(runs: list[dict]) -> str:
@@ -1307,8 +1353,8 @@ def variants_section(by_variant: dict[str, list[dict]]) -> str:
 The same question with the published loss (`--variant l1`, sparsity coefficient {a["sparsity_coef"]:g}) and with
 BatchTopK (k = {a["k"]}), each over crosscoder seeds, on **another build** of the same recipe than the tables
 above (build stamp: {build}), so compare the variants with each other, not with the tables above. Each run:
-`python -m featalign.analyze --stages attribution,controls --variant V --seed S` (the attribution, the pairwise
-crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]} steps.
+`python -m featalign.analyze {hook_flag(a, first["analysis"]["hook"])}--stages attribution,controls --variant V --seed S` (the
+attribution, the pairwise crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]} steps.
 
 {table(["variant: crosscoder (pairwise)", "alive", "tuned-only (NRN ≥ 0.9)", "tuned-leaning (≥ 0.6)", "sd(NRN)"], rows)}
 
@@ -1329,7 +1375,7 @@ def variants_q23(by_variant: dict[str, list[dict]]) -> str:
         q2, q3 = (section(runs).split("\n", 1)[1] for section in (q2_section, q3_section))  # no heading
         out.append(f"""### Q2 and Q3 with `{variant}` crosscoders
 
-`python -m featalign.analyze --stages drift,success --variant {variant} --seed S` on the same build,
+`python -m featalign.analyze {hook_flag(a, runs[0]["analysis"]["hook"])}--stages drift,success --variant {variant} --seed S` on the same build,
 {a["n_latents"]} latents, {a["steps"]} steps, hook `{runs[0]["analysis"]["hook"]}`.
 
 #### Q2 with `{variant}`
@@ -1450,7 +1496,6 @@ def q4_variants_section(by_variant: dict[str, list[dict]], runs: list[dict] | No
 
 
 Q4_SIZE_MATCHED = DATA / "q4-size-matched"
-HOOK_AUTO_SIZE_MATCHED = DATA / "hook-auto-size-matched"  # the same, for the Q4 runs at the hook auto picked
 
 
 def check_q4_size_matched(recs: list[dict], runs: list[dict]) -> None:
@@ -1492,10 +1537,10 @@ def q4_size_matched_section(
     text = q4_section(recs)
     against = answers_compared(text, q4_section(paired))
     body = text.split("\n", 1)[1].lstrip("\n")
-    hook = recs[0]["interventions"]["config"].get("hook")
+    flag = hook_flag(recs[0]["interventions"]["config"], paired[0]["analysis"]["hook"])
     return f"""{heading}
 
-`examples/reproduce_feature_interventions.py {f"--hook {hook} " if hook else ""}--size-bins {n_size} --seed S` (seeds
+`examples/reproduce_feature_interventions.py {flag}--size-bins {n_size} --seed S` (seeds
 {", ".join(str(r["seed"]) for r in recs)}): the runs of the {table} above with one change, how the random controls
 are drawn. Within its firing-frequency bin, each control latent also comes from the same {n_size}-quantile of the
 size of what a latent writes into the RL model when it fires (mean activation x decoder norm, `encoder_stats`'
@@ -1583,7 +1628,7 @@ def positions_subsections(preset: str, by_positions: dict[str, list[dict]]) -> s
         q3 = q3_section(recs).split("\n", 1)[1]
         out.append(f"""### Q3 on the `{preset}` builds, read at another position (`--positions {positions}`)
 
-`python -m featalign.analyze --stages success --positions {positions}` on the same builds, with crosscoders
+`python -m featalign.analyze {hook_flag(recs[0]["analysis"]["config"], recs[0]["analysis"]["hook"])}--stages success --positions {positions}` on the same builds, with crosscoders
 trained by the same settings and seeds as above; only where the latents are read differs.
 {q3}""")
         q4 = q4_subsection(preset, recs, f", read at another position (`--positions {positions}`)")
@@ -1607,8 +1652,8 @@ def structured_section(recs: list[dict], by_positions: dict[str, list[dict]] | N
     last_q = "Q4" if all("interventions" in r for r in recs) else "Q3"
     return f"""## The `{org["preset"]}` preset over organism seeds: Q1 to {last_q}
 
-The same analysis (`python -m featalign.analyze`, every stage, {a["variant"]}, {a["n_latents"]} latents,
-{a["steps"]} steps, hook `{recs[0]["analysis"]["hook"]}`) on builds of the `{org["preset"]}` preset with organism
+The same analysis (`{("python -m featalign.analyze " + hook_flag(a, recs[0]["analysis"]["hook"])).rstrip()}`, every stage, {a["variant"]},
+{a["n_latents"]} latents, {a["steps"]} steps, hook `{recs[0]["analysis"]["hook"]}`) on builds of the `{org["preset"]}` preset with organism
 seeds {", ".join(str(r["seed"]) for r in recs)} (each its own base and post-training; docs/organisms.md shows
 their transfer: RL on `{org["post_train_domains"][0]}` gains on its family through the planted stop). Here
 "seed" is the organism seed; each build's crosscoders use crosscoder seed
@@ -1631,39 +1676,7 @@ already represents there.
 {q3}""" + (f"\n\n{more}" if more else "")
 
 
-HOOK_AUTO = DATA / "hook-auto"
-
-
-def collect_hook_auto(analysis: Path, organisms: Path, interventions: Path) -> dict:
-    """One `python -m featalign.analyze --hook auto --seed S` run and one
-    `examples/reproduce_feature_interventions.py --hook H --seed S` run at the block H it picked, on one build: a
-    record of Q1 to Q4 at the measured hook (`seed` is the crosscoder seed)."""
-    from featalign.models.hooks import default_hook
-
-    r = json.loads((Path(analysis) / "report.json").read_text())
-    if "hook_choice" not in r:
-        raise ValueError(
-            f"{analysis} did not run with --hook auto (its report.json has no hook_choice): pass one that did"
-        )
-    fi_hook = json.loads((Path(interventions) / "results.json").read_text())["config"].get("hook")
-    if fi_hook != r["hook"]:
-        raise ValueError(
-            f"the interventions ran at --hook {fi_hook}, the analysis chose {r['hook']}: pass runs that match"
-        )
-    org = Path(organisms).resolve()
-    roots = [("organisms", org), ("out", Path(analysis).resolve())]
-    o = compact_organisms(org)
-    rec = {
-        "format_version": FORMAT_VERSION,
-        "seed": r["config"]["seed"],
-        "crosscoder_seed": r["config"]["seed"],
-        "default_hook": default_hook(o["config"]["n_layers"]),
-        "analysis": strip_paths({**compact_analysis(r), "hook_choice": r["hook_choice"]}, roots),
-        "organisms": strip_paths({k: o[k] for k in ("config", "provenance", "summary", "paired_tests")}, roots),
-    }
-    rec = with_interventions(rec, interventions, organisms)
-    refuse_machine_paths(rec)
-    return rec
+MIDDLE_BLOCK = DATA / "middle-block"  # the same runs at the fixed middle block (the default hook before auto)
 
 
 def answer_of(section_text: str) -> str:
@@ -1680,71 +1693,65 @@ def answers_compared(here_text: str, there_text: str) -> str:
     return "the same answer" if here == there else f"another answer (here: “{here}”; there: “{there}”)"
 
 
-def load_hook_auto(folder: Path = HOOK_AUTO) -> list[dict]:
-    """The `collect-hook-auto` records by crosscoder seed; they must share one build and one chosen hook."""
-    recs = sorted((json.loads(p.read_text()) for p in folder.glob("seed-*.json")), key=lambda r: r["seed"])
-    if len({repr(build_key(r["organisms"])) for r in recs}) > 1 or len({r["analysis"]["hook"] for r in recs}) > 1:
-        raise ValueError(f"{folder}: records of several builds or hooks; a section shows one build at one hook")
-    return recs
+def load_fixed_hook(folder: Path = MIDDLE_BLOCK) -> list[dict]:
+    """The seed records of the runs at a fixed hook (`collect --data FOLDER`), [] when there are none; like the
+    main records they share one build (`load_runs`) and, by `collect`'s check, one hook per seed."""
+    if not list(folder.glob("seed-*.json")):
+        return []
+    runs = load_runs(folder)
+    if len({r["analysis"]["hook"] for r in runs}) > 1:
+        raise ValueError(f"{folder}: records at several hooks; a section shows one hook")
+    return runs
 
 
-def hook_auto_section(recs: list[dict], runs: list[dict], size_matched: Sequence[dict] = ()) -> str:
-    """Q1 to Q4 at the block `--hook auto` picks, by the same rules as the sections above, and its Q4 with
-    size-matched controls when `size_matched` has records (empty without records)."""
+def hook_flag(cfg: dict, hook: str) -> str:
+    """The `--hook` option that reruns a run which read `hook`: none for a run at the default (auto); the
+    hook itself for a run given one or run before auto was the default (its config's hook is then null)."""
+    return "" if cfg.get("hook") == "auto" else f"--hook {hook} "
+
+
+def fixed_hook_section(recs: list[dict], runs: list[dict], size_matched: Sequence[dict] = ()) -> str:
+    """Q1 to Q4 (and Q4 with size-matched controls when `size_matched` has records) of the runs at a fixed hook,
+    by the same rules as the sections above, each answer set against theirs; empty without records."""
     if not recs:
         return ""
     r0, hook = recs[0], recs[0]["analysis"]["hook"]
     same_build = bool(runs) and build_key(r0["organisms"]) == build_key(runs[0]["organisms"])
-    same_table = all(r["analysis"]["hook_choice"] == r0["analysis"]["hook_choice"] for r in recs)
-    measured = hook_choice_table(
-        {
-            "hook_choice": r0["analysis"]["hook_choice"],
-            "default_hook": r0["default_hook"],
-            "stamp": r0["analysis"]["stamp"],
-        }
-    )
-    a = r0["analysis"]["config"]
     sections = (q1_section, q2_section, q3_section, q4_section)
     texts = [section(recs) for section in sections]
     q1, q2, q3, q4 = (t.split("\n", 1)[1] for t in texts)
     compared = ""
     if runs and same_build:
         compared = (
-            "\n\nAgainst the sections above (the default block, the same build): "
+            "\n\nAgainst the sections above (the measured block, the same build): "
             + "; ".join(
                 f"Q{i} {answers_compared(t, section(runs))}" for i, (t, section) in enumerate(zip(texts, sections), 1)
             )
             + "."
         )
-    return f"""## Q1 to Q4 at the block `--hook auto` picks
+    seeds = " ".join(str(r["seed"]) for r in recs)
+    flag = {part: hook_flag(r0[part]["config"], hook) for part in ("analysis", "interventions", "drift")}
+    return f"""## Q1 to Q4 at the fixed middle block `{hook}`
 
-The sections above read the default hook, the middle block `{r0["default_hook"]}`. Here the hook is chosen by
-measurement instead (docs/analysis.md, "Choosing the hook layer"): `python -m featalign.analyze --hook auto --seed S`
-(every stage; otherwise the settings above: {a["variant"]}, {a["n_latents"]} latents, {a["steps"]} steps) and
-`examples/reproduce_feature_interventions.py --hook {hook} --seed S` at the block it picked, crosscoder seeds
-{", ".join(str(r["seed"]) for r in recs)}, on {
+The sections above read the block `--hook auto` measured. Here the same analysis, examples and crosscoder seeds
+({", ".join(str(r["seed"]) for r in recs)}) read the fixed middle block `{hook}` instead (`--hook {hook}`; the
+default hook before the measured one), on {
         "the same build as the sections above"
         if same_build
         else "another build than the sections above (stamp: "
         + ", ".join(f"{k} {v}" for k, v in sorted(r0["organisms"]["provenance"].items()) if k in STAMP_KEYS)
         + ")"
-    }. The measurement ({
-        "the same in every seed: the same tokens of the same models"
-        if same_table
-        else "seed " + str(r0["seed"]) + "'s; the seeds measured different values"
-    }):
+    }: what changes when the hook is fixed instead of measured.{compared}
 
-{measured}{compared}
-
-Regenerate (`ORG` as in the footer):
+Regenerate (`ORG` and `runs/transfer` as in the footer):
 
 ```bash
-for S in {" ".join(str(r["seed"]) for r in recs)}; do
-  python -m featalign.analyze --hook auto --seed $S --out runs/hook/s$S/analysis
-  H=$(python -c "import json; print(json.load(open('runs/hook/s$S/analysis/report.json'))['hook'])")
-  python examples/reproduce_feature_interventions.py --hook $H --seed $S --out runs/hook/s$S/fi
-  python docs/results.py collect-hook-auto --analysis runs/hook/s$S/analysis --interventions runs/hook/s$S/fi \\
-    --organisms $ORG
+for S in {seeds}; do
+  python -m featalign.analyze {flag["analysis"]}--seed $S --out runs/middle/s$S/analysis
+  python examples/reproduce_feature_interventions.py {flag["interventions"]}--seed $S --out runs/middle/s$S/fi
+  python examples/reproduce_drift.py {flag["drift"]}--seed $S --out runs/middle/s$S/drift
+  python docs/results.py collect --data docs/data/results/{MIDDLE_BLOCK.name} --analysis runs/middle/s$S/analysis \\
+    --interventions runs/middle/s$S/fi --drift runs/middle/s$S/drift --transfer runs/transfer --organisms $ORG --seed $S
 done
 ```
 
@@ -1761,7 +1768,10 @@ done
 {q4}""" + (
         "\n\n"
         + q4_size_matched_section(
-            list(size_matched), recs, f"### Q4 at `{hook}` with controls matched on size too", f"Q4 at `{hook}`"
+            list(size_matched),
+            recs,
+            f"### Q4 at `{hook}` with controls matched on size too",
+            f"Q4 at `{hook}`",
         )
         if size_matched
         else ""
@@ -1878,9 +1888,9 @@ def render(
     structured: list[dict] | None = None,
     structured_positions: dict[str, list[dict]] | None = None,
     q4_variants: dict[str, list[dict]] | None = None,
-    hook_auto: list[dict] | None = None,
+    fixed_hook: list[dict] | None = None,
     q4_size_matched: list[dict] | None = None,
-    hook_auto_size_matched: list[dict] | None = None,
+    fixed_hook_size_matched: list[dict] | None = None,
 ) -> str:
     """The whole page from the seed records (as `load_runs` returns them), the transfer-prediction record, the
     variant runs (as `load_variants` returns them) and a preset's organism-seed records (`load_structured`)."""
@@ -1896,7 +1906,7 @@ def render(
         variants_section(variants or {}),
         q4_variants_section(q4_variants or {}, runs),
         q4_size_matched_section(q4_size_matched or [], runs),
-        hook_auto_section(hook_auto or [], runs, hook_auto_size_matched or []),
+        fixed_hook_section(fixed_hook or [], runs, fixed_hook_size_matched or []),
         structured_section(structured or [], structured_positions),
         times_section(runs),
         FOOTER,
@@ -1913,9 +1923,9 @@ def render_page() -> str:
         load_structured(STRUCTURED),
         load_structured_positions(STRUCTURED),
         load_q4_variants(Q4_VARIANTS),
-        load_hook_auto(HOOK_AUTO),
+        load_fixed_hook(MIDDLE_BLOCK),
         load_q4_size_matched(Q4_SIZE_MATCHED),
-        load_q4_size_matched(HOOK_AUTO_SIZE_MATCHED),
+        load_q4_size_matched(MIDDLE_BLOCK / Q4_SIZE_MATCHED.name),
     )
 
 
@@ -1965,8 +1975,8 @@ def main(argv: list[str] | None = None) -> int:
         (
             "collect-q4-size-matched",
             Q4_SIZE_MATCHED,
-            "a reproduce_feature_interventions.py --size-bins N --seed S run, the seed's Q4 run otherwise -> "
-            f"seed-S.json (a --hook H run, the seed's hook-auto run otherwise: {HOOK_AUTO_SIZE_MATCHED.name}/seed-S.json)",
+            "a reproduce_feature_interventions.py --size-bins N --seed S run, the seed's Q4 run in --data otherwise "
+            "-> seed-S.json",
         ),
     ):
         q = sub.add_parser(verb, help=f"{what} in {folder.relative_to(DOCS.parent)}")
@@ -1975,15 +1985,6 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument(
             "--data", type=Path, default=DATA, help=f"folder of the seed files (records go to its {folder.name}/)"
         )
-    ha = sub.add_parser(
-        "collect-hook-auto",
-        help="an analyze --hook auto --seed S run and a reproduce_feature_interventions.py --hook H --seed S run at "
-        f"the block H it chose, on one build -> {HOOK_AUTO.relative_to(DOCS.parent)}/seed-S.json",
-    )
-    ha.add_argument("--analysis", type=Path, required=True, help="the analyze run's --out folder")
-    ha.add_argument("--interventions", type=Path, required=True, help="the interventions run's --out folder")
-    ha.add_argument("--organisms", type=Path, required=True, help="the organisms folder both ran on")
-    ha.add_argument("--data", type=Path, default=DATA, help="folder of the seed files (records go to its hook-auto/)")
     r = sub.add_parser("render", help="docs/results.md from every seed file")
     r.add_argument("--data", type=Path, default=DATA)
     r.add_argument("--page", type=Path, default=PAGE)
@@ -2021,21 +2022,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.verb == "collect-q4-size-matched":
         rec = collect_q4_variant(a.interventions, a.organisms)
-        # at the default hook the seed's Q4 run is the Q4 table's; at another, the hook-auto section's
-        at_default = rec["interventions"]["config"].get("hook") is None
-        baseline = load_runs(a.data) if at_default else load_hook_auto(a.data / HOOK_AUTO.name)
-        check_q4_size_matched([rec], baseline)  # refused before anything is written
-        folder = Q4_SIZE_MATCHED if at_default else HOOK_AUTO_SIZE_MATCHED
-        path = a.data / folder.name / f"seed-{rec['seed']}.json"
-        atomic_write_json(path, rec)
-        print(f"wrote {path}")
-        return 0
-    if a.verb == "collect-hook-auto":
-        rec = collect_hook_auto(a.analysis, a.organisms, a.interventions)
-        path = a.data / HOOK_AUTO.name / f"seed-{rec['seed']}.json"
-        others = [json.loads(p.read_text()) for p in path.parent.glob("seed-*.json") if p != path]
-        if any(build_key(o["organisms"]) != build_key(rec["organisms"]) for o in others):
-            raise SystemExit(f"{path.parent} holds records of another build: move them away first")
+        check_q4_size_matched([rec], load_runs(a.data))  # against the seed's Q4 run in --data; refused before writing
+        path = a.data / Q4_SIZE_MATCHED.name / f"seed-{rec['seed']}.json"
         atomic_write_json(path, rec)
         print(f"wrote {path}")
         return 0
@@ -2064,9 +2052,9 @@ def main(argv: list[str] | None = None) -> int:
         load_structured(a.data / "structured"),
         load_structured_positions(a.data / "structured"),
         load_q4_variants(a.data / Q4_VARIANTS.name),
-        load_hook_auto(a.data / HOOK_AUTO.name),
+        load_fixed_hook(a.data / MIDDLE_BLOCK.name),
         load_q4_size_matched(a.data / Q4_SIZE_MATCHED.name),
-        load_q4_size_matched(a.data / HOOK_AUTO_SIZE_MATCHED.name),
+        load_q4_size_matched(a.data / MIDDLE_BLOCK.name / Q4_SIZE_MATCHED.name),
     )
     if a.check:
         if a.page.read_text() != text:

@@ -683,7 +683,7 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
             *small,
         ]
     )
-    drift = ["--organisms-dir", str(root), "--out", str(out / "drift"), "--top-k", "4", *small]
+    drift = ["--organisms-dir", str(root), "--out", str(out / "drift"), "--top-k", "4", "--layer-tokens", "400", *small]
     _example("reproduce_drift").main(drift)
     _example("reproduce_transfer_study").main(
         ["--organisms-dir", str(root), "--out", str(out / "tr"), "--domains", dom, "--n-prompts", "40"]
@@ -760,27 +760,41 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     with pytest.raises(ValueError, match="several organisms builds"):
         res.render([rec], q4_variants={"batchtopk": [q4b], "l1": [rebuilt]})
     assert "**another build** of the recipe" in res.q4_variants_section({"l1": [rebuilt]}, [rec])
-    # the analysis ran with --hook auto and the interventions at the block it chose: a hook-auto record, its
-    # numbers the runs', its section saying which block and showing the measurement; a run elsewhere is refused
-    ha = res.collect_hook_auto(out / "analysis", root, out / "fi")
-    assert ha["analysis"]["hook"] == chosen and ha["analysis"]["hook_choice"] == report["hook_choice"]
-    assert ha["interventions"]["features"] == fi["features"] and ha["seed"] == 0
-    assert str(tmp_path) not in json.dumps(ha) and str(root) not in json.dumps(ha)
-    section = res.hook_auto_section([ha], [rec])
-    assert section.startswith("## Q1 to Q4 at the block `--hook auto` picks")
-    assert f"### Q4 at `{chosen}`" in section and "the same build as the sections above" in section
-    assert f"| {chosen} |" in section and "**yes**" in section.split(f"| {chosen} |")[1].split("\n")[0]
-    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in section.split(f"### Q4 at `{chosen}`")[1]
-    assert "Q1 the same answer; Q2 the same answer; Q3 the same answer; Q4 the same answer." in section
-    hurts = json.loads(json.dumps(rec))  # the default block's record with every selection-task ablation beyond both
-    for t in hurts["interventions"]["ablate_rl"]["selection"]["tasks"].values():
-        t.update(_row(delta=-0.2, ci=(-0.3, -0.1), control_p=0.01))
-    assert "Q4 another answer (here: “Answer: no causal role" in res.hook_auto_section([ha], [hurts])
+    # the analysis and the drift example measured the hook (--hook auto; the drift example by default, on its own
+    # models and text: the same trio and tokens, so the same block) and the interventions ran at the block chosen:
+    # the record keeps the measurement and the page shows it; runs that read different blocks are refused
+    drift_hook = json.loads((out / "drift" / "results.json").read_text())
+    assert drift_hook["config"]["hook"] == "auto" and drift_hook["hook"] == chosen
+    assert drift_hook["hook_choice"] == report["hook_choice"]
+    assert rec["analysis"]["hook_choice"] == report["hook_choice"] and rec["interventions"]["hook"] == chosen
+    page = res.render([rec])
+    assert f"hook `{chosen}`, the block `--hook auto` (the default) picks" in page
+    measured = page.split("**Where the analysis reads.**")[1].split("\n## ")[0]
+    assert f"| {chosen} |" in measured and "**yes**" in measured.split(f"| {chosen} |")[1].split("\n")[0]
     elsewhere = tmp_path / "fi-other-hook"
     elsewhere.mkdir()
-    (elsewhere / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"hook": "blocks.0.hook_mlp_out"}}))
-    with pytest.raises(ValueError, match="pass runs that match"):
-        res.collect_hook_auto(out / "analysis", root, elsewhere)
+    (elsewhere / "results.json").write_text(json.dumps(fi | {"hook": "blocks.0.hook_mlp_out"}))
+    with pytest.raises(ValueError, match="read different hooks"):
+        res.collect(**(dirs | {"interventions": elsewhere}), seed=0)
+    # the same runs at a fixed hook (as runs before auto was the default recorded them: hook null), shown in a
+    # section of their own, each answer set against the measured block's
+    fixed = json.loads(json.dumps(rec))
+    del fixed["analysis"]["hook_choice"]
+    for part in ("analysis", "interventions", "drift"):
+        fixed[part]["config"]["hook"] = None
+        fixed[part]["hook"] = "blocks.0.hook_resid_post"
+    section = res.fixed_hook_section([fixed], [rec])
+    assert section.startswith("## Q1 to Q4 at the fixed middle block `blocks.0.hook_resid_post`")
+    assert "python -m featalign.analyze --hook blocks.0.hook_resid_post --seed $S" in section
+    assert "python examples/reproduce_drift.py --hook blocks.0.hook_resid_post --seed $S" in section
+    assert "the same build as the sections above" in section and "### Q4 at `blocks.0.hook_resid_post`" in section
+    assert "Q1 the same answer; Q2 the same answer; Q3 the same answer; Q4 the same answer." in section
+    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in section.split("### Q4 at `blocks.0")[1]
+    hurts = json.loads(json.dumps(rec))  # the measured block's record with every selection-task ablation beyond both
+    for t in hurts["interventions"]["ablate_rl"]["selection"]["tasks"].values():
+        t.update(_row(delta=-0.2, ci=(-0.3, -0.1), control_p=0.01))
+    assert "Q4 another answer (here: “Answer: no causal role" in res.fixed_hook_section([fixed], [hurts])
+    assert "**Where the analysis reads.**" not in res.render([fixed])  # no measurement to show
     # the same interventions run with size-matched controls (the config such a run writes): its own section, set
     # against the Q4 table's run of its seed; a run with another setting changed, or frequency-only, is refused
     sized_run = tmp_path / "fi-sized"
@@ -799,25 +813,26 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
         (sized_run / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"size_bins": 3} | change}))
         with pytest.raises(ValueError, match=match):
             res.q4_size_matched_section([res.collect_q4_variant(sized_run, root)], [rec])
-    # the run at the block --hook auto picked, with size-matched controls: filed by the CLI beside the hook-auto
-    # records and set against the hook-auto run of its seed (refused while there is none), shown in that section
-    (sized_run / "results.json").write_text(json.dumps(fi | {"config": fi["config"] | {"size_bins": 3}}))
-    assert sized["interventions"]["config"]["hook"] == chosen
+    # filed by the CLI beside the seed records of --data (the main ones, or the fixed hook's folder) and set
+    # against that folder's run of its seed (refused while there is none), shown in that folder's section
+    fixed_fi = fi | {"config": fi["config"] | {"size_bins": 3, "hook": None}, "hook": "blocks.0.hook_resid_post"}
+    (sized_run / "results.json").write_text(json.dumps(fixed_fi))
     hook_data = tmp_path / "hook-data"
     collect_sized = ["collect-q4-size-matched", "--interventions", str(sized_run), "--organisms", str(root)]
-    with pytest.raises(ValueError, match="no Q4 run of seed 0"):
+    with pytest.raises(FileNotFoundError, match="no seed-"):
         res.main(collect_sized + ["--data", str(hook_data)])
-    (hook_data / "hook-auto").mkdir(parents=True)
-    (hook_data / "hook-auto" / "seed-0.json").write_text(json.dumps(ha))
-    assert res.main(collect_sized + ["--data", str(hook_data)]) == 0
-    assert json.loads((hook_data / "hook-auto-size-matched" / "seed-0.json").read_text()) == sized
-    assert not (hook_data / "q4-size-matched").exists()
-    section = res.hook_auto_section([ha], [rec], res.load_q4_size_matched(hook_data / "hook-auto-size-matched"))
-    sub = section.split(f"### Q4 at `{chosen}` with controls matched on size too\n\n")[1]
-    assert sub.startswith(f"`examples/reproduce_feature_interventions.py --hook {chosen} --size-bins 3 --seed S`")
-    assert f"Against the Q4 at `{chosen}` above (the same seeds): the same answer." in sub
-    assert f"| {100 * held['delta']:+.1f} [".replace("-", "−") in sub
-    assert "with controls matched on size too" not in res.hook_auto_section([ha], [rec])
+    (hook_data / "middle-block").mkdir(parents=True)
+    (hook_data / "middle-block" / "seed-0.json").write_text(json.dumps(fixed))
+    assert res.main(collect_sized + ["--data", str(hook_data / "middle-block")]) == 0
+    sized_fixed = json.loads((hook_data / "middle-block" / "q4-size-matched" / "seed-0.json").read_text())
+    assert sized_fixed == res.collect_q4_variant(sized_run, root) and not (hook_data / "q4-size-matched").exists()
+    section = res.fixed_hook_section(
+        [fixed], [rec], res.load_q4_size_matched(hook_data / "middle-block" / "q4-size-matched")
+    )
+    sub = section.split("### Q4 at `blocks.0.hook_resid_post` with controls matched on size too\n\n")[1]
+    assert sub.startswith("`examples/reproduce_feature_interventions.py --hook blocks.0.hook_resid_post --size-bins 3 --seed S`")
+    assert "Against the Q4 at `blocks.0.hook_resid_post` above (the same seeds): the same answer." in sub
+    assert "with controls matched on size too" not in res.fixed_hook_section([fixed], [rec])
     # ... and as an organism-seed record: keyed by the build's seed, its numbers the run's, its section rendered
     org_rec = res.collect_organism_seed(out / "analysis", root)
     assert org_rec["seed"] == tiny_organisms.config.seed and org_rec["crosscoder_seed"] == 0
