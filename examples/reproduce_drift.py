@@ -43,9 +43,9 @@ from featalign.analysis.config import HELP as ANALYZE_HELP
 from featalign.analysis.config import AnalyzeConfig, check_shared_settings
 from featalign.analysis.drift import SeriesError
 from featalign.analysis.inputs import (
-    Activations, load_task_set, mixture_domains, resolve_hook, resolve_models, store_activations, text_sources,
+    Activations, load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
 )
-from featalign.analysis.layers import hook_choice_markdown
+from featalign.analysis.layers import hook_choice_markdown, resolve_hook
 from featalign.analysis.stages import NO_SERIES, drift_nulls_markdown, drift_study
 from featalign.cli import UsageError, check_out_dir, run_cli
 from featalign.config import JsonConfig, cli_config, start_run

@@ -49,9 +49,9 @@ from featalign.analysis.success_features import (
 from featalign.analysis.config import HELP as ANALYZE_HELP
 from featalign.analysis.config import AnalyzeConfig, check_shared_settings
 from featalign.analysis.inputs import (
-    load_task_set, mixture_domains, resolve_hook, resolve_models, store_activations, text_sources,
+    load_task_set, mixture_domains, resolve_models, store_activations, text_sources,
 )
-from featalign.analysis.layers import hook_choice_markdown
+from featalign.analysis.layers import hook_choice_markdown, resolve_hook
 from featalign.analysis.training import train_or_load
 from featalign.cli import UsageError, check_choice, check_out_dir, check_positive, run_cli
 from featalign.config import JsonConfig, cli_config, start_run

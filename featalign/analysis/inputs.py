@@ -159,12 +159,12 @@ def n_layers_of(spec: ModelSpec) -> int:
 def analysis_hook(hook: str | None, base: ModelSpec) -> str:
     """A given `hook`, or (None) the middle residual layer of `base`; a block index past the model's last is
     refused here, before any model is loaded (unknown hook names are refused once the models load). `auto` is
-    measured, so it needs the models and text: `resolve_hook`."""
+    measured, so it needs the models and text: `featalign.analysis.layers.resolve_hook`."""
     import re
 
     if hook == "auto":
         raise UsageError(
-            "--hook auto is measured on the models (featalign.analysis.inputs.resolve_hook); here pass a hook "
+            "--hook auto is measured on the models (featalign.analysis.layers.resolve_hook); here pass a hook "
             "name, e.g. the one an analyze report.json records under 'hook'"
         )
     n_layers = n_layers_of(base)
@@ -173,29 +173,6 @@ def analysis_hook(hook: str | None, base: ModelSpec) -> str:
     if block and int(block.group(1)) >= n_layers:
         raise UsageError(f"--hook {hook}: the models have layers 0..{n_layers - 1}")
     return hook
-
-
-def resolve_hook(cfg, models: AnalysisModels, source: TokenSource) -> tuple[str, dict | None]:
-    """(hook, hook_choice): the hook every analysis entry point reads, from an AnalyzeConfig's `hook` (the
-    examples pass theirs through `check_shared_settings`). `auto`, the default, measures the trio's per-layer
-    change from the base on the first `--layer-tokens` tokens of `source` (cached into OUT/activations/layers)
-    and takes the block `featalign.analysis.layers.choose_layer` picks, so analyze and the examples, given the
-    same models, text and seed, read the same block; hook_choice is that measurement (None for a given hook)."""
-    if cfg.hook != "auto":
-        return analysis_hook(cfg.hook, models.trio["base"]), None
-    from featalign.analysis.layers import measure_layer_change
-
-    specs, _ = models.columns(with_series=False)
-    choice = measure_layer_change(
-        specs,
-        source,
-        min(cfg.layer_tokens, cfg.n_tokens),
-        Path(cfg.out) / "activations" / "layers",
-        device=cfg.device,
-        dtype=cfg.model_dtype,
-        progress=cfg.progress,
-    )
-    return choice["choice"]["hook"], choice
 
 
 def _store_status(root: Path, specs: list[ModelSpec], hooks: list[str], fingerprint: str, n_tokens: int) -> str:

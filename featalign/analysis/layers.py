@@ -127,6 +127,29 @@ def measure_layer_change(
     return {"table": table, "choice": choose_layer(table["mean_over_tuned"], n_layers, table["mean_over_tuned_95"])}
 
 
+def resolve_hook(cfg, models, source) -> tuple[str, dict | None]:
+    """(hook, hook_choice): the hook every analysis entry point reads, from an AnalyzeConfig's `hook` (the
+    examples pass theirs through `check_shared_settings`). `auto`, the default, measures the trio's per-layer
+    change from the base on the first `--layer-tokens` tokens of `source` (cached into OUT/activations/layers)
+    and takes the block `choose_layer` picks, so analyze and the examples, given the
+    same models, text and seed, read the same block; hook_choice is that measurement (None for a given hook)."""
+    from featalign.analysis.inputs import analysis_hook
+
+    if cfg.hook != AUTO:
+        return analysis_hook(cfg.hook, models.trio["base"]), None
+    specs, _ = models.columns(with_series=False)
+    choice = measure_layer_change(
+        specs,
+        source,
+        min(cfg.layer_tokens, cfg.n_tokens),
+        Path(cfg.out) / "activations" / "layers",
+        device=cfg.device,
+        dtype=cfg.model_dtype,
+        progress=cfg.progress,
+    )
+    return choice["choice"]["hook"], choice
+
+
 def hook_choice_markdown(hook_choice: dict | None) -> list[str]:
     """A report's lines for `--hook auto`: the per-layer change table and the rule that picked the hook
     (`resolve_hook`'s hook_choice; nothing for a given hook)."""

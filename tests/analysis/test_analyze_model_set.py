@@ -10,7 +10,7 @@ import torch
 
 from tests.archs import VOCAB, perturbed_copy, tiny_random_model
 
-HOOK = "blocks.0.hook_resid_post"  # the default (middle) hook of the 2-layer tiny models
+HOOK = "blocks.0.hook_resid_post"  # the middle hook of the 2-layer tiny models (the fixed default before auto)
 SMALL = ["--n-tokens", "600", "--eval-tokens", "300", "--n-latents", "32", "--k", "4", "--steps", "20",
          "--batch-size", "128", "--top-k", "4", "--min-samples", "1", "--n-null", "2", "--gradient", "false",
          "--progress", "false"]
@@ -59,8 +59,8 @@ def test_analyze_on_a_user_model_set(study, tmp_path):
 
     out = tmp_path / "rep"
     rep = main([*study["models"], *study["series"], "--tasks", str(study["tasks"]), "--train-tasks", "add",
-                "--stages", "attribution,drift,success", "--out", str(out), *SMALL])
-    saved = json.loads((out / "report.json").read_text())
+                "--stages", "attribution,drift,success", "--out", str(out), "--hook", HOOK, *SMALL])
+    saved = json.loads((out / "report.json").read_text())  # at block 0, the reference's (not the measured one)
     assert saved["stages"] == ["attribution", "drift", "success"] and saved["hook"] == HOOK
     assert "organisms" not in saved and saved["models"]["trio"]["rl"] == str(study["root"] / "rl")
     q1 = saved["q1_specific_latents"]
@@ -111,7 +111,10 @@ def test_drift_without_series_says_so(study, tmp_path):
     rep = main([*study["models"], "--stages", "drift", "--out", str(out), *SMALL])
     assert rep["stages"] == ["drift"] and "no checkpoint series" in rep["q2_drift"]["skipped"]
     assert "--series rl=DIR1,DIR2" in (out / "report.md").read_text()
-    assert not (out / "crosscoders").exists() and not (out / "activations").exists()  # nothing trained or cached
+    # nothing trained or cached but the measurement that chose the hook (--hook auto, the default)
+    assert not (out / "crosscoders").exists() and [p.name for p in (out / "activations").iterdir()] == ["layers"]
+    given = main([*study["models"], "--stages", "drift", "--out", str(tmp_path / "given"), "--hook", HOOK, *SMALL])
+    assert given["hook"] == HOOK and not (tmp_path / "given" / "activations").exists()
 
 
 def test_analyze_refuses_a_model_set_without_rl(study, tmp_path):

@@ -161,7 +161,7 @@ def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organ
     from featalign.analysis.cli import main
     from tests.analysis.helpers import hand_crosscoder
 
-    hook = "blocks.1.hook_resid_post"  # not the default (blocks.0 for the 2-layer tiny organisms)
+    hook = "blocks.1.hook_resid_post"  # not the middle block (blocks.0 for the 2-layer tiny organisms)
     cc = hand_crosscoder(torch.randn(16, 3, 32, generator=torch.Generator().manual_seed(0)),
                          models=("base", "rl", "sft"), hook=hook)
     cc.save(tmp_path / "cc")
@@ -169,8 +169,9 @@ def test_analyze_crosscoder_dir_uses_its_own_hook_and_refuses_another(tiny_organ
     with pytest.raises(ValueError, match=f"trained on hook '{hook}', not --hook 'blocks.0.hook_resid_post'"):
         main(base + ["--out", str(tmp_path / "bad"), "--hook", "blocks.0.hook_resid_post"])
     assert not (tmp_path / "bad").exists()
-    rep = main(base + ["--out", str(tmp_path / "rep")])
-    assert rep["hook"] == hook
+    rep = main(base + ["--out", str(tmp_path / "rep")])  # --hook auto (the default): the crosscoder's, unmeasured
+    assert rep["hook"] == hook and "hook_choice" not in rep
+    assert not (tmp_path / "rep" / "activations" / "layers").exists()
     from featalign.activations import ActivationStore
 
     assert ActivationStore(tmp_path / "rep" / "activations" / "eval").hooks == (hook,)  # the crosscoder's layer
