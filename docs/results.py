@@ -1306,8 +1306,16 @@ def variant_verdicts(runs: list[dict]) -> tuple[Verdict, bool]:
     return only, can_find
 
 
-def variants_section(by_variant: dict[str, list[dict]]) -> str:
-    """Q1 by crosscoder variant on one build (`docs/data/results/variants/`): empty when there are none."""
+def stages_flag(cfg: dict) -> str:
+    """The `--stages` option a command line needs to rerun a run of `cfg`: none for every stage (the default)."""
+    from featalign.analysis.config import DEFAULT_STAGES
+
+    return "" if cfg.get("stages", DEFAULT_STAGES) == DEFAULT_STAGES else f"--stages {cfg['stages']} "
+
+
+def variants_section(by_variant: dict[str, list[dict]], tables: list[dict] | None = None) -> str:
+    """Q1 by crosscoder variant on one build (`docs/data/results/variants/`), said to be the build of the page's
+    seed records `tables` (and read at their hook) only where it is: empty when there are none."""
     if not by_variant:
         return ""
     q = lambda r: r["analysis"]["q1"]
@@ -1344,17 +1352,33 @@ def variants_section(by_variant: dict[str, list[dict]]) -> str:
             f"{cell(runs, lambda r: trio(r, 'sft-only'), count)} sft-only latents."
         )
     first = next(iter(by_variant.values()))[0]
-    build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
     a = first["analysis"]["config"]
     q23 = variants_q23(by_variant)
+    hook = first["analysis"]["hook"]
+    if (
+        tables
+        and build_key(tables[0]["organisms"]) == build_key(first["organisms"])
+        and tables[0]["analysis"]["hook"] == hook
+    ):
+        where = f"on the same build as the tables above and at their hook `{hook}`"
+    else:
+        build = ", ".join(f"{k} {v}" for k, v in sorted(first["organisms"]["provenance"].items()))
+        where = (
+            f"on **another build** of the same recipe than the tables above (build stamp: {build}), at hook `{hook}`, "
+            "so compare the variants with each other, not with the tables above"
+        )
+    what = (
+        "every stage" + ("; Q2 and Q3 below come from the same runs" if q23 else "")
+        if not stages_flag(a)
+        else "the attribution, the pairwise crosscoders and their base-vs-base nulls"
+    )
     return (
         f"""## {"Q1 to Q3" if q23 else "Q1"} by crosscoder variant: the L1 loss next to BatchTopK
 
 The same question with the published loss (`--variant l1`, sparsity coefficient {a["sparsity_coef"]:g}) and with
-BatchTopK (k = {a["k"]}), each over crosscoder seeds, on **another build** of the same recipe than the tables
-above (build stamp: {build}), so compare the variants with each other, not with the tables above. Each run:
-`python -m featalign.analyze {hook_flag(a, first["analysis"]["hook"])}--stages attribution,controls --variant V --seed S` (the
-attribution, the pairwise crosscoders and their base-vs-base nulls), {a["n_latents"]} latents, {a["steps"]} steps.
+BatchTopK (k = {a["k"]}), each over crosscoder seeds, {where}. Each run:
+`python -m featalign.analyze {hook_flag(a, hook)}{stages_flag(a)}--variant V --seed S` ({what}), {a["n_latents"]} latents,
+{a["steps"]} steps.
 
 {table(["variant: crosscoder (pairwise)", "alive", "tuned-only (NRN ≥ 0.9)", "tuned-leaning (≥ 0.6)", "sd(NRN)"], rows)}
 
@@ -1370,13 +1394,16 @@ def variants_q23(by_variant: dict[str, list[dict]]) -> str:
     for variant, recs in by_variant.items():
         if not all("analysis_q23" in r for r in recs):
             continue
+        same_run = all(r["analysis_q23"]["config"] == r["analysis"]["config"] for r in recs)
         runs = [{**r, "analysis": {**r["analysis"], **r["analysis_q23"]}} for r in recs]  # Q2 cites Q1
         a = runs[0]["analysis"]["config"]
         q2, q3 = (section(runs).split("\n", 1)[1] for section in (q2_section, q3_section))  # no heading
+        hook = runs[0]["analysis"]["hook"]
+        command = f"python -m featalign.analyze {hook_flag(a, hook)}{stages_flag(a)}--variant {variant} --seed S"
         out.append(f"""### Q2 and Q3 with `{variant}` crosscoders
 
-`python -m featalign.analyze {hook_flag(a, runs[0]["analysis"]["hook"])}--stages drift,success --variant {variant} --seed S` on the same build,
-{a["n_latents"]} latents, {a["steps"]} steps, hook `{runs[0]["analysis"]["hook"]}`.
+`{command}`{" (the runs of Q1 above)" if same_run else ""} on the same build,
+{a["n_latents"]} latents, {a["steps"]} steps, hook `{hook}`.
 
 #### Q2 with `{variant}`
 {q2}
@@ -1903,7 +1930,7 @@ def render(
         q4_section(runs),
         transfer_section(runs),
         prediction_section(prediction),
-        variants_section(variants or {}),
+        variants_section(variants or {}, runs),
         q4_variants_section(q4_variants or {}, runs),
         q4_size_matched_section(q4_size_matched or [], runs),
         fixed_hook_section(fixed_hook or [], runs, fixed_hook_size_matched or []),
@@ -2005,6 +2032,8 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((a.analysis / "report.json").read_text())
         if "q1_specific_latents" in report:
             rec = collect_variant(a.analysis, a.organisms, a.seed)
+            if "q2_drift" in report and "q3_success_features" in report:  # a run of every stage: Q2 and Q3 too
+                rec = collect_variant_q23(a.analysis, a.organisms, a.seed, rec)
         else:  # a drift,success run: Q2 and Q3 added to the variant's Q1 record of the same seed
             path = a.data / f"{report['config']['variant']}-seed-{a.seed}.json"
             rec = collect_variant_q23(a.analysis, a.organisms, a.seed, json.loads(path.read_text()))

@@ -731,6 +731,16 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     assert f"| intersection over the {len(report['q3_success_features']['tasks'])} tasks | **{n_feat}**" in section
     with pytest.raises(ValueError, match="the record has"):
         res.collect_variant_q23(out / "analysis", root, 1, var)
+    # a run of every stage filed by the CLI: its Q1, Q2 and Q3 at once; on the tables' build and hook it says so
+    vdata = tmp_path / "variants"
+    assert res.main(["collect-variant", "--analysis", str(out / "analysis"), "--organisms", str(root),
+                     "--seed", "0", "--data", str(vdata)]) == 0
+    assert json.loads((vdata / "batchtopk-seed-0.json").read_text()) == json.loads(json.dumps(var23))
+    section = res.variants_section({"batchtopk": [var23]}, [rec])
+    assert f"on the same build as the tables above and at their hook `{chosen}`" in section
+    assert "`python -m featalign.analyze --variant V --seed S` (every stage; Q2 and Q3 below come from" in section
+    assert "`python -m featalign.analyze --variant batchtopk --seed S` (the runs of Q1 above)" in section
+    assert "**another build**" in res.variants_section({"batchtopk": [var23]})  # no tables to set it against
     # the interventions run and an `--variant l1` twin (the config such a run writes) as Q4-by-variant records on
     # one build: their numbers in a section of their own; runs with other settings or on another build are refused
     q4b = res.collect_q4_variant(out / "fi", root)
