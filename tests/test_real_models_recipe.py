@@ -41,7 +41,7 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "BASE": str(base), "RL": str(dirs["rl"]), "SFT": str(dirs["sft"]),
            "RL_CKPTS": f"{dirs['rl-1']},{dirs['rl']}", "SFT_CKPTS": f"{dirs['sft-1']},{dirs['sft']}",
-           "TASKS": str(tasks), "MAX_NEW_TOKENS": "6", "HOOK": "blocks.0.hook_resid_post", "DEVICE": "cpu",
+           "TASKS": str(tasks), "MAX_NEW_TOKENS": "6", "DEVICE": "cpu",  # HOOK: the recipe's default, auto
            "DTYPE": "bfloat16", "CACHE_TOKENS": "2000", "ANALYZE_TOKENS": "800", "EVAL_TOKENS": "600", "N_LATENTS": "64", "K": "4",
            "STEPS": "30", "BATCH": "64", "ANALYZE_LATENTS": "32", "ANALYZE_STEPS": "20", "CONTROLS": "2",
            "FEATURES": "0,1,2", "OUT": str(out), "FEATALIGN_TEST_THREADS": "1",
@@ -51,12 +51,16 @@ def test_the_recipe_runs_end_to_end(tmp_path):
     r = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=580)
     assert r.returncode == 0, r.stderr[-3000:]
 
+    # HOOK=auto: the measured block, handed to the cache and from there to every later stage
+    hook = json.loads((out / "hook" / "hook_choice.json").read_text())["hook"]
+    assert re.fullmatch(r"blocks\.[01]\.hook_resid_post", hook)  # the tiny Qwen2 models have 2 blocks
     store = ActivationStore(out / "acts")
-    assert store.models == ("base", "rl", "sft") and len(store) == 2000
+    assert store.models == ("base", "rl", "sft") and len(store) == 2000 and store.hooks == (hook,)
     cc = Crosscoder.load(out / "crosscoder")
     assert cc.cfg.models == ("base", "rl", "sft") and cc.cfg.n_latents == 64
     report = json.loads((out / "analysis" / "report.json").read_text())
     assert report["crosscoder"]["dir"] == str(out / "crosscoder")  # analysed the crosscoder step 3 trained
+    assert cc.cfg.hooks == (hook,) and report["hook"] == hook and "hook_choice" not in report
     assert report["models"]["series"] == {"rl": [str(dirs["rl-1"]), str(dirs["rl"])],
                                           "sft": [str(dirs["sft-1"]), str(dirs["sft"])]}
     assert [len(report["q2_drift"][s]["overlap"]) for s in ("rl", "sft")] == [1, 1]  # 2 checkpoints: 1 step

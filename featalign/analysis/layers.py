@@ -19,12 +19,15 @@ recorded (`clear`), so a choice made by noise reads as one.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch import Tensor
 
+from featalign.config import JsonConfig
 from featalign.models.hooks import default_hook
 
 AUTO = "auto"
@@ -177,3 +180,61 @@ def hook_choice_markdown(hook_choice: dict | None) -> list[str]:
         text = [f"{c['mean'][h]:.4f} [{c['mean_95'][h][0]:.4f}, {c['mean_95'][h][1]:.4f}]" for c in cells]
         lines.append(f"| {hook}{' (chosen)' if h == choice['layer'] else ''} | " + " | ".join(text) + " |")
     return lines + [""]
+
+
+@dataclass
+class LayerChangeConfig(JsonConfig):
+    """`python -m featalign.analysis.layers`: analyze's model-set, task-set and device settings, nothing else."""
+
+    out: str = "runs/hook"
+    organisms_preset: str = "default"
+    organisms_dir: str | None = None
+    model_set: str | None = None
+    model: tuple[str, ...] = ()
+    tasks: str | None = None
+    layer_tokens: int = 2000
+    device: str = "cpu"
+    model_dtype: str = "float32"
+    seed: int = 0
+    progress: bool = True
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Measure where tuning changed the residual stream, as `--hook auto` does, without training anything:
+    writes OUT/hook_choice.json (with the config and versions) and OUT/hook_choice.md, and prints the chosen hook
+    as the last line of stdout, so a pipeline that caches and trains at one hook (docs/real_models.md) can read
+    it: `HOOK=$(python -m featalign.analysis.layers ... | tail -n 1)`."""
+    from featalign.analysis.config import HELP, check_shared_settings
+    from featalign.analysis.inputs import load_task_set, mixture_domains, resolve_models, text_sources
+    from featalign.cli import check_out_dir
+    from featalign.config import cli_config
+    from featalign.io import atomic_write_json, atomic_write_text, jsonable, provenance
+
+    help_ = {k: HELP[k] for k in ("organisms_preset", "organisms_dir", "model_set", "model", "tasks", "device")}
+    help_ |= {
+        "out": "output folder: hook_choice.json, hook_choice.md and the cached activations (a rerun reads them)",
+        "layer_tokens": HELP["layer_tokens"],
+        "model_dtype": HELP["model_dtype"],
+        "seed": "seed of the organisms' text sample (a task set's text is read in order)",
+        "progress": HELP["progress"],
+    }
+    prog = "python -m featalign.analysis.layers"
+    cfg = cli_config(LayerChangeConfig, help_, prog, main.__doc__, None if argv is None else list(argv), ("model",))
+    check_out_dir(cfg.out)
+    acfg = check_shared_settings(cfg)  # analyze's checks and defaults (hook: auto)
+    models = resolve_models(acfg)
+    train_text, _ = text_sources(acfg, load_task_set(cfg.tasks), mixture_domains(models.organisms))
+    hook, choice = resolve_hook(acfg, models, train_text)
+    out = Path(cfg.out)
+    result = {"config": cfg.to_dict(), **provenance(), "models": models.describe(), "hook": hook, "hook_choice": choice}
+    atomic_write_json(out / "hook_choice.json", jsonable(result))
+    atomic_write_text(out / "hook_choice.md", "\n".join(hook_choice_markdown(choice)) + "\n")
+    print("\n".join(hook_choice_markdown(choice)))
+    print(hook)
+    return result
+
+
+if __name__ == "__main__":
+    from featalign.cli import run_cli
+
+    sys.exit(run_cli(main, "python -m featalign.analysis.layers", sys.argv[1:]))

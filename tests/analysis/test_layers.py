@@ -149,3 +149,24 @@ def test_examples_read_the_block_auto_picks(planted, tmp_path):
     given = mod.main(common + ["--hook", "blocks.0.hook_resid_post", "--out", str(tmp_path / "given")])
     assert given["hook"] == "blocks.0.hook_resid_post" and "hook_choice" not in given
     assert not (tmp_path / "given" / "activations" / "layers").exists()
+
+
+def test_layers_cli_measures_without_training(planted, tmp_path, capsys):
+    """`python -m featalign.analysis.layers`: the measurement alone, for pipelines that cache and train at one hook
+    (docs/real_models.md): on the block-2 plant it prints blocks.2 as its last line and saves the table with its
+    config; nothing is trained and only the measurement's store is cached."""
+    from featalign.analysis.layers import main
+
+    out = tmp_path / "hook"
+    r = main(["--model", f"base={planted['base']}", "--model", f"rl={planted[2]}", "--layer-tokens", "300",
+              "--out", str(out), "--progress", "false"])
+    assert capsys.readouterr().out.rstrip("\n").splitlines()[-1] == "blocks.2.hook_resid_post" == r["hook"]
+    saved = json.loads((out / "hook_choice.json").read_text())
+    assert saved["hook_choice"]["choice"]["hook"] == "blocks.2.hook_resid_post" and saved["config"]["layer_tokens"] == 300
+    mean = saved["hook_choice"]["table"]["mean_over_tuned"]
+    assert mean[0] == mean[1] == 0 and mean[2] > 0 and "featalign_version" in saved
+    assert "blocks.2.hook_resid_post (chosen)" in (out / "hook_choice.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["activations", "hook_choice.json", "hook_choice.md"]
+    with pytest.raises(SystemExit):  # a flag of analyze's that does not belong here is refused by the parser
+        main(["--model", f"base={planted['base']}", "--n-latents", "8", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
