@@ -1677,6 +1677,15 @@ def structured_section(recs: list[dict], by_positions: dict[str, list[dict]] | N
         if x
     )
     last_q = "Q4" if all("interventions" in r for r in recs) else "Q3"
+    from featalign.models.hooks import default_hook
+
+    hook = recs[0]["analysis"]["hook"]
+    fixed = (
+        f" These runs read a given block{' (the middle one)' if hook == default_hook(org['n_layers']) else ''}, not"
+        " one measured by `--hook auto` (the default now): rerun them without `--hook` to read the measured block."
+        if hook_flag(a, hook)
+        else ""
+    )
     return f"""## The `{org["preset"]}` preset over organism seeds: Q1 to {last_q}
 
 The same analysis (`{("python -m featalign.analyze " + hook_flag(a, recs[0]["analysis"]["hook"])).rstrip()}`, every stage, {a["variant"]},
@@ -1691,7 +1700,7 @@ their transfer: RL on `{org["post_train_domains"][0]}` gains on its family throu
     }. The
 success selection reads the latents where analyze reads them (`--positions`, the same for every build); the
 planted stop is decided after the answer, so at the last prompt token it can show only through what the model
-already represents there.
+already represents there.{fixed}
 
 ### Q1 on the `{org["preset"]}` builds
 {q1}

@@ -851,6 +851,13 @@ def test_results_collect_reads_real_runs(tiny_organisms, tmp_path):
     other = json.loads(json.dumps(org_rec)) | {"seed": 7}
     section = res.structured_section([org_rec, other])
     assert section.startswith("## The `tiny` preset over organism seeds: Q1 to Q3")
+    assert "These runs read a given block" not in section  # measured (--hook auto)
+    given = json.loads(json.dumps(org_rec))
+    given["analysis"]["config"]["hook"] = None  # a run from before auto was the default
+    given["analysis"]["hook"] = "blocks.0.hook_resid_post"  # the 2-block tiny models' middle block
+    given_text = res.structured_section([given])
+    assert "These runs read a given block (the middle one), not one measured by `--hook auto`" in given_text
+    assert "`python -m featalign.analyze --hook blocks.0.hook_resid_post`, every stage" in given_text
     assert "### Q4 on the `tiny` builds" not in section  # no interventions run collected
     # with the interventions run on the build: its numbers, and a Q4 subsection; a run read elsewhere is refused
     with_fi = res.collect_organism_seed(out / "analysis", root, out / "fi")
