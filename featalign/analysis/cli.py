@@ -40,7 +40,7 @@ from featalign.analysis.inputs import (
     store_activations,
     text_sources,
 )
-from featalign.analysis.layers import hook_choice_markdown, resolve_hook
+from featalign.analysis.layers import AUTO, hook_choice_markdown, resolve_hook
 from featalign.analysis.pipeline import AnalysisContext, run_stages
 from featalign.analysis.stages import CP_MARK, STAGES, drift_study, format_interval, markdown_sections, resolve_stages
 from featalign.analysis.training import TRAINED_ON_FILE, train_or_load
@@ -108,7 +108,7 @@ def load_given_crosscoder(cfg: AnalyzeConfig, models: AnalysisModels):
             f"{given.cfg.hooks}; "
             "analyze reads one hook: pass a single-hook crosscoder"
         )
-    if cfg.hook and cfg.hook != "auto" and cfg.hook != given.cfg.hooks[0]:  # auto: the crosscoder's own hook
+    if cfg.hook and cfg.hook != AUTO and cfg.hook != given.cfg.hooks[0]:  # auto: the crosscoder's own hook
         raise UsageError(
             f"--crosscoder {cfg.crosscoder} was trained on hook {given.cfg.hooks[0]!r}, not --hook "
             f"{cfg.hook!r}: drop --hook (the crosscoder's own hook is used) or pass a crosscoder "

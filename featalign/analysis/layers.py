@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from featalign.analysis.config import AnalyzeConfig
 from featalign.config import JsonConfig
 from featalign.models.hooks import default_hook
 
@@ -187,15 +188,15 @@ class LayerChangeConfig(JsonConfig):
     """`python -m featalign.analysis.layers`: analyze's model-set, task-set and device settings, nothing else."""
 
     out: str = "runs/hook"
-    organisms_preset: str = "default"
+    organisms_preset: str = AnalyzeConfig.organisms_preset  # analyze's defaults, one definition
     organisms_dir: str | None = None
     model_set: str | None = None
     model: tuple[str, ...] = ()
     tasks: str | None = None
-    layer_tokens: int = 2000
-    device: str = "cpu"
-    model_dtype: str = "float32"
-    seed: int = 0
+    layer_tokens: int = AnalyzeConfig.layer_tokens
+    device: str = AnalyzeConfig.device
+    model_dtype: str = AnalyzeConfig.model_dtype
+    seed: int = AnalyzeConfig.seed
     progress: bool = True
 
 
@@ -228,8 +229,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = Path(cfg.out)
     result = {"config": cfg.to_dict(), **provenance(), "models": models.describe(), "hook": hook, "hook_choice": choice}
     atomic_write_json(out / "hook_choice.json", jsonable(result))
-    atomic_write_text(out / "hook_choice.md", "\n".join(hook_choice_markdown(choice)) + "\n")
-    print("\n".join(hook_choice_markdown(choice)))
+    table = "\n".join(hook_choice_markdown(choice))
+    atomic_write_text(out / "hook_choice.md", table + "\n")
+    print(table)
     print(hook)
     return result
 
